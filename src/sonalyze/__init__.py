@@ -1,0 +1,1 @@
+"""Sonalyze backend."""

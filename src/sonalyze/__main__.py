@@ -1,0 +1,3 @@
+from sonalyze.cli import main
+
+raise SystemExit(main())

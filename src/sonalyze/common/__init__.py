@@ -1,0 +1,1 @@
+"""The small layer every Sonalyze service shares: errors, the gateway upstream contract, serving, logging."""

@@ -1,0 +1,107 @@
+"""The upstream contract between the gateway and every service behind it.
+
+The gateway forwards each routed WebSocket event as ``POST {SERVICE_URL}/gateway/handle`` with JSON
+``{"event", "data", "device_id", "request_id", "connection_id"}``. The service answers 200 with either
+``{"data": {...}}`` (the client gets a ``response`` envelope) or ``{"error": {"code", "message",
+"details"?}}`` (the client gets an ``error`` envelope). A service declares its events with
+:class:`EventHandlers` and mounts :meth:`EventHandlers.router`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, FastAPI, Request
+from sonalyze.common.json import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+
+from sonalyze.common.errors import BadRequest, SonalyzeError, error_body, validation_details, validation_message
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class HandleRequest(BaseModel):
+    """Body of ``POST /gateway/handle``."""
+
+    event: str = Field(min_length=1)
+    data: dict[str, Any] = Field(default_factory=dict)
+    device_id: str | None = None
+    request_id: str | None = None
+    connection_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventContext:
+    """What a handler gets: the forwarded event and the application it runs in."""
+
+    event: str
+    data: dict[str, Any]
+    device_id: str | None
+    request_id: str | None
+    connection_id: str | None
+    app: FastAPI
+
+    def parse(self, model: type[ModelT]) -> ModelT:
+        """Validate ``data`` against ``model``; a failure is a ``bad_request`` naming each field."""
+        try:
+            return model.model_validate(self.data)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            raise BadRequest(validation_message(errors), details=validation_details(errors)) from exc
+
+    def require_device(self) -> str:
+        if not self.device_id:
+            raise BadRequest("this event needs an identified device (device_id)")
+        return self.device_id
+
+
+EventHandler = Callable[[EventContext], Awaitable[dict[str, Any]]]
+
+
+class EventHandlers:
+    """A table from event name to async handler, served as ``POST /gateway/handle``."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, EventHandler] = {}
+
+    def on(self, event: str) -> Callable[[EventHandler], EventHandler]:
+        def register(handler: EventHandler) -> EventHandler:
+            if event in self._handlers:
+                raise ValueError(f"event {event!r} already has a handler")
+            self._handlers[event] = handler
+            return handler
+
+        return register
+
+    @property
+    def events(self) -> list[str]:
+        return sorted(self._handlers)
+
+    async def dispatch(self, request: HandleRequest, app: FastAPI) -> dict[str, Any]:
+        """Run the handler for ``request.event``; always a ``{"data"}`` or ``{"error"}`` body."""
+        handler = self._handlers.get(request.event)
+        if handler is None:
+            return error_body("unknown_event", f"this service does not handle {request.event!r}")
+        context = EventContext(
+            event=request.event,
+            data=request.data,
+            device_id=request.device_id,
+            request_id=request.request_id,
+            connection_id=request.connection_id,
+            app=app,
+        )
+        try:
+            return {"data": await handler(context)}
+        except SonalyzeError as exc:
+            return exc.to_body()
+
+    def router(self) -> APIRouter:
+        router = APIRouter()
+
+        @router.post("/gateway/handle", response_class=JSONResponse)
+        async def gateway_handle(body: HandleRequest, request: Request) -> dict[str, Any]:
+            return await self.dispatch(body, request.app)
+
+        return router

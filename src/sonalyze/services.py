@@ -1,0 +1,28 @@
+"""The five Sonalyze services: how each is built, where it listens by default, how to ask if it is up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    app_factory: str
+    """``module:function`` returning the ASGI application (called once per process)."""
+    default_port: int
+    health_path: str
+    uvicorn_options: dict[str, Any] = field(default_factory=dict)
+
+
+SERVICES: dict[str, ServiceSpec] = {
+    spec.name: spec
+    for spec in (
+        ServiceSpec("gateway", "sonalyze.gateway.main:create_app", 8000, "/healthz"),
+        ServiceSpec("lobby", "sonalyze.lobby.main:create_app", 8001, "/health"),
+        ServiceSpec("measurement", "sonalyze.measurement.main:create_app", 8002, "/v1/health"),
+        ServiceSpec("simulation", "sonalyze.simulation.main:create_app", 8003, "/health"),
+        ServiceSpec("storage", "sonalyze.storage.main:create_app", 8004, "/healthz"),
+    )
+}

@@ -1,0 +1,174 @@
+"""Real servers for tests: uvicorn on loopback, in a thread of this process or in a child process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http_ok(url: str, timeout_s: float = 30.0, is_alive: Callable[[], bool] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if is_alive is not None and not is_alive():
+            raise RuntimeError(f"server for {url} exited while starting")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError as exc:
+            last_error = exc
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout_s} s ({last_error})")
+
+
+class ThreadedServer:
+    """A uvicorn server for ``app`` in a background thread with its own event loop.
+
+    Use it as a context manager, or ``start()``/``stop()``; ``restart()`` serves again on the same port.
+    """
+
+    def __init__(self, app: Any, port: int | None = None, **uvicorn_options: Any) -> None:
+        self.app = app
+        self.port = port or free_port()
+        self.options = {"loop": "uvloop", "http": "httptools", "log_level": "warning", **uvicorn_options}
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> "ThreadedServer":
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, **self.options)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name=f"uvicorn-{self.port}", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError(f"uvicorn on port {self.port} failed to start")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"uvicorn on port {self.port} did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=20)
+            self._server = None
+            self._thread = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> "ThreadedServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ServiceProcess:
+    """``python -m sonalyze serve NAME`` in a child process on a free port, as in production.
+
+    Its output goes to a log file (``log_text()``) that tests print when something fails.
+    """
+
+    def __init__(self, service: str, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        from sonalyze.services import SERVICES
+
+        self.spec = SERVICES[service]
+        self.port = port or free_port()
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.process: subprocess.Popen | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix=f"sonalyze-{service}-", suffix=".log", delete=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout_s: float = 60.0) -> "ServiceProcess":
+        command = [sys.executable, "-m", "sonalyze", "serve", self.spec.name, "--host", "127.0.0.1", "--port", str(self.port)]
+        self.process = subprocess.Popen(command, env=self.env, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            wait_http_ok(self.url + self.spec.health_path, timeout_s, is_alive=lambda: self.process.poll() is None)
+        except Exception as exc:
+            self.stop()
+            raise RuntimeError(f"{self.spec.name} did not start: {exc}\n--- log ---\n{self.log_text()}") from exc
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_text(self) -> str:
+        return Path(self._log.name).read_text(errors="replace")
+
+    def __enter__(self) -> "ServiceProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0, interval_s: float = 0.01) -> None:
+    """Poll ``predicate`` from async code until it is true or the time is up (then AssertionError)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval_s)
