@@ -1,0 +1,266 @@
+"""An asyncio client for the gateway: requests correlated by ``request_id``, pushed events, reconnects.
+
+Wire protocol (gateway seed): the client sends ``{"event", "request_id", "data"}``; the gateway answers
+``{"type": "response", "event", "request_id", "data"}`` or ``{"type": "error", "event", "request_id",
+"error": {"code", "message", "details"?}}`` and pushes ``{"type": "event", "event", "data"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import httpx
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+log = logging.getLogger(__name__)
+
+
+class GatewayError(Exception):
+    """An ``error`` envelope (or an HTTP error from the proxy), with its stable code."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None, event: str | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details
+        self.event = event
+
+
+class ConnectionLost(GatewayError):
+    """The WebSocket dropped while a request was waiting for its answer."""
+
+    def __init__(self, event: str | None = None) -> None:
+        super().__init__("connection_lost", "the connection to the gateway was lost before the answer came", event=event)
+
+
+@dataclass(frozen=True, slots=True)
+class PushedEvent:
+    event: str
+    data: dict[str, Any]
+
+
+def _ws_url(gateway_url: str, device_id: str) -> str:
+    parts = urlsplit(gateway_url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, "/ws", f"device_id={quote(device_id)}", ""))
+
+
+def _http_url(gateway_url: str) -> str:
+    parts = urlsplit(gateway_url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, "", "", ""))
+
+
+class SonalyzeClient:
+    """One device's connection to the gateway.
+
+    ``request()`` sends an event and waits for its ``response`` (raising :class:`GatewayError` on an
+    ``error`` envelope); requests may run concurrently. Pushed events are kept in arrival order and read
+    with ``next_event()`` (the first matching one) or ``async for event in client.events()``. When the
+    connection drops, waiting requests fail with :class:`ConnectionLost` and the client reconnects with
+    exponential back-off (with jitter) until ``close()``; pushed events keep flowing after a reconnect.
+    """
+
+    def __init__(
+        self,
+        gateway_url: str,
+        device_id: str,
+        *,
+        reconnect: bool = True,
+        backoff_initial_s: float = 0.1,
+        backoff_max_s: float = 5.0,
+        request_timeout_s: float = 30.0,
+        http_timeout_s: float = 60.0,
+    ) -> None:
+        self.device_id = device_id
+        self.gateway_url = _http_url(gateway_url)
+        self._ws_url = _ws_url(gateway_url, device_id)
+        self._reconnect = reconnect
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._request_timeout_s = request_timeout_s
+        self._http = httpx.AsyncClient(base_url=self.gateway_url, timeout=http_timeout_s)
+        self._ws: ClientConnection | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._reader: asyncio.Task | None = None
+        self._pending: dict[str, tuple[str, asyncio.Future]] = {}
+        self._events: list[PushedEvent] = []
+        self._events_changed = asyncio.Condition()
+        self._request_ids = itertools.count(1)
+        self.reconnects = 0
+
+    async def __aenter__(self) -> "SonalyzeClient":
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def connect(self) -> None:
+        """Open the WebSocket (identified by ``?device_id=``) and start reading."""
+        self._ws = await connect(self._ws_url, max_size=None, open_timeout=10)
+        self._connected.set()
+        self._reader = asyncio.create_task(self._read_forever(), name=f"sonalyze-client-{self.device_id}")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        self._fail_pending()
+        await self._http.aclose()
+
+    async def wait_connected(self, timeout_s: float = 30.0) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout_s)
+
+    async def request(self, event: str, data: dict[str, Any] | None = None, *, timeout_s: float | None = None) -> dict[str, Any]:
+        """Send ``event`` with ``data`` and return the ``data`` of its response."""
+        await self.wait_connected(timeout_s or self._request_timeout_s)
+        request_id = f"{self.device_id}-{next(self._request_ids)}"
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = (event, future)
+        try:
+            assert self._ws is not None
+            await self._ws.send(orjson.dumps({"event": event, "request_id": request_id, "data": data or {}}).decode())
+            return await asyncio.wait_for(future, timeout_s or self._request_timeout_s)
+        except ConnectionClosed as exc:
+            raise ConnectionLost(event) from exc
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def next_event(
+        self,
+        event: str | None = None,
+        *,
+        where: Callable[[PushedEvent], bool] | None = None,
+        timeout_s: float = 30.0,
+    ) -> PushedEvent:
+        """Take the first pushed event (named ``event`` and matching ``where``) received so far or next."""
+
+        def match() -> PushedEvent | None:
+            for index, pushed in enumerate(self._events):
+                if (event is None or pushed.event == event) and (where is None or where(pushed)):
+                    return self._events.pop(index)
+            return None
+
+        async def wait() -> PushedEvent:
+            async with self._events_changed:
+                while (found := match()) is None:
+                    await self._events_changed.wait()
+                return found
+
+        return await asyncio.wait_for(wait(), timeout_s)
+
+    async def events(self) -> AsyncIterator[PushedEvent]:
+        """Every pushed event, in arrival order, until the client is closed."""
+        while not self._closing:
+            yield await self.next_event(timeout_s=float("inf"))
+
+    def pending_events(self) -> list[PushedEvent]:
+        """Pushed events received and not yet taken (a copy)."""
+        return list(self._events)
+
+    async def upload(self, job_id: str, name: str, audio: bytes | Path, content_type: str = "audio/wav") -> dict[str, Any]:
+        """Upload a recording through the gateway's ``/v1/jobs/{job_id}/uploads/{name}`` proxy (streamed from a file)."""
+        path = f"/v1/jobs/{quote(job_id)}/uploads/{quote(name)}"
+        if isinstance(audio, Path):
+            with audio.open("rb") as body:
+                response = await self._http.post(path, content=_file_chunks(body), headers={"content-type": content_type})
+        else:
+            response = await self._http.post(path, content=audio, headers={"content-type": content_type})
+        return _json_or_raise(response)
+
+    async def http(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Any HTTP call through the gateway (``/v1/jobs/...``, ``/v1/measurement/...``, ``/v1/simulation/...``)."""
+        return await self._http.request(method, path, **kwargs)
+
+    async def get_json(self, path: str) -> dict[str, Any]:
+        return _json_or_raise(await self._http.get(path))
+
+    async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return _json_or_raise(await self._http.post(path, json=body))
+
+    async def _read_forever(self) -> None:
+        backoff_s = self._backoff_initial_s
+        while not self._closing:
+            try:
+                assert self._ws is not None
+                async for message in self._ws:
+                    backoff_s = self._backoff_initial_s
+                    await self._dispatch(orjson.loads(message))
+            except ConnectionClosed:
+                pass
+            self._connected.clear()
+            self._fail_pending()
+            if self._closing or not self._reconnect:
+                return
+            while not self._closing:
+                await asyncio.sleep(backoff_s * (0.5 + random.random() / 2))
+                backoff_s = min(backoff_s * 2, self._backoff_max_s)
+                try:
+                    self._ws = await connect(self._ws_url, max_size=None, open_timeout=10)
+                except (OSError, TimeoutError, ConnectionClosed) as exc:
+                    log.info("reconnect of %s failed: %s", self.device_id, exc)
+                    continue
+                self.reconnects += 1
+                self._connected.set()
+                break
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "event":
+            async with self._events_changed:
+                self._events.append(PushedEvent(message.get("event", ""), message.get("data") or {}))
+                self._events_changed.notify_all()
+            return
+        pending = self._pending.get(message.get("request_id") or "")
+        if pending is None or pending[1].done():
+            return
+        event, future = pending
+        if kind == "response":
+            future.set_result(message.get("data") or {})
+        else:
+            error = message.get("error") or {}
+            future.set_exception(
+                GatewayError(error.get("code", "unknown"), error.get("message", ""), error.get("details"), event)
+            )
+
+    def _fail_pending(self) -> None:
+        for event, future in list(self._pending.values()):
+            if not future.done():
+                future.set_exception(ConnectionLost(event))
+
+
+async def _file_chunks(body, chunk_bytes: int = 1 << 16) -> AsyncIterator[bytes]:
+    while chunk := body.read(chunk_bytes):
+        yield chunk
+
+
+def _json_or_raise(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if response.is_success:
+        return body
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        raise GatewayError(error.get("code", f"http_{response.status_code}"), error.get("message", ""), error.get("details"))
+    raise GatewayError(f"http_{response.status_code}", response.text[:200])
