@@ -1,0 +1,219 @@
+"""Schroeder decay curve with Lundeby noise handling and reverberation times (ISO 3382-1/-2).
+
+* Schroeder (1965) backward integration E(t) = ∫_t^∞ h²(τ) dτ, in dB re E(0).
+* Lundeby, Vigran, Bietz & Vorländer (1995), "Uncertainties of measurements in room acoustics",
+  Acustica 81: find where the decay meets the noise floor (iteratively, 5 blocks per 10 dB of decay,
+  noise from 10 dB of decay past the crossing but at least the last 10 %, regression over 20 dB ending
+  5 dB above the noise on block levels with the noise power subtracted (so the late slope is not
+  flattened by the noise; Lundeby's paper fits the raw levels), until the crossing moves < 10 ms), truncate there and add the missing tail
+  C = P(t_c)·T_late/(6 ln 10) so the curve is not bent down.
+* T = −60 dB / slope of a least-squares line over an evaluation range of the EDC (ISO 3382-1 §A.2.3):
+  EDT 0 → −10 dB, T20 −5 → −25 dB, T30 −5 → −35 dB. A value needs a dynamic range (peak to noise)
+  of at least the evaluation range + 15 dB (ISO 3382-1 §5.3.3 / ISO 3382-2 §7.4).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from sonalyze.acoustics.onset import as_signal
+
+#: Decay (dB) per s for a reverberation time of 1 s: 60 dB.
+_LN10_6 = 6.0 * math.log(10.0)
+INITIAL_BLOCK_S = 0.03
+BLOCKS_PER_10DB = 5
+NOISE_TAIL_FRACTION = 0.1
+CONVERGENCE_S = 0.01
+MAX_ITERATIONS = 10
+#: Running-mean window for the "peak" of the dynamic range, s.
+PEAK_WINDOW_S = 0.01
+#: Evaluation ranges (dB re the EDC start) of the ISO 3382-1 parameters.
+EDT_RANGE_DB = (0.0, -10.0)
+T20_RANGE_DB = (-5.0, -25.0)
+T30_RANGE_DB = (-5.0, -35.0)
+#: Extra dynamic range needed below the evaluation range, dB (ISO 3382-1).
+DYNAMIC_RANGE_MARGIN_DB = 15.0
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """Where a decay meets its noise floor (Lundeby 1995).
+
+    ``index``: first sample not integrated; ``noise_power``: mean h² of the noise (same unit as h²);
+    ``dynamic_range_db``: peak of the 10 ms running-mean energy over the noise power (∞ when
+    noise-free); ``late_rt_s``: reverberation time of the late decay (None when not found);
+    ``tail_energy``: energy (Σh², unit sample) of the truncated tail added back.
+    """
+
+    index: int
+    noise_power: float
+    dynamic_range_db: float
+    late_rt_s: float | None
+    tail_energy: float
+
+
+def _block_levels_db(energy: np.ndarray, block: int, noise: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean energy per block minus ``noise`` (in dB, −∞ at or below it) and block centre times in samples."""
+    n_blocks = energy.size // block
+    means = energy[: n_blocks * block].reshape(n_blocks, block).mean(axis=1) - noise
+    centres = (np.arange(n_blocks) + 0.5) * block
+    with np.errstate(divide="ignore"):
+        return centres, 10.0 * np.log10(np.maximum(means, 0.0))
+
+
+def _line_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares slope, intercept and correlation coefficient of y(x)."""
+    xm = x - x.mean()
+    ym = y - y.mean()
+    sxx = float(xm @ xm)
+    syy = float(ym @ ym)
+    sxy = float(xm @ ym)
+    slope = sxy / sxx
+    r = sxy / math.sqrt(sxx * syy) if syy > 0 else 1.0
+    return slope, float(y.mean() - slope * x.mean()), r
+
+
+def _decay_fit(
+    centres: np.ndarray, level_db: np.ndarray, top_db: float, bottom_db: float
+) -> tuple[float, float] | None:
+    """Slope (dB/sample) and intercept of the blocks from the first below ``top_db`` to the first below
+    ``bottom_db`` after the maximum; None when fewer than 2 blocks."""
+    start = int(np.argmax(level_db))
+    after = level_db[start:]
+    i0 = start + int(np.argmax(after <= top_db)) if top_db < after[0] else start
+    below = level_db[i0:] < bottom_db
+    i1 = i0 + (int(np.argmax(below)) if below.any() else below.size)
+    if i1 - i0 < 2:
+        return None
+    slope, intercept, _ = _line_fit(centres[i0:i1], level_db[i0:i1])
+    return (slope, intercept) if slope < 0 else None
+
+
+def lundeby_truncation(ir: np.ndarray, fs_hz: float) -> Truncation:
+    """Truncation point, noise power and tail compensation of an IR's decay (Lundeby et al. 1995).
+
+    ``ir`` starts at the onset (t = 0). When no decay above the noise can be found the truncation is the
+    whole IR with no tail (so the Schroeder curve is plain) and ``late_rt_s`` is None.
+    """
+    energy = as_signal(ir) ** 2
+    n = energy.size
+    peak_block = max(1, int(PEAK_WINDOW_S * fs_hz))
+    csum = np.concatenate(([0.0], np.cumsum(energy)))
+    peak_power = float((csum[peak_block:] - csum[:-peak_block]).max() / peak_block) if n >= peak_block else energy.mean()
+    tail_start = int(n * (1.0 - NOISE_TAIL_FRACTION))
+    noise = float(energy[tail_start:].mean())
+    if noise <= 0.0:
+        return Truncation(n, 0.0, math.inf, None, 0.0)
+
+    def result(index: int, noise_power: float, slope: float | None, intercept: float | None) -> Truncation:
+        dr_db = 10.0 * math.log10(peak_power / noise_power) if noise_power > 0 else math.inf
+        if slope is None:
+            return Truncation(n, noise_power, dr_db, None, 0.0)
+        rate = -slope * fs_hz  # dB/s
+        p_cross = 10.0 ** ((intercept + slope * index) / 10.0)
+        tail = p_cross * (60.0 / rate) * fs_hz / _LN10_6
+        return Truncation(index, noise_power, dr_db, 60.0 / rate, tail)
+
+    block = max(1, int(INITIAL_BLOCK_S * fs_hz))
+    centres, level_db = _block_levels_db(energy, block)
+    noise_db = 10.0 * math.log10(noise)
+    if level_db.size < 3:
+        return result(n, noise, None, None)
+    fit = _decay_fit(centres, level_db, level_db.max(), noise_db + 10.0)
+    if fit is None:
+        return result(n, noise, None, None)
+    slope, intercept = fit
+    cross = min((noise_db - intercept) / slope, n)
+    for _ in range(MAX_ITERATIONS):
+        noise_from = int(min(cross + 10.0 / -slope, tail_start))
+        noise_new = float(energy[noise_from:].mean()) if noise_from < n else noise
+        if noise_new <= 0.0:
+            return result(n, 0.0, None, None)
+        noise_db = 10.0 * math.log10(noise_new)
+        block = max(1, int(10.0 / -slope / BLOCKS_PER_10DB))
+        centres, level_db = _block_levels_db(energy, block, noise_new)
+        if level_db.size < 3:
+            break
+        new_fit = _decay_fit(centres, level_db, noise_db + 25.0, noise_db + 5.0)
+        if new_fit is None:
+            break
+        slope, intercept = new_fit
+        noise = noise_new
+        new_cross = min((noise_db - intercept) / slope, n)
+        moved = abs(new_cross - cross)
+        cross = new_cross
+        if moved < CONVERGENCE_S * fs_hz:
+            break
+    index = int(np.clip(round(cross), 1, n))
+    return result(index, noise, slope, intercept)
+
+
+def schroeder_curve_db(ir: np.ndarray, fs_hz: float, truncation: Truncation | None = None) -> np.ndarray:
+    """Energy decay curve in dB re its start (Schroeder 1965), same length as ``ir``.
+
+    With a ``truncation`` (from `lundeby_truncation`), integrates up to ``truncation.index``, adds
+    ``truncation.tail_energy`` and returns NaN after the truncation; without one, integrates the raw IR
+    to its end (only right for a noise-free IR). ``ir`` starts at the onset.
+    """
+    energy = as_signal(ir) ** 2
+    end = energy.size if truncation is None else truncation.index
+    tail = 0.0 if truncation is None else truncation.tail_energy
+    edc = np.full(energy.size, np.nan)
+    edc[:end] = np.cumsum(energy[:end][::-1])[::-1] + tail
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(edc / edc[0])
+
+
+@dataclass(frozen=True)
+class DecayFit:
+    """A reverberation time from a line fit on the EDC.
+
+    ``rt_s``: −60/slope in s, None when the EDC never spans the range; ``correlation``: Pearson r of
+    the fit (|r| < 0.98: unreliable, as REW reports); ``valid``: False when the value must not be
+    reported, with ``reason``.
+    """
+
+    rt_s: float | None
+    correlation: float | None
+    valid: bool
+    reason: str | None
+
+
+def reverberation_time(
+    edc_db: np.ndarray,
+    fs_hz: float,
+    range_db: tuple[float, float] = T30_RANGE_DB,
+    *,
+    dynamic_range_db: float | None = None,
+) -> DecayFit:
+    """Reverberation time from the EDC over ``range_db`` (ISO 3382-1 §A.2.3): T = −60 dB / slope.
+
+    ``range_db=(0, -10)`` gives EDT, ``(-5, -25)`` T20, ``(-5, -35)`` T30. With ``dynamic_range_db``
+    (e.g. `Truncation.dynamic_range_db`), the value is flagged invalid when it is below the span of
+    the range + 15 dB (ISO 3382-1 §5.3.3).
+    """
+    top_db, bottom_db = range_db
+    name = {EDT_RANGE_DB: "EDT", T20_RANGE_DB: "T20", T30_RANGE_DB: "T30"}.get(tuple(range_db), "T")
+    edc = np.asarray(edc_db, dtype=np.float64)
+    finite = np.isfinite(edc)
+    i0 = int(np.argmax(edc <= top_db))
+    below = (edc <= bottom_db) & finite
+    if not finite[0] or edc[i0] > top_db or not below.any():
+        return DecayFit(None, None, False, f"decay curve does not reach {bottom_db:g} dB for {name}")
+    i1 = int(np.argmax(below)) + 1
+    if i1 - i0 < 3:
+        return DecayFit(None, None, False, f"too few samples between {top_db:g} and {bottom_db:g} dB")
+    t = np.arange(i0, i1) / fs_hz
+    slope, _, r = _line_fit(t, edc[i0:i1])
+    if slope >= 0:
+        return DecayFit(None, r, False, "decay curve is not decaying")
+    rt_s = -60.0 / slope
+    needed_db = top_db - bottom_db + DYNAMIC_RANGE_MARGIN_DB
+    if dynamic_range_db is not None and dynamic_range_db < needed_db:
+        return DecayFit(
+            rt_s, r, False, f"dynamic range {dynamic_range_db:.0f} dB < {needed_db:.0f} dB needed for {name}"
+        )
+    return DecayFit(rt_s, r, True, None)
