@@ -1,0 +1,1 @@
+"""The measurement service: jobs with a sweep to play, uploaded recordings, and their acoustic analysis."""

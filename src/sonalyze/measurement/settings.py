@@ -1,0 +1,29 @@
+"""The measurement service's one settings object, read from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MeasurementSettings(BaseSettings):
+    """``MEASUREMENT_*`` variables (``HOST`` and ``PORT`` are read by ``sonalyze serve``)."""
+
+    model_config = SettingsConfigDict(env_prefix="MEASUREMENT_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("sonalyze-data/measurement"), description="jobs, sweeps and uploads live under DATA_DIR/jobs/"
+    )
+    max_upload_mb: float = Field(default=50.0, gt=0, description="largest accepted upload request body, MiB")
+    analysis_workers: int = Field(default=1, ge=1, le=64, description="analyses running at once (one process each)")
+    analysis_queue: int = Field(default=4, ge=0, le=1000, description="analyses waiting for a worker before 503 busy")
+    analysis_timeout_s: float = Field(default=300.0, gt=0, description="an analysis running longer is stopped")
+    analyze_wait_s: float = Field(
+        default=8.0, ge=0, description="how long analyze waits for the result before answering 202 (gateway: 10 s)"
+    )
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)

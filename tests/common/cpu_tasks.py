@@ -1,0 +1,42 @@
+"""Tasks for the CpuPool tests, in a module that imports next to nothing (task processes import it)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def sum_of_squares(n: int, *, offset: int = 0) -> int:
+    return sum(i * i for i in range(n)) + offset
+
+
+def raise_value_error(text: str) -> None:
+    raise ValueError(text)
+
+
+class Unpicklable(Exception):
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}+{b}")
+
+
+def raise_unpicklable() -> None:
+    raise Unpicklable(1, 2)
+
+
+def report_steps(steps: int, *, progress) -> str:
+    for step in range(steps):
+        progress((step + 1) / steps, f"step {step + 1}")
+    return "finished"
+
+
+def wait_for_file(path: str, *, progress=None) -> int:
+    """Block (in the task process) until ``path`` exists; tell the parent our pid first."""
+    if progress is not None:
+        progress(0.0, str(os.getpid()))
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def exit_abruptly() -> None:
+    os._exit(3)
