@@ -3,12 +3,14 @@
     sonalyze serve                      all five services on the embedded defaults
     sonalyze serve gateway [--port P]   one service in this process
     sonalyze serve --services gateway,lobby
+    sonalyze demo [--gateway URL]        a virtual measurement session against a running backend
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import time
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +42,40 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path(os.environ.get("SONALYZE_DATA_DIR", "sonalyze-data")),
         help="folder for the embedded databases and audio when running several (default ./sonalyze-data)",
     )
+    demo = commands.add_parser("demo", help="run a complete measurement with virtual devices and compare it with the simulation")
+    demo.add_argument("--gateway", default="http://127.0.0.1:8000", help="gateway URL (default: the one-command backend)")
+    demo.add_argument("--room", choices=["shoebox", "polygon"], default="shoebox", help="the room to measure")
+    demo.add_argument("--snr-db", type=float, default=60.0, help="signal-to-noise ratio of the virtual recordings")
+    demo.add_argument("--seed", type=int, default=1, help="seed of noise, start offsets and ray tracing")
+    demo.add_argument("--out", type=Path, default=Path("sonalyze-demo"), help="folder for the plots (PNG)")
+    demo.add_argument("--no-plots", action="store_true", help="print the comparison only")
     return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from sonalyze.demo.report import comparison_table
+    from sonalyze.demo.session import DemoConfig, DemoFailed, run_demo, save_outputs
+
+    config = DemoConfig(gateway_url=args.gateway, room=args.room, snr_db=args.snr_db, seed=args.seed)
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f} s] {message}", flush=True)
+
+    try:
+        result = asyncio.run(run_demo(config, progress))
+    except (DemoFailed, OSError) as exc:
+        print(f"sonalyze demo: {exc}", file=sys.stderr)
+        return 1
+    for pair in result.pairs:
+        print()
+        print(comparison_table(f"{pair.speaker} -> {pair.microphone} (measured / simulated)", pair.measured, pair.simulated))
+    if not args.no_plots:
+        for path in save_outputs(result, args.out):
+            print(f"saved {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         names = args.services or list(SERVICES)
         return run_services(names, public_host=host, base_port=args.base_port, data_dir=args.data_dir)
+    if args.command == "demo":
+        return _demo(args)
     return 2
 
 

@@ -1,0 +1,1 @@
+"""``sonalyze demo``: a complete measurement with virtual devices, compared with the simulation."""

@@ -1,0 +1,239 @@
+"""A whole Sonalyze measurement with virtual devices, through the gateway like real phones.
+
+Five devices connect (``sonalyze.client``); ``speaker-a`` creates a lobby, the others join by code, the
+host shares the room snapshot, assigns two speakers and three microphones, starts, and runs the session.
+Every device reacts to the lobby's instructions as a phone would. A microphone "records" by asking the
+simulation service (``/v1/simulation/simulate``) for the room impulse response from the current speaker
+to itself, convolving the job's sweep with it, adding noise and a random start offset, and uploading
+the WAV through ``/v1/jobs/...``. The analysis pushed back is compared with the simulation's own metrics
+of the same impulse response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile
+
+from sonalyze.client import PushedEvent, SonalyzeClient
+from sonalyze.demo.recording import virtual_recording, wav_bytes
+from sonalyze.demo.rooms import MICROPHONES, ROOMS, SPEAKERS, room_snapshot
+
+ENDINGS = ("measurement.session_completed", "measurement.session_failed", "measurement.session_cancelled")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    gateway_url: str = "http://127.0.0.1:8000"
+    room: str = "shoebox"
+    snr_db: float = 60.0
+    seed: int = 1
+    sample_rate_hz: int = 48000
+    session_timeout_s: float = 300.0
+
+
+@dataclass
+class PairResult:
+    speaker: str
+    microphone: str
+    measured: dict[str, Any]
+    simulated: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return f"{self.speaker}_to_{self.microphone}"
+
+
+@dataclass
+class DemoResult:
+    lobby_id: str
+    session_id: str
+    job_id: str
+    pairs: list[PairResult] = field(default_factory=list)
+
+
+class DemoFailed(RuntimeError):
+    """The session did not complete; the message says where and why."""
+
+
+class _Shared:
+    """What the virtual devices learn together: the sweep, the simulated metrics of each RIR they used."""
+
+    def __init__(self) -> None:
+        self.sweeps: dict[str, np.ndarray] = {}
+        self.sweep_locks: dict[str, asyncio.Lock] = {}
+        self.simulated: dict[tuple[int, str], dict[str, Any]] = {}
+        self.results: dict[int, dict[str, Any]] = {}
+        self.ending: asyncio.Future | None = None
+
+
+class VirtualDevice:
+    """One phone: answers the lobby's instructions for its role."""
+
+    def __init__(
+        self, client: SonalyzeClient, config: DemoConfig, shared: _Shared, rng: np.random.Generator, progress: Callable[[str], None]
+    ) -> None:
+        self.client = client
+        self.config = config
+        self.shared = shared
+        self.rng = rng
+        self.progress = progress
+        self.room, self.positions = ROOMS[config.room]
+
+    @property
+    def device_id(self) -> str:
+        return self.client.device_id
+
+    async def run(self) -> None:
+        async for pushed in self.client.events():
+            await self._on(pushed)
+            if pushed.event in ENDINGS:
+                return
+
+    async def _on(self, pushed: PushedEvent) -> None:
+        data = pushed.data
+        me = self.device_id
+        guard = {"session_id": data.get("session_id"), "speaker_index": data.get("speaker_index")}
+        if pushed.event == "measurement.prepare_speaker":
+            is_speaker = data["speaker_device_id"] == me
+            if is_speaker or me in data["microphones"]:
+                await self.client.request("measurement.ready", guard)
+            if is_speaker:
+                await self._sweep(data["job_id"])
+                await self.client.request("measurement.speaker_audio_ready", guard)
+        elif pushed.event == "measurement.start_recording":
+            await self._sweep(data["job_id"])
+            await self.client.request("measurement.recording_started", guard)
+        elif pushed.event == "measurement.play":
+            self.progress(f"{me} plays the sweep")
+            await self.client.request("measurement.playback_complete", guard)
+        elif pushed.event == "measurement.stop_recording":
+            await self._record_and_upload(data)
+            await self.client.request("measurement.recording_uploaded", {**guard, "upload_name": data["upload_name"]})
+        elif pushed.event == "measurement.results":
+            self.shared.results.setdefault(data["speaker_index"], data)
+        elif pushed.event == "measurement.session_updated" and me == SPEAKERS[0]:
+            self.progress(f"session step: {data['step']} (speaker {data['speaker_index'] + 1 if data['speaker_index'] is not None else '-'}/{len(data['speakers'])})")
+        if pushed.event in ENDINGS and self.shared.ending is not None and not self.shared.ending.done():
+            self.shared.ending.set_result(pushed)
+
+    async def _sweep(self, job_id: str) -> np.ndarray:
+        lock = self.shared.sweep_locks.setdefault(job_id, asyncio.Lock())
+        async with lock:
+            if job_id not in self.shared.sweeps:
+                info = await self.client.request("measurement.get_audio_info", {"job_id": job_id})
+                response = await self.client.http("GET", info["audio_url"])
+                response.raise_for_status()
+                sweep, _ = soundfile.read(io.BytesIO(response.content), dtype="float64")
+                self.shared.sweeps[job_id] = sweep
+        return self.shared.sweeps[job_id]
+
+    async def _record_and_upload(self, instruction: dict[str, Any]) -> None:
+        speaker = SPEAKERS[instruction["speaker_index"]] if "speaker_device_id" not in instruction else instruction["speaker_device_id"]
+        self.progress(f"{self.device_id} asks the simulation for the room's answer from {speaker}")
+        simulation = await self.client.post_json(
+            "/v1/simulation/simulate",
+            {
+                "room": self.room,
+                "sources": [self.positions[speaker]],
+                "microphones": [self.positions[self.device_id]],
+                "sample_rate_hz": self.config.sample_rate_hz,
+                "include_rir": True,
+                "seed": self.config.seed,
+            },
+        )
+        pair = simulation["pairs"][0]
+        rir, rir_fs_hz = soundfile.read(io.BytesIO(base64.b64decode(pair["rir"]["wav_base64"])), dtype="float64")
+        if rir_fs_hz != self.config.sample_rate_hz:
+            raise DemoFailed(f"the simulation answered at {rir_fs_hz} Hz, the job records at {self.config.sample_rate_hz} Hz")
+        self.shared.simulated[(instruction["speaker_index"], self.device_id)] = pair["metrics"]
+        recording = virtual_recording(
+            self.shared.sweeps[instruction["job_id"]],
+            rir,
+            snr_db=self.config.snr_db,
+            start_offset_s=float(self.rng.uniform(0.05, 0.5)),
+            fs_hz=self.config.sample_rate_hz,
+            rng=self.rng,
+        )
+        self.progress(f"{self.device_id} uploads {instruction['upload_name']}")
+        response = await self.client.http(
+            "POST", instruction["upload_path"], content=wav_bytes(recording, self.config.sample_rate_hz), headers={"content-type": "audio/wav"}
+        )
+        if response.status_code != 201:
+            raise DemoFailed(f"upload of {instruction['upload_name']} refused: {response.status_code} {response.text[:300]}")
+
+
+async def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> DemoResult:
+    """Run the whole session; returns measured and simulated metrics for every speaker–microphone pair."""
+    rng = np.random.default_rng(config.seed)
+    clients = {device: SonalyzeClient(config.gateway_url, device) for device in SPEAKERS + MICROPHONES}
+    shared = _Shared()
+    shared.ending = asyncio.get_running_loop().create_future()
+    await asyncio.gather(*(client.connect() for client in clients.values()))
+    progress(f"{len(clients)} virtual devices connected to {config.gateway_url}")
+    host = clients[SPEAKERS[0]]
+    devices = [VirtualDevice(client, config, shared, rng, progress) for client in clients.values()]
+    loops = [asyncio.create_task(device.run()) for device in devices]
+    try:
+        lobby = await host.request("lobby.create", {"name": f"Sonalyze demo ({config.room})"})
+        lobby_id = lobby["lobby_id"]
+        progress(f"lobby {lobby['code']} created by {host.device_id}")
+        for device, client in clients.items():
+            if client is not host:
+                await client.request("lobby.join", {"code": lobby["code"].lower()})
+        progress("every device joined by code")
+        await host.request("lobby.room_snapshot", {"lobby_id": lobby_id, "room": room_snapshot(config.room)})
+        for device in clients:
+            role = "speaker" if device in SPEAKERS else "microphone"
+            await host.request("role.assign", {"lobby_id": lobby_id, "device_id": device, "role": role})
+        progress(f"room shared ({config.room}); roles: speakers {', '.join(SPEAKERS)}; microphones {', '.join(MICROPHONES)}")
+        await host.request("lobby.start", {"lobby_id": lobby_id})
+        session = await host.request("measurement.create_session", {"lobby_id": lobby_id})
+        session_id, job_id = session["session_id"], session["job_id"]
+        for speaker_index in range(len(SPEAKERS)):
+            await host.request("measurement.start_speaker", {"session_id": session_id, "speaker_index": speaker_index})
+            await _wait_for(lambda: speaker_index in shared.results or shared.ending.done(), config.session_timeout_s, loops)
+            if speaker_index not in shared.results:
+                break
+            progress(f"results for speaker {speaker_index + 1}/{len(SPEAKERS)} pushed to every device")
+        ending: PushedEvent = await asyncio.wait_for(asyncio.shield(shared.ending), config.session_timeout_s)
+        if ending.event != "measurement.session_completed":
+            raise DemoFailed(f"session ended with {ending.event}: {ending.data}")
+        result = DemoResult(lobby_id, session_id, job_id)
+        for speaker_index, entry in sorted(shared.results.items()):
+            analysis = entry["analysis"]["results"]
+            for microphone_index, microphone in enumerate(entry["microphones"]):
+                name = f"speaker-{speaker_index}_mic-{microphone_index}.wav"
+                measured = analysis[name]
+                result.pairs.append(PairResult(SPEAKERS[speaker_index], microphone, measured, shared.simulated[(speaker_index, microphone)]))
+        return result
+    finally:
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await asyncio.gather(*(client.close() for client in clients.values()), return_exceptions=True)
+
+
+async def _wait_for(condition: Callable[[], bool], timeout_s: float, loops: list[asyncio.Task]) -> None:
+    """Wait until ``condition``; a device loop that crashed ends the wait with its error."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        for task in loops:
+            if task.done() and task.exception() is not None:
+                raise DemoFailed(f"a virtual device failed: {task.exception()!r}") from task.exception()
+        if asyncio.get_running_loop().time() > deadline:
+            raise DemoFailed("the session did not advance in time")
+        await asyncio.sleep(0.02)
+
+
+def save_outputs(result: DemoResult, out_dir: Path) -> list[Path]:
+    from sonalyze.demo.report import save_plots
+
+    return save_plots([{"label": pair.label, "measured": pair.measured, "simulated": pair.simulated} for pair in result.pairs], out_dir)

@@ -1,0 +1,117 @@
+"""`sonalyze.client` against a real gateway process and a real upstream on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+
+from sonalyze.client import ConnectionLost, GatewayError, SonalyzeClient
+from sonalyze.common.errors import Forbidden, install_error_handlers
+from sonalyze.common.handle import EventContext, EventHandlers
+from tests.support.servers import ServiceProcess, ThreadedServer
+
+TOKEN = "client-test-token"
+
+
+def _upstream() -> FastAPI:
+    handlers = EventHandlers()
+
+    @handlers.on("lobby.echo")
+    async def echo(ctx: EventContext) -> dict:
+        await asyncio.sleep(float(ctx.data.get("delay_s", 0)))
+        return {"echo": ctx.data, "device_id": ctx.device_id}
+
+    @handlers.on("lobby.refuse")
+    async def refuse(ctx: EventContext) -> dict:
+        raise Forbidden("only the host may do that", details={"host_device_id": "someone-else"})
+
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(handlers.router())
+
+    @app.post("/v1/jobs/{job_id}/uploads/{name}", status_code=201)
+    async def upload(job_id: str, name: str, request: Request) -> dict:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+        return {"job_id": job_id, "name": name, "size_bytes": size}
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with ThreadedServer(_upstream()) as server:
+        yield server
+
+
+@pytest.fixture
+def gateway(upstream):
+    env = {"LOBBY_URL": upstream.url, "MEASUREMENT_URL": upstream.url, "INTERNAL_AUTH_TOKEN": TOKEN, "RATE_LIMIT_RPS": "1000", "RATE_LIMIT_BURST": "1000"}
+    with ServiceProcess("gateway", env=env) as process:
+        yield process
+
+
+def _broadcast(gateway_url: str, device_id: str, data: dict) -> int:
+    response = httpx.post(
+        f"{gateway_url}/internal/broadcast",
+        json={"event": "lobby.updated", "data": data, "targets": {"device_ids": [device_id]}},
+        headers={"X-Internal-Token": TOKEN},
+    )
+    response.raise_for_status()
+    return response.json()["delivered"]
+
+
+async def test_requests_errors_and_pushed_events(gateway):
+    async with SonalyzeClient(gateway.url, "phone-1") as client:
+        assert await client.request("lobby.echo", {"n": 1}) == {"echo": {"n": 1}, "device_id": "phone-1"}
+
+        with pytest.raises(GatewayError) as refused:
+            await client.request("lobby.refuse")
+        assert (refused.value.code, refused.value.details) == ("forbidden", {"host_device_id": "someone-else"})
+        with pytest.raises(GatewayError) as unknown:
+            await client.request("nobody.handles_this")
+        assert unknown.value.code == "unknown_event"
+
+        assert await asyncio.to_thread(_broadcast, gateway.url, "phone-1", {"type": "first"}) == 1
+        assert await asyncio.to_thread(_broadcast, gateway.url, "phone-1", {"type": "second"}) == 1
+        second = await client.next_event("lobby.updated", where=lambda e: e.data["type"] == "second")
+        first = await client.next_event("lobby.updated")
+        assert (first.data, second.data) == ({"type": "first"}, {"type": "second"})
+        assert client.pending_events() == []
+
+
+async def test_concurrent_requests_are_matched_by_request_id(gateway):
+    async with SonalyzeClient(gateway.url, "phone-2") as client:
+        slow = asyncio.create_task(client.request("lobby.echo", {"delay_s": 0.5, "which": "slow"}))
+        fast = await client.request("lobby.echo", {"which": "fast"})
+        assert fast["echo"]["which"] == "fast" and not slow.done()
+        assert (await slow)["echo"]["which"] == "slow"
+
+
+async def test_reconnects_with_backoff_after_the_gateway_restarts(gateway):
+    async with SonalyzeClient(gateway.url, "phone-3", backoff_initial_s=0.05, backoff_max_s=0.5) as client:
+        in_flight = asyncio.create_task(client.request("lobby.echo", {"delay_s": 30}))
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(gateway.kill)
+        with pytest.raises(ConnectionLost):
+            await in_flight
+        await asyncio.to_thread(gateway.start)
+        await client.wait_connected(timeout_s=30)
+        assert client.reconnects >= 1
+        assert (await client.request("lobby.echo", {"after": "restart"}))["echo"] == {"after": "restart"}
+        assert await asyncio.to_thread(_broadcast, gateway.url, "phone-3", {"type": "after_restart"}) == 1
+        assert (await client.next_event("lobby.updated")).data == {"type": "after_restart"}
+
+
+async def test_upload_through_the_proxy_streams_a_file(gateway, tmp_path: Path):
+    recording = tmp_path / "take.wav"
+    recording.write_bytes(b"\x01" * 300_000)
+    async with SonalyzeClient(gateway.url, "phone-4") as client:
+        answer = await client.upload("job-1", "mic-1.wav", recording)
+        assert answer == {"job_id": "job-1", "name": "mic-1.wav", "size_bytes": 300_000}
+        assert (await client.upload("job-1", "small.wav", b"abc"))["size_bytes"] == 3
