@@ -1,0 +1,1 @@
+"""The simulation service: room acoustics with pyroomacoustics, metrics by sonalyze.acoustics."""

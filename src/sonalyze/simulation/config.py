@@ -1,0 +1,53 @@
+"""The simulation service's settings, read from the environment (``SIMULATION_*``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sonalyze.simulation.limits import Limits
+
+
+class SimulationSettings(BaseSettings):
+    """Every knob of the simulation service; ``create_app`` builds one, tests pass their own."""
+
+    model_config = SettingsConfigDict(env_prefix="SIMULATION_", case_sensitive=False, extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Path("./simulation-data")
+    """Where jobs, results and RIR WAV files are kept (SIMULATION_DATA_DIR)."""
+    workers: int = Field(1, ge=1)
+    """Simulations running at once, one process each."""
+    queue: int = Field(4, ge=0)
+    """Simulations waiting for a worker; beyond that a request gets 503 ``busy`` with Retry-After."""
+    timeout_s: float = Field(120.0, gt=0)
+    """A simulation running longer is killed and answered with 504 ``timeout``."""
+    max_order: int = Field(60, ge=0)
+    """Highest image-source order in a shoebox room (O(order³) images)."""
+    max_polygon_order: int = Field(10, ge=0)
+    """Highest image-source order in a polygon room (cost grows exponentially with the order)."""
+    max_volume_m3: float = Field(20000.0, gt=0)
+    max_pairs: int = Field(32, ge=1)
+    """Sources × microphones in one request."""
+    max_rir_s: float = Field(6.0, gt=0)
+    """Longest expected RIR; ray tracing is also stopped at this time."""
+    max_rir_base64_mb: float = Field(16.0, ge=0)
+    """Largest total of base64 RIRs in one answer; above it the answer carries download paths only."""
+
+    storage_url: str = Field("", validation_alias="STORAGE_URL")
+    """The storage service; when set, every finished simulation is sent there through an outbox."""
+    database_url: str = Field("", validation_alias="DATABASE_URL")
+    """The outbox's database (SQLAlchemy async URL); empty: ``{data_dir}/outbox.db``."""
+
+    def outbox_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'outbox.db'}"
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_order=self.max_order,
+            max_polygon_order=self.max_polygon_order,
+            max_volume_m3=self.max_volume_m3,
+            max_pairs=self.max_pairs,
+            max_rir_s=self.max_rir_s,
+        )

@@ -1,0 +1,75 @@
+"""The simulation service's HTTP application and its ``/gateway/handle`` events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse
+
+from sonalyze.common.errors import install_error_handlers
+from sonalyze.common.handle import EventContext, EventHandlers
+from sonalyze.common.json import JSONResponse
+from sonalyze.simulation.config import SimulationSettings
+from sonalyze.simulation.schemas import SimulateRequest
+from sonalyze.simulation.service import SimulationService, parse_request
+
+events = EventHandlers()
+
+
+def _service(app: FastAPI) -> SimulationService:
+    return app.state.simulation
+
+
+@events.on("simulation.run")
+async def _run(ctx: EventContext) -> dict[str, Any]:
+    return await _service(ctx.app).run(parse_request(ctx.data))
+
+
+@events.on("simulation.health")
+async def _health(ctx: EventContext) -> dict[str, Any]:
+    return _service(ctx.app).health()
+
+
+@events.on("simulation.get")
+async def _get(ctx: EventContext) -> dict[str, Any]:
+    return await _service(ctx.app).get(str(ctx.data.get("id", "")))
+
+
+def create_app(settings: SimulationSettings | None = None) -> FastAPI:
+    settings = settings or SimulationSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = SimulationService(settings)
+        await service.start()
+        app.state.simulation = service
+        try:
+            yield
+        finally:
+            await service.close()
+
+    app = FastAPI(title="Sonalyze simulation", lifespan=lifespan, default_response_class=JSONResponse)
+    install_error_handlers(app)
+    app.include_router(events.router())
+
+    @app.get("/health")
+    async def health(request: Request) -> dict[str, Any]:
+        return _service(request.app).health()
+
+    @app.post("/simulate")
+    async def simulate(body: SimulateRequest, request: Request) -> dict[str, Any]:
+        return await _service(request.app).run(body)
+
+    @app.get("/simulations/{simulation_id}")
+    async def get_simulation(simulation_id: str, request: Request) -> dict[str, Any]:
+        return await _service(request.app).get(simulation_id)
+
+    @app.get("/simulations/{simulation_id}/rir/{source}/{microphone}.wav")
+    async def get_rir(simulation_id: str, source: int, microphone: int, request: Request) -> FileResponse:
+        path = _service(request.app).store.rir_path(simulation_id, source, microphone)
+        return FileResponse(path, media_type="audio/wav", filename=f"rir_{simulation_id}_{source}_{microphone}.wav")
+
+    return app

@@ -1,0 +1,184 @@
+"""The service shell around `engine.simulate`: limits, the worker pool, keeping jobs and results."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from sonalyze.common.cpu_pool import DEFAULT_PRELOAD, CpuPool
+from sonalyze.common.errors import Busy, SonalyzeError, Unprocessable, validation_details, validation_message
+from sonalyze.simulation.config import SimulationSettings
+from sonalyze.simulation.engine import SimulationOutput, simulate
+from sonalyze.simulation.limits import check_limits
+from sonalyze.simulation.schemas import SimulateRequest
+from sonalyze.simulation.records import job_record, result_records
+from sonalyze.simulation.store import JobStatus, SimulationStore, wav_bytes
+from sonalyze.storage.client import StorageClient
+from sonalyze.storage.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+PRELOAD = (*DEFAULT_PRELOAD, "sonalyze.common.cpu_pool", "pyroomacoustics", "sonalyze.simulation.engine")
+"""Imported once in the fork server: pyroomacoustics alone takes about a second to import."""
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_request(data: dict[str, Any]) -> SimulateRequest:
+    """Validate a ``simulation.run`` payload exactly like the HTTP body: 422 ``validation_error``."""
+    try:
+        return SimulateRequest.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        raise Unprocessable(validation_message(errors), details=validation_details(errors)) from exc
+
+
+def rir_path(simulation_id: str, source: int, microphone: int) -> str:
+    return f"/simulations/{simulation_id}/rir/{source}/{microphone}.wav"
+
+
+class SimulationService:
+    def __init__(self, settings: SimulationSettings) -> None:
+        self.settings = settings
+        self.limits = settings.limits()
+        self.store = SimulationStore(settings.data_dir)
+        self.pool = CpuPool(settings.workers, settings.queue, preload=PRELOAD)
+        self.outbox: Outbox | None = None
+        if settings.storage_url:
+            self.outbox = Outbox(settings.outbox_url(), StorageClient(settings.storage_url))
+
+    async def start(self) -> None:
+        """Start the storage outbox, then fail the simulations a previous process left running."""
+        if self.outbox is not None:
+            await self.outbox.start()
+        error = {"code": "interrupted", "message": "the service stopped before the simulation finished"}
+        for simulation_id in await asyncio.to_thread(self.store.running_ids):
+            log.warning("simulation %s was interrupted", simulation_id)
+            await self._finish(simulation_id, status=JobStatus.FAILED, error=error)
+
+    async def close(self) -> None:
+        await self.pool.close()
+        if self.outbox is not None:
+            await self.outbox.stop()
+            await self.outbox.client.aclose()
+
+    async def _finish(
+        self,
+        simulation_id: str,
+        *,
+        status: JobStatus,
+        result: dict[str, Any] | None = None,
+        rirs: list[tuple[int, int, bytes]] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Record a finished simulation: kept files first, then (if configured) the storage outbox."""
+        job = await asyncio.to_thread(
+            self.store.finish, simulation_id, status=status, finished_at=utc_now(), result=result, rirs=rirs or (), error=error
+        )
+        if self.outbox is not None:
+            await self.outbox.enqueue("simulation_jobs", job_record(job, result), aggregate=simulation_id)
+            for record in result_records(simulation_id, result) if result is not None else ():
+                await self.outbox.enqueue("simulation_results", record, aggregate=simulation_id)
+        return job
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "service": "simulation",
+            "workers": {
+                "max": self.pool.max_workers,
+                "running": self.pool.running,
+                "queued": self.pool.queued,
+                "max_queued": self.pool.max_queued,
+            },
+        }
+
+    async def get(self, simulation_id: str) -> dict[str, Any]:
+        job = await asyncio.to_thread(self.store.job, simulation_id)
+        result = await asyncio.to_thread(self.store.result, simulation_id)
+        return {**job, **(result or {})}
+
+    async def run(self, request: SimulateRequest) -> dict[str, Any]:
+        """Simulate, keep the job and result, and answer with the result (RIRs as base64 on request)."""
+        check_limits(request, self.limits)
+        simulation_id = uuid.uuid4().hex
+        job = {"id": simulation_id, "status": JobStatus.RUNNING.value, "created_at": utc_now(), "request": request.model_dump(mode="json")}
+        await asyncio.to_thread(self.store.create, job)
+        started = time.perf_counter()
+        try:
+            output: SimulationOutput = await self.pool.run(
+                simulate, request, max_rir_s=self.limits.max_rir_s, timeout_s=self.settings.timeout_s
+            )
+        except Busy:
+            await asyncio.to_thread(self.store.discard, simulation_id)  # refused: nothing is kept
+            raise
+        except SonalyzeError as exc:  # timeout, crashed worker
+            await self._finish(simulation_id, status=JobStatus.FAILED, error=exc.to_body()["error"])
+            raise
+        except asyncio.CancelledError:  # the client went away: the worker was stopped
+            error = {"code": "cancelled", "message": "the request was cancelled before the simulation finished"}
+            await self._finish(simulation_id, status=JobStatus.FAILED, error=error)
+            raise
+        except Exception as exc:  # a bug in the simulation: keep it, log it, answer 500
+            log.exception("simulation %s failed", simulation_id)
+            failure = SonalyzeError(f"the simulation failed: {exc}", code="simulation_failed")
+            await self._finish(simulation_id, status=JobStatus.FAILED, error=failure.to_body()["error"])
+            raise failure from exc
+        fs_hz = request.sample_rate_hz
+        wavs = await asyncio.to_thread(lambda: [(p.source, p.microphone, wav_bytes(p.rir, fs_hz)) for p in output.pairs])
+        result = {
+            "sample_rate_hz": request.sample_rate_hz,
+            "seed": output.seed,
+            "pairs": [
+                {
+                    "source": p.source,
+                    "microphone": p.microphone,
+                    "metrics": p.metrics,
+                    "metrics_reason": p.metrics_reason,
+                    "rir": {
+                        "path": rir_path(simulation_id, p.source, p.microphone),
+                        "samples": int(p.rir.size),
+                        "duration_s": p.rir.size / request.sample_rate_hz,
+                    },
+                }
+                for p in output.pairs
+            ],
+            "theory": output.theory,
+            "elapsed_s": output.pyroomacoustics_s + output.analysis_s,
+            "timing": {
+                "pyroomacoustics_s": output.pyroomacoustics_s,
+                "analysis_s": output.analysis_s,
+                "service_s": time.perf_counter() - started,
+            },
+        }
+        job = await self._finish(simulation_id, status=JobStatus.SUCCEEDED, result=result, rirs=wavs)
+        log.info("simulation %s done in %.2f s", simulation_id, result["elapsed_s"])
+        answer = {**job, **result}
+        if request.include_rir:
+            answer = self._with_base64(answer, wavs)
+        return answer
+
+    def _with_base64(self, answer: dict[str, Any], wavs: list[tuple[int, int, bytes]]) -> dict[str, Any]:
+        encoded_bytes = sum(4 * ((len(data) + 2) // 3) for _, _, data in wavs)
+        cap_bytes = self.settings.max_rir_base64_mb * 1e6
+        if encoded_bytes > cap_bytes:
+            answer["rir_base64_omitted"] = (
+                f"the RIRs would take {encoded_bytes / 1e6:.1f} MB as base64, above the limit "
+                f"{self.settings.max_rir_base64_mb:g} MB: download them from each pair's rir.path"
+            )
+            return answer
+        by_pair = {(s, m): data for s, m, data in wavs}
+        pairs = [
+            {**pair, "rir": {**pair["rir"], "wav_base64": base64.b64encode(by_pair[(pair["source"], pair["microphone"])]).decode("ascii")}}
+            for pair in answer["pairs"]
+        ]
+        return {**answer, "pairs": pairs}
