@@ -6,7 +6,7 @@ import httpx
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from sonalyze.common.errors import Conflict, install_error_handlers
+from sonalyze.common.errors import Busy, Conflict, install_error_handlers
 from sonalyze.common.handle import EventContext, EventHandlers
 from tests.support.servers import ThreadedServer
 
@@ -26,6 +26,10 @@ def _app() -> FastAPI:
     @handlers.on("demo.refuse")
     async def refuse(ctx: EventContext) -> dict:
         raise Conflict("already done", details={"why": "test"})
+
+    @handlers.on("demo.busy")
+    async def busy(ctx: EventContext) -> dict:
+        raise Busy("all workers are busy", headers={"Retry-After": "3"})
 
     app = FastAPI()
     install_error_handlers(app)
@@ -54,6 +58,9 @@ def test_handle_contract_data_and_errors():
 
         refused = http.post("/gateway/handle", json={"event": "demo.refuse"})
         assert refused.json() == {"error": {"code": "conflict", "message": "already done", "details": {"why": "test"}}}
+
+        busy = http.post("/gateway/handle", json={"event": "demo.busy"})
+        assert busy.json() == {"error": {"code": "busy", "message": "all workers are busy", "details": {"retry_after_s": 3.0}}}
 
         unknown = http.post("/gateway/handle", json={"event": "demo.nothing"})
         assert unknown.json()["error"]["code"] == "unknown_event"

@@ -95,7 +95,12 @@ class EventHandlers:
         try:
             return {"data": await handler(context)}
         except SonalyzeError as exc:
-            return exc.to_body()
+            body = exc.to_body()
+            retry_after = (exc.headers or {}).get("Retry-After")
+            if retry_after is not None:
+                # No HTTP headers reach the device through the gateway: the retry hint travels in details.
+                body["error"].setdefault("details", {})["retry_after_s"] = float(retry_after)
+            return body
 
     def router(self) -> APIRouter:
         router = APIRouter()
