@@ -1,0 +1,38 @@
+"""The lobby service's settings, read from the environment once at start-up."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sonalyze.lobby.session import StepTimeouts
+
+
+class LobbySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
+
+    service_name: str = "lobby"
+    database_url: str = "sqlite+aiosqlite:///./lobby.db"
+    gateway_url: str = Field("", description="where lobby.updated and measurement.* pushes go; empty: no pushes")
+    measurement_url: str = "http://127.0.0.1:8002"
+    internal_auth_token: str = ""
+    lobby_idle_timeout_s: float = Field(3600.0, gt=0)
+    session_step_timeout_s: float = Field(30.0, gt=0)
+    session_upload_timeout_s: float = Field(60.0, gt=0)
+    session_analysis_timeout_s: float = Field(120.0, gt=0)
+    session_host_timeout_s: float = Field(600.0, gt=0)
+    timer_interval_s: float = Field(0.5, gt=0, description="how often deadlines and idle lobbies are checked")
+    broadcast_queue_size: int = Field(10_000, gt=0)
+    broadcast_workers: int = Field(4, gt=0)
+    http_timeout_s: float = Field(10.0, gt=0)
+    sweep_duration_s: float = Field(3.0, gt=0, description="sweep length asked of the measurement service per job")
+    sample_rate_hz: int = Field(48_000, gt=0)
+
+    @property
+    def step_timeouts(self) -> StepTimeouts:
+        return StepTimeouts(
+            device_s=self.session_step_timeout_s,
+            upload_s=self.session_upload_timeout_s,
+            analysis_s=self.session_analysis_timeout_s,
+            host_s=self.session_host_timeout_s,
+        )

@@ -1,0 +1,250 @@
+"""The lobby service's application: REST API, ``POST /gateway/handle`` and the background loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+import httpx
+from fastapi import APIRouter, FastAPI, Header, Query, Request
+from pydantic import ValidationError
+
+from sonalyze.common.errors import error_body, install_error_handlers, validation_details, validation_message
+from sonalyze.common.handle import EventContext, EventHandlers, HandleRequest
+from sonalyze.common.json import JSONResponse, dumps
+from sonalyze.lobby.broadcast import Broadcaster
+from sonalyze.lobby.config import LobbySettings
+from sonalyze.lobby.measurement_client import MeasurementClient
+from sonalyze.lobby.schemas import (
+    AssignRole,
+    CreateLobby,
+    GetLobby,
+    JoinLobby,
+    ListEvents,
+    LobbyRef,
+    RoleBody,
+    SessionRef,
+    SessionSignal,
+    ShareRoom,
+)
+from sonalyze.lobby.service import LobbyService
+from sonalyze.lobby.session import Signal
+from sonalyze.lobby.sessions import SessionCoordinator
+from sonalyze.lobby.store import Database
+
+log = logging.getLogger("sonalyze.lobby")
+
+
+def _lobbies(request: Request) -> LobbyService:
+    return request.app.state.lobbies
+
+
+# ----------------------------------------------------------------------------------------------- events
+
+handlers = EventHandlers()
+
+# event → (service on app.state, its method, the model of the event's data)
+_OPERATIONS: dict[str, tuple[str, str, type]] = {
+    "lobby.create": ("lobbies", "create", CreateLobby),
+    "lobby.join": ("lobbies", "join", JoinLobby),
+    "lobby.leave": ("lobbies", "leave", LobbyRef),
+    "lobby.get": ("lobbies", "get", GetLobby),
+    "lobby.start": ("lobbies", "start", LobbyRef),
+    "lobby.room_snapshot": ("lobbies", "share_room", ShareRoom),
+    "lobby.events": ("lobbies", "events", ListEvents),
+    "role.assign": ("lobbies", "assign_role", AssignRole),
+    "measurement.create_session": ("sessions", "create", LobbyRef),
+    "measurement.session_status": ("sessions", "status", SessionRef),
+}
+
+
+def _operation(owner: str, method: str, model: type) -> Callable[[EventContext], Any]:
+    async def handle(ctx: EventContext) -> dict[str, Any]:
+        return await getattr(getattr(ctx.app.state, owner), method)(ctx.require_device(), ctx.parse(model))
+
+    return handle
+
+
+def _signal_handler(signal: Signal) -> Callable[[EventContext], Any]:
+    async def handle(ctx: EventContext) -> dict[str, Any]:
+        return await ctx.app.state.sessions.signal(signal, ctx.require_device(), ctx.parse(SessionSignal))
+
+    return handle
+
+
+for _event, _spec in _OPERATIONS.items():
+    handlers.on(_event)(_operation(*_spec))
+for _signal in Signal:
+    handlers.on(_signal.value)(_signal_handler(_signal))
+
+
+# ----------------------------------------------------------------------------------------------- REST
+
+DeviceId = Annotated[str, Header(alias="X-Device-Id", min_length=1, max_length=128, description="the calling device")]
+
+rest = APIRouter()
+
+
+@rest.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    return {"status": "ok", "service": request.app.state.settings.service_name}
+
+
+@rest.post("/lobbies", status_code=201)
+async def create_lobby(request: Request, device_id: DeviceId, body: CreateLobby | None = None) -> dict[str, Any]:
+    return await _lobbies(request).create(device_id, body or CreateLobby())
+
+
+@rest.post("/lobbies/join")
+async def join_lobby(request: Request, device_id: DeviceId, body: JoinLobby) -> dict[str, Any]:
+    return await _lobbies(request).join(device_id, body)
+
+
+@rest.get("/lobbies/{lobby_id}")
+async def get_lobby(request: Request, device_id: DeviceId, lobby_id: str) -> dict[str, Any]:
+    return await _lobbies(request).get(device_id, GetLobby(lobby_id=lobby_id))
+
+
+@rest.post("/lobbies/{lobby_id}/leave")
+async def leave_lobby(request: Request, device_id: DeviceId, lobby_id: str) -> dict[str, Any]:
+    return await _lobbies(request).leave(device_id, LobbyRef(lobby_id=lobby_id))
+
+
+@rest.post("/lobbies/{lobby_id}/roles")
+async def assign_role(request: Request, device_id: DeviceId, lobby_id: str, body: RoleBody) -> dict[str, Any]:
+    return await _lobbies(request).assign_role(device_id, AssignRole(lobby_id=lobby_id, device_id=body.device_id, role=body.role))
+
+
+@rest.post("/lobbies/{lobby_id}/start")
+async def start_lobby(request: Request, device_id: DeviceId, lobby_id: str) -> dict[str, Any]:
+    return await _lobbies(request).start(device_id, LobbyRef(lobby_id=lobby_id))
+
+
+@rest.get("/lobbies/{lobby_id}/events")
+async def lobby_events(
+    request: Request,
+    device_id: DeviceId,
+    lobby_id: str,
+    since: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    return await _lobbies(request).events(device_id, ListEvents(lobby_id=lobby_id, since=since, limit=limit))
+
+
+# ----------------------------------------------------------------------------------------------- the app
+
+
+class GatewayHandleFastPath:
+    """Serves ``POST /gateway/handle`` in front of FastAPI; every other request goes to FastAPI.
+
+    The same contract and handlers as :meth:`EventHandlers.router` (``{"data"}`` or ``{"error"}``,
+    status 200; a malformed body is a 422 ``validation_error``), without FastAPI's routing, dependency
+    and middleware layers, which cost as much CPU per lobby event as the database transaction did.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    @property
+    def state(self) -> Any:
+        """The FastAPI application's state (services, settings)."""
+        return self.app.state
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["path"] != "/gateway/handle" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        status, body = await self._answer(b"".join(chunks))
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _answer(self, raw: bytes) -> tuple[int, bytes]:
+        try:
+            request = HandleRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            return 422, dumps(error_body("validation_error", validation_message(errors), validation_details(errors)))
+        try:
+            return 200, dumps(await handlers.dispatch(request, self.app))
+        except Exception:  # noqa: BLE001 - the edge: log it, answer like the shared error handlers do
+            log.exception("gateway event %s failed", request.event)
+            return 500, dumps(error_body("internal_error", "the lobby service failed to handle this event"))
+
+
+
+async def _timer_loop(app: FastAPI, settings: LobbySettings) -> None:
+    """Step deadlines every tick; idle lobbies every tenth of the idle timeout (at most once a minute)."""
+    sweep_every_s = min(60.0, settings.lobby_idle_timeout_s / 10)
+    next_sweep_s = 0.0
+    while True:
+        try:
+            await app.state.sessions.check_deadlines()
+            if time.monotonic() >= next_sweep_s:
+                next_sweep_s = time.monotonic() + sweep_every_s
+                closed = await app.state.lobbies.expire_idle(idle_timeout_s=settings.lobby_idle_timeout_s)
+                if closed:
+                    log.info("closed %d idle lobbies", closed)
+        except Exception:  # noqa: BLE001 - the loop must outlive one bad tick
+            log.exception("timer tick failed")
+        await asyncio.sleep(settings.timer_interval_s)
+
+
+def create_app(
+    settings: LobbySettings | None = None,
+    *,
+    measurement_transport: httpx.AsyncBaseTransport | None = None,
+    clock: Callable[[], float] = time.time,
+) -> GatewayHandleFastPath:
+    """The lobby service. Tests may pass their own settings, a measurement-service transport and a clock."""
+    settings = settings or LobbySettings()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per measurement call is noise
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.database_url)
+        await db.migrate()
+        broadcaster = Broadcaster(
+            settings.gateway_url,
+            settings.internal_auth_token,
+            queue_size=settings.broadcast_queue_size,
+            workers=settings.broadcast_workers,
+            timeout_s=settings.http_timeout_s,
+        )
+        await broadcaster.start()
+        measurement = MeasurementClient(settings.measurement_url, timeout_s=settings.http_timeout_s, transport=measurement_transport)
+        app.state.lobbies = lobbies = LobbyService(db, broadcaster, clock=clock)
+        app.state.sessions = sessions = SessionCoordinator(
+            lobbies,
+            measurement,
+            timeouts=settings.step_timeouts,
+            sample_rate_hz=settings.sample_rate_hz,
+            sweep_duration_s=settings.sweep_duration_s,
+        )
+        await sessions.resume()
+        timer = asyncio.create_task(_timer_loop(app, settings), name="lobby-timers")
+        try:
+            yield
+        finally:
+            timer.cancel()
+            await asyncio.gather(timer, return_exceptions=True)
+            await sessions.stop()
+            await broadcaster.stop()
+            await measurement.aclose()
+            await db.dispose()
+
+    app = FastAPI(title="Sonalyze lobby", lifespan=lifespan, default_response_class=JSONResponse)
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(rest)
+    return GatewayHandleFastPath(app)

@@ -1,0 +1,88 @@
+"""A small client of the measurement service: create a job, analyze a speaker's uploads.
+
+The transport is injectable (``httpx.AsyncBaseTransport``) so tests can put a stub in front; the
+service's errors become the shared error tree (``upstream_unavailable``, ``upstream_timeout``,
+``upstream_error``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from sonalyze.common.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+
+FINAL_JOB_STATUSES = frozenset({"done", "failed"})
+
+
+class MeasurementClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 10.0,
+        poll_interval_s: float = 0.2,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport)
+        self._poll_interval_s = poll_interval_s
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._client.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(f"the measurement service did not answer {method} {path} in time") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(f"the measurement service is unreachable: {exc!r}") from exc
+        if response.status_code >= 400:
+            raise UpstreamError(
+                f"the measurement service refused {method} {path} ({response.status_code})",
+                details={"status": response.status_code, "body": _error_of(response)},
+            )
+        return response
+
+    async def create_job(self, *, sample_rate_hz: int, sweep_duration_s: float) -> dict[str, Any]:
+        """``POST /v1/jobs``: a job with its sweep; the answer holds ``job_id``."""
+        body = {"sample_rate_hz": sample_rate_hz, "sweep": {"duration_s": sweep_duration_s}}
+        job = (await self._request("POST", "/v1/jobs", json=body)).json()
+        if not isinstance(job, dict) or "job_id" not in job:
+            raise UpstreamError("the measurement service answered a job without job_id")
+        return job
+
+    async def get_job(self, job_id: str) -> dict[str, Any]:
+        return (await self._request("GET", f"/v1/jobs/{job_id}")).json()
+
+    async def analyze(self, job_id: str, uploads: list[str]) -> dict[str, Any]:
+        """``POST /v1/jobs/{id}/analyze`` (sweep deconvolution) and wait for the finished job.
+
+        A 202 answer, or a 409 because that analysis is already running (the lobby restarted while it
+        ran), is followed by polling ``GET /v1/jobs/{id}``. A failed analysis raises ``upstream_error``.
+        """
+        body = {"source": "sweep_deconvolution", "uploads": uploads}
+        try:
+            response = await self._request("POST", f"/v1/jobs/{job_id}/analyze", json=body)
+            job = response.json()
+        except UpstreamError as exc:
+            if (exc.details or {}).get("status") != 409:
+                raise
+            job = await self.get_job(job_id)
+            if job.get("status") != "analyzing":
+                raise
+        while job.get("status") not in FINAL_JOB_STATUSES:
+            await asyncio.sleep(self._poll_interval_s)
+            job = await self.get_job(job_id)
+        if job["status"] == "failed":
+            raise UpstreamError(f"the analysis of job {job_id} failed: {job.get('error')}", details={"job_id": job_id, "error": job.get("error")})
+        return job
+
+
+def _error_of(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text[:500]

@@ -1,0 +1,19 @@
+"""Alembic migrations of the lobby service, run programmatically at start-up (:func:`upgrade`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection
+
+VERSION_TABLE = "lobby_alembic_version"
+
+
+def upgrade(connection: Connection, revision: str = "head") -> None:
+    """Bring the database behind ``connection`` to ``revision`` (idempotent)."""
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent))
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)

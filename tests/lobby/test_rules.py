@@ -1,0 +1,50 @@
+"""Pure rules: lobby status transitions and join codes; the measurement client against the real service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sonalyze.common.errors import UpstreamError, UpstreamUnavailable
+from sonalyze.lobby.codes import CODE_ALPHABET, new_code, normalize_code
+from sonalyze.lobby.errors import Conflict
+from sonalyze.lobby.lifecycle import LOBBY_TRANSITIONS, LobbyStatus, check_transition
+from sonalyze.lobby.measurement_client import MeasurementClient
+from tests.lobby.conftest import measurement_server
+from tests.support.servers import free_port
+
+
+def test_lobby_transition_table():
+    assert check_transition(LobbyStatus.OPEN, LobbyStatus.MEASURING) is LobbyStatus.MEASURING
+    assert check_transition(LobbyStatus.MEASURING, LobbyStatus.OPEN) is LobbyStatus.OPEN
+    assert check_transition(LobbyStatus.MEASURING, LobbyStatus.CLOSED) is LobbyStatus.CLOSED
+    for current, target in [(LobbyStatus.MEASURING, LobbyStatus.MEASURING), (LobbyStatus.CLOSED, LobbyStatus.OPEN)]:
+        with pytest.raises(Conflict) as exc:
+            check_transition(current, target)
+        assert exc.value.details == {"status": current.value, "target": target.value}
+    assert LOBBY_TRANSITIONS[LobbyStatus.CLOSED] == frozenset()
+
+
+def test_join_codes_are_unambiguous_and_normalized():
+    assert not set("01ILO") & set(CODE_ALPHABET)
+    codes = {new_code() for _ in range(500)}
+    assert all(len(c) == 6 and set(c) <= set(CODE_ALPHABET) for c in codes) and len(codes) > 490
+    assert normalize_code(" ab3-k7q ") == "AB3K7Q"
+
+
+async def test_measurement_client_against_the_real_service(tmp_path: Path):
+    with measurement_server(tmp_path) as server:
+        client = MeasurementClient(server.url, poll_interval_s=0.05)
+        try:
+            job = await client.create_job(sample_rate_hz=16000, sweep_duration_s=1.0)
+            assert (await client.get_job(job["job_id"]))["status"] == "created"
+            with pytest.raises(UpstreamError) as exc:
+                await client.analyze(job["job_id"], ["nothing.wav"])
+            assert exc.value.details["status"] in (404, 409, 422)
+        finally:
+            await client.aclose()
+    dead = MeasurementClient(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(UpstreamUnavailable):
+        await dead.create_job(sample_rate_hz=16000, sweep_duration_s=1.0)
+    await dead.aclose()
