@@ -1,0 +1,1 @@
+"""Alembic migrations of the storage database (run through :mod:`sonalyze.storage.migrate`)."""

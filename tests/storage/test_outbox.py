@@ -1,0 +1,209 @@
+"""The storage client and the writers' outbox: errors, transactions, dead records, ordering, and a
+measurement session that outlives a storage crash without losing or doubling a record."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from sonalyze.storage.client import StorageClient, StorageError, StorageUnavailable
+from sonalyze.storage.main import create_app
+from sonalyze.storage.outbox import Outbox, retry_delay_s
+from sonalyze.storage.settings import StorageSettings
+from tests.storage.records import metrics, new_code, new_id
+from tests.support.servers import ServiceProcess, ThreadedServer, free_port
+
+
+@pytest.fixture
+def storage(tmp_path):
+    settings = StorageSettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'storage.db'}")
+    with ThreadedServer(create_app(settings)) as server:
+        yield server
+
+
+@pytest.fixture
+async def client(storage):
+    async with StorageClient(storage.url, timeout_s=10) as storage_client:
+        yield storage_client
+
+
+def _outbox(tmp_path, client: StorageClient) -> Outbox:
+    return Outbox(
+        f"sqlite+aiosqlite:///{tmp_path / 'writer.db'}", client, retry_base_s=0.05, retry_max_s=0.5, poll_interval_s=0.2
+    )
+
+
+def test_retry_delay_doubles_from_the_base_and_is_capped():
+    delays = [retry_delay_s(attempt, base_s=0.2, max_s=5.0, jitter=1.0) for attempt in range(1, 8)]
+    assert delays == pytest.approx([0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0])
+    assert retry_delay_s(3, base_s=0.2, max_s=5.0, jitter=0.0) == pytest.approx(0.4)  # jitter halves at most
+
+
+async def test_client_reports_storage_errors_with_their_code_and_whether_to_retry(client):
+    with pytest.raises(StorageError) as missing:
+        await client.get("devices", "no-such-device")
+    assert (missing.value.storage_status, missing.value.storage_code, missing.value.retryable) == (404, "not_found", False)
+
+    with pytest.raises(StorageError) as orphan:
+        await client.put("participants", {"id": new_id("part"), "lobby_id": "later", "device_id": "later"})
+    assert (orphan.value.storage_code, orphan.value.retryable) == ("missing_reference", True)
+
+    with pytest.raises(StorageError) as invalid:
+        await client.create("lobbies", {"code": "no"})
+    assert (invalid.value.storage_status, invalid.value.storage_code, invalid.value.retryable) == (422, "validation_error", False)
+
+    with pytest.raises(ValueError):
+        await client.put("lobbies", {"code": new_code()})  # no id
+    with pytest.raises(ValueError):
+        await client.get("lobby", "x")  # no such resource
+
+
+async def test_client_round_trip(client):
+    device = await client.put("devices", {"id": new_id("dev"), "name": "Pixel"})
+    lobby = await client.create("lobbies", {"code": new_code(), "host_device_id": device["id"]})
+    assert (await client.lobby_by_code(lobby["code"]))["id"] == lobby["id"]
+    assert (await client.update("lobbies", lobby["id"], {"status": "closed"}))["status"] == "closed"
+    page = await client.list("lobbies", host_device_id=device["id"])
+    assert [item["id"] for item in page["items"]] == [lobby["id"]] and page["next_offset"] is None
+    await client.delete("lobbies", lobby["id"])
+    with pytest.raises(StorageError):
+        await client.get("lobbies", lobby["id"])
+    assert await client.healthy()
+
+
+async def test_unreachable_storage_is_storage_unavailable():
+    async with StorageClient(f"http://127.0.0.1:{free_port()}", timeout_s=2) as nowhere:
+        with pytest.raises(StorageUnavailable) as error:
+            await nowhere.put("devices", {"id": "d1"})
+        assert error.value.retryable
+        assert not await nowhere.healthy()
+
+
+async def test_enqueue_commits_and_rolls_back_with_the_writers_transaction(tmp_path, client):
+    outbox = _outbox(tmp_path, client)
+    await outbox.create_table()
+    try:
+        async with AsyncSession(outbox.engine) as session:
+            async with session.begin():
+                await outbox.enqueue("devices", {"id": new_id("dev")}, session=session)
+                await session.rollback()
+            assert await outbox.pending() == 0
+            async with session.begin():
+                await outbox.enqueue("devices", {"id": new_id("dev")}, session=session)
+            assert await outbox.pending() == 1
+    finally:
+        await outbox.stop()
+
+
+async def test_refused_records_are_kept_dead_and_do_not_hold_up_the_rest(tmp_path, client):
+    outbox = _outbox(tmp_path, client)
+    bad_id, good_id = new_id("lobby"), new_id("dev")
+    await outbox.create_table()
+    await outbox.enqueue("lobbies", {"id": bad_id, "code": "bad code"})
+    await outbox.enqueue("devices", {"id": good_id, "name": "ok"})
+    await outbox.start()
+    try:
+        await outbox.flush(timeout_s=20)
+        dead = await outbox.dead()
+        assert [(row["resource"], row["record_id"]) for row in dead] == [("lobbies", bad_id)]
+        assert "validation_error" in dead[0]["last_error"]
+        assert (await client.get("devices", good_id))["name"] == "ok"
+    finally:
+        await outbox.stop()
+
+
+async def test_one_aggregate_is_delivered_in_enqueue_order(tmp_path, client):
+    outbox = _outbox(tmp_path, client)
+    lobby_id, device_id, code = new_id("lobby"), new_id("dev"), new_code()
+    await outbox.create_table()
+    await outbox.enqueue("devices", {"id": device_id})
+    for status in ("open", "measuring", "analyzing", "closed"):
+        await outbox.enqueue("lobbies", {"id": lobby_id, "code": code, "status": status}, aggregate=lobby_id)
+    joined_at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    participant = {"id": new_id("part"), "lobby_id": lobby_id, "device_id": device_id, "joined_at": joined_at}
+    await outbox.enqueue("participants", participant, aggregate=lobby_id)
+    await outbox.enqueue("participants", {**participant, "role": "microphone"}, aggregate=lobby_id)
+    await outbox.start()
+    try:
+        await outbox.flush(timeout_s=20)
+        stored = await client.get("participants", participant["id"])
+        assert (stored["role"], stored["joined_at"]) == ("microphone", "2026-01-02T03:04:05+00:00")
+        await outbox.enqueue_delete("participants", participant["id"], aggregate=lobby_id)
+        await outbox.enqueue_delete("participants", participant["id"], aggregate=lobby_id)  # already gone: fine
+        await outbox.flush(timeout_s=20)
+        assert (await client.get("lobbies", lobby_id))["status"] == "closed"
+        assert (await client.list("participants", lobby_id=lobby_id))["items"] == []
+        assert await outbox.dead() == []
+    finally:
+        await outbox.stop()
+
+
+def _output(measurement_id: str, index: int) -> dict:
+    return {
+        "id": f"{measurement_id}-out-{index:03d}",
+        "measurement_id": measurement_id,
+        "microphone_id": f"mic-{index % 3}",
+        "speaker_id": "spk-0",
+        "parameters": {"fs_hz": 48000, "index": index},
+        "metrics": metrics(),
+        "curves": {"edc_db": [0.0, -1.5 * index, -3.0 * index]},
+    }
+
+
+async def test_storage_crash_during_a_measurement_session_loses_and_doubles_nothing(tmp_path, database_url):
+    storage = ServiceProcess("storage", env={"DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"})
+    await asyncio.to_thread(storage.start)
+    client = StorageClient(storage.url, timeout_s=3)
+    outbox = _outbox(tmp_path, client)
+    sent: dict[tuple[str, str], dict] = {}
+
+    async def send(resource: str, record: dict, aggregate: str) -> None:
+        sent[(resource, record["id"])] = record
+        await outbox.enqueue(resource, record, aggregate=aggregate)
+
+    try:
+        await outbox.start()
+        lobby = {"id": new_id("lobby"), "code": new_code(), "status": "open"}
+        devices = [{"id": new_id("dev"), "name": f"phone {index}"} for index in range(3)]
+        for device in devices:
+            await send("devices", device, device["id"])
+        await send("lobbies", lobby, lobby["id"])
+        for device in devices:
+            await send("participants", {"id": new_id("part"), "lobby_id": lobby["id"], "device_id": device["id"]}, lobby["id"])
+        measurement = {"id": new_id("meas"), "lobby_id": lobby["id"], "kind": "sweep", "status": "recording"}
+        await send("measurements", measurement, lobby["id"])
+        await send("lobbies", {**lobby, "status": "measuring"}, lobby["id"])
+        await outbox.flush(timeout_s=30)
+
+        outputs = [_output(measurement["id"], index) for index in range(60)]
+        for index, output in enumerate(outputs):
+            await send("analysis_outputs", output, measurement["id"])
+            if index == 20:
+                await asyncio.to_thread(storage.kill)  # mid-session, mid-delivery
+            await asyncio.sleep(0.005)
+        await send("measurements", {**measurement, "status": "analyzed"}, lobby["id"])
+        await send("lobbies", {**lobby, "status": "closed"}, lobby["id"])
+        await asyncio.sleep(0.5)
+        assert await outbox.pending() > 0  # storage is down: the records wait in the writer's database
+
+        await asyncio.to_thread(storage.start)
+        await outbox.flush(timeout_s=60)
+        assert await outbox.dead() == []
+
+        stored_outputs = (await client.list("analysis_outputs", measurement_id=measurement["id"], limit=500))["items"]
+        assert sorted(item["id"] for item in stored_outputs) == sorted(output["id"] for output in outputs)
+        assert all(item["created_at"] == item["updated_at"] for item in stored_outputs)  # written once, never rewritten
+        participants = (await client.list("participants", lobby_id=lobby["id"]))["items"]
+        assert sorted(item["device_id"] for item in participants) == sorted(device["id"] for device in devices)
+        for (resource, record_id), record in sent.items():
+            stored = await client.get(resource, record_id)
+            assert {key: stored[key] for key in record} == record, (resource, record_id)
+        assert (await client.get("lobbies", lobby["id"]))["status"] == "closed"
+        assert (await client.get("measurements", measurement["id"]))["status"] == "analyzed"
+    finally:
+        await outbox.stop()
+        await client.aclose()
+        await asyncio.to_thread(storage.stop)
