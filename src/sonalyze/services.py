@@ -19,7 +19,13 @@ class ServiceSpec:
 SERVICES: dict[str, ServiceSpec] = {
     spec.name: spec
     for spec in (
-        ServiceSpec("gateway", "sonalyze.gateway.main:create_app", 8000, "/healthz"),
+        ServiceSpec(
+            "gateway",
+            "sonalyze.gateway.main:create_app",
+            8000,
+            "/healthz",
+            {"ws": "sonalyze.gateway.ws_protocol:GatewayWebSocketProtocol"},
+        ),
         ServiceSpec("lobby", "sonalyze.lobby.main:create_app", 8001, "/health"),
         ServiceSpec("measurement", "sonalyze.measurement.main:create_app", 8002, "/v1/health"),
         ServiceSpec("simulation", "sonalyze.simulation.main:create_app", 8003, "/health"),

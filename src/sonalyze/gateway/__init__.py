@@ -1,0 +1,1 @@
+"""The Sonalyze gateway: WebSocket event routing, HTTP proxy, internal broadcast (see docs/gateway.md)."""

@@ -1,0 +1,146 @@
+"""One WebSocket connection's protocol logic, without sockets: fed with messages, answers with outcomes.
+
+Order of checks for every message: size, JSON, rate limit (every message takes a token, even a bad
+one), envelope shape, ``identify``/``ping``, identification, route. The shell (``ws_protocol``) sends
+what :meth:`Session.receive` returns and runs the upstream calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from sonalyze.gateway.models import RequestId, error, error_envelope, response_envelope
+from sonalyze.gateway.rate_limit import TokenBucket
+from sonalyze.gateway.router import RoutingTable
+
+MAX_DEVICE_ID_CHARS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Send ``envelope`` to this connection."""
+
+    envelope: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Identified:
+    """The connection now belongs to ``device_id``: register it, then send ``envelope``."""
+
+    device_id: str
+    envelope: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Call ``upstream_url``/gateway/handle with this event; its answer becomes the reply."""
+
+    upstream_url: str
+    event: str
+    data: dict[str, Any]
+    request_id: RequestId
+
+
+Outcome = Reply | Identified | Forward
+
+
+def device_id_problem(device_id: object) -> str | None:
+    """Why ``device_id`` is unusable, or None when it is fine."""
+    if not isinstance(device_id, str) or not device_id.strip():
+        return "device_id must be a non-empty string"
+    if len(device_id) > MAX_DEVICE_ID_CHARS:
+        return f"device_id must be at most {MAX_DEVICE_ID_CHARS} characters"
+    return None
+
+
+class Session:
+    __slots__ = ("connection_id", "device_id", "routes", "bucket", "max_message_bytes")
+
+    def __init__(
+        self,
+        connection_id: str,
+        routes: RoutingTable,
+        bucket: TokenBucket,
+        max_message_bytes: int,
+        device_id: str | None = None,
+    ) -> None:
+        self.connection_id = connection_id
+        self.device_id = device_id
+        self.routes = routes
+        self.bucket = bucket
+        self.max_message_bytes = max_message_bytes
+
+    def receive(self, message: bytes | str, now_s: float) -> Outcome:
+        """Decide what one client message leads to."""
+        size = len(message) if isinstance(message, bytes) else len(message.encode())
+        if size > self.max_message_bytes:
+            return self._limited(None, None, now_s) or _fail(
+                None, None, "message_too_large", f"message is {size} bytes; the limit is {self.max_message_bytes}",
+                {"max_bytes": self.max_message_bytes},
+            )
+        try:
+            envelope = orjson.loads(message)
+        except orjson.JSONDecodeError as exc:
+            return self._limited(None, None, now_s) or _fail(None, None, "invalid_json", f"message is not valid JSON: {exc}")
+        if not isinstance(envelope, dict):
+            return self._limited(None, None, now_s) or _fail(
+                None, None, "invalid_json", "message must be a JSON object {\"event\", \"request_id\", \"data\"}"
+            )
+        event = envelope.get("event")
+        request_id = envelope.get("request_id")
+        if not (request_id is None or isinstance(request_id, (str, int))) or isinstance(request_id, bool):
+            request_id = None
+            problem: tuple[str, str] | None = ("invalid_request_id", "request_id must be a string or an integer")
+        else:
+            problem = None
+        if not isinstance(event, str) or not event:
+            event = None
+            problem = problem or ("missing_event", "message needs an \"event\" (a non-empty string)")
+        limited = self._limited(event, request_id, now_s)
+        if limited is not None:
+            return limited
+        if problem is not None:
+            return _fail(event, request_id, *problem)
+        data = envelope.get("data")
+        if data is None:
+            data = {}
+        elif not isinstance(data, dict):
+            return _fail(event, request_id, "invalid_data", "\"data\" must be a JSON object")
+        assert event is not None
+        if event == "identify":
+            return self._identify(data, request_id)
+        if event == "ping":
+            return Reply(response_envelope("pong", request_id, {}))
+        if self.device_id is None:
+            return _fail(event, request_id, "not_identified", "identify first: connect with ?device_id= or send an identify event")
+        upstream_url = self.routes.resolve(event)
+        if upstream_url is None:
+            return _fail(event, request_id, "unknown_event", f"no service handles the event {event!r}")
+        return Forward(upstream_url, event, data, request_id)
+
+    def _identify(self, data: dict[str, Any], request_id: RequestId) -> Outcome:
+        device_id = data.get("device_id")
+        problem = device_id_problem(device_id)
+        if problem is not None:
+            return _fail("identify", request_id, "invalid_data", problem)
+        if self.device_id is not None and self.device_id != device_id:
+            return _fail("identify", request_id, "already_identified", f"this connection is already device {self.device_id!r}")
+        self.device_id = device_id
+        answer = response_envelope("identify", request_id, {"device_id": device_id, "connection_id": self.connection_id})
+        return Identified(device_id, answer)
+
+    def _limited(self, event: str | None, request_id: RequestId, now_s: float) -> Reply | None:
+        retry_after_s = self.bucket.take(now_s)
+        if retry_after_s == 0.0:
+            return None
+        return _fail(
+            event, request_id, "rate_limited", f"too many messages; retry in {retry_after_s:.3f} s",
+            {"retry_after_s": max(round(retry_after_s, 3), 0.001)},
+        )
+
+
+def _fail(event: str | None, request_id: RequestId, code: str, message: str, details: dict[str, Any] | None = None) -> Reply:
+    return Reply(error_envelope(event, request_id, error(code, message, details)))
