@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import socket
@@ -19,6 +20,12 @@ import httpx
 import uvicorn
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when the test process dies (no orphans)."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -126,7 +133,9 @@ class ServiceProcess:
 
     def start(self, timeout_s: float = 60.0) -> "ServiceProcess":
         command = [sys.executable, "-m", "sonalyze", "serve", self.spec.name, "--host", "127.0.0.1", "--port", str(self.port)]
-        self.process = subprocess.Popen(command, env=self.env, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, env=self.env, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
         try:
             wait_http_ok(self.url + self.spec.health_path, timeout_s, is_alive=lambda: self.process.poll() is None)
         except Exception as exc:
