@@ -12,11 +12,8 @@ from tests.support import infra
 @pytest.fixture
 async def postgres_url() -> AsyncIterator[str]:
     """A fresh, empty PostgreSQL database (SQLAlchemy asyncpg URL), dropped afterwards."""
-    url, name = await infra.create_postgres_database()
-    try:
+    async with infra.postgres_database() as url:
         yield url
-    finally:
-        await infra.drop_postgres_database(name)
 
 
 @pytest.fixture
@@ -31,11 +28,8 @@ async def database_url(request, tmp_path) -> AsyncIterator[str]:
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
         return
-    url, name = await infra.create_postgres_database()
-    try:
+    async with infra.postgres_database() as url:
         yield url
-    finally:
-        await infra.drop_postgres_database(name)
 
 
 @pytest.fixture

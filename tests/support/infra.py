@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 import pytest
@@ -66,3 +68,13 @@ async def drop_postgres_database(name: str) -> None:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await connection.close()
+
+
+@asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A fresh, empty database for the block (SQLAlchemy asyncpg URL), dropped after it."""
+    url, name = await create_postgres_database()
+    try:
+        yield url
+    finally:
+        await drop_postgres_database(name)
