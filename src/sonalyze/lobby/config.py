@@ -15,6 +15,7 @@ class LobbySettings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./lobby.db"
     gateway_url: str = Field("", description="where lobby.updated and measurement.* pushes go; empty: no pushes")
     measurement_url: str = "http://127.0.0.1:8002"
+    storage_url: str = Field("", description="the storage service; records go there through an outbox in the lobby DB. Empty: no storage writes")
     internal_auth_token: str = ""
     lobby_idle_timeout_s: float = Field(3600.0, gt=0)
     session_step_timeout_s: float = Field(30.0, gt=0)

@@ -35,6 +35,7 @@ from sonalyze.lobby.service import LobbyService
 from sonalyze.lobby.session import Signal
 from sonalyze.lobby.sessions import SessionCoordinator
 from sonalyze.lobby.store import Database
+from sonalyze.storage.client import StorageClient
 
 log = logging.getLogger("sonalyze.lobby")
 
@@ -212,8 +213,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.database_url)
-        await db.migrate()
+        storage = StorageClient(settings.storage_url, timeout_s=settings.http_timeout_s) if settings.storage_url else None
+        db = Database(settings.database_url, storage=storage)
+        await db.start()
         broadcaster = Broadcaster(
             settings.gateway_url,
             settings.internal_auth_token,

@@ -81,7 +81,9 @@ class SessionCoordinator:
             self._check_can_create(conn, *_lobby(conn, body.lobby_id), device_id)
 
         await self.db.read(check)
-        job = await self.measurement.create_job(sample_rate_hz=self.sample_rate_hz, sweep_duration_s=self.sweep_duration_s)
+        job = await self.measurement.create_job(
+            sample_rate_hz=self.sample_rate_hz, sweep_duration_s=self.sweep_duration_s, lobby_id=body.lobby_id
+        )
 
         def work(conn: Connection, pushes: Pushes, now_s: float) -> dict[str, Any]:
             lobby, members = _lobby(conn, body.lobby_id, lock=True)

@@ -11,41 +11,72 @@ one transaction through :meth:`Database.write`. How it runs depends on the URL:
 * PostgreSQL: the asyncpg engine; the same functions run through ``Connection.run_sync``.
 
 Durable records (lobbies, participants, events, sessions) are written only by the functions of this
-module, so a later outbox to the storage service has one place to hook in.
+module. With a storage client (``STORAGE_URL``) they note what changed in the transaction
+(:class:`StorageChanges`), and before the commit :meth:`Database.write` turns that into rows of the
+``storage_outbox`` table (:mod:`sonalyze.storage.outbox`) in the same transaction: a lobby change and the
+records bound for storage commit or roll back together, and the outbox delivers them after the commit.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, and_, bindparam, create_engine, delete, event, exists, insert, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sonalyze.lobby import migrations
 from sonalyze.lobby.lifecycle import LobbyStatus
 from sonalyze.lobby.models import events, lobbies, participants, sessions
+from sonalyze.lobby.records import device_record, lobby_record, measurement_record, participant_record
 from sonalyze.lobby.session import TERMINAL_STEPS, SessionState
+from sonalyze.storage.client import StorageClient
+from sonalyze.storage.db import make_engine
+from sonalyze.storage.outbox import Outbox, outbox_table, put_row
 
 T = TypeVar("T")
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    """The lobby's engine; with ``storage`` also the outbox that delivers its records to the storage service."""
+
+    def __init__(self, url: str, *, storage: StorageClient | None = None) -> None:
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self._outbox_engine: AsyncEngine | None = None
         if self.is_sqlite:
             self._engine = create_engine(parsed.set(drivername="sqlite+pysqlite"))
             event.listen(self._engine, "connect", _sqlite_pragmas)
         else:
             self._async_engine = create_async_engine(parsed, pool_size=10, max_overflow=20)
+        self.outbox: Outbox | None = None
+        if storage is not None:
+            self.outbox = Outbox(self._delivery_engine(parsed), storage)
 
-    async def migrate(self) -> None:
+    def _delivery_engine(self, parsed: Any) -> AsyncEngine:
+        """The engine the outbox delivers from: the lobby's own on PostgreSQL; on SQLite an aiosqlite
+        engine on the same file in autocommit, so each of its writes takes and releases the file lock
+        inside one statement and never holds it across an await while the lobby writes inline."""
+        if not self.is_sqlite:
+            return self._async_engine
+        self._outbox_engine = make_engine(parsed.set(drivername="sqlite+aiosqlite"))
+        return self._outbox_engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    async def start(self) -> None:
+        """Migrate, then start delivering the outbox (rows a previous process left are sent first)."""
         await self.write(migrations.upgrade)
+        if self.outbox is not None:
+            await self.outbox.start()
 
     async def dispose(self) -> None:
+        if self.outbox is not None:
+            await self.outbox.stop()
+            await self.outbox.client.aclose()
+        if self._outbox_engine is not None:
+            await self._outbox_engine.dispose()
         if self.is_sqlite:
             self._engine.dispose()
         else:
@@ -53,11 +84,19 @@ class Database:
 
     async def write(self, work: Callable[..., T], *args: Any) -> T:
         """``work(connection, *args)`` in one transaction, committed when it returns, rolled back if it raises."""
+        if self.outbox is None:
+            if self.is_sqlite:
+                with self._engine.begin() as connection:
+                    return work(connection, *args)
+            async with self._async_engine.begin() as connection:
+                return await connection.run_sync(work, *args)
+        # The outbox finds the committed rows on its next poll (at most a second later); waking it on every
+        # commit would cost a scan of its table per lobby event under load.
         if self.is_sqlite:
             with self._engine.begin() as connection:
-                return work(connection, *args)
+                return _with_storage_records(connection, work, *args)
         async with self._async_engine.begin() as connection:
-            return await connection.run_sync(work, *args)
+            return await connection.run_sync(_with_storage_records, work, *args)
 
     async def read(self, work: Callable[..., T], *args: Any) -> T:
         """``work(connection, *args)`` without writing."""
@@ -66,6 +105,42 @@ class Database:
                 return work(connection, *args)
         async with self._async_engine.connect() as connection:
             return await connection.run_sync(work, *args)
+
+
+@dataclass(slots=True)
+class StorageChanges:
+    """What one transaction changed of the records storage keeps (insertion-ordered sets)."""
+
+    devices: dict[str, str] = field(default_factory=dict)
+    """device id → the lobby it joined (the order key of its record)."""
+    lobbies: dict[str, LobbyRow | None] = field(default_factory=dict)
+    """lobby id → its row when this transaction inserted it and did not change it since (else read at the end)."""
+    seats: dict[tuple[str, str], tuple[str | None, float]] = field(default_factory=dict)
+    """(lobby id, device id) → the seat's role and join time."""
+    left: dict[tuple[str, str], tuple[str | None, float]] = field(default_factory=dict)
+    """(lobby id, device id) → the role and join time of a seat deleted in this transaction."""
+    sessions: dict[str, None] = field(default_factory=dict)
+    now_s: float | None = None
+    """The transaction's clock, seen in the statements that carry it (the time a device left)."""
+
+
+_CHANGES = "sonalyze.lobby.storage_changes"
+
+
+def _changes(conn: Connection) -> StorageChanges | None:
+    """The transaction's change set, or None when storage is off (``Database`` without a storage client)."""
+    return conn.info.get(_CHANGES)
+
+
+def _with_storage_records(conn: Connection, work: Callable[..., T], *args: Any) -> T:
+    """Run ``work`` noting what it changes, then queue the storage records in the same transaction."""
+    changes = conn.info[_CHANGES] = StorageChanges()
+    try:
+        result = work(conn, *args)
+        enqueue_storage_records(conn, changes)
+        return result
+    finally:
+        del conn.info[_CHANGES]  # the info dict outlives the transaction (it belongs to the DBAPI connection)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -148,6 +223,11 @@ _EVENTS = (
 )
 _SESSION = select(sessions.c.state, sessions.c.version, sessions.c.lobby_id).where(sessions.c.id == _b("session_id"))
 _TERMINAL = [s.value for s in TERMINAL_STEPS]
+# With storage on, the changes return what the storage record needs instead of reading it again.
+_DELETE_PARTICIPANT_RETURNING = _DELETE_PARTICIPANT.returning(participants.c.role, participants.c.joined_s)
+_SET_ROLE_RETURNING = _SET_ROLE.returning(participants.c.joined_s)
+_INSERT_OUTBOX = insert(outbox_table)
+_SESSION_TIMES = select(sessions.c.state, sessions.c.created_s, sessions.c.updated_s).where(sessions.c.id == _b("session_id"))
 
 
 # ----------------------------------------------------------------------------------------------- lobbies
@@ -167,6 +247,11 @@ def insert_lobby(conn: Connection, *, lobby_id: str, code: str, name: str | None
             "updated_s": now_s,
         },
     )
+    changes = _changes(conn)
+    if changes is not None:
+        changes.devices.setdefault(host_device_id, lobby_id)
+        changes.lobbies[lobby_id] = LobbyRow(lobby_id, code, name, LobbyStatus.OPEN, host_device_id, None, 0, None, now_s, now_s)
+        changes.now_s = now_s
 
 
 def get_lobby(conn: Connection, lobby_id: str, *, lock: bool = False) -> LobbyRow | None:
@@ -185,6 +270,9 @@ def update_lobby(conn: Connection, lobby_id: str, **values: Any) -> None:
     if "status" in values:
         values["status"] = LobbyStatus(values["status"]).value
     conn.execute(update(lobbies).where(lobbies.c.id == lobby_id).values(**values))
+    changes = _changes(conn)
+    if changes is not None:
+        changes.lobbies[lobby_id] = None  # read again at the end of the transaction
 
 
 def idle_lobbies(conn: Connection, *, updated_before_s: float) -> list[str]:
@@ -204,14 +292,34 @@ def list_participants(conn: Connection, lobby_id: str) -> list[ParticipantRow]:
 def add_participant(conn: Connection, *, lobby_id: str, device_id: str, joined_seq: int, now_s: float) -> None:
     values = {"lobby_id": lobby_id, "device_id": device_id, "role": None, "joined_seq": joined_seq, "joined_s": now_s}
     conn.execute(_INSERT_PARTICIPANT, values)
+    changes = _changes(conn)
+    if changes is not None:
+        changes.devices.setdefault(device_id, lobby_id)
+        changes.seats[(lobby_id, device_id)] = (None, now_s)
+        changes.now_s = now_s
 
 
 def remove_participant(conn: Connection, *, lobby_id: str, device_id: str) -> None:
-    conn.execute(_DELETE_PARTICIPANT, {"lobby_id": lobby_id, "device_id": device_id})
+    key = {"lobby_id": lobby_id, "device_id": device_id}
+    changes = _changes(conn)
+    if changes is None:
+        conn.execute(_DELETE_PARTICIPANT, key)
+        return
+    seat = conn.execute(_DELETE_PARTICIPANT_RETURNING, key).first()
+    if seat is not None:
+        changes.seats.pop((lobby_id, device_id), None)
+        changes.left[(lobby_id, device_id)] = (seat.role, seat.joined_s)
 
 
 def set_role(conn: Connection, *, lobby_id: str, device_id: str, role: str | None) -> None:
-    conn.execute(_SET_ROLE, {"p_lobby_id": lobby_id, "p_device_id": device_id, "p_role": role})
+    values = {"p_lobby_id": lobby_id, "p_device_id": device_id, "p_role": role}
+    changes = _changes(conn)
+    if changes is None:
+        conn.execute(_SET_ROLE, values)
+        return
+    joined_s = conn.execute(_SET_ROLE_RETURNING, values).scalar()
+    if joined_s is not None:
+        changes.seats[(lobby_id, device_id)] = (role, joined_s)
 
 
 # ----------------------------------------------------------------------------------------------- event log
@@ -226,6 +334,9 @@ def append_event(conn: Connection, *, lobby_id: str, type_: str, device_id: str 
     seq = conn.execute(_NEXT_SEQ, {"lobby_id": lobby_id, "now_s": now_s}).scalar_one()
     values = {"lobby_id": lobby_id, "seq": seq, "type": type_, "device_id": device_id, "data": data, "created_s": now_s}
     conn.execute(_INSERT_EVENT, values)
+    changes = _changes(conn)
+    if changes is not None:
+        changes.now_s = now_s
     return seq
 
 
@@ -250,6 +361,9 @@ def insert_session(conn: Connection, state: SessionState, *, now_s: float) -> No
             updated_s=now_s,
         )
     )
+    changes = _changes(conn)
+    if changes is not None:
+        changes.sessions[state.session_id] = None
 
 
 def get_session(conn: Connection, session_id: str) -> SessionRow | None:
@@ -264,7 +378,11 @@ def save_session(conn: Connection, state: SessionState, *, version: int, now_s: 
         .where(sessions.c.id == state.session_id, sessions.c.version == version)
         .values(step=state.step.value, state=state.to_json(), version=version + 1, deadline_s=state.deadline_s, updated_s=now_s)
     )
-    return result.rowcount == 1
+    saved = result.rowcount == 1
+    changes = _changes(conn)
+    if saved and changes is not None:
+        changes.sessions[state.session_id] = None
+    return saved
 
 
 def due_sessions(conn: Connection, *, now_s: float) -> list[str]:
@@ -274,3 +392,39 @@ def due_sessions(conn: Connection, *, now_s: float) -> list[str]:
 
 def sessions_in_step(conn: Connection, step: str) -> list[str]:
     return list(conn.execute(select(sessions.c.id).where(sessions.c.step == step)).scalars())
+
+
+# ----------------------------------------------------------------------------------------------- storage records
+
+
+def enqueue_storage_records(conn: Connection, changes: StorageChanges) -> None:
+    """Insert the outbox rows of what ``changes`` names, as the rows stand now (one multi-row ``INSERT``).
+
+    Every record of a lobby is ordered by its lobby id (the outbox's aggregate), parents first:
+    devices, the lobby, seats, measurements (storage refuses a child whose parent it does not hold yet).
+    """
+    lobby_rows = changes.lobbies
+
+    def lobby_of(lobby_id: str) -> LobbyRow:
+        row = lobby_rows.get(lobby_id)
+        if row is None:
+            row = lobby_rows[lobby_id] = get_lobby(conn, lobby_id)
+        return row
+
+    rows = [put_row("devices", device_record(device_id), aggregate=lobby_id) for device_id, lobby_id in changes.devices.items()]
+    rows += [put_row("lobbies", lobby_record(lobby_of(lobby_id)), aggregate=lobby_id) for lobby_id in list(changes.lobbies)]
+    for (lobby_id, device_id), (role, joined_s) in changes.seats.items():
+        record = participant_record(lobby_id, device_id, role=role, joined_s=joined_s)
+        rows.append(put_row("participants", record, aggregate=lobby_id))
+    left_s = changes.now_s if changes.now_s is not None else time.time()
+    for (lobby_id, device_id), (role, joined_s) in changes.left.items():
+        record = participant_record(lobby_id, device_id, role=role, joined_s=joined_s, left_s=left_s)
+        rows.append(put_row("participants", record, aggregate=lobby_id))
+    for session_id in changes.sessions:
+        session = conn.execute(_SESSION_TIMES, {"session_id": session_id}).one()
+        state = SessionState.from_json(session.state)
+        room = lobby_of(state.lobby_id).room
+        record = measurement_record(state, room=room, created_s=session.created_s, updated_s=session.updated_s)
+        rows.append(put_row("measurements", record, aggregate=state.lobby_id))
+    if rows:
+        conn.execute(_INSERT_OUTBOX, rows)

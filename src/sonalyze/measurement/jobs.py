@@ -78,6 +78,11 @@ class JobCreate(BaseModel):
 
     sample_rate_hz: int = Field(default=48000, ge=8000, le=192000)
     sweep: SweepSettings = Field(default_factory=SweepSettings)
+    lobby_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.:\-]{1,64}$",
+        description="set by the lobby for a session's job: the lobby writes its storage measurement record",
+    )
 
     def sweep_params(self) -> SweepParams:
         """The resolved, validated sweep (ValueError when the combination is impossible)."""
@@ -148,9 +153,11 @@ class Job(BaseModel):
     summary: dict[str, Any] | None = None
     progress: Progress | None = None
     error: JobError | None = None
+    lobby_id: str | None = None
+    """The lobby whose session created the job; None for a standalone job."""
 
     @classmethod
-    def create(cls, params: SweepParams) -> Job:
+    def create(cls, params: SweepParams, *, lobby_id: str | None = None) -> Job:
         now = utc_now()
         return cls(
             job_id=new_job_id(),
@@ -158,6 +165,7 @@ class Job(BaseModel):
             created_at=now,
             updated_at=now,
             sweep=dataclasses.asdict(params),
+            lobby_id=lobby_id,
         )
 
     @property

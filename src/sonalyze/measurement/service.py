@@ -20,6 +20,7 @@ from sonalyze.common.cpu_pool import DEFAULT_PRELOAD, CpuPool
 from sonalyze.common.errors import BadRequest, Busy, Conflict, NotFound, SonalyzeError, Unprocessable
 from sonalyze.common.logging import log_context
 from sonalyze.measurement.analysis import AnalysisTask, analyze_uploads, summarize
+from sonalyze.measurement import records
 from sonalyze.measurement.jobs import (
     AnalysisSource,
     AnalyzeRequest,
@@ -40,6 +41,8 @@ from sonalyze.measurement.uploads import (
     receive_multipart,
     receive_raw,
 )
+from sonalyze.storage.client import StorageClient
+from sonalyze.storage.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +62,18 @@ class MeasurementService:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._analyses: dict[str, asyncio.Task[None]] = {}
         self._warm_up: asyncio.Task[None] | None = None
+        self.outbox: Outbox | None = None
+        if settings.storage_url:
+            self.outbox = Outbox(settings.outbox_url(), StorageClient(settings.storage_url))
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """At start-up: warm the analysis workers up (in the background) and recover the jobs on disk."""
+        """At start-up: start the storage outbox, warm the analysis workers up (in the background) and
+        recover the jobs on disk."""
+        if self.outbox is not None:
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            await self.outbox.start()
         self._warm_up = asyncio.create_task(self.pool.warm_up())
         await self._recover()
 
@@ -90,6 +100,9 @@ class MeasurementService:
             task.cancel()
         await asyncio.gather(*self._analyses.values(), return_exceptions=True)
         await self.pool.close()
+        if self.outbox is not None:
+            await self.outbox.stop()
+            await self.outbox.client.aclose()
 
     # -- jobs ------------------------------------------------------------------------------------
 
@@ -98,9 +111,11 @@ class MeasurementService:
             params = request.sweep_params()
         except ValueError as exc:
             raise Unprocessable(str(exc), code="invalid_sweep") from exc
-        job = Job.create(params)
+        job = Job.create(params, lobby_id=request.lobby_id)
         sweep = await asyncio.to_thread(exponential_sweep, params)
         await asyncio.to_thread(self.store.create, job, sweep)
+        if self.outbox is not None and job.lobby_id is None:
+            await self.outbox.enqueue("measurements", records.measurement_record(job), aggregate=job.job_id)
         log.info("job created", extra={"job_id": job.job_id, "sample_rate_hz": job.sample_rate_hz})
         return job
 
@@ -264,7 +279,25 @@ class MeasurementService:
             job.move_to(JobStatus.FAILED if error else JobStatus.DONE, "finish the analysis")
             await self._save(job)
             self._analyzing.pop(job.job_id, None)
+            await self._send_to_storage(job, results or {})
         log.info("analysis finished", extra={"job_id": job.job_id, "status": job.status.value})
+
+    async def _send_to_storage(self, job: Job, results: dict[str, dict[str, Any]]) -> None:
+        """Queue the outputs of this analysis (and a standalone job's measurement record) for storage.
+
+        Under the job's lock, after the save: a job's records enter the outbox in the order of its
+        analyses, so an older analysis never overwrites a newer one in storage.
+        """
+        if self.outbox is None:
+            return
+        async with self.outbox.engine.begin() as connection:  # all of them or none
+            if job.lobby_id is None:
+                record = records.measurement_record(job)
+                await self.outbox.enqueue("measurements", record, aggregate=job.job_id, session=connection)
+            for name, result in results.items():
+                record = records.output_record(job, name, result)
+                await self.outbox.enqueue("analysis_outputs", record, aggregate=job.job_id, session=connection)
+        self.outbox.notify()
 
     def health(self) -> dict[str, Any]:
         return {

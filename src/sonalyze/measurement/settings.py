@@ -24,6 +24,18 @@ class MeasurementSettings(BaseSettings):
         default=8.0, ge=0, description="how long analyze waits for the result before answering 202 (gateway: 10 s)"
     )
 
+    storage_url: str = Field(
+        default="", validation_alias="STORAGE_URL", description="the storage service; empty: analyses are not sent there"
+    )
+    database_url: str = Field(
+        default="",
+        validation_alias="DATABASE_URL",
+        description="the storage outbox's database (SQLAlchemy async URL); empty: DATA_DIR/outbox.db",
+    )
+
+    def outbox_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'outbox.db'}"
+
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)

@@ -86,6 +86,34 @@ class RowState(enum.StrEnum):
     """Storage refused the record for good; kept with ``last_error`` for a human to look at."""
 
 
+def _pending_row(
+    operation: Operation, resource: str, record_id: str, payload: Record | None, aggregate: str | None
+) -> dict[str, Any]:
+    now_s = time.time()
+    return {
+        "operation": operation.value,
+        "resource": resource,
+        "record_id": record_id,
+        "aggregate": aggregate or f"{resource}:{record_id}",
+        "payload": payload,
+        "state": RowState.PENDING.value,
+        "attempts": 0,
+        "next_attempt_s": now_s,
+        "created_s": now_s,
+    }
+
+
+def put_row(resource: str, record: Record, *, aggregate: str | None = None) -> dict[str, Any]:
+    """The outbox row of ``PUT /v1/{resource}/{record["id"]}`` (the record as the JSON that will be sent).
+
+    :meth:`Outbox.enqueue` inserts it; a writer whose transactions run on a synchronous connection (the
+    lobby's) inserts it with ``insert(outbox_table)`` itself; delivery finds it on the next poll, or at
+    once after :meth:`Outbox.notify`.
+    """
+    payload = loads(dumps(record))
+    return _pending_row(Operation.PUT, check_resource(resource), record_id_of(record), payload, aggregate)
+
+
 def retry_delay_s(attempts: int, *, base_s: float, max_s: float, jitter: float) -> float:
     """Capped exponential back-off with jitter: ``min(max_s, base_s·2^(attempts-1))·(0.5 + jitter/2)``.
 
@@ -138,8 +166,7 @@ class Outbox:
         ``session`` must write to this outbox's database. The record is stored as the JSON that will be
         sent (datetimes as ISO 8601, numpy values as numbers), so any engine's JSON column can hold it.
         """
-        record_id = record_id_of(record)
-        await self._add(Operation.PUT, check_resource(resource), record_id, loads(dumps(record)), aggregate, session)
+        await self._insert(put_row(resource, record, aggregate=aggregate), session)
 
     async def enqueue_delete(
         self,
@@ -150,29 +177,10 @@ class Outbox:
         session: AsyncSession | AsyncConnection | None = None,
     ) -> None:
         """Queue ``DELETE /v1/{resource}/{record_id}`` (a record already gone counts as delivered)."""
-        await self._add(Operation.DELETE, check_resource(resource), record_id, None, aggregate, session)
+        await self._insert(_pending_row(Operation.DELETE, check_resource(resource), record_id, None, aggregate), session)
 
-    async def _add(
-        self,
-        operation: Operation,
-        resource: str,
-        record_id: str,
-        payload: Record | None,
-        aggregate: str | None,
-        session: AsyncSession | AsyncConnection | None,
-    ) -> None:
-        now_s = time.time()
-        statement = insert(outbox_table).values(
-            operation=operation.value,
-            resource=resource,
-            record_id=record_id,
-            aggregate=aggregate or f"{resource}:{record_id}",
-            payload=payload,
-            state=RowState.PENDING.value,
-            attempts=0,
-            next_attempt_s=now_s,
-            created_s=now_s,
-        )
+    async def _insert(self, row: dict[str, Any], session: AsyncSession | AsyncConnection | None) -> None:
+        statement = insert(outbox_table).values(row)
         if session is None:
             async with self.engine.begin() as connection:
                 await connection.execute(statement)
@@ -182,6 +190,10 @@ class Outbox:
         # Delivery sees the row once the caller commits; until then the poll interval bounds the delay.
         if isinstance(session, AsyncSession):
             _wake_after_commit(session, self._wake)
+
+    def notify(self) -> None:
+        """Deliver now: a transaction the outbox did not see (a :func:`put_row` insert) has committed rows."""
+        self._wake.set()
 
     async def start(self) -> None:
         await self.create_table()

@@ -6,11 +6,12 @@ from alembic import context
 
 from sonalyze.lobby.migrations import VERSION_TABLE
 from sonalyze.lobby.models import metadata
+from sonalyze.storage.outbox import outbox_metadata
 
 connection = context.config.attributes["connection"]
 context.configure(
     connection=connection,
-    target_metadata=metadata,
+    target_metadata=[metadata, outbox_metadata],
     version_table=VERSION_TABLE,
     render_as_batch=connection.dialect.name == "sqlite",
 )
