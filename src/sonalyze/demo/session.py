@@ -69,6 +69,7 @@ class _Shared:
     def __init__(self) -> None:
         self.sweeps: dict[str, np.ndarray] = {}
         self.sweep_locks: dict[str, asyncio.Lock] = {}
+        self.speaker_of_turn: dict[int, str] = {}
         self.simulated: dict[tuple[int, str], dict[str, Any]] = {}
         self.results: dict[int, dict[str, Any]] = {}
         self.ending: asyncio.Future | None = None
@@ -102,6 +103,7 @@ class VirtualDevice:
         me = self.device_id
         guard = {"session_id": data.get("session_id"), "speaker_index": data.get("speaker_index")}
         if pushed.event == "measurement.prepare_speaker":
+            self.shared.speaker_of_turn[data["speaker_index"]] = data["speaker_device_id"]
             is_speaker = data["speaker_device_id"] == me
             if is_speaker or me in data["microphones"]:
                 await self.client.request("measurement.ready", guard)
@@ -136,7 +138,7 @@ class VirtualDevice:
         return self.shared.sweeps[job_id]
 
     async def _record_and_upload(self, instruction: dict[str, Any]) -> None:
-        speaker = SPEAKERS[instruction["speaker_index"]] if "speaker_device_id" not in instruction else instruction["speaker_device_id"]
+        speaker = self.shared.speaker_of_turn[instruction["speaker_index"]]
         self.progress(f"{self.device_id} asks the simulation for the room's answer from {speaker}")
         simulation = await self.client.post_json(
             "/v1/simulation/simulate",
@@ -212,7 +214,8 @@ async def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) 
             for microphone_index, microphone in enumerate(entry["microphones"]):
                 name = f"speaker-{speaker_index}_mic-{microphone_index}.wav"
                 measured = analysis[name]
-                result.pairs.append(PairResult(SPEAKERS[speaker_index], microphone, measured, shared.simulated[(speaker_index, microphone)]))
+                speaker = shared.speaker_of_turn[speaker_index]
+                result.pairs.append(PairResult(speaker, microphone, measured, shared.simulated[(speaker_index, microphone)]))
         return result
     finally:
         for task in loops:
