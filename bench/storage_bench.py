@@ -2,12 +2,15 @@
 
     .venv/bin/python bench/storage_bench.py [--writes 20000] [--reads 20000] [--concurrency 32]
                                             [--server-cpu 0] [--client-cpu 1] [--client raw|httpx]
+                                            [--source DIR]
 
 Starts ``sonalyze serve storage`` as a child process (pinned with ``taskset`` to ``--server-cpu``)
 on a new database on the PostgreSQL at 127.0.0.1:5432, and drives it with ``--concurrency``
 keep-alive HTTP/1.1 connections, one request in flight on each, from this process (pinned to
 ``--client-cpu``). Writes are ``POST /v1/analysis_outputs`` with a fresh ``id`` each; reads are
-``GET`` of random stored ones. Prints requests/s and p50/p99 latency; drops the database afterwards.
+``GET`` of random stored ones. Prints requests/s, p50/p99 latency and the CPU time per request of
+the server, of its PostgreSQL backends and of the load generator; drops the database afterwards.
+``--source DIR`` serves the package from ``DIR/src`` instead (an older version, to compare).
 
 ``--client raw`` (default) is the minimal HTTP/1.1 client below: httpx spends ~5 ms of CPU per
 request of this size here and would measure itself rather than the service (``--client httpx``
@@ -145,20 +148,39 @@ async def _drive(connections: list, requests: list[tuple[str, str, bytes]]) -> t
     return time.perf_counter() - started, latencies_s
 
 
-def _report(name: str, count: int, elapsed_s: float, latencies_s: list[float], server_cpu_s: float) -> str:
-    """Throughput and latency, and the server's CPU time per request: on a shared machine the
-    throughput depends on what else runs, while ``1000 / cpu_ms`` is what one free core would do."""
-    cpu_ms = 1000 * server_cpu_s / count
+def _report(name: str, count: int, elapsed_s: float, latencies_s: list[float], cpu_s: dict[str, float]) -> str:
+    """Throughput and latency, and CPU time per request of the server, of the PostgreSQL backends
+    serving it and of this load generator: on a shared machine the throughput depends on what else
+    runs, while ``1000 / server ms`` is what one free core would do for the server."""
+    server_ms, postgres_ms, client_ms = (1000 * cpu_s[part] / count for part in ("server", "postgres", "client"))
     return (
         f"{name}: {count} in {elapsed_s:.2f} s = {count / elapsed_s:,.0f}/s, "
         f"p50 {_percentile_ms(latencies_s, 0.50):.1f} ms, p99 {_percentile_ms(latencies_s, 0.99):.1f} ms; "
-        f"server CPU {cpu_ms:.2f} ms/request (one free core: ~{1000 / cpu_ms:,.0f}/s)"
+        f"CPU ms/request: server {server_ms:.2f} (one free core: ~{1000 / server_ms:,.0f}/s), "
+        f"PostgreSQL {postgres_ms:.2f}, load generator {client_ms:.2f}"
     )
 
 
 def _cpu_s(process: psutil.Process) -> float:
     times = process.cpu_times()
     return times.user + times.system
+
+
+def _cpu_by_part(server: psutil.Process, database: str) -> dict[str, float]:
+    """CPU seconds so far of the server, of the PostgreSQL backends connected to ``database`` (their
+    process title names it), and of this process."""
+    postgres_s = 0.0
+    for process in psutil.process_iter(["name", "cmdline"]):
+        if process.info["name"] == "postgres" and database in " ".join(process.info["cmdline"] or ()):
+            try:
+                postgres_s += _cpu_s(process)
+            except psutil.NoSuchProcess:
+                pass
+    return {"server": _cpu_s(server), "postgres": postgres_s, "client": _cpu_s(psutil.Process())}
+
+
+def _spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {part: after[part] - before[part] for part in before}
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -171,6 +193,9 @@ async def main(args: argparse.Namespace) -> None:
     if args.server_cpu >= 0:
         command = ["taskset", "-c", str(args.server_cpu), *command]
     env = {**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING", "STORAGE_DB_POOL_SIZE": str(args.pool)}
+    if args.source is not None:  # another version of the package, e.g. `git archive HEAD src | tar -x -C DIR`
+        env["PYTHONPATH"] = str(Path(args.source).resolve() / "src")
+        print(f"server code: {args.source}")
     server = subprocess.Popen(command, env=env, cwd=Path(__file__).resolve().parents[1])
     if args.client_cpu >= 0:
         os.sched_setaffinity(0, {args.client_cpu})
@@ -199,15 +224,17 @@ async def main(args: argparse.Namespace) -> None:
             await _drive(connections, [("POST", "/v1/analysis_outputs", body) for body in bodies[: args.warmup]])
             writes = [("POST", "/v1/analysis_outputs", body) for body in bodies[args.warmup :]]
             server_process = psutil.Process(server.pid)
-            cpu_before_s = _cpu_s(server_process)
+            cpu_before_s = _cpu_by_part(server_process, name)
             elapsed_s, latencies_s = await _drive(connections, writes)
-            print(_report("writes", len(writes), elapsed_s, latencies_s, _cpu_s(server_process) - cpu_before_s))
+            cpu_s = _spent(cpu_before_s, _cpu_by_part(server_process, name))
+            print(_report("writes", len(writes), elapsed_s, latencies_s, cpu_s))
 
             ids = [orjson.loads(body)["id"] for body in bodies]
             reads = [("GET", f"/v1/analysis_outputs/{rng.choice(ids)}", b"") for _ in range(args.reads)]
-            cpu_before_s = _cpu_s(server_process)
+            cpu_before_s = _cpu_by_part(server_process, name)
             elapsed_s, latencies_s = await _drive(connections, reads)
-            print(_report("reads", len(reads), elapsed_s, latencies_s, _cpu_s(server_process) - cpu_before_s))
+            cpu_s = _spent(cpu_before_s, _cpu_by_part(server_process, name))
+            print(_report("reads", len(reads), elapsed_s, latencies_s, cpu_s))
             for connection in connections:
                 connection.close()
             print(f"load average after: {os.getloadavg()[0]:.1f}")
@@ -225,7 +252,8 @@ if __name__ == "__main__":
     parser.add_argument("--warmup", type=int, default=500, help="writes before measuring")
     parser.add_argument("--concurrency", type=int, default=32, help="connections, one request in flight each")
     parser.add_argument("--client", choices=["raw", "httpx"], default="raw")
-    parser.add_argument("--pool", type=int, default=20, help="STORAGE_DB_POOL_SIZE of the server")
+    parser.add_argument("--pool", type=int, default=10, help="STORAGE_DB_POOL_SIZE of the server (its default: 10)")
+    parser.add_argument("--source", help="serve the sonalyze package from DIR/src (for before/after comparisons)")
     parser.add_argument("--server-cpu", type=int, default=0, help="pin the server to this CPU (taskset); -1: no pinning")
     parser.add_argument("--client-cpu", type=int, default=1, help="pin this load generator to this CPU; -1: no pinning")
     asyncio.run(main(parser.parse_args()))

@@ -5,17 +5,20 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.types import Receive, Scope, Send
 
 from sonalyze.common.errors import error_body, install_error_handlers
 from sonalyze.common.json import JSONResponse
 from sonalyze.storage import migrate
 from sonalyze.storage.body_limit import BodySizeLimit
 from sonalyze.storage.db import Database, make_engine
+from sonalyze.storage.fast_path import FastRecords, open_connections
 from sonalyze.storage.resources import RESOURCES
 from sonalyze.storage.routes import health_router, lookup_router, resource_router
 from sonalyze.storage.settings import StorageSettings
@@ -28,6 +31,18 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     logger.error("database error", exc_info=exc, extra={"path": request.url.path})
     body = error_body("database_unavailable", "the storage database is unavailable; retry later")
     return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+
+
+class StorageApp(FastAPI):
+    """FastAPI behind :class:`FastRecords`: the hot routes skip the framework (see
+    :mod:`sonalyze.storage.fast_path`); everything else reaches FastAPI unchanged."""
+
+    def __init__(self, *, max_body_bytes: int, **options: Any) -> None:
+        super().__init__(**options)
+        self._fast_records = FastRecords(super().__call__, state=self.state, max_body_bytes=max_body_bytes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._fast_records(scope, receive, send)
 
 
 def create_app(settings: StorageSettings | None = None) -> FastAPI:
@@ -43,12 +58,16 @@ def create_app(settings: StorageSettings | None = None) -> FastAPI:
                 await migrate.upgrade(engine)
                 logger.info("database migrated", extra={"database_url": shown_url, "revision": await migrate.current_revision(engine)})
             app.state.database = Database(engine)
+            app.state.fast_connections = open_connections(settings.database_url, size=settings.storage_db_pool_size)
             logger.info("storage ready", extra={"database_url": shown_url})
             yield
         finally:
+            if getattr(app.state, "fast_connections", None) is not None:
+                await app.state.fast_connections.close()
             await engine.dispose()
 
-    app = FastAPI(
+    app = StorageApp(
+        max_body_bytes=settings.max_body_bytes,
         title="Sonalyze storage",
         version="1",
         lifespan=lifespan,
