@@ -1,22 +1,98 @@
 """Where broadcasts go before they reach local connections.
 
 A publish goes to the broker, and the broker calls back the local delivery function of every gateway
-node (centrifuge's ``HandlePublication`` pattern). The in-memory broker calls it directly, so one node
-and a cluster (a Redis or NATS broker, a later issue) share the same delivery path.
+node (centrifuge's ``HandlePublication`` pattern). The in-memory broker calls it directly; the Redis and
+NATS brokers send one message on the bus and every node (this one included) delivers it to its own
+connections when it arrives. One node and a cluster share the same delivery path; the backend is chosen
+by URL (``memory://``, ``redis://``, ``nats://``) and imported lazily (encode/broadcaster's pattern).
+
+While a bus is unreachable a publish is delivered locally at once (the node's own devices still get it)
+and ``connected`` is False (``/readyz`` answers 503); the broker reconnects by itself.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-Deliver = Callable[[Sequence[str], bytes], tuple[int, int]]
-"""Local delivery: (device ids, one encoded JSON message) -> (connections written to, devices reached)."""
+import orjson
+
+logger = logging.getLogger("sonalyze.gateway.broker")
+
+
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """Who a broadcast is for: devices, channel members, or everyone identified (exactly one kind).
+
+    With ``join`` or ``leave`` (a channel name) the publication is not a message but a membership change:
+    every connection of ``device_ids`` joins or leaves that channel, on every instance.
+    """
+
+    device_ids: Sequence[str] | None = None
+    channels: Sequence[str] | None = None
+    everyone: bool = False
+    join: str | None = None
+    leave: str | None = None
+
+    def encode(self) -> bytes:
+        if self.join is not None or self.leave is not None:
+            return orjson.dumps({"d": list(self.device_ids or ()), "j": self.join, "l": self.leave})
+        if self.device_ids is not None:
+            return orjson.dumps({"d": list(self.device_ids)})
+        if self.channels is not None:
+            return orjson.dumps({"c": list(self.channels)})
+        return b'{"a":1}'
+
+    @classmethod
+    def decode(cls, header: bytes) -> "Targets":
+        fields = orjson.loads(header)
+        return cls(
+            device_ids=fields.get("d"), channels=fields.get("c"), everyone="a" in fields, join=fields.get("j"), leave=fields.get("l")
+        )
+
+
+Deliver = Callable[[Any, bytes], tuple[int, int]]
+"""Local delivery: (targets, one encoded JSON message) -> (connections written to, devices reached)."""
+
+
+def encode_publication(targets: Targets, payload: bytes) -> bytes:
+    """One bus message: the targets as a JSON line, then the payload (orjson never writes a newline)."""
+    return targets.encode() + b"\n" + payload
+
+
+def deliver_publication(deliver: Deliver, message: bytes) -> None:
+    """Deliver one bus message locally; a message that is not a publication is logged and dropped."""
+    header, _, payload = message.partition(b"\n")
+    try:
+        targets = Targets.decode(header)
+    except (orjson.JSONDecodeError, AttributeError) as exc:
+        logger.warning("dropped a bus message that is not a gateway publication: %s", exc)
+        return
+    deliver(targets, payload)
 
 
 class Broker(Protocol):
-    async def publish(self, device_ids: Sequence[str], payload: bytes) -> tuple[int, int]:
-        """Deliver ``payload`` to the devices' connections on every node; the counts are as far as known."""
+    name: str
+    """``memory``, ``redis`` or ``nats`` (for ``/readyz`` and the metrics)."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether publications reach the other nodes right now (always True for memory)."""
+        ...
+
+    async def start(self) -> None:
+        """Connect and subscribe (in the background: an unreachable bus does not stop the gateway)."""
+        ...
+
+    async def publish(self, targets: Any, payload: bytes) -> tuple[int | None, int | None]:
+        """Deliver ``payload`` to the targets' connections on every node.
+
+        Returns (connections written to, devices reached) when known (memory, or local delivery while the
+        bus is down); (None, None) when the other nodes deliver after this call returns.
+        """
         ...
 
     async def close(self) -> None: ...
@@ -25,11 +101,37 @@ class Broker(Protocol):
 class MemoryBroker:
     """A single gateway process: publishing is local delivery."""
 
+    name = "memory"
+    connected = True
+
     def __init__(self, deliver: Deliver) -> None:
         self._deliver = deliver
 
-    async def publish(self, device_ids: Sequence[str], payload: bytes) -> tuple[int, int]:
-        return self._deliver(device_ids, payload)
+    async def start(self) -> None:
+        return None
+
+    async def publish(self, targets: Any, payload: bytes) -> tuple[int, int]:
+        return self._deliver(targets, payload)
 
     async def close(self) -> None:
         return None
+
+
+class BrokerURLError(ValueError):
+    """A ``BROKER_URL`` whose scheme no broker implements."""
+
+
+def create_broker(url: str, prefix: str, deliver: Deliver) -> Broker:
+    """The broker for ``url``; ``prefix`` names the channel/subject so several clusters share one bus."""
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        return MemoryBroker(deliver)
+    if scheme in ("redis", "rediss"):
+        from sonalyze.gateway.broker_redis import RedisBroker
+
+        return RedisBroker(url, prefix + "broadcast", deliver)
+    if scheme in ("nats", "tls"):
+        from sonalyze.gateway.broker_nats import NatsBroker
+
+        return NatsBroker(url, prefix + "broadcast", deliver)
+    raise BrokerURLError(f"BROKER_URL {url!r}: use memory://, redis://host:port/db or nats://host:port")

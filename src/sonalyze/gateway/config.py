@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+BROKER_SCHEMES = ("memory", "redis", "rediss", "nats", "tls")
 
 
 class GatewaySettings(BaseSettings):
@@ -34,6 +39,56 @@ class GatewaySettings(BaseSettings):
     shutdown_grace_seconds: float = Field(5.0, ge=0)
     """How long in-flight upstream calls may run after SIGTERM before their sockets close with 1001."""
 
+    broker_url: str = "memory://"
+    """Where broadcasts are published: ``memory://`` (one process), ``redis://host:port/db``, ``nats://host:port``."""
+    gateway_broker_prefix: str = "gateway:"
+    """Prefix of the bus channel / subject (``{prefix}broadcast``) and of the registry keys: one per cluster."""
+    gateway_id: str = ""
+    """This instance's name in the connection registry; empty picks ``gateway-{pid}-{random}``."""
+    registry_url: str = ""
+    """Redis URL of the connection registry (``gateway:conn:*``, ``gateway:room:*``); empty turns it off."""
+
+    heartbeat_interval_sec: float = Field(30.0, gt=0)
+    """The server pings every connection that was silent this long; one timer serves them all."""
+    connection_timeout_sec: float = Field(90.0, gt=0)
+    """A connection that sent nothing (not even a pong) this long is closed (4408)."""
+    max_connections_per_device: int | None = Field(None, ge=1)
+    """Unset: no limit (the Sonalyze flow). Set: a new connection closes the device's oldest (4000)."""
+
+    stream_channel: str = ""
+    """Non-empty: ``WS /ws/stream`` clients (no identification) receive this channel, and its latest payload
+    at once on connect (seed 003's market relay)."""
+    stream_nats_url: str = ""
+    """Non-empty: a NATS JetStream durable consumer feeds ``STREAM_CHANNEL`` (needs ``STREAM_CHANNEL``)."""
+    stream_subject: str = "levels.signals"
+    stream_durable: str = "gateway_levels"
+    stream_event: str = "levels.signal"
+    """The ``event`` of the envelopes pushed to stream clients."""
+
+    binary_relay_url: str = ""
+    """Non-empty (a ``redis://`` URL): binary WebSocket frames of identified clients are published raw to
+    ``BINARY_RELAY_CHANNEL`` instead of being read as JSON (seed 002's audio frames)."""
+    binary_relay_channel: str = "audio:{device_id}"
+    """Redis channel per connection; ``{device_id}`` and ``{tenant_id}`` are filled in."""
+
+    auth_required: bool = False
+    """True: every connection and ``/v1`` request needs a JWT; the token names the device (and tenant)."""
+    jwt_algorithms: str = "HS256"
+    """Accepted algorithms, comma-separated (HS256/384/512 with JWT_SECRET; RS*/PS*/ES* with JWT_PUBLIC_KEY)."""
+    jwt_secret: str = ""
+    jwt_public_key: str = ""
+    """PEM text of the public key for RS*/PS*/ES*."""
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_device_claim: str = "device_id"
+    jwt_tenant_claim: str = "tenant_id"
+
+    tenant_rate_limit: int = Field(0, ge=0)
+    """Routed events + proxied requests per tenant per window, shared by all instances; 0 turns it off."""
+    tenant_rate_window_sec: float = Field(60.0, gt=0)
+    tenant_rate_limit_url: str = ""
+    """Redis URL holding the ``ratelimit:{tenant_id}:{window}`` counters (required with TENANT_RATE_LIMIT)."""
+
     gateway_routes_file: Path | None = None
     """JSON or YAML file with ``{"routes": [{"events": [...], "upstream": ...}]}`` replacing the default table."""
     gateway_routes: str | None = None
@@ -43,7 +98,23 @@ class GatewaySettings(BaseSettings):
     def _frame_holds_a_message(self) -> "GatewaySettings":
         if self.max_frame_bytes < self.max_message_bytes:
             raise ValueError("MAX_FRAME_BYTES must be at least MAX_MESSAGE_BYTES")
+        if self.stream_nats_url and not self.stream_channel:
+            raise ValueError("STREAM_NATS_URL needs STREAM_CHANNEL (the channel its messages are pushed to)")
+        if self.tenant_rate_limit and not self.tenant_rate_limit_url:
+            raise ValueError("TENANT_RATE_LIMIT needs TENANT_RATE_LIMIT_URL (a redis:// URL)")
+        if self.connection_timeout_sec <= self.heartbeat_interval_sec:
+            raise ValueError("CONNECTION_TIMEOUT_SEC must be longer than HEARTBEAT_INTERVAL_SEC")
         return self
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker(cls, url: str) -> str:
+        if urlsplit(url).scheme not in BROKER_SCHEMES:
+            raise ValueError(f"BROKER_URL {url!r}: use memory://, redis://host:port/db or nats://host:port")
+        return url
+
+    def jwt_algorithm_list(self) -> list[str]:
+        return [name.strip() for name in self.jwt_algorithms.split(",") if name.strip()]
 
     def upstream_urls(self) -> dict[str, str]:
         """Upstream names a routing table may use, to their base URLs."""

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
+import os
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from sonalyze.common.errors import (
@@ -28,14 +32,22 @@ from sonalyze.common.errors import (
     validation_message,
 )
 from sonalyze.common.json import JSONResponse
-from sonalyze.gateway.broker import Broker, MemoryBroker
+from sonalyze.gateway.auth import AuthError, TokenVerifier, bearer_token
+from sonalyze.gateway.binary_relay import BinaryRelay
+from sonalyze.gateway.broker import Broker, create_broker
 from sonalyze.gateway.config import GatewaySettings
 from sonalyze.gateway.connection_manager import ConnectionManager
+from sonalyze.gateway.heartbeat import Heartbeat
 from sonalyze.gateway.http_client import UpstreamClient
-from sonalyze.gateway.models import BroadcastRequest, BroadcastResult, event_envelope
+from sonalyze.gateway.metrics import GatewayMetrics
+from sonalyze.gateway.models import BroadcastRequest, BroadcastResult, SubscriptionsRequest, event_envelope
 from sonalyze.gateway.proxy import proxy, resolve_proxy
+from sonalyze.gateway.registry import ConnectionRegistry
 from sonalyze.gateway.rate_limit import KeyedRateLimiter
 from sonalyze.gateway.router import RoutingTable, load_routing_table
+from sonalyze.gateway.stream_source import JetStreamSource
+from sonalyze.gateway.tenant_limit import TenantRateLimiter
+from sonalyze.gateway.ws_protocol import CLOSE_TIMEOUT
 
 WS_PROTOCOL = "sonalyze.gateway.ws_protocol:GatewayWebSocketProtocol"
 
@@ -48,35 +60,97 @@ class Gateway:
 
     settings: GatewaySettings
     routes: RoutingTable
+    upstream_names: dict[str, str]
+    """Service name to base URL (the upstream latency metric's labels)."""
     connections: ConnectionManager
     broker: Broker
+    metrics: GatewayMetrics
     upstream: UpstreamClient
     proxy_limiter: KeyedRateLimiter
+    verifier: TokenVerifier | None
+    binary_relay: BinaryRelay | None
+    tenant_limiter: TenantRateLimiter | None
+    """Set with ``TENANT_RATE_LIMIT``: routed events and proxied requests of each tenant, shared in Redis."""
+    """Set with ``BINARY_RELAY_URL``: binary frames go raw to a Redis channel."""
+    """Set when ``AUTH_REQUIRED``: checks the JWT of every connection and proxied request."""
+    gateway_id: str
+    """This instance's name in the connection registry."""
+    registry: ConnectionRegistry | None = None
+    stream_source: JetStreamSource | None = None
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     routes = load_routing_table(settings)
     upstream_urls = settings.upstream_urls()
+    verifier = token_verifier(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Gateway]]:
-        connections = ConnectionManager()
+        retained = frozenset({settings.stream_channel}) if settings.stream_channel else frozenset()
+        connections = ConnectionManager(settings.max_connections_per_device, retained)
+        metrics = GatewayMetrics()
+        broker = create_broker(settings.broker_url, settings.gateway_broker_prefix, metrics.counting(connections.deliver_to))
+        metrics.watch(lambda: connections.open_count, lambda: connections.device_count, broker.name, lambda: broker.connected)
         gateway = Gateway(
             settings=settings,
             routes=routes,
+            upstream_names=upstream_urls,
             connections=connections,
-            broker=MemoryBroker(connections.deliver),
+            broker=broker,
+            metrics=metrics,
             upstream=UpstreamClient(settings.http_timeout_seconds, settings.upstream_max_connections),
             proxy_limiter=KeyedRateLimiter(settings.rate_limit_rps, settings.rate_limit_burst),
+            verifier=verifier,
+            binary_relay=BinaryRelay(settings.binary_relay_url) if settings.binary_relay_url else None,
+            tenant_limiter=(
+                TenantRateLimiter(settings.tenant_rate_limit_url, settings.tenant_rate_limit, settings.tenant_rate_window_sec)
+                if settings.tenant_rate_limit else None
+            ),
+            gateway_id=settings.gateway_id or f"gateway-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         )
         app.state.gateway = gateway
         if not settings.internal_auth_token:
             logger.warning("INTERNAL_AUTH_TOKEN is empty: the internal broadcast API is closed")
         logger.info("gateway routes: %s", ", ".join(f"{pattern} -> {url}" for pattern, url in routes.rows()))
+        registry = None
+        if settings.registry_url:
+            registry = ConnectionRegistry(
+                settings.registry_url,
+                settings.gateway_broker_prefix,
+                gateway.gateway_id,
+                2 * settings.connection_timeout_sec,
+                connections.registry_snapshot,
+            )
+        gateway.registry = registry
+        heartbeat = Heartbeat(
+            connections.open_connections,
+            settings.heartbeat_interval_sec,
+            settings.connection_timeout_sec,
+            CLOSE_TIMEOUT,
+            also=registry.tick if registry is not None else None,
+        )
+        if settings.stream_nats_url:
+            gateway.stream_source = JetStreamSource(
+                settings.stream_nats_url, settings.stream_subject, settings.stream_durable, settings.stream_event,
+                settings.stream_channel, broker,
+            )
+        await gateway.broker.start()
+        if gateway.stream_source is not None:
+            await gateway.stream_source.start()
+        heartbeat.start()
         try:
             yield {"gateway": gateway}
         finally:
+            heartbeat.stop()
+            if gateway.stream_source is not None:
+                await gateway.stream_source.close()
+            if gateway.binary_relay is not None:
+                await gateway.binary_relay.close()
+            if gateway.tenant_limiter is not None:
+                await gateway.tenant_limiter.close()
+            if registry is not None:
+                await registry.close()
             await gateway.broker.close()
             await gateway.upstream.aclose()
 
@@ -88,6 +162,26 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         gateway: Gateway = request.app.state.gateway
         return {"status": "ok", "connections": gateway.connections.open_count, "devices": gateway.connections.device_count}
 
+    @app.get("/metrics")
+    async def metrics_endpoint(request: Request) -> Response:
+        gateway: Gateway = request.app.state.gateway
+        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        gateway: Gateway = request.app.state.gateway
+        broker, registry = gateway.broker, gateway.registry
+        body: dict[str, object] = {"gateway_id": gateway.gateway_id, "broker": {"kind": broker.name, "connected": broker.connected}}
+        ready = broker.connected
+        if registry is not None:
+            body["registry"] = {"connected": registry.connected}
+            ready = ready and registry.connected
+        if gateway.stream_source is not None:
+            body["stream_source"] = {"connected": gateway.stream_source.connected}
+            ready = ready and gateway.stream_source.connected
+        body["status"] = "ready" if ready else "degraded"
+        return JSONResponse(body, status_code=200 if ready else 503)
+
     @app.post("/internal/broadcast", response_model=BroadcastResult)
     async def internal_broadcast(request: Request) -> BroadcastResult:
         gateway: Gateway = request.app.state.gateway
@@ -98,8 +192,22 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             errors = exc.errors(include_url=False, include_context=False, include_input=False)
             raise Unprocessable(validation_message(errors), details=validation_details(errors)) from exc
         payload = orjson.dumps(event_envelope(body.event, body.data))
-        delivered, devices = await gateway.broker.publish(body.targets.device_ids, payload)
+        delivered, devices = await gateway.broker.publish(body.targets.targets(), payload)
+        gateway.metrics.events_out.labels(gateway.metrics.event_label(body.event)).inc()
         return BroadcastResult(delivered=delivered, devices=devices)
+
+    @app.post("/internal/subscriptions")
+    async def internal_subscriptions(request: Request) -> dict[str, int | None]:
+        """Backends put devices into a channel (the lobby: its participants into ``lobby:{id}``), on every instance."""
+        gateway: Gateway = request.app.state.gateway
+        check_internal_token(settings.internal_auth_token, request.headers.get("x-internal-token"))
+        try:
+            body = SubscriptionsRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            raise Unprocessable(validation_message(errors), details=validation_details(errors)) from exc
+        changed, devices = await gateway.broker.publish(body.targets(), b"")
+        return {"connections": changed, "devices": devices}
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
     async def v1_proxy(request: Request):  # noqa: ANN202 - a streamed response
@@ -108,9 +216,24 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         url = resolve_proxy(raw_path, upstream_urls)
         if url is None:
             raise NotFound(f"no service behind {request.url.path}")
+        if gateway.verifier is not None:
+            try:
+                identity = gateway.verifier.verify(bearer_token(request.headers.get("authorization")))
+            except AuthError as exc:
+                raise Unauthorized(exc.message, code=exc.code) from exc
+            if gateway.tenant_limiter is not None and identity.tenant_id is not None:
+                tenant_wait_s = await gateway.tenant_limiter.take(identity.tenant_id)
+                if tenant_wait_s:
+                    gateway.metrics.rate_limited.labels("tenant").inc()
+                    raise RateLimited(
+                        f"tenant {identity.tenant_id!r} is over its rate limit; retry in {tenant_wait_s:.1f} s",
+                        details={"retry_after_s": round(tenant_wait_s, 3)},
+                        headers={"Retry-After": str(max(1, math.ceil(tenant_wait_s)))},
+                    )
         client_host = request.client.host if request.client else "unknown"
         retry_after_s = gateway.proxy_limiter.take(client_host, time.monotonic())
         if retry_after_s:
+            gateway.metrics.rate_limited.labels("proxy").inc()
             raise RateLimited(
                 f"too many requests from {client_host}; retry in {retry_after_s:.3f} s",
                 details={"retry_after_s": round(retry_after_s, 3)},
@@ -119,6 +242,21 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return await proxy(request, url, gateway.upstream)
 
     return app
+
+
+def token_verifier(settings: GatewaySettings) -> TokenVerifier | None:
+    """The JWT verifier when ``AUTH_REQUIRED`` (a bad JWT configuration stops the gateway at start-up)."""
+    if not settings.auth_required:
+        return None
+    return TokenVerifier(
+        settings.jwt_algorithm_list(),
+        settings.jwt_secret,
+        settings.jwt_public_key,
+        settings.jwt_issuer,
+        settings.jwt_audience,
+        settings.jwt_device_claim,
+        settings.jwt_tenant_claim,
+    )
 
 
 def check_internal_token(expected: str, given: str | None) -> None:

@@ -6,6 +6,10 @@ else). An exact name wins over a prefix, a longer prefix over a shorter one, ``*
 upstream is a service name (``lobby``, ``measurement``, ``simulation``: their ``*_URL`` setting) or an
 absolute ``http(s)://`` base URL, so the gateway can front other backends. The default table is the
 gateway README's.
+
+The same document's optional ``channels`` rules say who may ``subscribe`` to which channels
+(``{"channels": [pattern, ...], "authorize": "allow" | upstream}``; patterns are names, ``prefix:*`` or
+``*``, matched like events). Without them: ``lobby:*`` is authorized by the lobby.
 """
 
 from __future__ import annotations
@@ -53,8 +57,32 @@ class RouteSpec(BaseModel):
         return patterns
 
 
+ALLOW = "allow"
+"""A channel rule's ``authorize`` that lets every identified device subscribe, without asking anyone."""
+
+DEFAULT_CHANNEL_RULES: list[dict[str, Any]] = [{"channels": ["lobby:*"], "authorize": "lobby"}]
+
+
+class ChannelRuleSpec(BaseModel):
+    channels: list[str] = Field(min_length=1)
+    """Channel patterns: an exact name, a prefix ending in ``:*`` (``lobby:*``) or ``*``."""
+    authorize: str = Field(min_length=1)
+    """``allow``, or the upstream (name or URL) asked with ``gateway.authorize_subscribe``."""
+
+    @field_validator("channels")
+    @classmethod
+    def _patterns(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            body = pattern[:-2] if pattern.endswith(":*") else pattern
+            if pattern != "*" and (not body or "*" in body):
+                raise ValueError(f"channel pattern {pattern!r} must be a channel name, 'prefix:*' or '*'")
+        return patterns
+
+
 class RoutesDocument(BaseModel):
     routes: list[RouteSpec] = Field(min_length=1)
+    channels: list[ChannelRuleSpec] | None = None
+    """Who may subscribe to which channels; absent: the default (``lobby:*`` asks the lobby)."""
 
 
 class RoutingError(ValueError):
@@ -64,42 +92,80 @@ class RoutingError(ValueError):
 class RoutingTable:
     """Pure lookup from event name to upstream base URL."""
 
-    def __init__(self, routes: Sequence[Mapping[str, Any]], upstream_urls: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        routes: Sequence[Mapping[str, Any]],
+        upstream_urls: Mapping[str, str],
+        channel_rules: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
         try:
-            document = RoutesDocument.model_validate({"routes": list(routes)})
+            document = RoutesDocument.model_validate(
+                {"routes": list(routes), "channels": DEFAULT_CHANNEL_RULES if channel_rules is None else list(channel_rules)}
+            )
         except ValidationError as exc:
             raise RoutingError(f"invalid routing table: {exc}") from exc
-        self._exact: dict[str, str] = {}
-        prefixes: dict[str, str] = {}
-        self._fallback: str | None = None
-        seen: set[str] = set()
-        for route in document.routes:
-            url = _upstream_url(route.upstream, upstream_urls)
-            for pattern in route.events:
-                if pattern in seen:
-                    raise RoutingError(f"pattern {pattern!r} appears twice in the routing table")
-                seen.add(pattern)
-                if pattern == "*":
-                    self._fallback = url
-                elif pattern.endswith(".*"):
-                    prefixes[pattern[:-1]] = url
-                else:
-                    self._exact[pattern] = url
-        self._prefixes = sorted(prefixes.items(), key=lambda item: len(item[0]), reverse=True)
+        self._events = _PatternTable(
+            [(route.events, _upstream_url(route.upstream, upstream_urls)) for route in document.routes], ".", "pattern"
+        )
+        self._channels = _PatternTable(
+            [
+                (rule.channels, rule.authorize if rule.authorize == ALLOW else _upstream_url(rule.authorize, upstream_urls))
+                for rule in document.channels or ()
+            ],
+            ":",
+            "channel pattern",
+        )
 
     def resolve(self, event: str) -> str | None:
         """The upstream base URL for ``event``, or None when no route matches."""
-        url = self._exact.get(event)
-        if url is not None:
-            return url
-        for prefix, url in self._prefixes:
-            if event.startswith(prefix):
-                return url
-        return self._fallback
+        return self._events.resolve(event)
+
+    def channel_authorizer(self, channel: str) -> str | None:
+        """``allow``, the upstream base URL that decides on subscribing to ``channel``, or None (refused)."""
+        return self._channels.resolve(channel)
 
     def rows(self) -> list[tuple[str, str]]:
         """Every (pattern, upstream URL) pair, exact names first (for docs and start-up logs)."""
-        rows = sorted(self._exact.items()) + [(prefix + "*", url) for prefix, url in self._prefixes]
+        return self._events.rows()
+
+    def channel_rows(self) -> list[tuple[str, str]]:
+        """Every (channel pattern, ``allow`` or authorizing upstream URL) pair."""
+        return self._channels.rows()
+
+
+class _PatternTable:
+    """Exact names, then the longest ``prefix{sep}*``, then ``*``: the lookup shared by events and channels."""
+
+    def __init__(self, rows: Sequence[tuple[Sequence[str], str]], separator: str, what: str) -> None:
+        self._exact: dict[str, str] = {}
+        prefixes: dict[str, str] = {}
+        self._fallback: str | None = None
+        wildcard = separator + "*"
+        seen: set[str] = set()
+        for patterns, value in rows:
+            for pattern in patterns:
+                if pattern in seen:
+                    raise RoutingError(f"{what} {pattern!r} appears twice in the routing table")
+                seen.add(pattern)
+                if pattern == "*":
+                    self._fallback = value
+                elif pattern.endswith(wildcard):
+                    prefixes[pattern[:-1]] = value
+                else:
+                    self._exact[pattern] = value
+        self._prefixes = sorted(prefixes.items(), key=lambda item: len(item[0]), reverse=True)
+
+    def resolve(self, name: str) -> str | None:
+        value = self._exact.get(name)
+        if value is not None:
+            return value
+        for prefix, value in self._prefixes:
+            if name.startswith(prefix):
+                return value
+        return self._fallback
+
+    def rows(self) -> list[tuple[str, str]]:
+        rows = sorted(self._exact.items()) + [(prefix + "*", value) for prefix, value in self._prefixes]
         return rows + ([("*", self._fallback)] if self._fallback else [])
 
 
@@ -121,7 +187,7 @@ def load_routing_table(settings: GatewaySettings) -> RoutingTable:
         document = {"routes": DEFAULT_ROUTES}
     if not isinstance(document, dict) or "routes" not in document:
         raise RoutingError('a routing document is an object {"routes": [{"events": [...], "upstream": ...}]}')
-    return RoutingTable(document["routes"], settings.upstream_urls())
+    return RoutingTable(document["routes"], settings.upstream_urls(), document.get("channels"))
 
 
 def _parse_document(text: str, suffix: str) -> Any:

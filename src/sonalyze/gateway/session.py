@@ -1,8 +1,8 @@
 """One WebSocket connection's protocol logic, without sockets: fed with messages, answers with outcomes.
 
 Order of checks for every message: size, JSON, rate limit (every message takes a token, even a bad
-one), envelope shape, ``identify``/``ping``, identification, route. The shell (``ws_protocol``) sends
-what :meth:`Session.receive` returns and runs the upstream calls.
+one), envelope shape, ``identify``/``ping``, identification, ``subscribe``/``unsubscribe``, route. The
+shell (``ws_protocol``) sends what :meth:`Session.receive` returns and runs the upstream calls.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 
 import orjson
 
-from sonalyze.gateway.models import RequestId, error, error_envelope, response_envelope
+from sonalyze.gateway.models import MAX_CHANNEL_CHARS, RequestId, error, error_envelope, response_envelope
 from sonalyze.gateway.rate_limit import TokenBucket
-from sonalyze.gateway.router import RoutingTable
+from sonalyze.gateway.router import ALLOW, RoutingTable
 
 MAX_DEVICE_ID_CHARS = 128
 
@@ -44,7 +44,21 @@ class Forward:
     request_id: RequestId
 
 
-Outcome = Reply | Identified | Forward
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """Join (``subscribe``) or leave ``channel``; ``authorizer`` is ``allow`` or the upstream URL to ask first."""
+
+    event: str
+    channel: str
+    request_id: RequestId
+    authorizer: str
+
+
+Outcome = Reply | Identified | Forward | Subscription
+
+SUBSCRIPTION_EVENTS = ("subscribe", "unsubscribe")
+AUTHORIZE_SUBSCRIBE_EVENT = "gateway.authorize_subscribe"
+"""The event an upstream named by a channel rule gets to decide on a ``subscribe``."""
 
 
 def device_id_problem(device_id: object) -> str | None:
@@ -57,7 +71,7 @@ def device_id_problem(device_id: object) -> str | None:
 
 
 class Session:
-    __slots__ = ("connection_id", "device_id", "routes", "bucket", "max_message_bytes")
+    __slots__ = ("connection_id", "device_id", "routes", "bucket", "max_message_bytes", "tenant_id")
 
     def __init__(
         self,
@@ -66,9 +80,12 @@ class Session:
         bucket: TokenBucket,
         max_message_bytes: int,
         device_id: str | None = None,
+        tenant_id: str | None = None,
     ) -> None:
         self.connection_id = connection_id
         self.device_id = device_id
+        self.tenant_id = tenant_id
+        """The tenant the connection's token named; None without authentication."""
         self.routes = routes
         self.bucket = bucket
         self.max_message_bytes = max_message_bytes
@@ -116,6 +133,8 @@ class Session:
             return Reply(response_envelope("pong", request_id, {}))
         if self.device_id is None:
             return _fail(event, request_id, "not_identified", "identify first: connect with ?device_id= or send an identify event")
+        if event in SUBSCRIPTION_EVENTS:
+            return self._subscription(event, data, request_id)
         upstream_url = self.routes.resolve(event)
         if upstream_url is None:
             return _fail(event, request_id, "unknown_event", f"no service handles the event {event!r}")
@@ -131,6 +150,17 @@ class Session:
         self.device_id = device_id
         answer = response_envelope("identify", request_id, {"device_id": device_id, "connection_id": self.connection_id})
         return Identified(device_id, answer)
+
+    def _subscription(self, event: str, data: dict[str, Any], request_id: RequestId) -> Outcome:
+        channel = data.get("channel")
+        if not isinstance(channel, str) or not channel or len(channel) > MAX_CHANNEL_CHARS:
+            return _fail(event, request_id, "invalid_data", f"data.channel must be a string of 1 to {MAX_CHANNEL_CHARS} characters")
+        if event == "unsubscribe":
+            return Subscription(event, channel, request_id, ALLOW)
+        authorizer = self.routes.channel_authorizer(channel)
+        if authorizer is None:
+            return _fail(event, request_id, "forbidden", f"no channel rule lets devices subscribe to {channel!r}")
+        return Subscription(event, channel, request_id, authorizer)
 
     def _limited(self, event: str | None, request_id: RequestId, now_s: float) -> Reply | None:
         retry_after_s = self.bucket.take(now_s)

@@ -9,6 +9,8 @@ Replies and broadcasts are written to the transport as pre-encoded frames.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 import uuid
 from collections.abc import Callable
 from functools import partial
@@ -21,17 +23,38 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from sonalyze.common.logging import log_context
+from sonalyze.gateway.auth import AuthError, bearer_token
+from sonalyze.gateway.binary_relay import BinaryRelay
 from sonalyze.gateway.frames import text_frame
 from sonalyze.gateway.models import error, error_envelope, response_envelope
 from sonalyze.gateway.rate_limit import TokenBucket
-from sonalyze.gateway.session import Forward, Identified, Reply, Session, device_id_problem
+from sonalyze.gateway.router import ALLOW
+from sonalyze.gateway.session import (
+    AUTHORIZE_SUBSCRIBE_EVENT,
+    Forward,
+    Identified,
+    Reply,
+    Session,
+    Subscription,
+    device_id_problem,
+)
+from sonalyze.gateway.tenant_limit import TenantRateLimiter
 
 if TYPE_CHECKING:
     from sonalyze.gateway.main import Gateway
 
+logger = logging.getLogger("sonalyze.gateway.ws")
+
 WS_PATH = "/ws"
+STREAM_PATH = "/ws/stream"
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
+CLOSE_REPLACED = 4000
+"""A newer connection of the same device took this one's place (``MAX_CONNECTIONS_PER_DEVICE``)."""
+CLOSE_TIMEOUT = 4408
+"""Nothing received for ``CONNECTION_TIMEOUT_SEC`` (the heartbeat's pings went unanswered)."""
+CLOSE_LABELS = {CLOSE_GOING_AWAY: "shutdown", CLOSE_POLICY: "slow_consumer", CLOSE_REPLACED: "replaced", CLOSE_TIMEOUT: "timeout"}
 CLOSE_TIMEOUT_S = 3.0
 _OPEN = State.OPEN
 _TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
@@ -42,7 +65,7 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
 
     __slots__ = (
         "gateway", "server_state", "transport", "ws", "open", "max_buffer_bytes", "session", "calls", "fragments",
-        "draining", "close_timer",
+        "draining", "close_timer", "last_seen_s", "fragments_binary",
     )
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any]) -> None:
@@ -56,8 +79,11 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
         self.calls: dict[int, Callable[[], object]] | None = None
         """Upstream calls in flight, each with the function that cancels it."""
         self.fragments: list[bytes] | None = None
+        self.fragments_binary = False
         self.draining = False
         self.close_timer: asyncio.TimerHandle | None = None
+        self.last_seen_s = time.monotonic()
+        """When the client last sent anything (a pong too): the heartbeat closes silent connections."""
 
     # asyncio.Protocol
 
@@ -66,6 +92,7 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
         self.server_state.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        self.last_seen_s = time.monotonic()
         ws = self.ws
         ws.receive_data(data)
         events = ws.events_received()
@@ -75,14 +102,14 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
             opcode = frame.opcode
             if opcode is _TEXT or opcode is _BINARY:
                 if frame.fin:
-                    self._message(frame.data)
+                    self._message(frame.data, opcode is _BINARY)
                 else:
-                    self.fragments = [frame.data]
+                    self.fragments, self.fragments_binary = [frame.data], opcode is _BINARY
             elif opcode is _CONT and self.fragments is not None:
                 self.fragments.append(frame.data)
                 if frame.fin:
                     message, self.fragments = b"".join(self.fragments), None
-                    self._message(message)
+                    self._message(message, self.fragments_binary)
         self._flush()
 
     def eof_received(self) -> bool | None:
@@ -119,6 +146,10 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
     def connection_id(self) -> str:
         return self.session.connection_id if self.session is not None else ""
 
+    @property
+    def tenant_id(self) -> str | None:
+        return self.session.tenant_id if self.session is not None else None
+
     def pause_writing(self) -> None:
         """The send buffer passed MAX_SEND_BUFFER_BYTES: the client reads too slowly; close it (1008)."""
         if self.open:
@@ -129,9 +160,19 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
         self.close(CLOSE_POLICY, "slow consumer: send buffer full")
         self._abort_later()
 
+    def ping(self) -> None:
+        """A WebSocket ping (the heartbeat's); the client's pong counts as activity."""
+        if self.ws.state is _OPEN:
+            self.ws.send_ping(b"")
+            self._flush()
+
     def close(self, code: int, reason: str) -> None:
         if self.ws.state is not _OPEN:
             return
+        self.gateway.metrics.disconnects.labels(CLOSE_LABELS.get(code, str(code))).inc()
+        if code != CLOSE_GOING_AWAY:
+            with log_context(device_id=self.session.device_id if self.session else None, connection_id=self.connection_id):
+                logger.info("closing connection: %d %s", code, reason)
         self.ws.send_close(code, reason)
         self._flush()
 
@@ -140,13 +181,37 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
     def _handshake(self, request: Request) -> None:
         ws = self.ws
         target = urlsplit(request.path)
+        stream_channel = self.gateway.settings.stream_channel
+        if target.path == STREAM_PATH and stream_channel:
+            self._accept(request, None)
+            if self.open:
+                self._flush()  # the 101 response before the retained frame
+                self.gateway.connections.subscribe(self, "stream:" + self.connection_id, stream_channel)
+            return
         if target.path != WS_PATH:
             ws.send_response(ws.reject(404, f"no WebSocket endpoint at {target.path}; use {WS_PATH}\n"))
             return
-        device_id = parse_qs(target.query).get("device_id", [None])[0]
+        query = parse_qs(target.query)
+        device_id = query.get("device_id", [None])[0]
         if device_id is not None and (problem := device_id_problem(device_id)) is not None:
             ws.send_response(ws.reject(400, problem + "\n"))
             return
+        tenant_id = None
+        verifier = self.gateway.verifier
+        if verifier is not None:
+            try:
+                identity = verifier.verify(query.get("token", [None])[0] or bearer_token(request.headers.get("Authorization")))
+            except AuthError as exc:
+                self._refuse(401, exc.code, exc.message)
+                return
+            if device_id is not None and device_id != identity.device_id:
+                self._refuse(403, "device_mismatch", f"the token is for device {identity.device_id!r}, not {device_id!r}")
+                return
+            device_id, tenant_id = identity.device_id, identity.tenant_id
+        self._accept(request, device_id, tenant_id)
+
+    def _accept(self, request: Request, device_id: str | None, tenant_id: str | None = None) -> None:
+        ws = self.ws
         response = ws.accept(request)
         ws.send_response(response)
         self.transport.set_write_buffer_limits(high=self.max_buffer_bytes)
@@ -162,14 +227,34 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
             TokenBucket(settings.rate_limit_rps, settings.rate_limit_burst, loop.time()),
             settings.max_message_bytes,
             device_id,
+            tenant_id,
         )
         gateway.connections.add(self)
         if device_id is not None:
-            gateway.connections.identify(self, device_id)
+            self._identified(device_id)
 
-    def _message(self, message: bytes) -> None:
+    def _relay(self, relay: BinaryRelay, session: Session, message: bytes) -> None:
+        """A binary frame goes raw to the connection's relay channel (``BINARY_RELAY_CHANNEL``)."""
+        if session.device_id is None:
+            self._send(error_envelope(None, None, error("not_identified", "identify before sending binary frames")))
+            return
+        channel = self.gateway.settings.binary_relay_channel.format(device_id=session.device_id, tenant_id=session.tenant_id or "-")
+        relay.send(channel, message)
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        """Answer the upgrade request with an HTTP error and the JSON error body."""
+        response = self.ws.reject(status, orjson.dumps({"error": error(code, message)}).decode())
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = "application/json"
+        self.ws.send_response(response)
+
+    def _message(self, message: bytes, binary: bool) -> None:
         session = self.session
         if session is None or not self.open:
+            return
+        relay = self.gateway.binary_relay
+        if binary and relay is not None:
+            self._relay(relay, session, message)
             return
         outcome = session.receive(message, asyncio.get_running_loop().time())
         if type(outcome) is Forward:
@@ -178,37 +263,117 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
                 return
             self._forward(outcome)
         elif type(outcome) is Identified:
-            self.gateway.connections.identify(self, outcome.device_id)
+            self._identified(outcome.device_id)
             self._send(outcome.envelope)
+        elif type(outcome) is Subscription:
+            self._subscription(outcome)
         else:
             assert type(outcome) is Reply
             self._send(outcome.envelope)
 
+    def _identified(self, device_id: str) -> None:
+        for older in self.gateway.connections.identify(self, device_id):
+            older.close(CLOSE_REPLACED, "replaced by a newer connection of this device")
+
     def _forward(self, forward: Forward) -> None:
+        limiter = self.gateway.tenant_limiter
+        tenant_id = self.tenant_id
+        if limiter is not None and tenant_id is not None:
+            task = asyncio.get_running_loop().create_task(self._forward_within_tenant_limit(limiter, tenant_id, forward))
+            if self.calls is None:
+                self.calls = {}
+            self.calls[id(forward)] = task.cancel
+            return
+        self._call(forward, forward.upstream_url, forward.event, forward.data, forward.request_id, self._answer)
+
+    async def _forward_within_tenant_limit(self, limiter: TenantRateLimiter, tenant_id: str, forward: Forward) -> None:
+        wait_s = await limiter.take(tenant_id)
+        if not wait_s:
+            self._call(forward, forward.upstream_url, forward.event, forward.data, forward.request_id, self._answer)
+            return
+        self.gateway.metrics.rate_limited.labels("tenant").inc()
+        message = f"tenant {tenant_id!r} is over its rate limit; retry in {wait_s:.1f} s"
+        self._answer(forward, {"error": error("rate_limited", message, {"retry_after_s": round(wait_s, 3), "scope": "tenant"})})
+
+    def _call(self, key: object, url: str, event: str, data: dict[str, Any], request_id: Any, done: Callable[..., None]) -> None:
         session = self.session
         assert session is not None
         body = {
-            "event": forward.event,
-            "data": forward.data,
+            "event": event,
+            "data": data,
             "device_id": session.device_id,
-            "request_id": forward.request_id,
+            "request_id": request_id,
             "connection_id": session.connection_id,
         }
         if self.calls is None:
             self.calls = {}
-        self.calls[id(forward)] = self.gateway.upstream.call(forward.upstream_url, body, partial(self._answer, forward))
+        latency = self.gateway.metrics.upstream_latency_for(url, self.gateway.upstream_names)
+        self.calls[id(key)] = self.gateway.upstream.call(url, body, partial(self._timed, latency, time.monotonic(), done, key))
+
+    def _timed(self, latency: Any, started_s: float, done: Callable[..., None], key: object, answer: dict[str, Any]) -> None:
+        latency.observe(time.monotonic() - started_s)
+        done(key, answer)
 
     def _answer(self, forward: Forward, answer: dict[str, Any]) -> None:
-        if self.calls is not None:
-            self.calls.pop(id(forward), None)
+        self._call_done(forward)
         if "data" in answer:
             self._send(response_envelope(forward.event, forward.request_id, answer["data"]))
         else:
+            if answer["error"]["code"].startswith("upstream_"):
+                session = self.session
+                request_id = None if forward.request_id is None else str(forward.request_id)
+                with log_context(request_id=request_id, device_id=session.device_id if session else None):
+                    logger.warning("%s for %s: %s", answer["error"]["code"], forward.event, answer["error"]["message"])
             self._send(error_envelope(forward.event, forward.request_id, answer["error"]))
+        self._close_if_drained()
+
+    def _call_done(self, key: object) -> None:
+        if self.calls is not None:
+            self.calls.pop(id(key), None)
+
+    def _close_if_drained(self) -> None:
         if self.draining and not self.calls:
             self.close(CLOSE_GOING_AWAY, "server shutting down")
 
+    def _subscription(self, subscription: Subscription) -> None:
+        if subscription.event == "unsubscribe":
+            self.gateway.connections.unsubscribe(self, subscription.channel)
+            self._subscribed(subscription, False)
+        elif subscription.authorizer == ALLOW:
+            self._join(subscription)
+        elif self.draining:
+            self._send(error_envelope(subscription.event, subscription.request_id, error("shutting_down", "the gateway is shutting down; reconnect")))
+        else:
+            data = {"channel": subscription.channel}
+            self._call(subscription, subscription.authorizer, AUTHORIZE_SUBSCRIBE_EVENT, data, subscription.request_id, self._authorized)
+
+    def _authorized(self, subscription: Subscription, answer: dict[str, Any]) -> None:
+        """The channel rule's upstream answered ``gateway.authorize_subscribe``: ``{"allowed": true}`` joins."""
+        self._call_done(subscription)
+        if "error" in answer:
+            self._send(error_envelope(subscription.event, subscription.request_id, answer["error"]))
+        elif isinstance(answer["data"], dict) and answer["data"].get("allowed") is True:
+            self._join(subscription)
+        else:
+            reason = answer["data"].get("reason") if isinstance(answer["data"], dict) else None
+            message = f"not allowed to subscribe to {subscription.channel!r}" + (f": {reason}" if reason else "")
+            self._send(error_envelope(subscription.event, subscription.request_id, error("forbidden", message)))
+        self._close_if_drained()
+
+    def _join(self, subscription: Subscription) -> None:
+        session = self.session
+        if self.open and session is not None and session.device_id is not None:
+            self.gateway.connections.subscribe(self, session.device_id, subscription.channel)
+            self._subscribed(subscription, True)
+
+    def _subscribed(self, subscription: Subscription, subscribed: bool) -> None:
+        data = {"channel": subscription.channel, "subscribed": subscribed}
+        self._send(response_envelope(subscription.event, subscription.request_id, data))
+
     def _send(self, envelope: dict[str, Any]) -> None:
+        """Send one reply, counted by event and result (``ok`` or the error code)."""
+        error_body = envelope.get("error")
+        self.gateway.metrics.event_in(envelope["event"], "ok" if error_body is None else error_body["code"])
         if self.open:
             self.transport.write(text_frame(orjson.dumps(envelope)))  # past the buffer bound, pause_writing() closes
 

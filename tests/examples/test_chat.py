@@ -1,0 +1,88 @@
+"""The chat example: rooms across two gateway instances over the real Redis, history kept upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from websockets.asyncio.client import connect
+
+from examples.chat import run as chat
+from tests.support import infra
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[chat.ChatCluster]:
+    redis_url = infra.require(infra.REDIS_URL, 6379, "Redis")
+    started = chat.start(redis_url, prefix=f"test-chat-{uuid.uuid4().hex[:8]}:")
+    yield started
+    started.stop()
+
+
+async def call(ws, event: str, data: dict) -> dict:
+    """Send one event and return its answer; pushes that arrive meanwhile are kept in ``ws.pushes``."""
+    request_id = uuid.uuid4().hex
+    await ws.send(json.dumps({"event": event, "data": data, "request_id": request_id}))
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if message.get("request_id") == request_id:
+            return message
+        ws.pushes.append(message)
+
+
+async def next_push(ws, event: str) -> dict:
+    while True:
+        for message in ws.pushes:
+            if message["event"] == event:
+                ws.pushes.remove(message)
+                return message
+        ws.pushes.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+
+
+async def drain(ws, wait_s: float = 0.4) -> None:
+    """Collect into ``ws.pushes`` whatever arrives until ``wait_s`` passes with nothing."""
+    while True:
+        try:
+            ws.pushes.append(json.loads(await asyncio.wait_for(ws.recv(), wait_s)))
+        except TimeoutError:
+            return
+
+
+async def test_room_events_reach_members_on_both_instances_and_history_is_kept(cluster) -> None:
+    g1, g2 = cluster.gateways
+    async with (
+        connect(g1.ws_url + "/ws?device_id=alice") as alice,
+        connect(g2.ws_url + "/ws?device_id=bob") as bob,
+        connect(g2.ws_url + "/ws?device_id=carol") as carol,
+    ):
+        for ws in (alice, bob, carol):
+            ws.pushes = []
+        assert (await call(alice, "subscribe", {"channel": "room:lobby"}))["data"] == {"channel": "room:lobby", "subscribed": True}
+        assert (await call(bob, "subscribe", {"channel": "room:lobby"}))["data"]["subscribed"] is True
+        joined = await next_push(alice, "room.joined")
+        assert joined["data"] == {"room_id": "lobby", "device_id": "bob", "members": 2}
+
+        refused = await call(carol, "chat.send", {"room_id": "lobby", "text": "let me in"})
+        assert refused["error"]["code"] == "forbidden"  # not a member
+
+        assert (await call(alice, "chat.send", {"room_id": "lobby", "text": "hello from instance 1"}))["data"] == {"seq": 1}
+        assert (await call(bob, "chat.send", {"room_id": "lobby", "text": "hello from instance 2"}))["data"] == {"seq": 2}
+        for ws in (alice, bob):
+            texts = [(await next_push(ws, "room.message"))["data"]["text"] for _ in range(2)]
+            assert texts == ["hello from instance 1", "hello from instance 2"]
+        history = await call(bob, "chat.history", {"room_id": "lobby"})
+        assert [message["text"] for message in history["data"]["messages"]] == ["hello from instance 1", "hello from instance 2"]
+
+        assert (await call(bob, "chat.leave", {"room_id": "lobby"}))["data"] == {"left": "lobby"}
+        assert (await call(bob, "unsubscribe", {"channel": "room:lobby"}))["data"]["subscribed"] is False
+        left = await next_push(alice, "room.left")
+        assert left["data"] == {"room_id": "lobby", "device_id": "bob", "members": 1}
+        await call(alice, "chat.send", {"room_id": "lobby", "text": "bob is gone"})
+        assert (await next_push(alice, "room.message"))["data"]["text"] == "bob is gone"
+        for ws in (bob, carol):
+            await drain(ws)
+        assert [m for m in bob.pushes if m["event"] == "room.message"] == []
+        assert carol.pushes == []

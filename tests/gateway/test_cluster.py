@@ -1,0 +1,191 @@
+"""Several gateway processes on one bus (the real Redis and NATS): publish once, each device gets it once.
+
+Each test run uses its own channel / subject prefix (``GATEWAY_BROKER_PREFIX``) so that parallel runs on
+the shared servers never see each other's publications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.gateway.conftest import TOKEN
+from tests.support import infra
+from tests.support.servers import ServiceProcess, free_port
+
+CHANNEL_ROUTES = json.dumps({"routes": [{"events": ["*"], "upstream": "lobby"}], "channels": [{"channels": ["*"], "authorize": "allow"}]})
+
+
+def gateway_env(broker_url: str, prefix: str) -> dict[str, str]:
+    return {
+        "BROKER_URL": broker_url,
+        "GATEWAY_BROKER_PREFIX": prefix,
+        "INTERNAL_AUTH_TOKEN": TOKEN,
+        "GATEWAY_ROUTES": CHANNEL_ROUTES,
+        "LOBBY_URL": f"http://127.0.0.1:{free_port()}",
+    }
+
+
+def wait_ready(url: str, ready: bool = True, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (httpx.get(url + "/readyz", timeout=2.0).status_code == 200) == ready:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{url}/readyz did not become {'ready' if ready else 'not ready'} in {timeout_s} s")
+
+
+def start_cluster(broker_url: str, count: int) -> list[ServiceProcess]:
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    nodes = [ServiceProcess("gateway", env=gateway_env(broker_url, prefix)) for _ in range(count)]
+    for node in nodes:
+        node.start()
+    for node in nodes:
+        wait_ready(node.url)
+    return nodes
+
+
+@pytest.fixture(scope="module", params=["redis", "nats"])
+def cluster(request) -> Iterator[list[ServiceProcess]]:
+    url = infra.require(infra.REDIS_URL, 6379, "Redis") if request.param == "redis" else infra.require(infra.NATS_URL, 4222, "NATS")
+    nodes = start_cluster(url, 3)
+    yield nodes
+    for node in nodes:
+        node.stop()
+
+
+async def post(url: str, targets: dict, event: str = "news") -> httpx.Response:
+    async with httpx.AsyncClient() as client:
+        body = {"event": event, "data": {"n": 1}, "targets": targets}
+        return await client.post(url + "/internal/broadcast", json=body, headers={"X-Internal-Token": TOKEN})
+
+
+async def received(ws, wait_s: float = 0.4) -> list[dict]:
+    """Every message that arrives until ``wait_s`` passes with none."""
+    messages = []
+    while True:
+        try:
+            messages.append(json.loads(await asyncio.wait_for(ws.recv(), wait_s)))
+        except TimeoutError:
+            return messages
+
+
+async def test_a_broadcast_reaches_each_target_once_whichever_node_holds_it(cluster) -> None:
+    g1, g2, g3 = cluster
+    async with (
+        connect(g1.ws_url + "/ws?device_id=a") as a_on_1,
+        connect(g3.ws_url + "/ws?device_id=a") as a_on_3,
+        connect(g2.ws_url + "/ws?device_id=b") as b_on_2,
+        connect(g3.ws_url + "/ws?device_id=c") as c_on_3,
+    ):
+        answer = await post(g1.url, {"device_ids": ["a", "b"]})
+        assert answer.status_code == 200 and answer.json() == {"delivered": None, "devices": None}
+        for ws in (a_on_1, a_on_3, b_on_2):
+            assert await received(ws) == [{"type": "event", "event": "news", "data": {"n": 1}}]
+        assert await received(c_on_3) == []
+
+
+async def test_channels_and_all_span_the_nodes(cluster) -> None:
+    g1, g2, g3 = cluster
+    async with (
+        connect(g1.ws_url + "/ws?device_id=m1") as m1,
+        connect(g2.ws_url + "/ws?device_id=m2") as m2,
+        connect(g3.ws_url + "/ws?device_id=out") as outsider,
+    ):
+        for ws in (m1, m2):
+            await ws.send(json.dumps({"event": "subscribe", "data": {"channel": "room:7"}}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["data"]["subscribed"] is True
+        assert (await post(g3.url, {"channels": ["room:7"]}, event="said")).status_code == 200
+        for ws in (m1, m2):
+            assert [message["event"] for message in await received(ws)] == ["said"]
+        assert await received(outsider) == []
+        assert (await post(g2.url, {"all": True}, event="maintenance")).status_code == 200
+        for ws in (m1, m2, outsider):
+            assert [message["event"] for message in await received(ws)] == ["maintenance"]
+
+
+class OwnServer:
+    """A redis-server or nats-server of our own on a free port, to stop and start again."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.kind}://127.0.0.1:{self.port}" + ("/0" if self.kind == "redis" else "")
+
+    def start(self) -> None:
+        if self.kind == "redis":
+            command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        else:
+            command = ["nats-server", "-a", "127.0.0.1", "-p", str(self.port)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not infra.reachable(self.url, self.port):
+            assert time.monotonic() < deadline, f"{self.kind}-server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.mark.parametrize("kind", ["redis", "nats"])
+async def test_losing_the_bus_keeps_local_delivery_and_the_gateway_reconnects(kind: str) -> None:
+    if shutil.which(f"{kind}-server") is None:
+        pytest.skip(f"{kind}-server is not on PATH")
+    bus = OwnServer(kind)
+    bus.start()
+    nodes: list[ServiceProcess] = []
+    try:
+        nodes = start_cluster(bus.url, 2)
+        g1, g2 = nodes
+        async with connect(g1.ws_url + "/ws?device_id=here") as here, connect(g2.ws_url + "/ws?device_id=there") as there:
+            bus.stop()
+            await asyncio.to_thread(wait_ready, g1.url, False)
+            readiness = httpx.get(g1.url + "/readyz").json()
+            assert readiness["broker"] == {"kind": kind, "connected": False}
+            answer = await post(g1.url, {"device_ids": ["here", "there"]}, event="local")
+            assert answer.json() == {"delivered": 1, "devices": 1}  # this node's device, delivered at once
+            assert [message["event"] for message in await received(here)] == ["local"]
+            assert await received(there) == []
+            bus.start()
+            for node in nodes:
+                await asyncio.to_thread(wait_ready, node.url, True, 30.0)
+            assert (await post(g1.url, {"device_ids": ["here", "there"]}, event="back")).status_code == 200
+            assert [message["event"] for message in await received(here, 1.0)] == ["back"]
+            assert [message["event"] for message in await received(there, 1.0)] == ["back"]
+    finally:
+        for node in nodes:
+            node.stop()
+        bus.stop()
+
+
+async def test_a_backend_subscribes_devices_on_every_node(cluster) -> None:
+    g1, g2, g3 = cluster
+    async with connect(g2.ws_url + "/ws?device_id=p-on-2") as on_2, connect(g3.ws_url + "/ws?device_id=p-on-3") as on_3:
+        async with httpx.AsyncClient() as client:
+            body = {"device_ids": ["p-on-2", "p-on-3"], "channel": "lobby:77", "action": "subscribe"}
+            answer = await client.post(g1.url + "/internal/subscriptions", json=body, headers={"X-Internal-Token": TOKEN})
+        assert answer.json() == {"connections": None, "devices": None}
+        for _ in range(50):  # the membership change travels over the bus like a broadcast
+            await post(g1.url, {"channels": ["lobby:77"]}, event="probe")
+            got_2, got_3 = await received(on_2, 0.1), await received(on_3, 0.1)
+            if got_2 and got_3:
+                break
+        assert (await post(g1.url, {"channels": ["lobby:77"]}, event="lobby.updated")).status_code == 200
+        for ws in (on_2, on_3):
+            assert [message["event"] for message in await received(ws)] == ["lobby.updated"]
