@@ -1,10 +1,16 @@
 """Lobby events through the gateway: N lobbies of M devices created, joined and given roles.
 
-Starts a real lobby and a real gateway (``python -m sonalyze serve ...`` child processes on free ports),
-connects every device on ``WS /ws?device_id=``, and per lobby sends ``lobby.create`` (host),
-``lobby.join`` (each guest) and ``role.assign`` (host, one per device). Every event's latency is the
-time from sending the request to receiving its response; each change is also pushed to the lobby's
-participants as ``lobby.updated`` (counted, not timed).
+Starts a real lobby and a real gateway (``python -m sonalyze serve ...`` child processes on free ports,
+the lobby pushing to the gateway's ``/internal/broadcast``), connects every device on
+``WS /ws?device_id=`` (before the measured part: connecting is not a lobby event), and per lobby sends
+``lobby.create`` (host), ``lobby.join`` (each guest, at once) and ``role.assign`` (host, one per
+device). Every event's latency is the time from sending the request to receiving its response; each
+change is also pushed to the lobby's participants as ``lobby.updated`` (counted, not timed).
+
+The load generator is the raw asyncio WebSocket client of ``bench/gateway_bench.py`` on uvloop (masked
+frames, payloads parsed with orjson), pinned to one core (``--client-core``) so that it takes as little
+CPU from the servers as possible. Each process's CPU time (utime + stime from ``/proc/<pid>/stat``)
+over the measured part is reported per event.
 
     .venv/bin/python bench/lobby_bench.py --db sqlite --lobbies 1000 --devices 5 --concurrency 64
     .venv/bin/python bench/lobby_bench.py --db postgres
@@ -14,10 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,128 +32,156 @@ from collections import defaultdict
 from pathlib import Path
 
 import orjson
-import psutil
 import uvloop
-from websockets.asyncio.client import connect
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+from gateway_bench import WSClient, cpu_s, open_clients  # noqa: E402
 from tests.support import infra  # noqa: E402
 from tests.support.servers import ServiceProcess, free_port  # noqa: E402
 
 TOKEN = "bench-token"
 
 
-class Phone:
-    def __init__(self, ws_url: str, device_id: str, latencies: dict[str, list[float]], pushes: list[int]) -> None:
-        self.url = f"{ws_url}/ws?device_id={device_id}"
-        self.device_id = device_id
-        self.latencies = latencies
-        self.pushes = pushes
-        self.waiting: dict[str, tuple[asyncio.Future, float]] = {}
-        self.ids = itertools.count()
-        self.received = 0
-        self.expected = 0
-        self.all_arrived = asyncio.Event()
+class Devices:
+    """Every device's WebSocket; answers matched to requests by ``request_id``, pushes counted per device."""
 
-    async def open(self) -> None:
-        self.ws = await connect(self.url, max_size=None, compression=None)
-        self.reader = asyncio.create_task(self._read())
+    def __init__(self) -> None:
+        self.latencies: dict[str, list[float]] = defaultdict(list)
+        self.waiting: dict[str, tuple[asyncio.Future, float, str]] = {}
+        self.pushes: dict[str, int] = defaultdict(int)
+        self.push_waiters: dict[str, tuple[int, asyncio.Future]] = {}
+        self.counter = 0
+        self.clients: list[WSClient] = []
 
-    async def close(self) -> None:
-        self.reader.cancel()
-        await self.ws.close()
+    def on_message(self, client: WSClient, payload: bytes) -> None:
+        # A push ({"type": "event", ...}, the gateway's key order) is only counted, not parsed.
+        if payload.startswith(b'{"type":"event"'):
+            device_id = client.device_id
+            count = self.pushes[device_id] = self.pushes[device_id] + 1
+            waiter = self.push_waiters.get(device_id)
+            if waiter is not None and count >= waiter[0] and not waiter[1].done():
+                waiter[1].set_result(None)
+            return
+        if not payload.startswith(b"{"):
+            return  # a control frame (this client does not tell opcodes apart; pings are off, see run)
+        message = orjson.loads(payload)
+        future, started, event = self.waiting.pop(message["request_id"])
+        self.latencies[event].append(time.perf_counter() - started)
+        future.set_result(message)
 
-    async def _read(self) -> None:
-        async for raw in self.ws:
-            message = orjson.loads(raw)
-            if message["type"] == "event":
-                self.pushes[0] += 1
-                self.received += 1
-                if self.received >= self.expected:
-                    self.all_arrived.set()
-                continue
-            future, started = self.waiting.pop(message["request_id"])
-            self.latencies[message["event"]].append(time.perf_counter() - started)
-            future.set_result(message)
-
-    async def call(self, event: str, data: dict) -> dict:
-        request_id = f"{self.device_id}:{next(self.ids)}"
+    async def call(self, device_id: str, event: str, data: dict) -> dict:
+        self.counter += 1
+        request_id = str(self.counter)
         future = asyncio.get_running_loop().create_future()
-        self.waiting[request_id] = (future, time.perf_counter())
-        await self.ws.send(orjson.dumps({"event": event, "request_id": request_id, "data": data}).decode())
+        self.waiting[request_id] = (future, time.perf_counter(), event)
+        self.clients[int(device_id[1:])].send_text(orjson.dumps({"event": event, "request_id": request_id, "data": data}))
         message = await future
         if message["type"] != "response":
-            raise RuntimeError(f"{event} refused: {message['error']}")
+            raise RuntimeError(f"{event} refused: {message.get('error')}")
         return message["data"]
 
-
-async def one_lobby(ws_url: str, index: int, devices: int, latencies, pushes, drains: list[float]) -> None:
-    phones = [Phone(ws_url, f"l{index}-d{d}", latencies, pushes) for d in range(devices)]
-    await asyncio.gather(*(p.open() for p in phones))
-    try:
-        host, guests = phones[0], phones[1:]
-        lobby = await host.call("lobby.create", {"name": f"bench {index}"})
-        await asyncio.gather(*(g.call("lobby.join", {"code": lobby["code"]}) for g in guests))
-        for n, phone in enumerate(phones):
-            role = "speaker" if n == 0 else "microphone"
-            await host.call("role.assign", {"lobby_id": lobby["lobby_id"], "device_id": phone.device_id, "role": role})
-        # lobby.updated pushes: every join to those already in (joins run concurrently, so a guest sees
-        # between 1 and all of them: count what was decided), every role to all.
-        last_response = time.perf_counter()
-        for phone in phones:
-            phone.expected = devices  # the role assignments
-        host.expected += devices - 1
+    async def pushes_reach(self, device_id: str, count: int) -> None:
+        if self.pushes[device_id] >= count:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self.push_waiters[device_id] = (count, future)
         try:
-            await asyncio.wait_for(asyncio.gather(*(p.all_arrived.wait() for p in phones)), 10.0)
-            drains.append(time.perf_counter() - last_response)
-        except TimeoutError:
-            drains.append(None)
-    finally:
-        await asyncio.gather(*(p.close() for p in phones))
+            await future
+        finally:
+            del self.push_waiters[device_id]
+
+
+async def one_lobby(devices: Devices, index: int, size: int, drains: list[float | None]) -> None:
+    ids = [f"d{index * size + d}" for d in range(size)]
+    host, guests = ids[0], ids[1:]
+    lobby = await devices.call(host, "lobby.create", {"name": f"bench {index}"})
+    await asyncio.gather(*(devices.call(g, "lobby.join", {"code": lobby["code"]}) for g in guests))
+    for n, device_id in enumerate(ids):
+        role = "speaker" if n == 0 else "microphone"
+        await devices.call(host, "role.assign", {"lobby_id": lobby["lobby_id"], "device_id": device_id, "role": role})
+    # lobby.updated pushes: every join to those already in (joins run concurrently, so a guest sees
+    # between 1 and all of them: count what was decided), every role to all.
+    last_response = time.perf_counter()
+    expected = {device_id: size for device_id in ids}
+    expected[host] += size - 1
+    try:
+        await asyncio.wait_for(asyncio.gather(*(devices.pushes_reach(d, n) for d, n in expected.items())), 10.0)
+        drains.append(time.perf_counter() - last_response)
+    except TimeoutError:
+        drains.append(None)
 
 
 def percentile_ms(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def _start_profiler(path: str, pid: int) -> subprocess.Popen | None:
+    """py-spy sampling ``pid`` during the measured part (``--profile``), written as a flame graph."""
+    if not path:
+        return None
+    command = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--output", path, "--rate", "200"]
+    return subprocess.Popen([*command, "--format", "speedscope" if path.endswith(".json") else "flamegraph"])
 
 
 async def run(args: argparse.Namespace) -> dict:
     if args.db == "postgres":
         database_url, database_name = await infra.create_postgres_database()
     else:
-        database_url, database_name = f"sqlite+aiosqlite:///{tempfile.mkdtemp(prefix='lobby-bench-')}/lobby.db", None
+        database_url, database_name = f"sqlite:///{tempfile.mkdtemp(prefix='lobby-bench-')}/lobby.db", None
     gateway_port = free_port()
+    quiet = {"LOG_LEVEL": "WARNING"}
+    lobby_path = {"PYTHONPATH": args.lobby_pythonpath} if args.lobby_pythonpath else {}
     lobby = ServiceProcess(
-        "lobby", env={"DATABASE_URL": database_url, "GATEWAY_URL": f"http://127.0.0.1:{gateway_port}", "INTERNAL_AUTH_TOKEN": TOKEN}
+        "lobby",
+        env={"DATABASE_URL": database_url, "GATEWAY_URL": f"http://127.0.0.1:{gateway_port}", "INTERNAL_AUTH_TOKEN": TOKEN, **quiet, **lobby_path},
     )
     lobby.start()
     gateway = ServiceProcess(
         "gateway",
         port=gateway_port,
-        env={"LOBBY_URL": lobby.url, "INTERNAL_AUTH_TOKEN": TOKEN, "RATE_LIMIT_RPS": "100000", "RATE_LIMIT_BURST": "100000"},
+        env={"LOBBY_URL": lobby.url, "INTERNAL_AUTH_TOKEN": TOKEN, "RATE_LIMIT_RPS": "100000", "RATE_LIMIT_BURST": "100000", **quiet,
+             # every device connects before the measured part and this client answers no pings: none are sent
+             "HEARTBEAT_INTERVAL_SEC": "3600", "CONNECTION_TIMEOUT_SEC": "7200"},
     )
     gateway.start()
-    latencies: dict[str, list[float]] = defaultdict(list)
-    pushes = [0]
-    drains: list[float] = []
+    devices = Devices()
+    drains: list[float | None] = []
+    warmup = min(50, args.lobbies)
     try:
+        if args.client_core >= 0:
+            os.sched_setaffinity(0, {args.client_core})  # after starting the servers: they would inherit it
+        measured = range(warmup, warmup + args.lobbies)
+        devices.clients = await open_clients(gateway_port, (warmup + args.lobbies) * args.devices, devices.on_message)
         semaphore = asyncio.Semaphore(args.concurrency)
 
         async def bounded(i: int) -> None:
             async with semaphore:
-                await one_lobby(gateway.ws_url, i, args.devices, latencies, pushes, drains)
+                await one_lobby(devices, i, args.devices, drains)
 
-        await asyncio.gather(*(bounded(i) for i in range(min(50, args.lobbies))))  # warm-up, not counted
-        latencies.clear()
+        await asyncio.gather(*(bounded(i) for i in range(warmup)))  # warm-up, not counted
+        devices.latencies.clear()
         drains.clear()
-        pushes[0] = 0
-        processes = {"lobby": psutil.Process(lobby.pid), "gateway": psutil.Process(gateway.pid), "bench client": psutil.Process()}
-        cpu_before = {name: sum(p.cpu_times()[:2]) for name, p in processes.items()}
+        pushes_before = sum(devices.pushes.values())
+        pids = {"lobby": lobby.pid, "gateway": gateway.pid, "bench client": os.getpid()}
+        cpu_before = {name: cpu_s(pid) for name, pid in pids.items()}
+        load_before = os.getloadavg()[0]
+        profiler = _start_profiler(args.profile, lobby.pid if args.profile_target == "lobby" else gateway.pid)
         started = time.perf_counter()
-        await asyncio.gather(*(bounded(i) for i in range(1000, 1000 + args.lobbies)))
+        await asyncio.gather(*(bounded(i) for i in measured))
         elapsed_s = time.perf_counter() - started
-        cpu_s = {name: round(sum(p.cpu_times()[:2]) - cpu_before[name], 2) for name, p in processes.items()}
+        cpu_after = {name: cpu_s(pid) for name, pid in pids.items()}
+        system_s = {name: cpu_after[name][1] - cpu_before[name][1] for name in pids}
+        cpu_used_s = {name: sum(cpu_after[name]) - sum(cpu_before[name]) for name in pids}
+        load_after = os.getloadavg()[0]
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait()
         await asyncio.sleep(1.0)  # let the last pushes arrive
+        pushes_received = sum(devices.pushes.values()) - pushes_before
+        for client in devices.clients:
+            client.transport.close()
     finally:
         gateway.stop()
         lobby.stop()
@@ -154,26 +189,30 @@ async def run(args: argparse.Namespace) -> dict:
             print(lobby.log_text()[-3000:], gateway.log_text()[-3000:], file=sys.stderr)
         if database_name:
             await infra.drop_postgres_database(database_name)
-    every = [v for values in latencies.values() for v in values]
+    every = [v for values in devices.latencies.values() for v in values]
+    done = [d for d in drains if d is not None]
     report = {
         "db": args.db,
         "lobbies": args.lobbies,
         "devices_per_lobby": args.devices,
         "concurrency": args.concurrency,
+        "client_core": args.client_core,
         "events": len(every),
         "elapsed_s": round(elapsed_s, 2),
         "events_per_s": round(len(every) / elapsed_s, 1),
-        "pushes_received": pushes[0],
-        "push_drain_after_last_response": {
-            "p50_ms": round(percentile_ms([d for d in drains if d is not None], 0.5), 2),
-            "p99_ms": round(percentile_ms([d for d in drains if d is not None], 0.99), 2),
-            "lobbies_missing_pushes_after_10_s": sum(d is None for d in drains),
-        },
-        "cpu_s": cpu_s,
-        "load_average_1m": round(os.getloadavg()[0], 2),
         "all": {"p50_ms": round(percentile_ms(every, 0.50), 2), "p99_ms": round(percentile_ms(every, 0.99), 2)},
+        "pushes_received": pushes_received,
+        "push_drain_after_last_response": {
+            "p50_ms": round(percentile_ms(done, 0.5), 2),
+            "p99_ms": round(percentile_ms(done, 0.99), 2),
+            "lobbies_missing_pushes_after_10_s": len(drains) - len(done),
+        },
+        "cpu_ms_per_event": {name: round(1000 * used / len(every), 3) for name, used in cpu_used_s.items()},
+        "of_which_system_ms_per_event": {name: round(1000 * used / len(every), 3) for name, used in system_s.items()},
+        "cpu_share": {name: round(used / elapsed_s, 2) for name, used in cpu_used_s.items()},
+        "load_average_1m": {"before": round(load_before, 2), "after": round(load_after, 2)},
     }
-    for event, values in sorted(latencies.items()):
+    for event, values in sorted(devices.latencies.items()):
         report[event] = {
             "n": len(values),
             "p50_ms": round(percentile_ms(values, 0.50), 2),
@@ -189,6 +228,10 @@ def main() -> None:
     parser.add_argument("--lobbies", type=int, default=1000)
     parser.add_argument("--devices", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=64, help="lobbies in flight at once")
+    parser.add_argument("--client-core", type=int, default=1, help="the core this load generator runs on (-1: any)")
+    parser.add_argument("--lobby-pythonpath", default="", help="run the lobby from another copy of the package (before/after)")
+    parser.add_argument("--profile", default="", help="py-spy the measured part into this file (.svg, or .json for speedscope)")
+    parser.add_argument("--profile-target", choices=["lobby", "gateway"], default="lobby")
     parser.add_argument("--show-logs", action="store_true", help="print the end of both services' logs")
     args = parser.parse_args()
     print(json.dumps(uvloop.run(run(args)), indent=2))

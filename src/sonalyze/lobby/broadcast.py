@@ -91,7 +91,8 @@ class Broadcaster:
                     reader, writer = connection
                     writer.write(b"".join(batch))
                     while batch:
-                        await asyncio.wait_for(self._read_answer(reader), self._timeout_s)
+                        async with asyncio.timeout(self._timeout_s):  # no task per answer, unlike wait_for
+                            await self._read_answer(reader)
                         batch.pop(0)
                         queue.task_done()
                     break

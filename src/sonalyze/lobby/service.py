@@ -116,10 +116,10 @@ class LobbyService:
     async def create(self, device_id: str, body: CreateLobby) -> dict[str, Any]:
         def work(conn: Connection, _pushes: Pushes, now_s: float) -> dict[str, Any]:
             lobby_id = uuid.uuid4().hex
-            store.insert_lobby(conn, lobby_id=lobby_id, code=new_code(), name=body.name, host_device_id=device_id, now_s=now_s)
+            lobby = store.insert_lobby(conn, lobby_id=lobby_id, code=new_code(), name=body.name, host_device_id=device_id, now_s=now_s)
             seq = store.append_event(conn, lobby_id=lobby_id, type_="created", device_id=device_id, data={"name": body.name}, now_s=now_s)
             store.add_participant(conn, lobby_id=lobby_id, device_id=device_id, joined_seq=seq, now_s=now_s)
-            return lobby_view(store.get_lobby(conn, lobby_id), store.list_participants(conn, lobby_id))
+            return lobby_view(lobby, [ParticipantRow(device_id, None, seq)])
 
         for _ in range(_CODE_ATTEMPTS):
             try:

@@ -3,11 +3,14 @@
 Every read and every change is one plain function over a SQLAlchemy ``Connection``; a change runs in
 one transaction through :meth:`Database.write`. How it runs depends on the URL:
 
-* SQLite: a synchronous pysqlite engine called inline on the event loop. A lobby transaction is a few
-  statements of an embedded database (~0.2 ms in WAL mode with ``synchronous=NORMAL``, no fsync per
-  commit); handing it to a thread (aiosqlite hops once per statement) cost more CPU than the work and
-  capped the service at a few hundred events/s. Inline calls also make writers take turns, so they
-  never meet ``database is locked``. ``sqlite+aiosqlite://`` URLs are accepted and run this way.
+* SQLite: a synchronous pysqlite connection, opened once and called inline on the event loop. A lobby
+  transaction is a few statements of an embedded database (~0.1 ms in WAL mode with
+  ``synchronous=NORMAL``, no fsync per commit); handing it to a thread (aiosqlite hops once per
+  statement) cost more CPU than the work and capped the service at a few hundred events/s. Inline calls
+  also make writers take turns, so they never meet ``database is locked``. ``sqlite+aiosqlite://`` URLs
+  are accepted and run this way. The statements of the lobby path (:class:`Statement`) run straight on
+  the sqlite3 connection as SQL compiled once: SQLAlchemy's execution path (parameter processing,
+  result objects, pool checkout per transaction) cost several times what SQLite spends on them.
 * PostgreSQL: the asyncpg engine; the same functions run through ``Connection.run_sync``.
 
 Durable records (lobbies, participants, events, sessions) are written only by the functions of this
@@ -19,13 +22,16 @@ records bound for storage commit or roll back together, and the outbox delivers 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, and_, bindparam, create_engine, delete, event, exists, insert, select, update
+from sqlalchemy import JSON, Connection, and_, bindparam, create_engine, delete, event, exists, insert, select, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.sql import ClauseElement
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sonalyze.lobby import migrations
@@ -47,6 +53,7 @@ class Database:
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self._outbox_engine: AsyncEngine | None = None
+        self._sqlite: Connection | None = None
         if self.is_sqlite:
             self._engine = create_engine(parsed.set(drivername="sqlite+pysqlite"))
             event.listen(self._engine, "connect", _sqlite_pragmas)
@@ -78,33 +85,40 @@ class Database:
         if self._outbox_engine is not None:
             await self._outbox_engine.dispose()
         if self.is_sqlite:
+            if self._sqlite is not None:
+                self._sqlite.close()
+                self._sqlite = None
             self._engine.dispose()
         else:
             await self._async_engine.dispose()
 
     async def write(self, work: Callable[..., T], *args: Any) -> T:
         """``work(connection, *args)`` in one transaction, committed when it returns, rolled back if it raises."""
-        if self.outbox is None:
-            if self.is_sqlite:
-                with self._engine.begin() as connection:
-                    return work(connection, *args)
-            async with self._async_engine.begin() as connection:
-                return await connection.run_sync(work, *args)
-        # The outbox finds the committed rows on its next poll (at most a second later); waking it on every
-        # commit would cost a scan of its table per lobby event under load.
+        # With storage, the outbox finds the committed rows on its next poll (at most a second later); waking
+        # it on every commit would cost a scan of its table per lobby event under load.
+        if self.outbox is not None:
+            work, args = _with_storage_records, (work, *args)
         if self.is_sqlite:
-            with self._engine.begin() as connection:
-                return _with_storage_records(connection, work, *args)
+            connection = self._sqlite_connection()
+            with connection.begin():
+                return work(connection, *args)
         async with self._async_engine.begin() as connection:
-            return await connection.run_sync(_with_storage_records, work, *args)
+            return await connection.run_sync(work, *args)
 
     async def read(self, work: Callable[..., T], *args: Any) -> T:
         """``work(connection, *args)`` without writing."""
         if self.is_sqlite:
-            with self._engine.connect() as connection:
+            connection = self._sqlite_connection()
+            with connection.begin():  # ends the read (a commit without changes costs nothing)
                 return work(connection, *args)
         async with self._async_engine.connect() as connection:
             return await connection.run_sync(work, *args)
+
+    def _sqlite_connection(self) -> Connection:
+        """The one SQLite connection, kept open: every call runs inline, so calls never overlap on it."""
+        if self._sqlite is None:
+            self._sqlite = self._engine.connect()
+        return self._sqlite
 
 
 @dataclass(slots=True)
@@ -184,58 +198,108 @@ class SessionRow:
 def _lobby(row: Any) -> LobbyRow | None:
     if row is None:
         return None
-    values = dict(row._mapping)
-    return LobbyRow(**{**values, "status": LobbyStatus(values["status"])})
+    id_, code, name, status, host_device_id, room, last_seq, session_id, created_s, updated_s = row
+    return LobbyRow(id_, code, name, LobbyStatus(status), host_device_id, room, last_seq, session_id, created_s, updated_s)
 
 
-# Statements are built once with bind parameters: building and hashing a new statement per call cost
-# more than SQLite executing it.
+_SQLITE_NAMED = sqlite.dialect(paramstyle="named")
+
+
+class Statement:
+    """A statement built once with bind parameters (building and hashing one per call cost more than
+    SQLite executing it). :meth:`rows` runs it: on SQLite straight on the sqlite3 connection as SQL
+    compiled once here, its JSON values (de)serialized like SQLAlchemy's JSON type does; elsewhere through
+    SQLAlchemy. ``columns``: the bound columns of an ``INSERT``."""
+
+    __slots__ = ("clause", "sql", "defaults", "json_in", "json_out")
+
+    def __init__(self, clause: ClauseElement, columns: list[str] | None = None) -> None:
+        compiled = clause.compile(dialect=_SQLITE_NAMED, column_keys=columns)
+        self.clause = clause
+        self.sql = str(compiled)
+        self.defaults = {key: value for key, value in compiled.params.items() if value is not None}
+        self.json_in = tuple(key for key, bind in compiled.binds.items() if isinstance(bind.type, JSON) and key in compiled.params)
+        self.json_out = tuple(i for i, column in enumerate(clause.exported_columns) if isinstance(column.type, JSON))
+
+    def rows(self, conn: Connection, params: dict[str, Any]) -> list[tuple]:
+        if conn.dialect.name != "sqlite":
+            result = conn.execute(self.clause, params)
+            return result.all() if result.returns_rows else []
+        if self.defaults or self.json_in:
+            params = {**self.defaults, **params}
+            for key in self.json_in:
+                params[key] = json.dumps(params[key])  # None too: SQLAlchemy's JSON stores it as 'null'
+        rows = conn.connection.driver_connection.execute(self.sql, params).fetchall()
+        if self.json_out:
+            rows = [_loads_at(row, self.json_out) for row in rows]
+        return rows
+
+    def first(self, conn: Connection, params: dict[str, Any]) -> tuple | None:
+        rows = self.rows(conn, params)
+        return rows[0] if rows else None
+
+
+def _loads_at(row: tuple, indexes: tuple[int, ...]) -> tuple:
+    values = list(row)
+    for i in indexes:
+        if values[i] is not None:
+            values[i] = json.loads(values[i])
+    return tuple(values)
+
+
 _b = bindparam
 _LOBBY_BY_ID = select(lobbies).where(lobbies.c.id == _b("lobby_id"))
 _LOBBY_BY_CODE = select(lobbies).where(lobbies.c.code == _b("code"), lobbies.c.status != LobbyStatus.CLOSED.value)
-_LOBBY_BY_ID_LOCKED = _LOBBY_BY_ID.with_for_update()
-_LOBBY_BY_CODE_LOCKED = _LOBBY_BY_CODE.with_for_update()
-_INSERT_LOBBY = insert(lobbies)
-_PARTICIPANTS = (
+_LOBBY_BY_ID_LOCKED = Statement(_LOBBY_BY_ID.with_for_update())
+_LOBBY_BY_CODE_LOCKED = Statement(_LOBBY_BY_CODE.with_for_update())
+_LOBBY_BY_ID = Statement(_LOBBY_BY_ID)
+_LOBBY_BY_CODE = Statement(_LOBBY_BY_CODE)
+_INSERT_LOBBY = Statement(insert(lobbies), ["id", "code", "name", "status", "host_device_id", "last_seq", "created_s", "updated_s"])
+_PARTICIPANTS = Statement(
     select(participants.c.device_id, participants.c.role, participants.c.joined_seq)
     .where(participants.c.lobby_id == _b("lobby_id"))
     .order_by(participants.c.joined_seq)
 )
-_INSERT_PARTICIPANT = insert(participants)
+_INSERT_PARTICIPANT = Statement(insert(participants), ["lobby_id", "device_id", "role", "joined_seq", "joined_s"])
 _DELETE_PARTICIPANT = delete(participants).where(participants.c.lobby_id == _b("lobby_id"), participants.c.device_id == _b("device_id"))
 _SET_ROLE = (
     update(participants)
     .where(participants.c.lobby_id == _b("p_lobby_id"), participants.c.device_id == _b("p_device_id"))
     .values(role=_b("p_role"))
 )
-_NEXT_SEQ = (
+_NEXT_SEQ = Statement(
     update(lobbies)
     .where(lobbies.c.id == _b("lobby_id"))
     .values(last_seq=lobbies.c.last_seq + 1, updated_s=_b("now_s"))
     .returning(lobbies.c.last_seq)
 )
-_INSERT_EVENT = insert(events)
-_EVENTS = (
+_INSERT_EVENT = Statement(insert(events), ["lobby_id", "seq", "type", "device_id", "data", "created_s"])
+_EVENTS = Statement(
     select(events.c.seq, events.c.type, events.c.device_id, events.c.data, events.c.created_s)
     .where(events.c.lobby_id == _b("lobby_id"), events.c.seq > _b("since"))
     .order_by(events.c.seq)
     .limit(_b("limit"))
 )
-_SESSION = select(sessions.c.state, sessions.c.version, sessions.c.lobby_id).where(sessions.c.id == _b("session_id"))
+_SESSION = Statement(select(sessions.c.state, sessions.c.version, sessions.c.lobby_id).where(sessions.c.id == _b("session_id")))
 _TERMINAL = [s.value for s in TERMINAL_STEPS]
 # With storage on, the changes return what the storage record needs instead of reading it again.
-_DELETE_PARTICIPANT_RETURNING = _DELETE_PARTICIPANT.returning(participants.c.role, participants.c.joined_s)
-_SET_ROLE_RETURNING = _SET_ROLE.returning(participants.c.joined_s)
+_DELETE_PARTICIPANT_RETURNING = Statement(_DELETE_PARTICIPANT.returning(participants.c.role, participants.c.joined_s))
+_SET_ROLE_RETURNING = Statement(_SET_ROLE.returning(participants.c.joined_s))
+_DELETE_PARTICIPANT = Statement(_DELETE_PARTICIPANT)
+_SET_ROLE = Statement(_SET_ROLE)
 _INSERT_OUTBOX = insert(outbox_table)
-_SESSION_TIMES = select(sessions.c.state, sessions.c.created_s, sessions.c.updated_s).where(sessions.c.id == _b("session_id"))
+_SESSION_TIMES = Statement(
+    select(sessions.c.state, sessions.c.created_s, sessions.c.updated_s).where(sessions.c.id == _b("session_id"))
+)
 
 
 # ----------------------------------------------------------------------------------------------- lobbies
 
 
-def insert_lobby(conn: Connection, *, lobby_id: str, code: str, name: str | None, host_device_id: str, now_s: float) -> None:
-    conn.execute(
-        _INSERT_LOBBY,
+def insert_lobby(conn: Connection, *, lobby_id: str, code: str, name: str | None, host_device_id: str, now_s: float) -> LobbyRow:
+    """Insert an open lobby; returns its row as inserted."""
+    _INSERT_LOBBY.rows(
+        conn,
         {
             "id": lobby_id,
             "code": code,
@@ -247,23 +311,25 @@ def insert_lobby(conn: Connection, *, lobby_id: str, code: str, name: str | None
             "updated_s": now_s,
         },
     )
+    row = LobbyRow(lobby_id, code, name, LobbyStatus.OPEN, host_device_id, None, 0, None, now_s, now_s)
     changes = _changes(conn)
     if changes is not None:
         changes.devices.setdefault(host_device_id, lobby_id)
-        changes.lobbies[lobby_id] = LobbyRow(lobby_id, code, name, LobbyStatus.OPEN, host_device_id, None, 0, None, now_s, now_s)
+        changes.lobbies[lobby_id] = row
         changes.now_s = now_s
+    return row
 
 
 def get_lobby(conn: Connection, lobby_id: str, *, lock: bool = False) -> LobbyRow | None:
     """``lock``: hold the row until the transaction ends (PostgreSQL ``FOR UPDATE``; SQLite has one writer)."""
     query = _LOBBY_BY_ID_LOCKED if lock and conn.dialect.name != "sqlite" else _LOBBY_BY_ID
-    return _lobby(conn.execute(query, {"lobby_id": lobby_id}).first())
+    return _lobby(query.first(conn, {"lobby_id": lobby_id}))
 
 
 def get_lobby_by_code(conn: Connection, code: str, *, lock: bool = False) -> LobbyRow | None:
     """The lobby that holds ``code`` and is not closed (codes of closed lobbies are reused)."""
     query = _LOBBY_BY_CODE_LOCKED if lock and conn.dialect.name != "sqlite" else _LOBBY_BY_CODE
-    return _lobby(conn.execute(query, {"code": code}).first())
+    return _lobby(query.first(conn, {"code": code}))
 
 
 def update_lobby(conn: Connection, lobby_id: str, **values: Any) -> None:
@@ -286,12 +352,12 @@ def idle_lobbies(conn: Connection, *, updated_before_s: float) -> list[str]:
 
 
 def list_participants(conn: Connection, lobby_id: str) -> list[ParticipantRow]:
-    return [ParticipantRow(*row) for row in conn.execute(_PARTICIPANTS, {"lobby_id": lobby_id}).all()]
+    return [ParticipantRow(*row) for row in _PARTICIPANTS.rows(conn, {"lobby_id": lobby_id})]
 
 
 def add_participant(conn: Connection, *, lobby_id: str, device_id: str, joined_seq: int, now_s: float) -> None:
     values = {"lobby_id": lobby_id, "device_id": device_id, "role": None, "joined_seq": joined_seq, "joined_s": now_s}
-    conn.execute(_INSERT_PARTICIPANT, values)
+    _INSERT_PARTICIPANT.rows(conn, values)
     changes = _changes(conn)
     if changes is not None:
         changes.devices.setdefault(device_id, lobby_id)
@@ -303,23 +369,23 @@ def remove_participant(conn: Connection, *, lobby_id: str, device_id: str) -> No
     key = {"lobby_id": lobby_id, "device_id": device_id}
     changes = _changes(conn)
     if changes is None:
-        conn.execute(_DELETE_PARTICIPANT, key)
+        _DELETE_PARTICIPANT.rows(conn, key)
         return
-    seat = conn.execute(_DELETE_PARTICIPANT_RETURNING, key).first()
+    seat = _DELETE_PARTICIPANT_RETURNING.first(conn, key)
     if seat is not None:
         changes.seats.pop((lobby_id, device_id), None)
-        changes.left[(lobby_id, device_id)] = (seat.role, seat.joined_s)
+        changes.left[(lobby_id, device_id)] = (seat[0], seat[1])
 
 
 def set_role(conn: Connection, *, lobby_id: str, device_id: str, role: str | None) -> None:
     values = {"p_lobby_id": lobby_id, "p_device_id": device_id, "p_role": role}
     changes = _changes(conn)
     if changes is None:
-        conn.execute(_SET_ROLE, values)
+        _SET_ROLE.rows(conn, values)
         return
-    joined_s = conn.execute(_SET_ROLE_RETURNING, values).scalar()
-    if joined_s is not None:
-        changes.seats[(lobby_id, device_id)] = (role, joined_s)
+    seat = _SET_ROLE_RETURNING.first(conn, values)
+    if seat is not None:
+        changes.seats[(lobby_id, device_id)] = (role, seat[0])
 
 
 # ----------------------------------------------------------------------------------------------- event log
@@ -331,9 +397,9 @@ def append_event(conn: Connection, *, lobby_id: str, type_: str, device_id: str 
     The counter lives on the lobby row, so appends to one lobby are serialized by its row lock and the
     log has no gaps or reordering as seen by readers.
     """
-    seq = conn.execute(_NEXT_SEQ, {"lobby_id": lobby_id, "now_s": now_s}).scalar_one()
+    (seq,) = _NEXT_SEQ.rows(conn, {"lobby_id": lobby_id, "now_s": now_s})[0]
     values = {"lobby_id": lobby_id, "seq": seq, "type": type_, "device_id": device_id, "data": data, "created_s": now_s}
-    conn.execute(_INSERT_EVENT, values)
+    _INSERT_EVENT.rows(conn, values)
     changes = _changes(conn)
     if changes is not None:
         changes.now_s = now_s
@@ -341,8 +407,8 @@ def append_event(conn: Connection, *, lobby_id: str, type_: str, device_id: str 
 
 
 def list_events(conn: Connection, lobby_id: str, *, since: int, limit: int) -> list[dict[str, Any]]:
-    rows = conn.execute(_EVENTS, {"lobby_id": lobby_id, "since": since, "limit": limit}).all()
-    return [{"seq": r.seq, "type": r.type, "device_id": r.device_id, "data": r.data, "created_s": r.created_s} for r in rows]
+    rows = _EVENTS.rows(conn, {"lobby_id": lobby_id, "since": since, "limit": limit})
+    return [{"seq": seq, "type": type_, "device_id": device_id, "data": data, "created_s": created_s} for seq, type_, device_id, data, created_s in rows]
 
 
 # ----------------------------------------------------------------------------------------------- sessions
@@ -367,8 +433,8 @@ def insert_session(conn: Connection, state: SessionState, *, now_s: float) -> No
 
 
 def get_session(conn: Connection, session_id: str) -> SessionRow | None:
-    row = conn.execute(_SESSION, {"session_id": session_id}).first()
-    return None if row is None else SessionRow(SessionState.from_json(row.state), row.version, row.lobby_id)
+    row = _SESSION.first(conn, {"session_id": session_id})
+    return None if row is None else SessionRow(SessionState.from_json(row[0]), row[1], row[2])
 
 
 def save_session(conn: Connection, state: SessionState, *, version: int, now_s: float) -> bool:
@@ -421,10 +487,10 @@ def enqueue_storage_records(conn: Connection, changes: StorageChanges) -> None:
         record = participant_record(lobby_id, device_id, role=role, joined_s=joined_s, left_s=left_s)
         rows.append(put_row("participants", record, aggregate=lobby_id))
     for session_id in changes.sessions:
-        session = conn.execute(_SESSION_TIMES, {"session_id": session_id}).one()
-        state = SessionState.from_json(session.state)
+        state_json, created_s, updated_s = _SESSION_TIMES.first(conn, {"session_id": session_id})
+        state = SessionState.from_json(state_json)
         room = lobby_of(state.lobby_id).room
-        record = measurement_record(state, room=room, created_s=session.created_s, updated_s=session.updated_s)
+        record = measurement_record(state, room=room, created_s=created_s, updated_s=updated_s)
         rows.append(put_row("measurements", record, aggregate=state.lobby_id))
     if rows:
         conn.execute(_INSERT_OUTBOX, rows)
