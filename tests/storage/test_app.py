@@ -19,7 +19,7 @@ async def test_start_up_migrates_only_when_asked(database_url):
             pass
         assert await migrate.current_revision(engine) is None
         with ThreadedServer(create_app(StorageSettings(database_url=database_url))) as server:
-            assert await migrate.current_revision(engine) == "0002"
+            assert await migrate.current_revision(engine) == "0003"
             response = httpx.post(f"{server.url}/v1/devices", json={"id": "d1"})
             assert response.status_code == 201
     finally:

@@ -31,7 +31,7 @@ async def test_upgrade_downgrade_upgrade(database_url):
     try:
         assert await migrate.current_revision(engine) is None
         await migrate.upgrade(engine)
-        assert await migrate.current_revision(engine) == "0002"
+        assert await migrate.current_revision(engine) == "0003"
         assert TABLES <= await _tables(engine)
 
         await migrate.downgrade(engine, "base")
@@ -39,10 +39,10 @@ async def test_upgrade_downgrade_upgrade(database_url):
         assert not TABLES & await _tables(engine)
 
         await migrate.upgrade(engine)
-        assert await migrate.current_revision(engine) == "0002"
+        assert await migrate.current_revision(engine) == "0003"
         assert TABLES <= await _tables(engine)
         await migrate.upgrade(engine)  # already at head: nothing to do, no error
-        assert await migrate.current_revision(engine) == "0002"
+        assert await migrate.current_revision(engine) == "0003"
     finally:
         await engine.dispose()
 

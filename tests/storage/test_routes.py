@@ -168,6 +168,25 @@ async def test_lobby_code_is_unique_and_can_be_looked_up(api):
     _error(await api.get("/v1/lobbies/by-code/NOSUCHCODE"), 404, "not_found")
 
 
+async def test_a_closed_lobby_frees_its_code(api):
+    first = await create(api, "lobbies")
+    code = first["code"]
+    _error(await api.post("/v1/lobbies", json={"id": new_id("lobby"), "code": code}), 409, "conflict")
+    assert (await api.patch(f"/v1/lobbies/{first['id']}", json={"status": "closed"})).status_code == 200
+
+    second = await api.post("/v1/lobbies", json={"id": new_id("lobby"), "code": code})
+    assert second.status_code == 201
+    assert (await api.get(f"/v1/lobbies/by-code/{code}")).json()["id"] == second.json()["id"]
+    error = _error(await api.patch(f"/v1/lobbies/{first['id']}", json={"status": "open"}), 409, "conflict")
+    assert error["details"] == {"fields": {"code": code}}
+
+    assert (await api.patch(f"/v1/lobbies/{second.json()['id']}", json={"status": "closed"})).status_code == 200
+    third = await api.put(f"/v1/lobbies/{new_id('lobby')}", json={"code": code, "status": "closed"})
+    assert third.status_code == 201
+    latest = (await api.get(f"/v1/lobbies/by-code/{code}")).json()
+    assert latest["id"] == third.json()["id"] and latest["status"] == "closed"
+
+
 async def test_a_device_joins_a_lobby_once(api):
     participant = await create(api, "participants")
     duplicate = {"id": new_id("part"), "lobby_id": participant["lobby_id"], "device_id": participant["device_id"]}

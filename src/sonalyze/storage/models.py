@@ -86,12 +86,23 @@ lobbies = Table(
     "lobbies",
     metadata,
     _id(),
-    Column("code", String(16), nullable=False, unique=True),
+    Column("code", String(16), nullable=False, index=True),
     _reference("host_device_id", "devices", ondelete="SET NULL", nullable=True),
     Column("status", String(32), nullable=False),
     Column("room", Payload),
     Column("settings", Payload, nullable=False),
     *_timestamps(),
+)
+
+# A join code is unique among lobbies that are not closed: the lobby service frees a closed lobby's code.
+OPEN_LOBBY = lobbies.c.status != "closed"
+Index(
+    "uq_lobbies_open_code",
+    lobbies.c.code,
+    unique=True,
+    postgresql_where=OPEN_LOBBY,
+    sqlite_where=OPEN_LOBBY,
+    info={"applies_to": lambda row: row.get("status") != "closed"},
 )
 
 participants = Table(

@@ -112,7 +112,9 @@ async def patch(database: Database, *, resource: Resource, record_id: str, chang
             )
     except IntegrityError:
         async with database.transaction() as connection:
-            raise await _explain(connection, resource=resource, record_id=record_id, row=changes) from None
+            stored = await repository.fetch(connection, resource=resource, record_id=record_id) or {}
+            row = {**stored, **changes}
+            raise await _explain(connection, resource=resource, record_id=record_id, row=row) from None
     if updated is None:
         raise _not_found(resource, record_id)
     return updated
@@ -133,11 +135,11 @@ async def read(database: Database, *, resource: Resource, record_id: str) -> Row
     return row
 
 
-async def read_by(database: Database, *, resource: Resource, column: str, value: str) -> Row:
+async def read_lobby_by_code(database: Database, *, code: str) -> Row:
     async with database.single() as connection:
-        row = await repository.fetch_by(connection, resource=resource, column=column, value=value)
+        row = await repository.fetch_lobby_by_code(connection, code=code)
     if row is None:
-        raise NotFound(f"no {resource.name} record with {column} {value!r}", details={column: value})
+        raise NotFound(f"no lobbies record with code {code!r}", details={"code": code})
     return row
 
 

@@ -36,9 +36,16 @@ async def fetch(connection: AsyncConnection, *, resource: Resource, record_id: s
     return _first(resource.table, result)
 
 
-async def fetch_by(connection: AsyncConnection, *, resource: Resource, column: str, value: Any) -> Row | None:
-    statement = select(resource.table).where(resource.table.c[column] == value)
-    return _first(resource.table, await connection.execute(statement))
+async def fetch_lobby_by_code(connection: AsyncConnection, *, code: str) -> Row | None:
+    """The lobby holding ``code`` now: the open one, else the most recently updated closed one."""
+    table = RESOURCES["lobbies"].table
+    statement = (
+        select(table)
+        .where(table.c.code == code)
+        .order_by((table.c.status == "closed").asc(), table.c.updated_at.desc())
+        .limit(1)
+    )
+    return _first(table, await connection.execute(statement))
 
 
 async def insert_row(connection: AsyncConnection, *, resource: Resource, row: Row) -> None:
@@ -84,11 +91,13 @@ async def unique_clash(connection: AsyncConnection, *, resource: Resource, recor
     """The first unique key of ``row`` another record already holds, as ``{column: value}``."""
     table = resource.table
     for key in resource.unique_keys:
-        values = {column: row.get(column) for column in key}
-        if any(value is None for value in values.values()):
+        values = {column: row.get(column) for column in key.columns}
+        if any(value is None for value in values.values()) or not key.applies_to(row):
             continue
-        condition = and_(table.c.id != record_id, *(table.c[column] == value for column, value in values.items()))
-        if (await connection.execute(select(exists().where(condition)))).scalar():
+        conditions = [table.c.id != record_id, *(table.c[column] == value for column, value in values.items())]
+        if key.where is not None:
+            conditions.append(key.where)
+        if (await connection.execute(select(exists().where(and_(*conditions))))).scalar():
             return values
     return None
 

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, create_model
-from sqlalchemy import Table, UniqueConstraint
+from sqlalchemy import ColumnElement, Table, UniqueConstraint
 
 from sonalyze.storage import models, schemas
 from sonalyze.storage.schemas import PageQuery, RecordId
+
+
+@dataclass(frozen=True)
+class UniqueKey:
+    """Columns whose values no two rows share; with ``where``, only among the rows it selects."""
+
+    columns: tuple[str, ...]
+    where: ColumnElement[bool] | None = None
+    applies_to: Callable[[dict[str, Any]], bool] = lambda row: True
 
 
 @dataclass(frozen=True)
@@ -26,13 +37,18 @@ class Resource:
     """The writable columns (everything but ``id`` and the timestamps)."""
 
     @property
-    def unique_keys(self) -> list[tuple[str, ...]]:
-        """Column tuples that must be unique besides ``id`` (a lobby ``code``, a lobby's device)."""
-        return [
-            tuple(str(column.name) for column in constraint.columns)
+    def unique_keys(self) -> list[UniqueKey]:
+        """What must be unique besides ``id``: a lobby's device; an open lobby's ``code`` (a partial index)."""
+        keys = [
+            UniqueKey(tuple(str(column.name) for column in constraint.columns))
             for constraint in self.table.constraints
             if isinstance(constraint, UniqueConstraint)
         ]
+        for index in self.table.indexes:
+            if index.unique:
+                where = index.dialect_options["postgresql"]["where"]
+                keys.append(UniqueKey(tuple(str(column.name) for column in index.columns), where, index.info["applies_to"]))
+        return keys
 
     @property
     def references(self) -> dict[str, str]:

@@ -129,13 +129,13 @@ def resource_router(resource: Resource) -> APIRouter:
 
 
 def lookup_router() -> APIRouter:
-    """Lookups by a unique key other than the id: ``/v1/lobbies/by-code/{code}``."""
+    """``/v1/lobbies/by-code/{code}``: the lobby holding a join code now (an open one before closed ones)."""
     router = APIRouter(prefix="/v1", tags=["lobbies"], responses=_ERRORS)
     lobbies = RESOURCES["lobbies"]
 
     @router.get("/lobbies/by-code/{code}", name="get_lobby_by_code", response_model=lobbies.public)
     async def lobby_by_code(request: Request, code: str) -> Response:
-        return JSONResponse(await records.read_by(_database(request), resource=lobbies, column="code", value=code))
+        return JSONResponse(await records.read_lobby_by_code(_database(request), code=code))
 
     return router
 
