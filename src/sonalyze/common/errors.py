@@ -26,6 +26,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from sonalyze.common.json import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -144,6 +145,12 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
     for item in validation_details(errors)["errors"][:5]:
         parts.append(f"{item['field']}: {item['message']}" if item["field"] else item["message"])
     return "; ".join(parts) or "invalid request"
+
+
+def from_validation_error(exc: ValidationError, error_class: type[SonalyzeError] = Unprocessable) -> SonalyzeError:
+    """A pydantic validation failure as our error, naming each field (422 ``validation_error`` by default)."""
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    return error_class(validation_message(errors), details=validation_details(errors))
 
 
 def install_error_handlers(app: FastAPI) -> None:

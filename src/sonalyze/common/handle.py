@@ -17,7 +17,7 @@ from fastapi import APIRouter, FastAPI, Request
 from sonalyze.common.json import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from sonalyze.common.errors import BadRequest, SonalyzeError, error_body, validation_details, validation_message
+from sonalyze.common.errors import BadRequest, SonalyzeError, error_body, from_validation_error
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -48,8 +48,7 @@ class EventContext:
         try:
             return model.model_validate(self.data)
         except ValidationError as exc:
-            errors = exc.errors(include_url=False, include_context=False, include_input=False)
-            raise BadRequest(validation_message(errors), details=validation_details(errors)) from exc
+            raise from_validation_error(exc, BadRequest) from exc
 
     def require_device(self) -> str:
         if not self.device_id:

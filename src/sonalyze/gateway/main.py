@@ -26,10 +26,8 @@ from sonalyze.common.errors import (
     NotFound,
     RateLimited,
     Unauthorized,
-    Unprocessable,
+    from_validation_error,
     install_error_handlers,
-    validation_details,
-    validation_message,
 )
 from sonalyze.common.json import JSONResponse
 from sonalyze.gateway.auth import AuthError, TokenVerifier, bearer_token
@@ -189,8 +187,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         try:
             body = BroadcastRequest.model_validate_json(await request.body())
         except ValidationError as exc:
-            errors = exc.errors(include_url=False, include_context=False, include_input=False)
-            raise Unprocessable(validation_message(errors), details=validation_details(errors)) from exc
+            raise from_validation_error(exc) from exc
         payload = orjson.dumps(event_envelope(body.event, body.data))
         delivered, devices = await gateway.broker.publish(body.targets.targets(), payload)
         gateway.metrics.events_out.labels(gateway.metrics.event_label(body.event)).inc()
@@ -204,8 +201,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         try:
             body = SubscriptionsRequest.model_validate_json(await request.body())
         except ValidationError as exc:
-            errors = exc.errors(include_url=False, include_context=False, include_input=False)
-            raise Unprocessable(validation_message(errors), details=validation_details(errors)) from exc
+            raise from_validation_error(exc) from exc
         changed, devices = await gateway.broker.publish(body.targets(), b"")
         return {"connections": changed, "devices": devices}
 

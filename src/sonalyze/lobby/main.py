@@ -13,7 +13,7 @@ import httpx
 from fastapi import APIRouter, FastAPI, Header, Query, Request
 from pydantic import ValidationError
 
-from sonalyze.common.errors import error_body, install_error_handlers, validation_details, validation_message
+from sonalyze.common.errors import error_body, from_validation_error, install_error_handlers
 from sonalyze.common.handle import EventContext, EventHandlers, HandleRequest
 from sonalyze.common.json import JSONResponse, dumps
 from sonalyze.lobby.broadcast import Broadcaster
@@ -174,8 +174,7 @@ class GatewayHandleFastPath:
         try:
             request = HandleRequest.model_validate_json(raw)
         except ValidationError as exc:
-            errors = exc.errors(include_url=False, include_context=False, include_input=False)
-            return 422, dumps(error_body("validation_error", validation_message(errors), validation_details(errors)))
+            return 422, dumps(from_validation_error(exc).to_body())
         try:
             return 200, dumps(await handlers.dispatch(request, self.app))
         except Exception:  # noqa: BLE001 - the edge: log it, answer like the shared error handlers do

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sonalyze.common.cpu_pool import DEFAULT_PRELOAD, CpuPool
-from sonalyze.common.errors import Busy, SonalyzeError, Unprocessable, validation_details, validation_message
+from sonalyze.common.errors import Busy, SonalyzeError, from_validation_error
 from sonalyze.simulation.config import SimulationSettings
 from sonalyze.simulation.engine import SimulationOutput, simulate
 from sonalyze.simulation.limits import check_limits
@@ -38,8 +38,7 @@ def parse_request(data: dict[str, Any]) -> SimulateRequest:
     try:
         return SimulateRequest.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_context=False, include_input=False)
-        raise Unprocessable(validation_message(errors), details=validation_details(errors)) from exc
+        raise from_validation_error(exc) from exc
 
 
 def rir_path(simulation_id: str, source: int, microphone: int) -> str:

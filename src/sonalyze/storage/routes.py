@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 
-from sonalyze.common.errors import Unprocessable, error_body, validation_details, validation_message
+from sonalyze.common.errors import Unprocessable, error_body, from_validation_error
 from sonalyze.common.json import JSONResponse, loads
 from sonalyze.storage import records
 from sonalyze.storage.db import Database
@@ -42,8 +42,7 @@ async def _parse_body(request: Request, model: type[ModelT]) -> ModelT:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_context=False, include_input=False)
-        raise Unprocessable(validation_message(errors), details=validation_details(errors)) from None
+        raise from_validation_error(exc) from None
 
 
 def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
