@@ -1,5 +1,7 @@
 """What the process pool costs: a no-op task's round trip, and one sweep analysis in-process vs in the pool.
 
+The pool's workers are started by ``warm_up`` (with the fork server the first time) and reused by every task.
+
     .venv/bin/python bench/measurement_cpu_pool.py [--rounds 10]
 """
 
@@ -46,7 +48,7 @@ async def main(rounds: int) -> None:
     pool = CpuPool(1, 0, preload=(*DEFAULT_PRELOAD, "sonalyze.measurement.analysis"))
     start = time.perf_counter()
     await pool.warm_up()
-    print(f"fork server start (imports)    {1000 * (time.perf_counter() - start):7.1f} ms")
+    print(f"warm-up (fork server, worker)  {1000 * (time.perf_counter() - start):7.1f} ms")
     noop, inline, pooled = [], [], []
     for _ in range(rounds):
         start = time.perf_counter()

@@ -40,3 +40,11 @@ def wait_for_file(path: str, *, progress=None) -> int:
 
 def exit_abruptly() -> None:
     os._exit(3)
+
+
+def exit_by_system_exit() -> None:
+    raise SystemExit(4)
+
+
+def own_pid() -> int:
+    return os.getpid()

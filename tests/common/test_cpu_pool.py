@@ -1,4 +1,4 @@
-"""``CpuPool``: real task processes — results, exceptions, progress, the bound, timeouts, crashes."""
+"""``CpuPool``: real worker processes — results, exceptions, progress, the bound, timeouts, crashes, reuse."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from sonalyze.common.cpu_pool import CpuPool, TaskFailed, TaskTimeout, WorkerCra
 from sonalyze.common.errors import Busy
 from tests.common.cpu_tasks import (
     exit_abruptly,
+    exit_by_system_exit,
+    own_pid,
     raise_unpicklable,
     raise_value_error,
     report_steps,
@@ -83,7 +85,7 @@ async def test_busy_beyond_workers_plus_queue(pool, tmp_path):
     assert int(caught.value.headers["Retry-After"]) >= 1
     signal.touch()
     pids = await asyncio.gather(*tasks)
-    assert len(set(pids)) == 3  # one process per task
+    assert len(set(pids)) == 2  # the two warm workers served the three tasks
     assert await pool.run(sum_of_squares, 3) == 5  # capacity is back
 
 
@@ -136,3 +138,72 @@ async def test_close_stops_running_tasks_and_refuses_new_ones(tmp_path):
         await task
     with pytest.raises(Busy):
         await pool.run(sum_of_squares, 2)
+
+
+async def test_warm_up_starts_the_workers_and_tasks_reuse_them(pool):
+    await pool.warm_up()
+    warm_pids = {pid for pid in await asyncio.gather(pool.run(own_pid), pool.run(own_pid))}
+    assert len(warm_pids) == 2 and os.getpid() not in warm_pids
+    later_pids = {await pool.run(own_pid) for _ in range(6)}
+    assert later_pids <= warm_pids  # no process started per task
+
+
+async def test_a_killed_worker_is_replaced(pool, tmp_path):
+    pids: list[int] = []
+    with pytest.raises(TaskTimeout):
+        await pool.run(wait_for_file, str(tmp_path / "never"), timeout_s=1.0, on_progress=lambda _f, t: pids.append(int(t)))
+    assert not _pid_alive(pids[0])
+    after = {await pool.run(own_pid) for _ in range(4)}
+    assert pids[0] not in after and all(_pid_alive(pid) for pid in after)
+
+
+async def test_a_worker_that_died_while_idle_is_replaced_before_its_next_task():
+    pool = CpuPool(max_workers=1, max_queued=0)
+    try:
+        first = await pool.run(own_pid)
+        os.kill(first, 9)
+        while _pid_alive(first):
+            await asyncio.sleep(0.01)
+        second = await pool.run(own_pid)
+        assert second != first and _pid_alive(second)
+    finally:
+        await pool.close()
+
+
+async def test_unpicklable_arguments_fail_in_the_caller_and_keep_the_worker(pool):
+    worker = await pool.run(own_pid)
+    with pytest.raises(Exception, match="pickle"):
+        await pool.run(sum_of_squares, lambda: 3)
+    assert await pool.run(own_pid) == worker
+
+
+async def test_system_exit_comes_back_as_task_failed_and_retires_the_worker():
+    pool = CpuPool(max_workers=1, max_queued=0)
+    try:
+        worker = await pool.run(own_pid)
+        with pytest.raises(TaskFailed, match="SystemExit: 4"):
+            await pool.run(exit_by_system_exit)
+        assert await pool.run(own_pid) != worker
+    finally:
+        await pool.close()
+
+
+async def test_workers_are_recycled_after_max_tasks_and_above_max_memory():
+    by_count = CpuPool(max_workers=1, max_queued=0, max_tasks_per_worker=3)
+    by_memory = CpuPool(max_workers=1, max_queued=0, max_worker_rss_mb=0.0)
+    try:
+        pids = [await by_count.run(own_pid) for _ in range(7)]
+        assert len(set(pids[0:3])) == 1 and len(set(pids[3:6])) == 1 and len(set(pids)) == 3
+        pids = [await by_memory.run(own_pid) for _ in range(3)]
+        assert len(set(pids)) == 3  # every task leaves its worker above 0 MB
+    finally:
+        await by_count.close()
+        await by_memory.close()
+    assert not any(_pid_alive(pid) for pid in pids)
+
+
+async def test_close_leaves_no_worker_behind(pool):
+    await pool.warm_up()
+    pids = set(await asyncio.gather(pool.run(own_pid), pool.run(own_pid)))
+    await pool.close()
+    assert pids and not any(_pid_alive(pid) for pid in pids)

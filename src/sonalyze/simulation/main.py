@@ -59,13 +59,14 @@ def create_app(settings: SimulationSettings | None = None) -> FastAPI:
     async def health(request: Request) -> dict[str, Any]:
         return _service(request.app).health()
 
+    # The large answers go straight to orjson (``JSONResponse``), not through a pydantic response model.
     @app.post("/simulate")
-    async def simulate(body: SimulateRequest, request: Request) -> dict[str, Any]:
-        return await _service(request.app).run(body)
+    async def simulate(body: SimulateRequest, request: Request) -> JSONResponse:
+        return JSONResponse(await _service(request.app).run(body))
 
     @app.get("/simulations/{simulation_id}")
-    async def get_simulation(simulation_id: str, request: Request) -> dict[str, Any]:
-        return await _service(request.app).get(simulation_id)
+    async def get_simulation(simulation_id: str, request: Request) -> JSONResponse:
+        return JSONResponse(await _service(request.app).get(simulation_id))
 
     @app.get("/simulations/{simulation_id}/rir/{source}/{microphone}.wav")
     async def get_rir(simulation_id: str, source: int, microphone: int, request: Request) -> FileResponse:

@@ -15,17 +15,17 @@ from pydantic import ValidationError
 from sonalyze.common.cpu_pool import DEFAULT_PRELOAD, CpuPool
 from sonalyze.common.errors import Busy, SonalyzeError, from_validation_error
 from sonalyze.simulation.config import SimulationSettings
-from sonalyze.simulation.engine import SimulationOutput, simulate
 from sonalyze.simulation.limits import check_limits
 from sonalyze.simulation.schemas import SimulateRequest
 from sonalyze.simulation.records import job_record, result_records
-from sonalyze.simulation.store import JobStatus, SimulationStore, wav_bytes
+from sonalyze.simulation.store import JobStatus, SimulationStore
+from sonalyze.simulation.worker import SimulationResult, run_simulation
 from sonalyze.storage.client import StorageClient
 from sonalyze.storage.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
-PRELOAD = (*DEFAULT_PRELOAD, "sonalyze.common.cpu_pool", "pyroomacoustics", "sonalyze.simulation.engine")
+PRELOAD = (*DEFAULT_PRELOAD, "pyroomacoustics", "sonalyze.simulation.worker")
 """Imported once in the fork server: pyroomacoustics alone takes about a second to import."""
 
 
@@ -41,30 +41,30 @@ def parse_request(data: dict[str, Any]) -> SimulateRequest:
         raise from_validation_error(exc) from exc
 
 
-def rir_path(simulation_id: str, source: int, microphone: int) -> str:
-    return f"/simulations/{simulation_id}/rir/{source}/{microphone}.wav"
-
-
 class SimulationService:
     def __init__(self, settings: SimulationSettings) -> None:
         self.settings = settings
         self.limits = settings.limits()
         self.store = SimulationStore(settings.data_dir)
         self.pool = CpuPool(settings.workers, settings.queue, preload=PRELOAD)
+        self._warm_up: asyncio.Task[None] | None = None
         self.outbox: Outbox | None = None
         if settings.storage_url:
             self.outbox = Outbox(settings.outbox_url(), StorageClient(settings.storage_url))
 
     async def start(self) -> None:
-        """Start the storage outbox, then fail the simulations a previous process left running."""
+        """Start the storage outbox and (in the background) the workers; fail simulations left running."""
         if self.outbox is not None:
             await self.outbox.start()
+        self._warm_up = asyncio.create_task(self.pool.warm_up())
         error = {"code": "interrupted", "message": "the service stopped before the simulation finished"}
         for simulation_id in await asyncio.to_thread(self.store.running_ids):
             log.warning("simulation %s was interrupted", simulation_id)
             await self._finish(simulation_id, status=JobStatus.FAILED, error=error)
 
     async def close(self) -> None:
+        if self._warm_up is not None:
+            await asyncio.gather(self._warm_up, return_exceptions=True)
         await self.pool.close()
         if self.outbox is not None:
             await self.outbox.stop()
@@ -84,9 +84,12 @@ class SimulationService:
             self.store.finish, simulation_id, status=status, finished_at=utc_now(), result=result, rirs=rirs or (), error=error
         )
         if self.outbox is not None:
-            await self.outbox.enqueue("simulation_jobs", job_record(job, result), aggregate=simulation_id)
-            for record in result_records(simulation_id, result) if result is not None else ():
-                await self.outbox.enqueue("simulation_results", record, aggregate=simulation_id)
+            records = [("simulation_jobs", job_record(job, result))]
+            records += [("simulation_results", r) for r in result_records(simulation_id, result)] if result is not None else []
+            async with self.outbox.engine.begin() as transaction:  # the job and its pairs in one commit
+                for resource, record in records:
+                    await self.outbox.enqueue(resource, record, aggregate=simulation_id, session=transaction)
+            self.outbox.notify()
         return job
 
     def health(self) -> dict[str, Any]:
@@ -114,8 +117,12 @@ class SimulationService:
         await asyncio.to_thread(self.store.create, job)
         started = time.perf_counter()
         try:
-            output: SimulationOutput = await self.pool.run(
-                simulate, request, max_rir_s=self.limits.max_rir_s, timeout_s=self.settings.timeout_s
+            simulated: SimulationResult = await self.pool.run(
+                run_simulation,
+                request,
+                simulation_id=simulation_id,
+                max_rir_s=self.limits.max_rir_s,
+                timeout_s=self.settings.timeout_s,
             )
         except Busy:
             await asyncio.to_thread(self.store.discard, simulation_id)  # refused: nothing is kept
@@ -132,38 +139,13 @@ class SimulationService:
             failure = SonalyzeError(f"the simulation failed: {exc}", code="simulation_failed")
             await self._finish(simulation_id, status=JobStatus.FAILED, error=failure.to_body()["error"])
             raise failure from exc
-        fs_hz = request.sample_rate_hz
-        wavs = await asyncio.to_thread(lambda: [(p.source, p.microphone, wav_bytes(p.rir, fs_hz)) for p in output.pairs])
-        result = {
-            "sample_rate_hz": request.sample_rate_hz,
-            "seed": output.seed,
-            "pairs": [
-                {
-                    "source": p.source,
-                    "microphone": p.microphone,
-                    "metrics": p.metrics,
-                    "metrics_reason": p.metrics_reason,
-                    "rir": {
-                        "path": rir_path(simulation_id, p.source, p.microphone),
-                        "samples": int(p.rir.size),
-                        "duration_s": p.rir.size / request.sample_rate_hz,
-                    },
-                }
-                for p in output.pairs
-            ],
-            "theory": output.theory,
-            "elapsed_s": output.pyroomacoustics_s + output.analysis_s,
-            "timing": {
-                "pyroomacoustics_s": output.pyroomacoustics_s,
-                "analysis_s": output.analysis_s,
-                "service_s": time.perf_counter() - started,
-            },
-        }
-        job = await self._finish(simulation_id, status=JobStatus.SUCCEEDED, result=result, rirs=wavs)
+        result = simulated.result
+        result["timing"]["service_s"] = time.perf_counter() - started
+        job = await self._finish(simulation_id, status=JobStatus.SUCCEEDED, result=result, rirs=simulated.wavs)
         log.info("simulation %s done in %.2f s", simulation_id, result["elapsed_s"])
         answer = {**job, **result}
         if request.include_rir:
-            answer = self._with_base64(answer, wavs)
+            answer = self._with_base64(answer, simulated.wavs)
         return answer
 
     def _with_base64(self, answer: dict[str, Any], wavs: list[tuple[int, int, bytes]]) -> dict[str, Any]:

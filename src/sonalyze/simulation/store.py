@@ -5,7 +5,8 @@
     {data_dir}/simulations/{id}/rir/{s}_{m}.wav one RIR per source–microphone pair
 
 Every write goes to a temporary file in the same folder, is flushed to disk, then renamed over the
-target (``os.replace`` is atomic on POSIX), so a reader or a crash never sees half a file. The
+target (``os.replace`` is atomic on POSIX), so a reader or a crash never sees half a file; the folders
+are synced after the renames, so what ``create`` and ``finish`` wrote is on disk when they return. The
 methods are blocking: the service calls them through ``asyncio.to_thread``.
 """
 
@@ -69,6 +70,15 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make the entries just created or renamed in ``path`` durable (until then they live in memory only)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class SimulationStore:
     """Jobs, results and RIR files under one folder (blocking I/O)."""
 
@@ -84,6 +94,7 @@ class SimulationStore:
     def create(self, job: dict[str, Any]) -> None:
         """Record a new job (``id``, ``status`` running, ``request``, ``created_at``)."""
         _write_atomic(self._dir(job["id"]) / "job.json", dumps(job))
+        _fsync_dir(self.root)
 
     def discard(self, simulation_id: str) -> None:
         """Forget a job that never ran (its request was refused)."""
@@ -122,12 +133,16 @@ class SimulationStore:
         job = self.job(simulation_id)
         check_transition(JobStatus(job["status"]), status)
         folder = self._dir(simulation_id)
+        rirs = list(rirs)
         for source, microphone, data in rirs:
             _write_atomic(folder / "rir" / f"{source}_{microphone}.wav", data)
+        if rirs:
+            _fsync_dir(folder / "rir")
         if result is not None:
             _write_atomic(folder / "result.json", dumps(result))
         job = {**job, "status": status.value, "finished_at": finished_at, "error": error}
         _write_atomic(folder / "job.json", dumps(job))
+        _fsync_dir(folder)  # on disk, with the folder itself (synced at create), before anyone is told
         return job
 
     def running_ids(self) -> list[str]:
