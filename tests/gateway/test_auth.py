@@ -70,6 +70,8 @@ def test_valid_hs256_and_rs256_tokens_name_the_device_and_tenant() -> None:
     for token in (hs256(), rs256()):
         identity = both.verify(token)
         assert (identity.device_id, identity.tenant_id) == ("phone-1", "tenant-a")
+    exp = int(time.time()) + 60
+    assert both.verify(hs256(exp=exp)).expires_at_s == exp  # open connections are closed then
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ Off unless ``AUTH_REQUIRED=true``. Then every connection and every ``/v1`` reque
 tenant (``JWT_TENANT_CLAIM``). The verification key is chosen by the algorithm family *we* configured
 (HMAC → ``JWT_SECRET``, RSA/EC → ``JWT_PUBLIC_KEY``) and PyJWT is given that one algorithm only, so
 ``alg: none`` and the HS256-with-the-public-key confusion (RFC 8725 §2.1) are refused. ``exp`` is
-required; ``iss`` and ``aud`` are checked when configured.
+required; ``iss`` and ``aud`` are checked when configured, and a connection is closed when its token's ``exp``
+passes (``Identity.expires_at_s``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class AuthError(Exception):
 class Identity:
     device_id: str
     tenant_id: str | None
+    expires_at_s: float
+    """When the token stops being valid (``exp`` plus the leeway), seconds since the epoch."""
 
 
 class TokenVerifier:
@@ -88,7 +91,8 @@ class TokenVerifier:
         if not isinstance(device_id, str) or not device_id:
             raise AuthError("invalid_token", f"token has no {self._device_claim!r} claim naming the device")
         tenant_id = claims.get(self._tenant_claim)
-        return Identity(device_id, tenant_id if isinstance(tenant_id, str) and tenant_id else None)
+        tenant = tenant_id if isinstance(tenant_id, str) and tenant_id else None
+        return Identity(device_id, tenant, float(claims["exp"]) + self._leeway_s)
 
 
 def bearer_token(authorization: str | None) -> str | None:

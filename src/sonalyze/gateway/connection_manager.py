@@ -8,7 +8,10 @@ bound (the transport's high-water mark) is removed at once and closes itself as 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Iterable
+from itertools import chain, repeat
+from operator import call
 from typing import Protocol
 
 from sonalyze.gateway.broker import Targets
@@ -148,15 +151,9 @@ class ConnectionManager:
         Returns (connections written to, devices with a connection). The frame is encoded once and the
         same bytes go to each transport: no await, no per-client copy.
         """
-        frame = text_frame(payload)
         writers = self._writers
-        found = [writers[device_id] for device_id in writers.keys() & device_ids]  # deduplicated, in C
-        delivered = 0
-        for device_writers in found:  # tuples: a removal during the loop replaces them, never mutates
-            for write in device_writers:
-                write(frame)
-            delivered += len(device_writers)
-        return delivered, len(found)
+        found = list(map(writers.__getitem__, writers.keys() & device_ids))  # deduplicated, in C
+        return _write_all(chain.from_iterable(found), text_frame(payload)), len(found)
 
     def deliver_to(self, targets: Targets, payload: bytes) -> tuple[int, int]:
         """Local delivery of one publication (what every broker calls): devices, channels or everyone."""
@@ -167,12 +164,7 @@ class ConnectionManager:
         frame = text_frame(payload)
         if targets.everyone:
             all_writers = list(self._writers.values())  # a slow reader removed mid-loop changes the dict
-            delivered = 0
-            for device_writers in all_writers:
-                for write in device_writers:
-                    write(frame)
-                delivered += len(device_writers)
-            return delivered, len(all_writers)
+            return _write_all(chain.from_iterable(all_writers), frame), len(all_writers)
         members: dict[Connection, str] = {}
         for channel in targets.channels or ():
             if channel in self._retained:
@@ -190,3 +182,15 @@ class ConnectionManager:
             self._writers[device_id] = tuple(connection.transport.write for connection in connections)
         else:
             del self._by_device[device_id], self._writers[device_id]
+
+
+def _write_all(writers: Iterable[Callable[[bytes], object]], frame: bytes) -> int:
+    """Call every ``transport.write`` with the same frame, the loop in C (no bytecode per delivery).
+
+    ``writers`` is taken whole first: a connection removed while writing (a slow reader) changes the
+    registry, never this list.
+    """
+    writers = list(writers)
+    deque(map(call, writers, repeat(frame)), maxlen=0)
+    return len(writers)
+

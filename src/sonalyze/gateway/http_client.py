@@ -21,6 +21,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -52,17 +53,19 @@ class _Connection(asyncio.Protocol):
         self.listener: _Exchange | None = None
         self.can_write = asyncio.Event()
         self.can_write.set()
-        self._reset()
+        self.body_event = asyncio.Event()
+        """Set when body bytes arrive or the answer ends (awaited exchanges clear it before waiting)."""
+        self._reset(False)
 
-    def _reset(self) -> None:
-        self.headers_ready: asyncio.Future[None] = self.loop.create_future()
+    def _reset(self, awaited: bool) -> None:
+        self.headers_ready: asyncio.Future[None] | None = self.loop.create_future() if awaited else None
+        """Only for an awaited exchange: a callback exchange (``listener``) needs no future."""
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.complete = False
         self.keep_alive = False
-        self.body_event = asyncio.Event()
         self.received_any = False
         self.head = False
         self.request_sent = True
@@ -100,7 +103,7 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
-        if not self.headers_ready.done():
+        if self.headers_ready is not None and not self.headers_ready.done():
             self.headers_ready.set_result(None)
         if self.head:
             self.on_message_complete()
@@ -124,17 +127,18 @@ class _Connection(asyncio.Protocol):
     def _fail(self, exc: Exception) -> None:
         if self.listener is not None:
             self.listener.lost(exc)
-        elif not self.headers_ready.done():
+        elif self.headers_ready is not None and not self.headers_ready.done():
             self.headers_ready.set_exception(exc)
         self.body_event.set()
 
     def usable(self) -> bool:
         return not self.closed and not self.transport.is_closing()  # type: ignore[union-attr]
 
-    def start(self, head: bytes, is_head_request: bool, has_body: bool = False) -> None:
+    def start(self, head: bytes, is_head_request: bool, has_body: bool = False, awaited: bool = True) -> None:
+        """Send a request head (and a small body); ``awaited``: a coroutine waits for ``headers_ready``."""
         if not self.usable():
             raise _Lost("connection closed before the request was sent")
-        self._reset()
+        self._reset(awaited)
         self.head = is_head_request
         self.request_sent = not has_body
         self.transport.write(head)  # type: ignore[union-attr]
@@ -154,8 +158,17 @@ class _Connection(asyncio.Protocol):
         )
 
 
+Waiter = Callable[["_Connection | None"], bool]
+"""Takes a freed connection (None: room to open a new one); False when it no longer waits (skipped)."""
+
+
 class _Pool:
-    """Keep-alive connections to one origin: at most ``max_connections`` open; callers beyond that wait."""
+    """Keep-alive connections to one origin: at most ``max_connections`` open; callers beyond that wait.
+
+    Waiting is first come, first served and O(1): a waiter that gave up stays in the queue and is
+    skipped when its turn comes, so a backlog (a burst beyond ``max_connections``) drains at the cost of
+    ordinary calls.
+    """
 
     def __init__(self, host: str, port: int, host_header: bytes, max_connections: int, timeout_s: float) -> None:
         self.host = host
@@ -165,7 +178,7 @@ class _Pool:
         self.timeout_s = timeout_s
         self.open = 0
         self.idle: list[_Connection] = []
-        self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
+        self.waiters: deque[Waiter] = deque()
 
     def take_idle(self) -> _Connection | None:
         while self.idle:
@@ -184,14 +197,11 @@ class _Pool:
             if self.open < self.max_connections:
                 break
             waiter: asyncio.Future[_Connection | None] = loop.create_future()
-            self.waiters.append(waiter)
+            self.waiters.append(partial(_hand_to_future, waiter))
             try:
                 handed = await asyncio.wait_for(waiter, self.timeout_s)
             except TimeoutError as exc:
                 raise UpstreamTimeout(f"all {self.max_connections} connections to {self.host}:{self.port} stayed busy") from exc
-            finally:
-                if waiter in self.waiters:
-                    self.waiters.remove(waiter)
             if handed is not None and handed.usable():
                 return handed, True
         self.open += 1
@@ -232,12 +242,18 @@ class _Pool:
         self.idle.clear()
 
     def _wake(self, connection: _Connection | None) -> bool:
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(connection)
+        waiters = self.waiters
+        while waiters:
+            if waiters.popleft()(connection):
                 return True
         return False
+
+
+def _hand_to_future(waiter: asyncio.Future[_Connection | None], connection: _Connection | None) -> bool:
+    if waiter.done():
+        return False  # timed out or cancelled
+    waiter.set_result(connection)
+    return True
 
 
 class StreamedResponse:
@@ -281,23 +297,20 @@ class UpstreamClient:
         self.max_connections_per_origin = max_connections_per_origin
         self._pools: dict[str, _Pool] = {}
         self._post_heads: dict[str, tuple[_Pool, bytes]] = {}
+        self.deadlines = _Deadlines(timeout_s)
 
     def call(self, base_url: str, body: dict[str, Any], done: Callable[[dict[str, Any]], None]) -> Callable[[], Any]:
         """Start ``POST {base_url}/gateway/handle``; ``done`` later gets ``{"data": ...}`` or ``{"error": {...}}``.
 
-        With an idle pooled connection (the usual case) the exchange runs on protocol callbacks alone, no
-        task; otherwise a task opens or waits for a connection. Returns a function that cancels the call
-        (``done`` is then never called).
+        The exchange runs on protocol callbacks alone, no task, on an idle pooled connection (the usual
+        case) or, with every connection busy, on the next one freed; only opening a new connection takes a
+        task. Returns a function that cancels the call (``done`` is then never called).
         """
         payload = orjson.dumps(body)
         pool, head = self._post_head(base_url + "/gateway/handle", payload)
-        connection = pool.take_idle()
-        if connection is not None:
-            exchange = _Exchange(self, base_url, (head, payload), connection, done)
-            if exchange.start():
-                return exchange.cancel
-        task = asyncio.get_running_loop().create_task(self._call_async(base_url, payload, done))
-        return task.cancel
+        exchange = _Exchange(self, pool, base_url, (head, payload), done)
+        exchange.submit()
+        return exchange.cancel
 
     async def handle(self, base_url: str, body: dict[str, Any]) -> dict[str, Any]:
         """``POST {base_url}/gateway/handle``; always ``{"data": ...}`` or ``{"error": {...}}``."""
@@ -390,6 +403,7 @@ class UpstreamClient:
         return StreamedResponse(self, connection, writer)
 
     async def aclose(self) -> None:
+        self.deadlines.close()
         for pool in self._pools.values():
             pool.close()
 
@@ -418,6 +432,7 @@ class UpstreamClient:
     async def _wait_headers(self, connection: _Connection) -> None:
         loop = asyncio.get_running_loop()
         future = connection.headers_ready
+        assert future is not None
         timer = loop.call_later(self.timeout_s, _expire, future, self.timeout_s)
         try:
             await future
@@ -464,70 +479,105 @@ class UpstreamClient:
 
 
 class _Exchange:
-    """One ``/gateway/handle`` call on an idle pooled connection, driven by the connection's callbacks."""
+    """One ``/gateway/handle`` call driven by callbacks: the pool's and its connection's.
 
-    __slots__ = ("client", "base_url", "head", "payload", "connection", "done", "timer", "retry")
+    Its timeout counts from :meth:`submit` (waiting for a busy pool included) and is kept by the
+    client's :class:`_Deadlines`.
+    """
+
+    __slots__ = ("client", "pool", "base_url", "head", "payload", "connection", "done", "retry", "waiting")
 
     def __init__(
-        self,
-        client: UpstreamClient,
-        base_url: str,
-        request: tuple[bytes, bytes],
-        connection: _Connection,
-        done: Callable[[dict[str, Any]], None],
+        self, client: UpstreamClient, pool: _Pool, base_url: str, request: tuple[bytes, bytes], done: Callable[[dict[str, Any]], None]
     ) -> None:
         self.client = client
+        self.pool = pool
         self.base_url = base_url
         self.head, self.payload = request
-        self.connection = connection
+        self.connection: _Connection | None = None
         self.done = done
-        self.timer: asyncio.TimerHandle | None = None
         self.retry: asyncio.Task[None] | None = None
+        self.waiting = False
+        """In the pool's queue for a connection."""
 
-    def start(self) -> bool:
+    def submit(self) -> None:
+        """Send on an idle connection, or wait for one; a pool with room opens a new one (in a task)."""
+        pool = self.pool
+        loop = asyncio.get_running_loop()
+        self.client.deadlines.add(self, loop)
+        connection = pool.take_idle()
+        if connection is not None and self._start(connection):
+            return
+        if pool.open < pool.max_connections:
+            self._run_as_task(loop)
+        else:
+            self.waiting = True
+            pool.waiters.append(self.take)
+
+    def take(self, connection: _Connection | None) -> bool:
+        """The pool's turn for this call (a :data:`Waiter`): a freed connection, or room for a new one."""
+        if not self.waiting:
+            return False  # timed out or cancelled while waiting
+        self.waiting = False
+        if connection is None or not self._start(connection):
+            self._run_as_task(asyncio.get_running_loop())
+        return True
+
+    def _start(self, connection: _Connection) -> bool:
         """Send the request; False when the connection turned out closed (nothing was sent)."""
-        connection = self.connection
         try:
-            connection.start(self.head, False)
+            connection.start(self.head, False, awaited=False)
         except _Lost:
-            connection.pool.discard(connection)
+            self.pool.discard(connection)
             return False
         connection.listener = self
-        self.timer = connection.loop.call_later(self.client.timeout_s, self._expired)
+        self.connection = connection
         return True
+
+    def _run_as_task(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The awaited path (opens a connection, retries once on a stale one), with its own timeouts."""
+        self.client.deadlines.discard(self)
+        self.retry = loop.create_task(self.client._call_async(self.base_url, self.payload, self._finish))
 
     def complete(self) -> None:
         connection = self._detach()
-        body = b"".join(connection.chunks)
+        status, body = connection.status, b"".join(connection.chunks)
         connection.chunks.clear()
-        connection.pool.release(connection)
-        self._finish(contract_answer(self.base_url, connection.status, body))
+        self.pool.release(connection)  # may start the next waiting call on it at once
+        self._finish(contract_answer(self.base_url, status, body))
 
     def lost(self, exc: Exception) -> None:
         connection = self._detach()
-        connection.pool.discard(connection)
+        self.pool.discard(connection)
         if not connection.received_any:
             # a pooled connection the upstream had already closed: retry once on a fresh one
-            self.retry = connection.loop.create_task(self.client._call_async(self.base_url, self.payload, self.done))
+            self._run_as_task(connection.loop)
             return
         self._finish(unavailable_error(self.base_url, str(exc)))
 
     def cancel(self) -> None:
-        """Forget the answer; the exchange still completes, so its connection goes back to the pool."""
+        """Forget the answer; a call in flight still completes, so its connection goes back to the pool."""
         if self.retry is not None:
             self.retry.cancel()
+        if self.waiting:
+            self.waiting = False
+            self.client.deadlines.discard(self)
         self.done = _ignore
 
-    def _expired(self) -> None:
-        self.connection.pool.discard(self._detach())
+    def expired(self) -> None:
+        """No answer within the timeout (called by :class:`_Deadlines`)."""
+        if self.waiting:
+            self.waiting = False
+            self.client.deadlines.discard(self)
+        else:
+            self.pool.discard(self._detach())
         self._finish(timeout_error(self.base_url, self.client.timeout_s))
 
     def _detach(self) -> _Connection:
         connection = self.connection
+        assert connection is not None
         connection.listener = None
-        connection.headers_ready.cancel()  # nobody awaits it in this mode
-        if self.timer is not None:
-            self.timer.cancel()
+        self.client.deadlines.discard(self)
         return connection
 
     def _finish(self, answer: dict[str, Any]) -> None:
@@ -539,6 +589,54 @@ class _Exchange:
 
 def _ignore(answer: dict[str, Any]) -> None:
     return None
+
+
+class _Deadlines:
+    """The timeouts of callback exchanges: one timer for all of them instead of a ``call_later`` per call.
+
+    Every exchange has the same timeout, so the oldest one in flight always expires first: the exchanges
+    are kept in start order (a dict), and the one timer is set for the oldest one's deadline. An exchange
+    that completes only leaves the dict; when the timer fires it expires what is due and is set again for
+    the new oldest, so under steady load it fires about once per timeout, not once per call.
+    """
+
+    __slots__ = ("timeout_s", "_started_s", "_timer", "_loop")
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._started_s: dict[_Exchange, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, exchange: _Exchange, loop: asyncio.AbstractEventLoop) -> None:
+        self._started_s[exchange] = now_s = loop.time()
+        if self._timer is None:
+            self._loop = loop
+            self._timer = loop.call_at(now_s + self.timeout_s, self._expire_due)
+
+    def discard(self, exchange: _Exchange) -> None:
+        self._started_s.pop(exchange, None)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire_due(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._timer = None
+        due_s = loop.time() - self.timeout_s
+        expired = []
+        for exchange, started_s in self._started_s.items():
+            if started_s > due_s:
+                break
+            expired.append(exchange)
+        for exchange in expired:
+            exchange.expired()  # discards itself
+        if self._started_s:
+            oldest_s = next(iter(self._started_s.values()))
+            self._timer = loop.call_at(oldest_s + self.timeout_s, self._expire_due)
 
 
 def timeout_error(base_url: str, timeout_s: float) -> dict[str, Any]:

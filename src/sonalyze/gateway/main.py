@@ -1,4 +1,4 @@
-"""The gateway application: ``/healthz``, the ``/v1`` proxy, ``/internal/broadcast``.
+"""The gateway application: ``/healthz``, the ``/v1`` proxy, ``/internal/broadcast`` (``internal_api``).
 
 ``WS /ws`` is served by :class:`~sonalyze.gateway.ws_protocol.GatewayWebSocketProtocol`, which uvicorn
 runs for every upgraded connection when started with ``ws=WS_PROTOCOL`` (``sonalyze serve gateway`` does).
@@ -6,7 +6,6 @@ runs for every upgraded connection when started with ``ws=WS_PROTOCOL`` (``sonal
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 import os
@@ -16,19 +15,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import orjson
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
 
-from sonalyze.common.errors import (
-    Forbidden,
-    NotFound,
-    RateLimited,
-    Unauthorized,
-    from_validation_error,
-    install_error_handlers,
-)
+from sonalyze.common.errors import NotFound, RateLimited, Unauthorized, install_error_handlers
 from sonalyze.common.json import JSONResponse
 from sonalyze.gateway.auth import AuthError, TokenVerifier, bearer_token
 from sonalyze.gateway.binary_relay import BinaryRelay
@@ -37,8 +27,8 @@ from sonalyze.gateway.config import GatewaySettings
 from sonalyze.gateway.connection_manager import ConnectionManager
 from sonalyze.gateway.heartbeat import Heartbeat
 from sonalyze.gateway.http_client import UpstreamClient
+from sonalyze.gateway.internal_api import InternalAPIFastPath
 from sonalyze.gateway.metrics import GatewayMetrics
-from sonalyze.gateway.models import BroadcastRequest, BroadcastResult, SubscriptionsRequest, event_envelope
 from sonalyze.gateway.proxy import proxy, resolve_proxy
 from sonalyze.gateway.registry import ConnectionRegistry
 from sonalyze.gateway.rate_limit import KeyedRateLimiter
@@ -77,7 +67,8 @@ class Gateway:
     stream_source: JetStreamSource | None = None
 
 
-def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
+    """The gateway's ASGI application: the internal push API in front of the FastAPI routes."""
     settings = settings or GatewaySettings()
     routes = load_routing_table(settings)
     upstream_urls = settings.upstream_urls()
@@ -180,31 +171,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         body["status"] = "ready" if ready else "degraded"
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.post("/internal/broadcast", response_model=BroadcastResult)
-    async def internal_broadcast(request: Request) -> BroadcastResult:
-        gateway: Gateway = request.app.state.gateway
-        check_internal_token(settings.internal_auth_token, request.headers.get("x-internal-token"))
-        try:
-            body = BroadcastRequest.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise from_validation_error(exc) from exc
-        payload = orjson.dumps(event_envelope(body.event, body.data))
-        delivered, devices = await gateway.broker.publish(body.targets.targets(), payload)
-        gateway.metrics.events_out.labels(gateway.metrics.event_label(body.event)).inc()
-        return BroadcastResult(delivered=delivered, devices=devices)
-
-    @app.post("/internal/subscriptions")
-    async def internal_subscriptions(request: Request) -> dict[str, int | None]:
-        """Backends put devices into a channel (the lobby: its participants into ``lobby:{id}``), on every instance."""
-        gateway: Gateway = request.app.state.gateway
-        check_internal_token(settings.internal_auth_token, request.headers.get("x-internal-token"))
-        try:
-            body = SubscriptionsRequest.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise from_validation_error(exc) from exc
-        changed, devices = await gateway.broker.publish(body.targets(), b"")
-        return {"connections": changed, "devices": devices}
-
     @app.api_route("/v1/{rest:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
     async def v1_proxy(request: Request):  # noqa: ANN202 - a streamed response
         gateway: Gateway = request.app.state.gateway
@@ -237,7 +203,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             )
         return await proxy(request, url, gateway.upstream)
 
-    return app
+    return InternalAPIFastPath(app, settings.internal_auth_token)
 
 
 def token_verifier(settings: GatewaySettings) -> TokenVerifier | None:
@@ -253,14 +219,4 @@ def token_verifier(settings: GatewaySettings) -> TokenVerifier | None:
         settings.jwt_device_claim,
         settings.jwt_tenant_claim,
     )
-
-
-def check_internal_token(expected: str, given: str | None) -> None:
-    """401 without a token, 403 with a wrong one or when the API is closed; compared in constant time."""
-    if not expected:
-        raise Forbidden("the internal broadcast API is closed: INTERNAL_AUTH_TOKEN is not set")
-    if given is None:
-        raise Unauthorized("X-Internal-Token header is required")
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise Forbidden("X-Internal-Token is wrong")
 

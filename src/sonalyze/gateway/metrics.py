@@ -41,6 +41,8 @@ class GatewayMetrics:
         self.disconnects = Counter("gateway_disconnects_total", "Connections closed by the gateway, by reason", ["reason"], registry=registry)
         self.broker_connected = Gauge("gateway_broker_connected", "1 while the broker reaches the other instances", ["kind"], registry=registry)
         self._events: set[str] = set()
+        self._events_in_by_label: dict[tuple[str, str], Any] = {}
+        """``events_in`` children by (event label, result): ``labels()`` costs more than the increment."""
         self._latency_by_url: dict[str, Any] = {}
 
     def watch(self, connections: Callable[[], int], devices: Callable[[], int], broker_kind: str, broker_connected: Callable[[], bool]) -> None:
@@ -60,7 +62,11 @@ class GatewayMetrics:
         return "other"
 
     def event_in(self, event: str | None, result: str) -> None:
-        self.events_in.labels(self.event_label(event), result).inc()
+        labels = (self.event_label(event), result)
+        child = self._events_in_by_label.get(labels)
+        if child is None:
+            child = self._events_in_by_label[labels] = self.events_in.labels(*labels)
+        child.inc()
         if result == "rate_limited":
             self.rate_limited.labels("connection").inc()
 

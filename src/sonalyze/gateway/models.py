@@ -98,14 +98,3 @@ class SubscriptionsRequest(BaseModel):
             return Targets(device_ids=self.device_ids, join=self.channel)
         return Targets(device_ids=self.device_ids, leave=self.channel)
 
-
-class BroadcastResult(BaseModel):
-    """Answer of ``POST /internal/broadcast``.
-
-    With a cluster broker (Redis, NATS) each node delivers after the answer: both counts are null.
-    """
-
-    delivered: int | None
-    """Connections the frame was written to (a device may hold several)."""
-    devices: int | None
-    """Target devices that had at least one connection (a device counts once)."""

@@ -1,9 +1,9 @@
 """``WS /ws`` as a lean asyncio protocol, handed each upgraded connection by uvicorn (its ``ws=`` option).
 
-No task per idle connection: frames are parsed in ``data_received`` by websockets' sans-I/O
-``ServerProtocol``; the :class:`~sonalyze.gateway.session.Session` decides; a task exists only while an
-upstream call is in flight, so a slow upstream never holds back other requests on the connection.
-Replies and broadcasts are written to the transport as pre-encoded frames.
+No task per idle connection: frames are parsed in ``data_received`` (whole data frames here, the
+handshake and every other frame by websockets' sans-I/O ``ServerProtocol``); the
+:class:`~sonalyze.gateway.session.Session` decides; upstream calls run on callbacks and never hold back
+other requests on the connection. Replies and broadcasts are written to the transport as pre-encoded frames.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from websockets.server import ServerProtocol
 from sonalyze.common.logging import log_context
 from sonalyze.gateway.auth import AuthError, bearer_token
 from sonalyze.gateway.binary_relay import BinaryRelay
-from sonalyze.gateway.frames import text_frame
+from sonalyze.gateway.frames import apply_mask, client_frame_header, text_frame
 from sonalyze.gateway.models import error, error_envelope, response_envelope
 from sonalyze.gateway.rate_limit import TokenBucket
 from sonalyze.gateway.router import ALLOW
@@ -54,10 +54,17 @@ CLOSE_REPLACED = 4000
 """A newer connection of the same device took this one's place (``MAX_CONNECTIONS_PER_DEVICE``)."""
 CLOSE_TIMEOUT = 4408
 """Nothing received for ``CONNECTION_TIMEOUT_SEC`` (the heartbeat's pings went unanswered)."""
-CLOSE_LABELS = {CLOSE_GOING_AWAY: "shutdown", CLOSE_POLICY: "slow_consumer", CLOSE_REPLACED: "replaced", CLOSE_TIMEOUT: "timeout"}
+CLOSE_TOKEN_EXPIRED = 4401
+"""The JWT the connection was opened with expired (4000 + HTTP 401, as 4408 is 4000 + 408)."""
+CLOSE_LABELS = {
+    CLOSE_GOING_AWAY: "shutdown", CLOSE_POLICY: "slow_consumer", CLOSE_REPLACED: "replaced", CLOSE_TIMEOUT: "timeout",
+    CLOSE_TOKEN_EXPIRED: "token_expired",
+}
 CLOSE_TIMEOUT_S = 3.0
 _OPEN = State.OPEN
 _TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
+_FIN_TEXT, _FIN_BINARY = 0x81, 0x82
+"""First byte of a final text / binary frame without extension bits."""
 
 
 class GatewayWebSocketProtocol(asyncio.Protocol):
@@ -65,7 +72,7 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
 
     __slots__ = (
         "gateway", "server_state", "transport", "ws", "open", "max_buffer_bytes", "session", "calls", "fragments",
-        "draining", "close_timer", "last_seen_s", "fragments_binary",
+        "draining", "close_timer", "last_seen_s", "fragments_binary", "expiry_timer", "framing", "partial_header", "owed_bytes",
     )
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any]) -> None:
@@ -82,8 +89,16 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
         self.fragments_binary = False
         self.draining = False
         self.close_timer: asyncio.TimerHandle | None = None
+        self.expiry_timer: asyncio.TimerHandle | None = None
+        """Closes the connection when its token expires (with authentication only)."""
         self.last_seen_s = time.monotonic()
         """When the client last sent anything (a pong too): the heartbeat closes silent connections."""
+        self.framing = False
+        """Whole data frames are parsed here, not by websockets (see :meth:`_receive_frames`)."""
+        self.partial_header = b""
+        """The start of a frame whose header has not fully arrived."""
+        self.owed_bytes = 0
+        """Bytes still to come of a frame handed to websockets."""
 
     # asyncio.Protocol
 
@@ -93,11 +108,59 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_seen_s = time.monotonic()
+        if self.framing:
+            self._receive_frames(data)
+        else:
+            self._to_websockets(data)
+
+    def _receive_frames(self, data: bytes) -> None:
+        """Unmask whole, unfragmented, masked text and binary frames here (websockets' parser costs more
+        than the rest of a routed event's handling); every other frame (control, fragment, invalid, too
+        large, or not yet whole) goes to websockets whole, so its parser always stands at a frame boundary.
+        """
+        if self.partial_header:
+            data, self.partial_header = self.partial_header + data, b""
+        position, size = 0, len(data)
+        if self.owed_bytes:
+            position = min(self.owed_bytes, size)
+            self.owed_bytes -= position
+            self._to_websockets(data[:position])
+        ws = self.ws
+        max_frame_bytes = self.gateway.settings.max_frame_bytes
+        while position < size:
+            if ws.state is not _OPEN:  # closing: websockets reads the rest (the close handshake)
+                self.framing = False
+                self._to_websockets(data[position:])
+                return
+            header = client_frame_header(data, position)
+            if header is None:
+                self.partial_header = data[position:]
+                return
+            first, masked, length, start = header
+            end = start + length
+            whole_data_frame = first == _FIN_TEXT or first == _FIN_BINARY
+            if whole_data_frame and masked and end <= size and length <= max_frame_bytes and ws.current_size is None:
+                self._message(apply_mask(data[start:end], data[start - 4:start]), first == _FIN_BINARY)
+            else:
+                self.owed_bytes = max(0, end - size)
+                end = min(end, size)
+                self._to_websockets(data[position:end])
+            position = end
+
+    def _to_websockets(self, data: bytes) -> None:
+        """websockets' sans-I/O parser: the handshake, then the frames :meth:`_receive_frames` does not take.
+
+        Then what websockets has to send (a handshake answer, pongs, a close frame) goes out: whole data
+        frames parsed here need no such flush.
+        """
         ws = self.ws
         ws.receive_data(data)
         events = ws.events_received()
         if events and self.session is None and ws.state is not _OPEN:
             self._handshake(events.pop(0))
+            # Frames are parsed here from now on, unless bytes came after the upgrade request (uvicorn
+            # hands over the request alone; a client waits for the answer, RFC 6455 §4.1).
+            self.framing = ws.state is _OPEN and not events and not ws.reader.buffer and data.endswith(b"\r\n\r\n")
         for frame in events:
             opcode = frame.opcode
             if opcode is _TEXT or opcode is _BINARY:
@@ -122,6 +185,8 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
         self.server_state.connections.discard(self)
         if self.close_timer is not None:
             self.close_timer.cancel()
+        if self.expiry_timer is not None:
+            self.expiry_timer.cancel()
         for cancel in list((self.calls or {}).values()):
             cancel()
         self.calls = None
@@ -196,7 +261,7 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
         if device_id is not None and (problem := device_id_problem(device_id)) is not None:
             ws.send_response(ws.reject(400, problem + "\n"))
             return
-        tenant_id = None
+        tenant_id = expires_at_s = None
         verifier = self.gateway.verifier
         if verifier is not None:
             try:
@@ -207,10 +272,10 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
             if device_id is not None and device_id != identity.device_id:
                 self._refuse(403, "device_mismatch", f"the token is for device {identity.device_id!r}, not {device_id!r}")
                 return
-            device_id, tenant_id = identity.device_id, identity.tenant_id
-        self._accept(request, device_id, tenant_id)
+            device_id, tenant_id, expires_at_s = identity.device_id, identity.tenant_id, identity.expires_at_s
+        self._accept(request, device_id, tenant_id, expires_at_s)
 
-    def _accept(self, request: Request, device_id: str | None, tenant_id: str | None = None) -> None:
+    def _accept(self, request: Request, device_id: str | None, tenant_id: str | None = None, expires_at_s: float | None = None) -> None:
         ws = self.ws
         response = ws.accept(request)
         ws.send_response(response)
@@ -232,9 +297,23 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
         gateway.connections.add(self)
         if device_id is not None:
             self._identified(device_id)
+        if expires_at_s is not None:
+            self.expiry_timer = loop.call_later(max(0.0, expires_at_s - time.time()), self._token_expired)
+
+    def _token_expired(self) -> None:
+        """The connection's token ran out: tell the client why, then close with 4401."""
+        self._send(error_envelope(None, None, error("token_expired", "token has expired; reconnect with a new one")))
+        self.close(CLOSE_TOKEN_EXPIRED, "token expired")
 
     def _relay(self, relay: BinaryRelay, session: Session, message: bytes) -> None:
-        """A binary frame goes raw to the connection's relay channel (``BINARY_RELAY_CHANNEL``)."""
+        """A binary frame goes raw to the connection's relay channel (``BINARY_RELAY_CHANNEL``).
+
+        It takes a rate-limit token first, like every message; refused, it is dropped with ``rate_limited``.
+        """
+        limited = session.rate_limited(None, None, asyncio.get_running_loop().time())
+        if limited is not None:
+            self._send(limited.envelope)
+            return
         if session.device_id is None:
             self._send(error_envelope(None, None, error("not_identified", "identify before sending binary frames")))
             return

@@ -1,0 +1,116 @@
+"""The Redis broker's own connections (RESP through hiredis): delivery on every node, AUTH, a hung server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from sonalyze.gateway.broker import Targets
+from sonalyze.gateway.broker_redis import REPLY_TIMEOUT_S, RedisBroker
+from tests.support import infra
+from tests.support.servers import free_port
+
+pytestmark = pytest.mark.redis
+
+
+class Recorder:
+    """A node's local delivery: remembers what reached it."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[Targets, bytes]] = []
+
+    def __call__(self, targets: Targets, payload: bytes) -> tuple[int, int]:
+        self.received.append((targets, payload))
+        return 1, 1
+
+
+async def until(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_publication_reaches_every_node_once_in_order() -> None:
+    url = infra.require(infra.REDIS_URL, 6379, "Redis")
+    channel = f"test-{uuid.uuid4().hex[:12]}:broadcast"
+    first, second = Recorder(), Recorder()
+    brokers = [RedisBroker(url, channel, first), RedisBroker(url, channel, second)]
+    for broker in brokers:
+        await broker.start()
+    try:
+        await until(lambda: all(broker.connected for broker in brokers))
+        payloads = [b'{"n":%d}' % n for n in range(200)]
+        answers = await asyncio.gather(*(brokers[0].publish(Targets(device_ids=["a", "b"]), p) for p in payloads))
+        assert set(answers) == {(None, None)}  # delivered by the nodes, after the answer
+        await until(lambda: len(first.received) == len(second.received) == len(payloads))
+        for recorder in (first, second):
+            assert [payload for _, payload in recorder.received] == payloads  # pipelined, still in order
+            assert recorder.received[0][0] == Targets(device_ids=["a", "b"])
+    finally:
+        for broker in brokers:
+            await broker.close()
+
+
+@pytest.fixture
+def own_redis():
+    """A redis-server of our own with a password, on a free port."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH")
+    port, password = free_port(), "s3cret pass"
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--requirepass", password],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not infra.reachable(f"redis://127.0.0.1:{port}", port):
+        assert time.monotonic() < deadline, "redis-server did not start"
+        time.sleep(0.05)
+    yield process, port, password
+    os.kill(process.pid, signal.SIGCONT)
+    process.terminate()
+    process.wait(10)
+
+
+async def test_a_password_in_the_url_authenticates_and_a_wrong_one_stays_local(own_redis) -> None:
+    _, port, password = own_redis
+    good, wrong = Recorder(), Recorder()
+    authenticated = RedisBroker(f"redis://:{password.replace(' ', '%20')}@127.0.0.1:{port}/0", "auth:broadcast", good)
+    refused = RedisBroker(f"redis://:nope@127.0.0.1:{port}/0", "auth:broadcast", wrong)
+    for broker in (authenticated, refused):
+        await broker.start()
+    try:
+        await until(lambda: authenticated.connected)
+        assert await authenticated.publish(Targets(everyone=True), b"{}") == (None, None)
+        await until(lambda: len(good.received) == 1)
+        assert not refused.connected
+        assert await refused.publish(Targets(everyone=True), b"{}") == (1, 1)  # delivered locally at once
+        assert len(wrong.received) == 1
+    finally:
+        for broker in (authenticated, refused):
+            await broker.close()
+
+
+async def test_a_hung_server_times_out_the_publish_and_delivery_goes_local(own_redis) -> None:
+    process, port, password = own_redis
+    local = Recorder()
+    broker = RedisBroker(f"redis://:{password.replace(' ', '%20')}@127.0.0.1:{port}", "hung:broadcast", local)
+    await broker.start()
+    try:
+        await until(lambda: broker.connected)
+        os.kill(process.pid, signal.SIGSTOP)  # accepts nothing, answers nothing, closes nothing
+        started = time.monotonic()
+        assert await broker.publish(Targets(device_ids=["a"]), b"{}") == (1, 1)
+        assert REPLY_TIMEOUT_S - 0.1 < time.monotonic() - started < REPLY_TIMEOUT_S + 1.0
+        assert not broker.connected and len(local.received) == 1
+        os.kill(process.pid, signal.SIGCONT)
+        await until(lambda: broker.connected, 10.0)  # reconnected by itself
+    finally:
+        await broker.close()
