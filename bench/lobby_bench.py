@@ -12,7 +12,13 @@ frames, payloads parsed with orjson), pinned to one core (``--client-core``) so 
 CPU from the servers as possible. Each process's CPU time (utime + stime from ``/proc/<pid>/stat``)
 over the measured part is reported per event.
 
-    .venv/bin/python bench/lobby_bench.py --db sqlite --lobbies 1000 --devices 5 --concurrency 64
+Two ways to load it: *closed loop* (``--concurrency N``: N lobbies in flight, the next starts when one
+finishes) and *open loop* (``--lobby-rate R``: a lobby starts every 1/R s whether or not the earlier
+ones are done, so a stall shows up as queued lobbies and their latency instead of a pause in sending;
+each lobby's own events still follow one another). Both report the same figures.
+
+    .venv/bin/python bench/lobby_bench.py --db sqlite --lobbies 1000 --devices 5 --concurrency 16
+    .venv/bin/python bench/lobby_bench.py --db sqlite --lobbies 1000 --devices 5 --lobby-rate 150
     .venv/bin/python bench/lobby_bench.py --db postgres
 """
 
@@ -92,6 +98,21 @@ class Devices:
             del self.push_waiters[device_id]
 
 
+class InFlight:
+    """How many lobbies are under way (the most at once is reported)."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+
+    def __enter__(self) -> None:
+        self.now += 1
+        self.most = max(self.most, self.now)
+
+    def __exit__(self, *exc: object) -> None:
+        self.now -= 1
+
+
 async def one_lobby(devices: Devices, index: int, size: int, drains: list[float | None]) -> None:
     ids = [f"d{index * size + d}" for d in range(size)]
     host, guests = ids[0], ids[1:]
@@ -118,11 +139,13 @@ def percentile_ms(values: list[float], q: float) -> float:
 
 
 def _start_profiler(path: str, pid: int) -> subprocess.Popen | None:
-    """py-spy sampling ``pid`` during the measured part (``--profile``), written as a flame graph."""
+    """py-spy sampling ``pid`` during the measured part (``--profile``): a flame graph (.svg), speedscope
+    (.json) or collapsed stacks (.txt)."""
     if not path:
         return None
     command = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--output", path, "--rate", "200"]
-    return subprocess.Popen([*command, "--format", "speedscope" if path.endswith(".json") else "flamegraph"])
+    profile_format = {".json": "speedscope", ".txt": "raw"}.get(Path(path).suffix, "flamegraph")
+    return subprocess.Popen([*command, "--format", profile_format])
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -155,9 +178,16 @@ async def run(args: argparse.Namespace) -> dict:
         measured = range(warmup, warmup + args.lobbies)
         devices.clients = await open_clients(gateway_port, (warmup + args.lobbies) * args.devices, devices.on_message)
         semaphore = asyncio.Semaphore(args.concurrency)
+        in_flight = InFlight()
 
         async def bounded(i: int) -> None:
             async with semaphore:
+                with in_flight:
+                    await one_lobby(devices, i, args.devices, drains)
+
+        async def paced(i: int, start_s: float) -> None:
+            await asyncio.sleep(start_s - time.perf_counter())
+            with in_flight:
                 await one_lobby(devices, i, args.devices, drains)
 
         await asyncio.gather(*(bounded(i) for i in range(warmup)))  # warm-up, not counted
@@ -169,7 +199,11 @@ async def run(args: argparse.Namespace) -> dict:
         load_before = os.getloadavg()[0]
         profiler = _start_profiler(args.profile, lobby.pid if args.profile_target == "lobby" else gateway.pid)
         started = time.perf_counter()
-        await asyncio.gather(*(bounded(i) for i in measured))
+        in_flight.most = 0
+        if args.lobby_rate:
+            await asyncio.gather(*(paced(i, started + n / args.lobby_rate) for n, i in enumerate(measured)))
+        else:
+            await asyncio.gather(*(bounded(i) for i in measured))
         elapsed_s = time.perf_counter() - started
         cpu_after = {name: cpu_s(pid) for name, pid in pids.items()}
         system_s = {name: cpu_after[name][1] - cpu_before[name][1] for name in pids}
@@ -195,7 +229,8 @@ async def run(args: argparse.Namespace) -> dict:
         "db": args.db,
         "lobbies": args.lobbies,
         "devices_per_lobby": args.devices,
-        "concurrency": args.concurrency,
+        "load": f"open loop, {args.lobby_rate:g} lobbies/s" if args.lobby_rate else f"closed loop, {args.concurrency} lobbies in flight",
+        "most_lobbies_in_flight": in_flight.most,
         "client_core": args.client_core,
         "events": len(every),
         "elapsed_s": round(elapsed_s, 2),
@@ -227,10 +262,11 @@ def main() -> None:
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--lobbies", type=int, default=1000)
     parser.add_argument("--devices", type=int, default=5)
-    parser.add_argument("--concurrency", type=int, default=64, help="lobbies in flight at once")
+    parser.add_argument("--concurrency", type=int, default=64, help="closed loop: lobbies in flight at once (also the warm-up's)")
+    parser.add_argument("--lobby-rate", type=float, default=0.0, help="open loop: lobbies started per second (0: closed loop)")
     parser.add_argument("--client-core", type=int, default=1, help="the core this load generator runs on (-1: any)")
     parser.add_argument("--lobby-pythonpath", default="", help="run the lobby from another copy of the package (before/after)")
-    parser.add_argument("--profile", default="", help="py-spy the measured part into this file (.svg, or .json for speedscope)")
+    parser.add_argument("--profile", default="", help="py-spy the measured part into this file (.svg; .json: speedscope; .txt: collapsed stacks)")
     parser.add_argument("--profile-target", choices=["lobby", "gateway"], default="lobby")
     parser.add_argument("--show-logs", action="store_true", help="print the end of both services' logs")
     args = parser.parse_args()

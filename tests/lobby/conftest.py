@@ -70,7 +70,7 @@ def full_stack(database_url: str, data_dir: Path, *, with_gateway: bool = True, 
     with measurement_server(data_dir / "measurement") as measurement:
         gateway_url = f"http://127.0.0.1:{gateway_port}" if with_gateway else ""
         settings = lobby_settings(database_url, gateway_url=gateway_url, measurement_url=measurement.url, **overrides)
-        with ThreadedServer(create_lobby(settings), port=lobby_port) as lobby:
+        with ThreadedServer(create_lobby(settings), port=lobby_port, **SERVICES["lobby"].uvicorn_options) as lobby:
             if not with_gateway:
                 yield Stack(lobby, None, measurement, settings)
                 return

@@ -21,6 +21,7 @@ from sonalyze.lobby.config import LobbySettings
 from sonalyze.lobby.measurement_client import MeasurementClient
 from sonalyze.lobby.schemas import (
     AssignRole,
+    AuthorizeSubscribe,
     CreateLobby,
     GetLobby,
     JoinLobby,
@@ -58,6 +59,7 @@ _OPERATIONS: dict[str, tuple[str, str, type]] = {
     "lobby.room_snapshot": ("lobbies", "share_room", ShareRoom),
     "lobby.events": ("lobbies", "events", ListEvents),
     "role.assign": ("lobbies", "assign_role", AssignRole),
+    "gateway.authorize_subscribe": ("lobbies", "authorize_subscribe", AuthorizeSubscribe),
     "measurement.create_session": ("sessions", "create", LobbyRef),
     "measurement.session_status": ("sessions", "status", SessionRef),
 }

@@ -34,6 +34,12 @@ class LobbyRef(_In):
     lobby_id: Id = Field(min_length=1, max_length=64)
 
 
+class AuthorizeSubscribe(_In):
+    """``gateway.authorize_subscribe`` (asked by the gateway when a device subscribes to a channel)."""
+
+    channel: str = Field(min_length=1, max_length=200)
+
+
 class GetLobby(_In):
     lobby_id: Id | None = Field(None, min_length=1, max_length=64)
     code: str | None = Field(None, min_length=CODE_LENGTH, max_length=CODE_LENGTH + 2)

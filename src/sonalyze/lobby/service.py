@@ -1,7 +1,11 @@
 """Lobby operations: one database transaction each, then the pushes that announce the change.
 
 Pushes are collected in a :class:`Pushes` during the transaction and handed to the broadcaster only
-after the commit, so a device is never told about a state that was rolled back.
+after the commit, so a device is never told about a state that was rolled back. So are the changes of
+the lobby's gateway channel ``lobby:{lobby_id}``: a device is subscribed when it creates or joins the
+lobby and unsubscribed when it leaves or the lobby closes, each time before the push that announces it.
+Pushes themselves target the participants' device ids, not the channel: a phone that reconnected gets
+them even before it is in the channel again.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy import Connection
@@ -19,26 +23,38 @@ from sonalyze.lobby.broadcast import Broadcaster
 from sonalyze.lobby.codes import new_code
 from sonalyze.lobby.errors import BadRequest, Conflict, Forbidden, NotFound
 from sonalyze.lobby.lifecycle import LobbyStatus, Role, check_transition
-from sonalyze.lobby.schemas import AssignRole, CreateLobby, GetLobby, JoinLobby, ListEvents, LobbyRef, ShareRoom
+from sonalyze.lobby.schemas import AssignRole, AuthorizeSubscribe, CreateLobby, GetLobby, JoinLobby, ListEvents, LobbyRef, ShareRoom
 from sonalyze.lobby.store import Database, LobbyRow, ParticipantRow
 
 Clock = Callable[[], float]
 
 _CODE_ATTEMPTS = 20
 
+CHANNEL_PREFIX = "lobby:"
+
+
+def lobby_channel(lobby_id: str) -> str:
+    """The gateway channel of a lobby's participants."""
+    return CHANNEL_PREFIX + lobby_id
+
 
 class Pushes:
-    """Pushes decided inside a transaction, sent after it commits."""
+    """Pushes and channel changes decided inside a transaction, sent in that order after it commits."""
 
     def __init__(self) -> None:
-        self.items: list[tuple[str, dict[str, Any], list[str], str]] = []
+        self.items: list[Callable[[Broadcaster], None]] = []
 
     def add(self, lobby_id: str, event: str, data: dict[str, Any], device_ids: list[str]) -> None:
-        self.items.append((event, data, device_ids, lobby_id))
+        self.items.append(lambda broadcaster: broadcaster.send(event, data, device_ids, order_key=lobby_id))
+
+    def channel(self, lobby_id: str, action: Literal["subscribe", "unsubscribe"], device_ids: list[str]) -> None:
+        """Put the devices into the lobby's channel (``subscribe``) or take them out."""
+        channel = lobby_channel(lobby_id)
+        self.items.append(lambda broadcaster: broadcaster.subscription(action, channel, device_ids, order_key=lobby_id))
 
     def send(self, broadcaster: Broadcaster) -> None:
-        for event, data, device_ids, lobby_id in self.items:
-            broadcaster.send(event, data, device_ids, order_key=lobby_id)
+        for item in self.items:
+            item(broadcaster)
 
 
 def lobby_view(lobby: LobbyRow, members: list[ParticipantRow], *, status: LobbyStatus | None = None) -> dict[str, Any]:
@@ -114,11 +130,12 @@ class LobbyService:
     # ------------------------------------------------------------------------------------------- operations
 
     async def create(self, device_id: str, body: CreateLobby) -> dict[str, Any]:
-        def work(conn: Connection, _pushes: Pushes, now_s: float) -> dict[str, Any]:
+        def work(conn: Connection, pushes: Pushes, now_s: float) -> dict[str, Any]:
             lobby_id = uuid.uuid4().hex
             lobby = store.insert_lobby(conn, lobby_id=lobby_id, code=new_code(), name=body.name, host_device_id=device_id, now_s=now_s)
             seq = store.append_event(conn, lobby_id=lobby_id, type_="created", device_id=device_id, data={"name": body.name}, now_s=now_s)
             store.add_participant(conn, lobby_id=lobby_id, device_id=device_id, joined_seq=seq, now_s=now_s)
+            pushes.channel(lobby_id, "subscribe", [device_id])
             return lobby_view(lobby, [ParticipantRow(device_id, None, seq)])
 
         for _ in range(_CODE_ATTEMPTS):
@@ -134,6 +151,8 @@ class LobbyService:
             if lobby is None:
                 raise NotFound(f"no open lobby has the code {body.code}")
             members = store.list_participants(conn, lobby.id)
+            # Joining again subscribes again: the way back into the channel for a phone that reconnected.
+            pushes.channel(lobby.id, "subscribe", [device_id])
             if _member(members, device_id) is None:
                 members.append(ParticipantRow(device_id, None, lobby.last_seq + 1))
                 seq = record(conn, pushes, lobby, members, "participant_joined", {}, device_id=device_id, now_s=now_s)
@@ -151,6 +170,7 @@ class LobbyService:
                 return {**lobby_view(lobby, members), "left": False}
             members = [m for m in members if m.device_id != device_id]
             store.remove_participant(conn, lobby_id=lobby.id, device_id=device_id)
+            pushes.channel(lobby.id, "unsubscribe", [device_id])
             record(conn, pushes, lobby, members, "participant_left", {}, device_id=device_id, now_s=now_s, also_notify=(device_id,))
             if self.on_device_left is not None:
                 self.on_device_left(conn, pushes, lobby, members, device_id, now_s)
@@ -178,6 +198,7 @@ class LobbyService:
         check_transition(lobby.status, LobbyStatus.CLOSED)
         store.update_lobby(conn, lobby.id, status=LobbyStatus.CLOSED, host_device_id=lobby.host_device_id if members else None)
         lobby = store.get_lobby(conn, lobby.id)
+        pushes.channel(lobby.id, "unsubscribe", [m.device_id for m in members])
         record(conn, pushes, lobby, members, "closed", {"reason": reason}, device_id=None, now_s=now_s)
         return lobby
 
@@ -247,6 +268,25 @@ class LobbyService:
             return lobby_view(lobby, members)
 
         return await self.write(work)
+
+    async def authorize_subscribe(self, device_id: str, body: AuthorizeSubscribe) -> dict[str, Any]:
+        """``gateway.authorize_subscribe``: a device may join ``lobby:{lobby_id}`` while it is a participant
+        of that lobby and the lobby is not closed."""
+        if not body.channel.startswith(CHANNEL_PREFIX):
+            return {"allowed": False, "reason": f"the lobby service only authorizes {CHANNEL_PREFIX}{{lobby_id}} channels"}
+        lobby_id = body.channel.removeprefix(CHANNEL_PREFIX)
+
+        def work(conn: Connection) -> dict[str, Any]:
+            lobby = store.get_lobby(conn, lobby_id)
+            if lobby is None:
+                return {"allowed": False, "reason": f"lobby {lobby_id} does not exist"}
+            if lobby.status is LobbyStatus.CLOSED:
+                return {"allowed": False, "reason": "the lobby is closed"}
+            if _member(store.list_participants(conn, lobby_id), device_id) is None:
+                return {"allowed": False, "reason": "not a participant of this lobby"}
+            return {"allowed": True}
+
+        return await self.db.read(work)
 
     async def events(self, device_id: str, body: ListEvents) -> dict[str, Any]:
         def work(conn: Connection) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Connection, and_, bindparam, create_engine, delete, event, exists, insert, select, update
+from sqlalchemy import JSON, Connection, and_, bindparam, create_engine, delete, event, exists, insert, literal_column, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.sql import ClauseElement
@@ -217,7 +217,7 @@ class Statement:
         compiled = clause.compile(dialect=_SQLITE_NAMED, column_keys=columns)
         self.clause = clause
         self.sql = str(compiled)
-        self.defaults = {key: value for key, value in compiled.params.items() if value is not None}
+        self.defaults = {key: value for key, value in compiled.params.items() if value is not None and not compiled.binds[key].required}
         self.json_in = tuple(key for key, bind in compiled.binds.items() if isinstance(bind.type, JSON) and key in compiled.params)
         self.json_out = tuple(i for i, column in enumerate(clause.exported_columns) if isinstance(column.type, JSON))
 
@@ -225,10 +225,10 @@ class Statement:
         if conn.dialect.name != "sqlite":
             result = conn.execute(self.clause, params)
             return result.all() if result.returns_rows else []
-        if self.defaults or self.json_in:
+        if self.defaults:
             params = {**self.defaults, **params}
-            for key in self.json_in:
-                params[key] = json.dumps(params[key])  # None too: SQLAlchemy's JSON stores it as 'null'
+        if self.json_in:  # None too: SQLAlchemy's JSON stores it as 'null'
+            params = {**params, **{key: json.dumps(params[key]) for key in self.json_in}}
         rows = conn.connection.driver_connection.execute(self.sql, params).fetchall()
         if self.json_out:
             rows = [_loads_at(row, self.json_out) for row in rows]
@@ -249,7 +249,11 @@ def _loads_at(row: tuple, indexes: tuple[int, ...]) -> tuple:
 
 _b = bindparam
 _LOBBY_BY_ID = select(lobbies).where(lobbies.c.id == _b("lobby_id"))
-_LOBBY_BY_CODE = select(lobbies).where(lobbies.c.code == _b("code"), lobbies.c.status != LobbyStatus.CLOSED.value)
+# 'closed' is written into the SQL, not bound: the partial index on open codes is only usable when the
+# planner can see it, and a bound value made SQLite prepare the statement again on every execution (and
+# would keep PostgreSQL's generic plan off that index).
+_NOT_CLOSED = lobbies.c.status != literal_column(f"'{LobbyStatus.CLOSED.value}'")
+_LOBBY_BY_CODE = select(lobbies).where(lobbies.c.code == _b("code"), _NOT_CLOSED)
 _LOBBY_BY_ID_LOCKED = Statement(_LOBBY_BY_ID.with_for_update())
 _LOBBY_BY_CODE_LOCKED = Statement(_LOBBY_BY_CODE.with_for_update())
 _LOBBY_BY_ID = Statement(_LOBBY_BY_ID)
@@ -344,7 +348,7 @@ def update_lobby(conn: Connection, lobby_id: str, **values: Any) -> None:
 def idle_lobbies(conn: Connection, *, updated_before_s: float) -> list[str]:
     """Lobbies not closed, untouched since ``updated_before_s`` and with no session running."""
     running = exists().where(and_(sessions.c.id == lobbies.c.session_id, sessions.c.step.not_in(_TERMINAL)))
-    query = select(lobbies.c.id).where(lobbies.c.status != LobbyStatus.CLOSED.value, lobbies.c.updated_s < updated_before_s, ~running)
+    query = select(lobbies.c.id).where(_NOT_CLOSED, lobbies.c.updated_s < updated_before_s, ~running)
     return list(conn.execute(query).scalars())
 
 
