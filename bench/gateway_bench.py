@@ -7,6 +7,7 @@ after; memory from ``/proc/<pid>/status`` (VmRSS).
 
     python bench/gateway_bench.py fanout --server gateway --clients 1000 --seconds 10
     python bench/gateway_bench.py fanout --server starlette --clients 1000 --seconds 10
+    python bench/gateway_bench.py fanout --server node --clients 1000 --seconds 10   # after: npm install --prefix bench/gateway_baseline_node
     python bench/gateway_bench.py routed --clients 100 --seconds 10            # closed loop: max rate
     python bench/gateway_bench.py routed --clients 100 --seconds 10 --rate 5000  # paced: latency
     python bench/gateway_bench.py idle --server gateway --clients 10000
@@ -88,6 +89,8 @@ def start_server(kind: str, port: int, upstream_url: str) -> subprocess.Popen:
     }
     if kind == "gateway":
         command = [sys.executable, "-m", "sonalyze", "serve", "gateway", "--host", "127.0.0.1", "--port", str(port)]
+    elif kind == "node":
+        command = ["node", str(REPO / "bench" / "gateway_baseline_node" / "server.js"), str(port)]
     else:
         command = [sys.executable, str(REPO / "bench" / "gateway_baseline_starlette.py"), str(port)]
     process = subprocess.Popen(["taskset", "-c", "0", *command], env=env, cwd=REPO)
@@ -384,7 +387,7 @@ async def idle(port: int, pid: int, clients_n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("benchmark", choices=["fanout", "routed", "direct", "idle"])
-    parser.add_argument("--server", choices=["gateway", "starlette"], default="gateway")
+    parser.add_argument("--server", choices=["gateway", "starlette", "node"], default="gateway")
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=0.0, help="routed: events/s in total (0: closed loop)")
