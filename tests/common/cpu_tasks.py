@@ -48,3 +48,10 @@ def exit_by_system_exit() -> None:
 
 def own_pid() -> int:
     return os.getpid()
+
+
+def blas_thread_counts() -> list[int]:
+    import numpy  # noqa: F401  (loads the BLAS library that threadpoolctl reports)
+    from threadpoolctl import threadpool_info
+
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]

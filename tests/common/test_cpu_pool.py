@@ -11,6 +11,7 @@ import pytest
 from sonalyze.common.cpu_pool import CpuPool, TaskFailed, TaskTimeout, WorkerCrashed
 from sonalyze.common.errors import Busy
 from tests.common.cpu_tasks import (
+    blas_thread_counts,
     exit_abruptly,
     exit_by_system_exit,
     own_pid,
@@ -44,6 +45,13 @@ async def test_result_with_args_and_kwargs(pool):
     assert pool.running == 0 and pool.queued == 0
     assert await pool.run(sum_of_squares, 10, offset=5) == sum(i * i for i in range(10)) + 5
     assert pool.running == 0 and pool.queued == 0
+
+
+async def test_workers_run_blas_single_threaded(pool):
+    # This process's BLAS uses one thread per core; every BLAS a worker has loaded uses one thread.
+    assert max(blas_thread_counts()) == os.cpu_count()
+    in_worker = await pool.run(blas_thread_counts)
+    assert in_worker and set(in_worker) == {1}
 
 
 async def test_exception_is_reraised_with_its_type_and_message(pool):

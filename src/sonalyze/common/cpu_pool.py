@@ -48,6 +48,8 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
+from threadpoolctl import threadpool_limits
+
 from sonalyze.common.errors import Busy, SonalyzeError
 
 ProgressCallback = Callable[[float, str], None]
@@ -170,10 +172,27 @@ def _run_task(answers: Connection, task: bytes) -> bool:
 
 
 def _worker_main(tasks: Connection, answers: Connection) -> None:
-    """Entry point of a worker process: run the tasks that arrive, one at a time, until the pipe closes."""
+    """Entry point of a worker process: run the tasks that arrive, one at a time, until the pipe closes.
+
+    BLAS runs single-threaded here: the pool's processes are the parallelism, and BLAS threads on top
+    oversubscribe the cores (on a busy machine a 16 k-sample dot product waiting for its second thread
+    took 40–60 µs instead of 3 µs; see bench/simulation.md).
+    """
+    threadpool_limits(limits=1)
     while (task := _receive_frame(tasks)) is not None:
         if not _run_task(answers, task):
             return
+
+
+def _alive(process: multiprocessing.process.BaseProcess) -> bool:
+    """Whether ``process`` still runs. ``is_alive()`` alone learns of a death only when the fork server
+    (the worker's parent) has reaped it and reported back; ``/proc`` shows it at once (gone or zombie)."""
+    try:
+        with open(f"/proc/{process.pid}/stat", "rb") as stat:
+            state = stat.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return process.is_alive() and not os.path.isdir("/proc/self")  # no /proc: is_alive() alone
+    return state not in (b"Z", b"X") and process.is_alive()
 
 
 def _rss_mb(pid: int) -> float:
@@ -381,7 +400,7 @@ class CpuPool:
 
     async def _ready_worker(self, slot: _Slot) -> _Worker:
         """The slot's live worker; started now if it has none (or its worker died while idle)."""
-        if slot.worker is not None and not slot.worker.process.is_alive():
+        if slot.worker is not None and not _alive(slot.worker.process):
             await self._replace(slot, kill=True)
         self._start_worker_in(slot)
         if slot.starting is not None:
