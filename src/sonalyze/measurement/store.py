@@ -18,17 +18,10 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from sonalyze.common.durable import fsync_dir
 from sonalyze.measurement.jobs import JOB_ID_PATTERN, SWEEP_FILE_FORMAT, Job
 
 PARTIAL_SUFFIX = ".part"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def commit_file(temp_path: Path, final_path: Path) -> None:
@@ -36,7 +29,7 @@ def commit_file(temp_path: Path, final_path: Path) -> None:
     with open(temp_path, "rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(temp_path, final_path)
-    _fsync_dir(final_path.parent)
+    fsync_dir(final_path.parent)
 
 
 class JobStore:

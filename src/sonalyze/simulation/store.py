@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import soundfile
 
+from sonalyze.common.durable import fsync_dir
 from sonalyze.common.errors import Conflict, NotFound
 from sonalyze.common.json import dumps, loads
 
@@ -70,15 +71,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make the entries just created or renamed in ``path`` durable (until then they live in memory only)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class SimulationStore:
     """Jobs, results and RIR files under one folder (blocking I/O)."""
 
@@ -94,7 +86,7 @@ class SimulationStore:
     def create(self, job: dict[str, Any]) -> None:
         """Record a new job (``id``, ``status`` running, ``request``, ``created_at``)."""
         _write_atomic(self._dir(job["id"]) / "job.json", dumps(job))
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def discard(self, simulation_id: str) -> None:
         """Forget a job that never ran (its request was refused)."""
@@ -137,12 +129,12 @@ class SimulationStore:
         for source, microphone, data in rirs:
             _write_atomic(folder / "rir" / f"{source}_{microphone}.wav", data)
         if rirs:
-            _fsync_dir(folder / "rir")
+            fsync_dir(folder / "rir")
         if result is not None:
             _write_atomic(folder / "result.json", dumps(result))
         job = {**job, "status": status.value, "finished_at": finished_at, "error": error}
         _write_atomic(folder / "job.json", dumps(job))
-        _fsync_dir(folder)  # on disk, with the folder itself (synced at create), before anyone is told
+        fsync_dir(folder)  # on disk, with the folder itself (synced at create), before anyone is told
         return job
 
     def running_ids(self) -> list[str]:
