@@ -352,7 +352,8 @@ def test_jobs_survive_a_restart_and_interrupted_analyses_fail(tmp_path, ir_wav):
         assert http.post(f"/v1/jobs/{kept['job_id']}/uploads/ir", content=ir_wav).status_code == 201
         kept = http.get(f"/v1/jobs/{kept['job_id']}").json()
         cut = _create(http)["job_id"]
-        for index in range(4):
+        # Enough uploads that their analysis (≈ 30 ms each in a warm worker) outlasts the server's stop.
+        for index in range(40):
             http.post(f"/v1/jobs/{cut}/uploads/ir{index}", content=ir_wav)
         assert http.post(f"/v1/jobs/{cut}/analyze", json={"source": "impulse_response"}).status_code == 202
     # The server stopped during the analysis; a crash could also leave a half-written upload behind.
