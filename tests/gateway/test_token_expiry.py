@@ -50,4 +50,3 @@ async def test_a_connection_is_told_and_closed_when_its_token_expires(auth_gatew
         assert json.loads(await long.recv())["request_id"] == "after"  # a valid token's connection stays
     metrics = httpx.get(auth_gateway.url + "/metrics").text
     assert 'gateway_disconnects_total{reason="token_expired"} 1.0' in metrics
-

@@ -98,6 +98,24 @@ async def test_enqueue_commits_and_rolls_back_with_the_writers_transaction(tmp_p
         await outbox.stop()
 
 
+async def test_enqueue_all_commits_every_record_or_none(tmp_path, client):
+    outbox = _outbox(tmp_path, client)
+    lobby_id, code = new_id("lobby"), new_code()
+    await outbox.create_table()
+    try:
+        with pytest.raises(ValueError):  # the second record has no id: the first is not kept either
+            await outbox.enqueue_all([("devices", {"id": new_id("dev")}), ("devices", {"name": "no id"})])
+        assert await outbox.pending() == 0
+        statuses = ("open", "measuring", "closed")
+        await outbox.enqueue_all([("lobbies", {"id": lobby_id, "code": code, "status": s}) for s in statuses], aggregate=lobby_id)
+        assert await outbox.pending() == 3
+        await outbox.start()
+        await outbox.flush(timeout_s=20)
+        assert (await client.get("lobbies", lobby_id))["status"] == "closed"  # delivered in the order given
+    finally:
+        await outbox.stop()
+
+
 async def test_refused_records_are_kept_dead_and_do_not_hold_up_the_rest(tmp_path, client):
     outbox = _outbox(tmp_path, client)
     bad_id, good_id = new_id("lobby"), new_id("dev")

@@ -193,4 +193,3 @@ def _write_all(writers: Iterable[Callable[[bytes], object]], frame: bytes) -> in
     writers = list(writers)
     deque(map(call, writers, repeat(frame)), maxlen=0)
     return len(writers)
-

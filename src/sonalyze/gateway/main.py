@@ -219,4 +219,3 @@ def token_verifier(settings: GatewaySettings) -> TokenVerifier | None:
         settings.jwt_device_claim,
         settings.jwt_tenant_claim,
     )
-

@@ -97,4 +97,3 @@ class SubscriptionsRequest(BaseModel):
         if self.action == "subscribe":
             return Targets(device_ids=self.device_ids, join=self.channel)
         return Targets(device_ids=self.device_ids, leave=self.channel)
-

@@ -290,14 +290,9 @@ class MeasurementService:
         """
         if self.outbox is None:
             return
-        async with self.outbox.engine.begin() as connection:  # all of them or none
-            if job.lobby_id is None:
-                record = records.measurement_record(job)
-                await self.outbox.enqueue("measurements", record, aggregate=job.job_id, session=connection)
-            for name, result in results.items():
-                record = records.output_record(job, name, result)
-                await self.outbox.enqueue("analysis_outputs", record, aggregate=job.job_id, session=connection)
-        self.outbox.notify()
+        puts = [("measurements", records.measurement_record(job))] if job.lobby_id is None else []
+        puts += [("analysis_outputs", records.output_record(job, name, result)) for name, result in results.items()]
+        await self.outbox.enqueue_all(puts, aggregate=job.job_id)  # all of them or none
 
     def health(self) -> dict[str, Any]:
         return {

@@ -86,10 +86,7 @@ class SimulationService:
         if self.outbox is not None:
             records = [("simulation_jobs", job_record(job, result))]
             records += [("simulation_results", r) for r in result_records(simulation_id, result)] if result is not None else []
-            async with self.outbox.engine.begin() as transaction:  # the job and its pairs in one commit
-                for resource, record in records:
-                    await self.outbox.enqueue(resource, record, aggregate=simulation_id, session=transaction)
-            self.outbox.notify()
+            await self.outbox.enqueue_all(records, aggregate=simulation_id)  # the job and its pairs in one commit
         return job
 
     def health(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import (
@@ -107,8 +107,7 @@ def put_row(resource: str, record: Record, *, aggregate: str | None = None) -> d
     """The outbox row of ``PUT /v1/{resource}/{record["id"]}`` (the record as the JSON that will be sent).
 
     :meth:`Outbox.enqueue` inserts it; a writer whose transactions run on a synchronous connection (the
-    lobby's) inserts it with ``insert(outbox_table)`` itself; delivery finds it on the next poll, or at
-    once after :meth:`Outbox.notify`.
+    lobby's) inserts it with ``insert(outbox_table)`` itself; delivery finds it on the next poll.
     """
     payload = loads(dumps(record))
     return _pending_row(Operation.PUT, check_resource(resource), record_id_of(record), payload, aggregate)
@@ -168,6 +167,13 @@ class Outbox:
         """
         await self._insert(put_row(resource, record, aggregate=aggregate), session)
 
+    async def enqueue_all(self, puts: Iterable[tuple[str, Record]], *, aggregate: str | None = None) -> None:
+        """Queue one ``PUT`` per (resource, record), in this order, in one transaction: all of them or none."""
+        async with self.engine.begin() as connection:
+            for resource, record in puts:
+                await connection.execute(insert(outbox_table).values(put_row(resource, record, aggregate=aggregate)))
+        self._wake.set()
+
     async def enqueue_delete(
         self,
         resource: str,
@@ -190,10 +196,6 @@ class Outbox:
         # Delivery sees the row once the caller commits; until then the poll interval bounds the delay.
         if isinstance(session, AsyncSession):
             _wake_after_commit(session, self._wake)
-
-    def notify(self) -> None:
-        """Deliver now: a transaction the outbox did not see (a :func:`put_row` insert) has committed rows."""
-        self._wake.set()
 
     async def start(self) -> None:
         await self.create_table()
