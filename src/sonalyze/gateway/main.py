@@ -35,6 +35,7 @@ from sonalyze.gateway.rate_limit import KeyedRateLimiter
 from sonalyze.gateway.router import RoutingTable, load_routing_table
 from sonalyze.gateway.stream_source import JetStreamSource
 from sonalyze.gateway.tenant_limit import TenantRateLimiter
+from sonalyze.gateway.webapp import mount_webapp
 from sonalyze.gateway.ws_protocol import CLOSE_TIMEOUT
 
 WS_PROTOCOL = "sonalyze.gateway.ws_protocol:GatewayWebSocketProtocol"
@@ -203,6 +204,7 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
             )
         return await proxy(request, url, gateway.upstream)
 
+    mount_webapp(app)  # after every route above, so they keep precedence
     return InternalAPIFastPath(app, settings.internal_auth_token)
 
 
