@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,33 +18,16 @@ import pytest
 
 from sonalyze.demo.session import DemoConfig, run_demo
 from sonalyze.services import SERVICES
-from tests.support.servers import REPO_ROOT
+from tests.support.servers import REPO_ROOT, free_port_block
 
 BANDS_CHECKED_HZ = (250, 500, 1000, 2000, 4000)
-
-
-def _free_port_block(size: int) -> int:
-    for base in range(23000, 60000, 97):
-        try:
-            sockets = []
-            for offset in range(size):
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", base + offset))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError("no block of free ports")
 
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
     """`sonalyze serve` on a free block of ports with a fresh data folder; stopped with Ctrl-C (SIGINT)."""
     data_dir = tmp_path_factory.mktemp("sonalyze-data")
-    base_port = _free_port_block(len(SERVICES))
+    base_port = free_port_block(len(SERVICES))
     log_path = data_dir / "serve.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HTTP_TIMEOUT_SECONDS": "120", "RATE_LIMIT_RPS": "200", "RATE_LIMIT_BURST": "400"}
     env.pop("INTERNAL_AUTH_TOKEN", None)

@@ -1,6 +1,6 @@
 """The real PostgreSQL, Redis and NATS servers of this machine, for the tests that need them.
 
-Where a server cannot be reached the test is skipped with the reason, unless
+Where a server (or a tool such as Chromium) cannot be reached the test is skipped with the reason, unless
 ``SONALYZE_REQUIRE_SERVERS=1`` (set by ``.ci/run``): then it fails, because CI must really run it.
 Addresses can be overridden with ``SONALYZE_TEST_POSTGRES_URL`` (an admin URL, database ``test``),
 ``SONALYZE_TEST_REDIS_URL`` and ``SONALYZE_TEST_NATS_URL``.
@@ -13,6 +13,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import pytest
@@ -39,7 +40,11 @@ def require(url: str, default_port: int, what: str) -> str:
     """Return ``url`` if its server answers; otherwise skip (or fail under CI) with the reason."""
     if reachable(url, default_port):
         return url
-    reason = f"{what} is not reachable at {url}"
+    skip_unless_required(f"{what} is not reachable at {url}")
+
+
+def skip_unless_required(reason: str) -> NoReturn:
+    """Skip with ``reason``, or fail under ``SONALYZE_REQUIRE_SERVERS`` (CI must run every test)."""
     if servers_required():
         pytest.fail(f"{reason}, and SONALYZE_REQUIRE_SERVERS is set: this test must run in CI")
     pytest.skip(reason)

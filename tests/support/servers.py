@@ -19,7 +19,18 @@ from typing import Any
 import httpx
 import uvicorn
 
+from sonalyze.common.internal_auth import internal_headers
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
+INTERNAL_TOKEN = "test-internal-token"
+"""The internal token of the services the tests start (``ServiceProcess`` sets it unless told otherwise)."""
+SERVICE_HEADERS = internal_headers(INTERNAL_TOKEN)
+"""What a service acting as itself sends to another one (the tests call the services as such)."""
+
+
+def device_headers(device_id: str, token: str = INTERNAL_TOKEN) -> dict[str, str]:
+    """What the gateway sends on a proxied request of an authenticated device."""
+    return {**internal_headers(token, service=False), "X-Device-Id": device_id}
 
 
 def _die_with_parent() -> None:
@@ -33,6 +44,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_port_block(size: int) -> int:
+    """The first of ``size`` consecutive TCP ports on 127.0.0.1 that nothing listens on right now."""
+    for base in range(23000, 60000, 97):
+        try:
+            sockets = []
+            for offset in range(size):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no block of free ports")
 
 
 def wait_http_ok(url: str, timeout_s: float = 30.0, is_alive: Callable[[], bool] | None = None) -> None:
@@ -114,7 +143,7 @@ class ServiceProcess:
 
         self.spec = SERVICES[service]
         self.port = port or free_port()
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "INTERNAL_AUTH_TOKEN": INTERNAL_TOKEN, **(env or {})}
         self.process: subprocess.Popen | None = None
         self._log = tempfile.NamedTemporaryFile(prefix=f"sonalyze-{service}-", suffix=".log", delete=False)
 
@@ -181,3 +210,91 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0, inte
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval_s)
+
+
+class Backend:
+    """The whole backend as ``sonalyze serve`` starts it (five processes), on a free block of ports with
+    the data folder ``data_dir``; ``extra_args`` are more ``serve`` options (``--https``). Its output goes
+    to ``data_dir/serve.log`` (``log_text()``); ``stop()`` sends SIGINT, as Ctrl-C does."""
+
+    def __init__(self, data_dir: Path, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+        from sonalyze.services import SERVICES
+
+        self.data_dir = data_dir
+        self.base_port = free_port_block(len(SERVICES))
+        self.extra_args = extra_args
+        self.env = {
+            **os.environ, "PYTHONUNBUFFERED": "1", "HTTP_TIMEOUT_SECONDS": "120", "RATE_LIMIT_RPS": "200",
+            "RATE_LIMIT_BURST": "400", **(env or {}),
+        }
+        self.env.pop("INTERNAL_AUTH_TOKEN", None)
+        self.log_path = data_dir / "serve.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """The gateway (the app at ``/``): ``https://`` when started with ``--https``."""
+        scheme = "https" if "--https" in self.extra_args else "http"
+        return f"{scheme}://127.0.0.1:{self.base_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http", "ws", 1)
+
+    def start(self, timeout_s: float = 120.0) -> "Backend":
+        command = [
+            sys.executable, "-m", "sonalyze", "serve", "--host", "127.0.0.1", "--base-port", str(self.base_port),
+            "--data-dir", str(self.data_dir), *self.extra_args,
+        ]
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
+        deadline = time.monotonic() + timeout_s
+        while "Sonalyze is running" not in self.log_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"sonalyze serve did not start:\n{self.log_text()}")
+            time.sleep(0.2)
+        return self
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> "Backend":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _ServiceHttp:
+    """``httpx.get``/``post``/``request`` sending the service headers: a test calling a service as a service."""
+
+    @staticmethod
+    def request(method: str, url: str, **kwargs: Any) -> httpx.Response:
+        headers = {**SERVICE_HEADERS, **(kwargs.pop("headers", None) or {})}
+        return httpx.request(method, url, headers=headers, **kwargs)
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+
+service_http = _ServiceHttp()
