@@ -1,0 +1,161 @@
+// The phone's audio: one AudioContext (resumed by the Arm tap), the raw microphone through an
+// AudioWorklet (never MediaRecorder), the sweep played at an exact context time, and the capture facts
+// sent with each upload (contract C3).
+import { FrameAssembler } from "./frames.js";
+import { encodeWavFloat32 } from "./wav.js";
+
+const PROCESSING = ["echoCancellation", "noiseSuppression", "autoGainControl"];
+
+/** Why the microphone could not be opened, in words a person can act on. */
+export function microphoneProblem(error) {
+  if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
+    return "The microphone needs a secure page. Open the https:// address the server printed (or localhost), then tap Arm again.";
+  }
+  switch (error?.name) {
+    case "NotAllowedError": case "SecurityError":
+      return "Microphone access was denied. Allow the microphone for this site (the lock or settings icon next to the address), then tap Arm again.";
+    case "NotFoundError": case "OverconstrainedError":
+      return "No microphone was found on this device.";
+    case "NotReadableError": case "AbortError":
+      return "The microphone is busy in another app or could not start. Close other apps using it, then tap Arm again.";
+    default:
+      return `The microphone could not be opened: ${error?.message ?? error}`;
+  }
+}
+
+export class AudioEngine {
+  constructor() {
+    this.ctx = null;
+    this.stream = null;
+    this.track = null;
+    this.node = null;
+    this.assembler = null;
+    this.level = { peak: 0, clipAt: -Infinity };
+    this.sweep = null;
+    this.wakeLock = null;
+    this.onLevel = () => {};
+    this.pendingFlush = null;
+  }
+
+  get armed() { return this.ctx !== null && this.ctx.state === "running"; }
+
+  /** The Arm tap: resume audio, open the microphone (unless playing only), wake lock. Returns warnings. */
+  async arm({ microphone }) {
+    const warnings = [];
+    if (navigator.audioSession) {
+      // iOS: the playback session ignores the silent switch and uses the loudspeaker, not the earpiece.
+      try { navigator.audioSession.type = microphone ? "play-and-record" : "playback"; } catch { /* not settable here */ }
+    }
+    this.ctx ??= new AudioContext({ latencyHint: "interactive" });
+    await this.ctx.resume();
+    if (microphone && !this.stream) {
+      if (!navigator.mediaDevices?.getUserMedia) throw new Error(microphoneProblem(null));
+      let stream;
+      try {
+        stream = await navigator.mediaDevices.getUserMedia({
+          audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false, channelCount: 1 },
+        });
+      } catch (error) { throw new Error(microphoneProblem(error)); }
+      this.stream = stream;
+      this.track = stream.getAudioTracks()[0];
+      const settings = this.track.getSettings();
+      for (const key of PROCESSING) {
+        if (settings[key] !== false) {
+          warnings.push(`This browser did not turn off ${key} (it reports ${settings[key] === undefined ? "nothing" : settings[key]}): the recording may be processed and the results less reliable.`);
+        }
+      }
+      await this.ctx.audioWorklet.addModule(new URL("./capture-worklet.js", import.meta.url));
+      const source = this.ctx.createMediaStreamSource(stream);
+      this.node = new AudioWorkletNode(this.ctx, "sonalyze-capture", { numberOfInputs: 1, numberOfOutputs: 1, channelCount: 1, channelCountMode: "explicit" });
+      this.node.port.onmessage = (e) => this.receive(e.data);
+      source.connect(this.node);
+      const mute = this.ctx.createGain();
+      mute.gain.value = 0;
+      this.node.connect(mute).connect(this.ctx.destination); // pulled by the graph, heard by nobody
+    }
+    await this.lockScreen();
+    return warnings;
+  }
+
+  async lockScreen() {
+    if (!navigator.wakeLock || this.wakeLock) return;
+    try {
+      this.wakeLock = await navigator.wakeLock.request("screen");
+      this.wakeLock.addEventListener("release", () => { this.wakeLock = null; });
+    } catch { /* refused (e.g. low battery): the session still runs while the screen stays on */ }
+  }
+
+  receive(message) {
+    const batch = message.batch;
+    if (batch) {
+      let peak = 0;
+      for (let i = 0; i < batch.samples.length; i++) peak = Math.max(peak, Math.abs(batch.samples[i]));
+      this.level.peak = peak;
+      if (peak >= 0.999) this.level.clipAt = performance.now();
+      this.onLevel(this.level);
+      if (this.assembler) this.assembler.add(batch.frame, batch.samples);
+    }
+    if (message.type === "flushed" && this.pendingFlush) { this.pendingFlush(message.frame); this.pendingFlush = null; }
+  }
+
+  startRecording() {
+    if (!this.node) throw new Error("the microphone is not armed");
+    this.assembler = new FrameAssembler(Math.round(this.ctx.currentTime * this.ctx.sampleRate));
+  }
+
+  get recording() { return this.assembler !== null; }
+
+  /** Stops at the worklet's current frame; the WAV at the context's actual rate and what it holds. */
+  async stopRecording() {
+    const assembler = this.assembler;
+    const endFrame = await new Promise((resolve) => { this.pendingFlush = resolve; this.node.port.postMessage("flush"); });
+    assembler.stop(endFrame);
+    this.assembler = null;
+    const samples = assembler.toSamples();
+    return { wav: encodeWavFloat32(samples, this.ctx.sampleRate), seconds: samples.length / this.ctx.sampleRate,
+             gapFrames: assembler.gapFrames, clippedSamples: assembler.clippedSamples, peak: assembler.peak };
+  }
+
+  discardRecording() { this.assembler = null; }
+
+  async loadSweep(response) {
+    const bytes = await response.arrayBuffer();
+    this.sweep = await this.ctx.decodeAudioData(bytes);
+    return this.sweep;
+  }
+
+  /** Plays the sweep `leadS` seconds from now; `onTick(secondsLeft)` counts down; resolves when it ended. */
+  play(leadS, onTick) {
+    const source = this.ctx.createBufferSource();
+    source.buffer = this.sweep;
+    source.connect(this.ctx.destination);
+    const when = this.ctx.currentTime + leadS;
+    source.start(when);
+    return new Promise((resolve, reject) => {
+      const tick = setInterval(() => onTick(when - this.ctx.currentTime), 200);
+      const guard = setTimeout(() => { clearInterval(tick); reject(new Error("the audio output did not advance (is the audio device working?)")); },
+        (leadS + this.sweep.duration + 10) * 1000);
+      source.onended = () => { clearInterval(tick); clearTimeout(guard); resolve({ when }); };
+    });
+  }
+
+  /** The facts about the capture the backend judges the recording with (C3 X-Capture-Facts). */
+  captureFacts() {
+    const s = this.track?.getSettings() ?? {};
+    return {
+      sample_rate_hz: this.ctx.sampleRate, context_sample_rate_hz: this.ctx.sampleRate,
+      track_sample_rate_hz: s.sampleRate ?? null,
+      echo_cancellation: s.echoCancellation ?? null, noise_suppression: s.noiseSuppression ?? null, auto_gain_control: s.autoGainControl ?? null,
+      base_latency_s: this.ctx.baseLatency ?? null, output_latency_s: this.ctx.outputLatency ?? null,
+      user_agent: navigator.userAgent.slice(0, 300), channel_count: s.channelCount ?? null, device_label: (this.track?.label ?? "").slice(0, 200),
+    };
+  }
+}
+
+/** base64url of a JSON object (the X-Capture-Facts header). */
+export function base64UrlJson(value) {
+  const bytes = new TextEncoder().encode(JSON.stringify(value));
+  let binary = "";
+  for (const b of bytes) binary += String.fromCharCode(b);
+  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}

@@ -1,0 +1,140 @@
+// The gateway connection (README "The wire protocol", contract C1): identifies with the device token
+// kept in localStorage (minting one with identify {} on first use), reconnects with back-off, sends
+// pings so a dead socket (screen lock, network switch) is noticed, and emits "ready" after every
+// (re)identification so the app resumes its lobby and session.
+import { backoffMs } from "./session-model.js";
+
+const KEY = "sonalyze.device";
+
+export class GatewayError extends Error {
+  constructor(code, message, details) { super(message); this.code = code; this.details = details; }
+}
+
+export class Connection extends EventTarget {
+  constructor(url, storage = window.localStorage) {
+    super();
+    this.url = url;
+    this.storage = storage;
+    const saved = JSON.parse(storage.getItem(KEY) ?? "null") ?? {};
+    this.deviceId = saved.device_id ?? null;
+    this.token = saved.device_token ?? null;
+    this.state = "connecting";
+    this.pending = new Map();
+    this.nextId = 1;
+    this.attempt = 0;
+    this.ws = null;
+    this.timer = null;
+    this.pingTimer = null;
+    this.pushHandlers = new Map();
+    window.addEventListener("online", () => this.reconnectNow());
+    document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible") this.reconnectNow(); });
+  }
+
+  on(event, handler) { this.pushHandlers.set(event, [...(this.pushHandlers.get(event) ?? []), handler]); }
+
+  save() { this.storage.setItem(KEY, JSON.stringify({ device_id: this.deviceId, device_token: this.token })); }
+
+  setState(state, detail = "") {
+    this.state = state;
+    this.dispatchEvent(new CustomEvent("state", { detail: { state, detail } }));
+  }
+
+  start() { this.open(); }
+
+  reconnectNow() {
+    if (this.ws && this.ws.readyState <= 1) { this.ping(); return; }
+    clearTimeout(this.timer);
+    this.open();
+  }
+
+  open() {
+    clearTimeout(this.timer);
+    this.setState("connecting");
+    const ws = new WebSocket(this.url);
+    this.ws = ws;
+    ws.onopen = () => this.identify().catch((error) => { this.setState("offline", error.message); ws.close(); });
+    ws.onmessage = (m) => this.receive(m.data);
+    ws.onclose = () => {
+      if (this.ws !== ws) return;
+      clearInterval(this.pingTimer);
+      for (const { reject } of this.pending.values()) reject(new GatewayError("connection_lost", "the connection to the server was lost"));
+      this.pending.clear();
+      const delay = backoffMs(this.attempt++, Math.random());
+      this.setState("offline", `reconnecting in ${(delay / 1000).toFixed(1)} s`);
+      this.timer = setTimeout(() => this.open(), delay);
+    };
+  }
+
+  async identify() {
+    let answer;
+    if (this.token) {
+      try { answer = await this.send("identify", { device_token: this.token }); } catch (error) {
+        if (error.code !== "invalid_device_token" && error.code !== "invalid_data") throw error;
+        this.token = null; // a token this gateway no longer accepts: become a new device
+      }
+    }
+    if (!answer && !this.token) {
+      try {
+        answer = await this.send("identify", {});
+        if (answer.device_token) { this.token = answer.device_token; }
+      } catch (error) {
+        // A gateway without device tokens (before contract C1) wants a device id it is given.
+        if (error.code !== "invalid_data") throw error;
+        this.deviceId ??= `web-${crypto.randomUUID()}`;
+        answer = await this.send("identify", { device_id: this.deviceId });
+      }
+    }
+    this.deviceId = answer.device_id;
+    this.save();
+    this.attempt = 0;
+    clearInterval(this.pingTimer);
+    this.pingTimer = setInterval(() => this.ping(), 20000);
+    this.setState("online");
+    this.dispatchEvent(new Event("ready"));
+  }
+
+  async ping() {
+    if (!this.ws || this.ws.readyState !== 1) return;
+    const ws = this.ws;
+    const dead = setTimeout(() => ws.close(), 8000);
+    try { await this.send("ping", {}); } catch { /* closing handles it */ } finally { clearTimeout(dead); }
+  }
+
+  receive(raw) {
+    let message;
+    try { message = JSON.parse(raw); } catch { return; }
+    if (message.type === "event") {
+      for (const handler of this.pushHandlers.get(message.event) ?? []) handler(message.data ?? {}, message.event);
+      for (const handler of this.pushHandlers.get("*") ?? []) handler(message.data ?? {}, message.event);
+      return;
+    }
+    const waiter = this.pending.get(String(message.request_id));
+    if (!waiter) return;
+    this.pending.delete(String(message.request_id));
+    if (message.type === "error") waiter.reject(new GatewayError(message.error?.code, message.error?.message ?? "error", message.error?.details));
+    else waiter.resolve(message.data ?? {});
+  }
+
+  send(event, data, timeoutMs = 20000) {
+    return new Promise((resolve, reject) => {
+      if (!this.ws || this.ws.readyState !== 1) { reject(new GatewayError("offline", "not connected to the server")); return; }
+      const id = String(this.nextId++);
+      const timer = setTimeout(() => { this.pending.delete(id); reject(new GatewayError("timeout", `no answer to ${event}`)); }, timeoutMs);
+      this.pending.set(id, { resolve: (v) => { clearTimeout(timer); resolve(v); }, reject: (e) => { clearTimeout(timer); reject(e); } });
+      this.ws.send(JSON.stringify({ event, request_id: id, data }));
+    });
+  }
+
+  /** A routed request: only once identified. */
+  request(event, data = {}) {
+    if (this.state !== "online") return Promise.reject(new GatewayError("offline", "not connected to the server yet"));
+    return this.send(event, data);
+  }
+
+  /** HTTP through the gateway with the device credential (C1: X-Device-Token). */
+  http(path, init = {}) {
+    const headers = new Headers(init.headers ?? {});
+    if (this.token) headers.set("X-Device-Token", this.token);
+    return fetch(path, { ...init, headers });
+  }
+}
