@@ -3,6 +3,7 @@
     sonalyze serve                      all five services on the embedded defaults
     sonalyze serve gateway [--port P]   one service in this process
     sonalyze serve --services gateway,lobby
+    sonalyze serve --https              the gateway over TLS (self-signed for this machine, or --tls-cert/--tls-key)
     sonalyze demo [--gateway URL]        a virtual measurement session against a running backend
 """
 
@@ -10,12 +11,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import time
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sonalyze.services import SERVICES
+
+if TYPE_CHECKING:
+    from sonalyze.tls import TlsFiles
 
 
 def _service_list(text: str) -> list[str]:
@@ -41,6 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path(os.environ.get("SONALYZE_DATA_DIR", "sonalyze-data")),
         help="folder for the embedded databases and audio when running several (default ./sonalyze-data)",
+    )
+    serve.add_argument(
+        "--https",
+        action="store_true",
+        default=os.environ.get("SONALYZE_HTTPS", "").lower() in ("1", "true", "yes"),
+        help="serve the gateway over TLS (env SONALYZE_HTTPS=1): phones need HTTPS for the microphone; without "
+        "--tls-cert/--tls-key a self-signed certificate for this machine is made once in DATA_DIR/tls and reused",
+    )
+    serve.add_argument("--tls-cert", type=Path, default=os.environ.get("SONALYZE_TLS_CERT") or None, help="PEM certificate (chain) for --https (env SONALYZE_TLS_CERT)")
+    serve.add_argument("--tls-key", type=Path, default=os.environ.get("SONALYZE_TLS_KEY") or None, help="PEM private key for --https (env SONALYZE_TLS_KEY)")
+    serve.add_argument(
+        "--internal-port", type=int, default=None,
+        help="with TLS, the gateway also answers plain HTTP on 127.0.0.1:PORT for the services' pushes (set by the launcher)",
     )
     demo = commands.add_parser("demo", help="run a complete measurement with virtual devices and compare it with the simulation")
     demo.add_argument("--gateway", default="http://127.0.0.1:8000", help="gateway URL (default: the one-command backend)")
@@ -78,21 +97,41 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tls_files(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TlsFiles | None:
+    """The certificate and key to serve the gateway with: given, made for this machine, or none."""
+    from sonalyze.tls import TlsFiles, ensure_self_signed, lan_ipv4_addresses
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_cert is not None:
+        for path in (args.tls_cert, args.tls_key):
+            if not path.is_file():
+                parser.error(f"{path} is not a file")
+        return TlsFiles(args.tls_cert, args.tls_key)
+    if not args.https:
+        return None
+    return ensure_self_signed(args.data_dir.resolve() / "tls", socket.gethostname(), lan_ipv4_addresses())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "serve":
         host = args.host or os.environ.get("HOST", "0.0.0.0")
+        tls = _tls_files(parser, args)
         if args.service and not args.services:
             from sonalyze.common.server import serve
 
+            if tls is not None and args.service != "gateway":
+                parser.error("only the gateway serves HTTPS")
             spec = SERVICES[args.service]
             port = args.port if args.port is not None else int(os.environ.get("PORT", spec.default_port))
-            serve(spec, host, port)
+            serve(spec, host, port, tls, args.internal_port)
             return 0
         from sonalyze.launcher import run_services
 
         names = args.services or list(SERVICES)
-        return run_services(names, public_host=host, base_port=args.base_port, data_dir=args.data_dir)
+        return run_services(names, public_host=host, base_port=args.base_port, data_dir=args.data_dir, tls=tls)
     if args.command == "demo":
         return _demo(args)
     return 2

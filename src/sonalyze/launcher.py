@@ -22,8 +22,11 @@ from pathlib import Path
 import httpx
 
 from sonalyze.services import SERVICES, ServiceSpec
+from sonalyze.tls import TlsFiles, https_banner, lan_ipv4_addresses, lan_urls
 
 INTERNAL_HOST = "127.0.0.1"
+TLS_ENVIRONMENT = ("SONALYZE_HTTPS", "SONALYZE_TLS_CERT", "SONALYZE_TLS_KEY")
+"""Read by this command only: the gateway child is given its certificate in its arguments."""
 
 
 @dataclass
@@ -32,9 +35,13 @@ class _Child:
     host: str
     port: int
     process: subprocess.Popen
+    internal_port: int | None = None
+    """The gateway's plain loopback listener when it serves TLS on ``port``."""
 
     @property
     def url(self) -> str:
+        if self.internal_port is not None:
+            return f"http://{INTERNAL_HOST}:{self.internal_port}"
         host = INTERNAL_HOST if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.port}"
 
@@ -100,14 +107,26 @@ def _stop_all(children: list[_Child], timeout_s: float = 15.0) -> None:
 
 
 def run_services(
-    names: Sequence[str], *, public_host: str, base_port: int, data_dir: Path, startup_timeout_s: float = 60.0
+    names: Sequence[str],
+    *,
+    public_host: str,
+    base_port: int,
+    data_dir: Path,
+    startup_timeout_s: float = 60.0,
+    tls: TlsFiles | None = None,
 ) -> int:
-    """Start ``names``, print where each listens, and wait until Ctrl-C or one of them dies."""
+    """Start ``names``, print where each listens, and wait until Ctrl-C or one of them dies.
+
+    With ``tls`` the gateway serves HTTPS on its port, and plain HTTP on loopback at the port after the
+    last service's for the services' pushes; the LAN URLs and a QR code are printed."""
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     ports = {name: base_port + index for index, name in enumerate(SERVICES)}
+    internal_port = base_port + len(SERVICES) if tls is not None else None
     token = os.environ.get("INTERNAL_AUTH_TOKEN") or secrets.token_urlsafe(32)
-    envs = service_environment(names, data_dir=data_dir, ports=ports, token=token, base_env=dict(os.environ))
+    base_env = {key: value for key, value in os.environ.items() if key not in TLS_ENVIRONMENT}
+    wiring_ports = {**ports, "gateway": internal_port} if internal_port is not None else ports
+    envs = service_environment(names, data_dir=data_dir, ports=wiring_ports, token=token, base_env=base_env)
     children: list[_Child] = []
     stop_requested = False
 
@@ -123,14 +142,21 @@ def run_services(
             # Only the gateway faces the phones; the services behind it listen on loopback.
             host = public_host if name == "gateway" else INTERNAL_HOST
             command = [sys.executable, "-m", "sonalyze", "serve", name, "--host", host, "--port", str(ports[name])]
+            child_internal_port = internal_port if name == "gateway" else None
+            if tls is not None and name == "gateway":
+                command += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--internal-port", str(internal_port)]
             process = subprocess.Popen(command, env=envs[name], start_new_session=True)
-            children.append(_Child(spec, host, ports[name], process))
+            children.append(_Child(spec, host, ports[name], process, child_internal_port))
         deadline = time.monotonic() + startup_timeout_s
         for child in children:
             _wait_healthy(child, deadline)
         print(f"Sonalyze is running (data in {data_dir}):", flush=True)
         for child in children:
-            print(f"  {child.spec.name:<12} http://{child.host}:{child.port}  (health {child.spec.health_path})")
+            scheme = "https" if child.internal_port is not None else "http"
+            print(f"  {child.spec.name:<12} {scheme}://{child.host}:{child.port}  (health {child.spec.health_path})")
+        gateway = next((child for child in children if child.internal_port is not None), None)
+        if gateway is not None:
+            print(https_banner(lan_urls(public_host, gateway.port, lan_ipv4_addresses())), flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         while not stop_requested:
             for child in children:

@@ -221,20 +221,18 @@ class Backend:
         from sonalyze.services import SERVICES
 
         self.data_dir = data_dir
-        self.base_port = free_port_block(len(SERVICES))
+        self.base_port = free_port_block(len(SERVICES) + 1)  # + the gateway's loopback port under --https
         self.extra_args = extra_args
-        self.env = {
-            **os.environ, "PYTHONUNBUFFERED": "1", "HTTP_TIMEOUT_SECONDS": "120", "RATE_LIMIT_RPS": "200",
-            "RATE_LIMIT_BURST": "400", **(env or {}),
-        }
-        self.env.pop("INTERNAL_AUTH_TOKEN", None)
+        self.env = {key: value for key, value in os.environ.items() if key != "INTERNAL_AUTH_TOKEN"}
+        self.env |= {"PYTHONUNBUFFERED": "1", "HTTP_TIMEOUT_SECONDS": "120", "RATE_LIMIT_RPS": "200", "RATE_LIMIT_BURST": "400"}
+        self.env |= env or {}
         self.log_path = data_dir / "serve.log"
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        """The gateway (the app at ``/``): ``https://`` when started with ``--https``."""
-        scheme = "https" if "--https" in self.extra_args else "http"
+        """The gateway (the app at ``/``): ``https://`` when it says it serves TLS."""
+        scheme = "https" if "  gateway      https://" in self.log_text() else "http"
         return f"{scheme}://127.0.0.1:{self.base_port}"
 
     @property
