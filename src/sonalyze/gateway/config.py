@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,7 +32,8 @@ class GatewaySettings(BaseSettings):
     max_send_buffer_bytes: int = Field(1 << 20, gt=0)
     """Bytes queued to one slow client before it is disconnected (close 1008 ``slow consumer``)."""
 
-    rate_limit_rps: float = Field(10.0, gt=0)
+    rate_limit_rps: float = Field(10.0, gt=0, validation_alias=AliasChoices("rate_limit_rps", "max_events_per_second"))
+    """Also read as ``MAX_EVENTS_PER_SECOND`` (seed 001's name)."""
     rate_limit_burst: int = Field(20, ge=1)
     http_timeout_seconds: float = Field(10.0, gt=0)
     upstream_max_connections: int = Field(256, ge=1)
@@ -45,7 +47,7 @@ class GatewaySettings(BaseSettings):
     """Prefix of the bus channel / subject (``{prefix}broadcast``) and of the registry keys: one per cluster."""
     gateway_id: str = ""
     """This instance's name in the connection registry; empty picks ``gateway-{pid}-{random}``."""
-    registry_url: str = ""
+    registry_url: str = Field("", validation_alias=AliasChoices("registry_url", "cache_uri"))
     """Redis URL of the connection registry (``gateway:conn:*``, ``gateway:room:*``); empty turns it off."""
 
     heartbeat_interval_sec: float = Field(30.0, gt=0)
@@ -63,6 +65,9 @@ class GatewaySettings(BaseSettings):
     stream_subject: str = "levels.signals"
     stream_durable: str = "gateway_levels"
     stream_event: str = "levels.signal"
+    stream_format: Literal["raw", "envelope"] = "raw"
+    """``raw``: each message goes to ``/ws/stream`` clients byte for byte, as published (seed 003);
+    ``envelope``: wrapped as ``{"type": "event", "event": STREAM_EVENT, "data": ...}`` (Sonalyze clients)."""
     """The ``event`` of the envelopes pushed to stream clients."""
 
     binary_relay_url: str = ""
@@ -92,6 +97,11 @@ class GatewaySettings(BaseSettings):
     gateway_routes_file: Path | None = None
     """JSON or YAML file with ``{"routes": [{"events": [...], "upstream": ...}]}`` replacing the default table."""
     gateway_routes: str | None = None
+    """The same document as JSON text in the environment (the file wins when both are set)."""
+    gateway_profiles_file: Path | None = None
+    """JSON or YAML profiles document: more WebSocket paths with their own protocol (seed 002's
+    ``/ws/{call_id}``) and the HTTP proxy table (``/auth``, ``/call``, ...); see ``gateway.profiles``."""
+    gateway_profiles: str | None = None
     """The same document as JSON text in the environment (the file wins when both are set)."""
 
     @model_validator(mode="after")

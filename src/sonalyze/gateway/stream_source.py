@@ -1,7 +1,8 @@
 """A NATS JetStream durable consumer feeding a channel (seed 003's market relay).
 
-Each message's data (already JSON) is wrapped into the event envelope by concatenation, so it is
-serialized once, by its producer, and published through the broker like any broadcast: every gateway
+Each message's data (already JSON) is relayed byte for byte (``STREAM_FORMAT=raw``, seed 003's "pure
+relay") or wrapped into the event envelope by concatenation (``envelope``); either way it is serialized
+once, by its producer, and published through the broker like any broadcast: every gateway
 instance delivers it to its ``/ws/stream`` clients. Several instances share the durable consumer
 (``STREAM_DURABLE``): each message is fetched by one of them and still reaches every client once.
 A message that is not JSON is acknowledged and dropped (logged): redelivering it would not fix it.
@@ -29,9 +30,18 @@ def stream_envelope(event: str, data: bytes) -> bytes:
     return b'{"type":"event","event":' + orjson.dumps(event) + b',"data":' + data.strip() + b"}"
 
 
+def stream_payload(event: str, data: bytes, raw: bool) -> bytes:
+    """What stream clients get for one message: ``data`` itself (checked to be JSON) or its envelope."""
+    if raw:
+        orjson.loads(data)  # raises orjson.JSONDecodeError for anything but one JSON value
+        return data
+    return stream_envelope(event, data)
+
+
 class JetStreamSource:
-    def __init__(self, url: str, subject: str, durable: str, event: str, channel: str, broker: Broker) -> None:
+    def __init__(self, url: str, subject: str, durable: str, event: str, channel: str, broker: Broker, raw: bool = False) -> None:
         self._url = url
+        self._raw = raw
         self._subject = subject
         self._durable = durable
         self._event = event
@@ -81,7 +91,7 @@ class JetStreamSource:
 
     async def _relay(self, data: bytes) -> None:
         try:
-            payload = stream_envelope(self._event, data)
+            payload = stream_payload(self._event, data, self._raw)
         except orjson.JSONDecodeError:
             logger.warning("stream source: dropped a message on %s that is not JSON (%d bytes)", self._subject, len(data))
             return
