@@ -58,6 +58,7 @@ def gateway_server(port: int, lobby_url: str, measurement_url: str) -> Iterator[
         internal_auth_token=TOKEN,
         rate_limit_rps=1000,
         rate_limit_burst=1000,
+        allow_insecure_device_ids=True,  # identity is not under test here (tests/gateway/test_device_identity.py)
     )
     with ThreadedServer(create_gateway(settings), port=port, **SERVICES["gateway"].uvicorn_options) as server:
         yield server

@@ -22,7 +22,7 @@ def services(tmp_path_factory) -> Iterator[tuple[ServiceProcess, ServiceProcess]
     data_dir = tmp_path_factory.mktemp("through-gateway")
     simulation = ServiceProcess("simulation", env={"SIMULATION_DATA_DIR": str(data_dir)}).start()
     try:
-        gateway = ServiceProcess("gateway", env={"SIMULATION_URL": simulation.url, "HTTP_TIMEOUT_SECONDS": "60"}).start()
+        gateway = ServiceProcess("gateway", env={"SIMULATION_URL": simulation.url, "HTTP_TIMEOUT_SECONDS": "60", "ALLOW_INSECURE_DEVICE_IDS": "true"}).start()
         try:
             yield simulation, gateway
         finally:

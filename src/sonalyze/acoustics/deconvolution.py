@@ -35,43 +35,58 @@ def mono(recording: np.ndarray) -> np.ndarray:
     return as_signal(arr, "recording")
 
 
-def deconvolve_sweep(
-    recording: np.ndarray, params: SweepParams, ir_length_s: float | None = None
-) -> np.ndarray:
-    """Impulse response (float64, gain re the played sweep) from a recording of ``params``' sweep.
-
-    ``recording``: 1-D, or ``(n, channels)`` of which the first channel is used; it must contain the
-    whole sweep, starting at any moment after the recording starts. The result starts ``PRE_ROLL_S``
-    before the onset of the linear IR, is ``ir_length_s`` long (default ``params.silence_after_s``),
-    clipped to what the recording holds after the sweep. Harmonic-distortion products, which precede
-    the linear IR, are cut off. Raises ValueError if the recording is silent, too short, or cut.
-    """
-    params.validate()
-    if ir_length_s is not None and not ir_length_s > 0:
-        raise ValueError(f"ir_length_s must be > 0 s, got {ir_length_s}")
-    x = mono(recording)
-    fs_hz = params.fs_hz
-    n_sweep = params.sweep_length_samples
+def deconvolve_recording(x: np.ndarray, params: SweepParams) -> np.ndarray:
+    """The whole recording ``x`` (1-D) divided by the sweep spectrum: lags ``[0, x.size)`` hold the
+    responses (the linear IR of a sweep starting at sample s lands at lag s), lags past ``x.size`` hold
+    what wrapped around (a sweep that began before the recording). Raises ValueError when ``x`` is
+    shorter than one sweep."""
+    n_sweep = params.validate().sweep_length_samples
     if x.size < n_sweep:
         raise ValueError(
-            f"recording too short: {x.size / fs_hz:.2f} s, the sweep alone lasts {params.duration_s:.2f} s"
+            f"recording too short: {x.size / params.fs_hz:.2f} s, the sweep alone lasts {params.duration_s:.2f} s"
         )
     n_fft = sp_fft.next_fast_len(x.size + n_sweep - 1, real=True)
-    h = sp_fft.irfft(sp_fft.rfft(x, n_fft) * inverse_spectrum(params, n_fft), n_fft)
-    # lag ≥ 0 lives at [0, x.size); a sweep that began before the recording lands in the wrapped end
-    # (where the harmonics of a sweep starting early in the recording also land, but much weaker).
-    energy = h[: x.size] ** 2
+    return sp_fft.irfft(sp_fft.rfft(x, n_fft) * inverse_spectrum(params, n_fft), n_fft)
+
+
+def strongest_peak(h: np.ndarray, n_recording: int, params: SweepParams, *, check_start: bool = True) -> int:
+    """Lag of the strongest deconvolved impulse; ValueError when none stands out of the noise or (with
+    ``check_start``, see `starts_after_sweep`) the recording started after a sweep began."""
+    energy = h[:n_recording] ** 2
     peak = int(np.argmax(energy))
-    full_overlap = energy[: x.size - n_sweep] if x.size - n_sweep > MIN_IR_LENGTH_S * fs_hz else energy
+    n_sweep = params.sweep_length_samples
+    full_overlap = energy[: n_recording - n_sweep] if n_recording - n_sweep > MIN_IR_LENGTH_S * params.fs_hz else energy
     if energy[peak] < np.median(full_overlap) * 10.0 ** (MIN_PEAK_TO_MEDIAN_DB / 10.0):
         raise ValueError("no sweep found in the recording (no impulse stands out of the deconvolved noise)")
-    if np.max(h[x.size :] ** 2) > energy[peak]:
-        raise ValueError("the recording starts after the sweep began: start recording before playing")
+    if check_start and starts_after_sweep(h, n_recording, peak):
+        raise ValueError(STARTS_AFTER_SWEEP)
+    return peak
+
+
+STARTS_AFTER_SWEEP = "the recording starts after the sweep began: start recording before playing"
+
+
+def starts_after_sweep(h: np.ndarray, n_recording: int, peak: int) -> bool:
+    """More energy wrapped around (negative lags) than at ``peak``: a sweep began before the recording."""
+    return bool(np.max(h[n_recording:] ** 2) > h[peak] ** 2)
+
+
+def ir_window(
+    h: np.ndarray, n_recording: int, params: SweepParams, peak: int, ir_length_s: float | None = None
+) -> tuple[int, int]:
+    """``(start, length)`` of the IR around the deconvolved ``peak``: from `PRE_ROLL_S` before its ISO
+    3382-1 onset (searched at most `MAX_ONSET_LOOKBACK_S` and half the 2nd harmonic's advance before the
+    peak), ``ir_length_s`` long (default ``params.silence_after_s``), clipped to what the recording
+    holds after that repetition's sweep. ValueError when less than `MIN_IR_LENGTH_S` remains."""
+    if ir_length_s is not None and not ir_length_s > 0:
+        raise ValueError(f"ir_length_s must be > 0 s, got {ir_length_s}")
+    fs_hz = params.fs_hz
+    energy = h[: peak + 1] ** 2
     lookback = int(min(MAX_ONSET_LOOKBACK_S, 0.5 * params.harmonic_advance_s(2)) * fs_hz)
     window = energy[max(0, peak - lookback) : peak + 1]
     onset = peak - window.size + 1 + int(np.argmax(window >= energy[peak] * 10.0 ** (ONSET_THRESHOLD_DB / 10)))
     start = max(0, onset - int(round(PRE_ROLL_S * fs_hz)))
-    available = x.size - n_sweep - start
+    available = n_recording - params.sweep_length_samples - start
     wanted = int(round((params.silence_after_s if ir_length_s is None else ir_length_s) * fs_hz))
     n_ir = min(wanted, available)
     if n_ir < MIN_IR_LENGTH_S * fs_hz:
@@ -79,4 +94,24 @@ def deconvolve_sweep(
             f"recording ends {max(available, 0) / fs_hz:.3f} s after the sweep; need at least "
             f"{MIN_IR_LENGTH_S} s of decay after it (is the sweep cut or missing?)"
         )
+    return start, n_ir
+
+
+def deconvolve_sweep(
+    recording: np.ndarray, params: SweepParams, ir_length_s: float | None = None
+) -> np.ndarray:
+    """Impulse response (float64, gain re the played sweep) from a recording of ``params``' sweep.
+
+    ``recording``: 1-D, or ``(n, channels)`` of which the first channel is used; it must contain the
+    whole sweep, starting at any moment after the recording starts. The result starts ``PRE_ROLL_S``
+    before the onset of the linear IR (the strongest one when the sweep is repeated), is
+    ``ir_length_s`` long (default ``params.silence_after_s``), clipped to what the recording holds after
+    the sweep. Harmonic-distortion products, which precede the linear IR, are cut off. Raises ValueError
+    if the recording is silent, too short, or cut. Repeated sweeps: `sonalyze.acoustics.recording`.
+    """
+    if ir_length_s is not None and not ir_length_s > 0:
+        raise ValueError(f"ir_length_s must be > 0 s, got {ir_length_s}")
+    x = mono(recording)
+    h = deconvolve_recording(x, params)
+    start, n_ir = ir_window(h, x.size, params, strongest_peak(h, x.size, params), ir_length_s)
     return h[start : start + n_ir].copy()

@@ -21,6 +21,8 @@ REGULARISATION_RELATIVE = 1e-6
 #: Regularisation outside [f₁, f₂] re max |X|²: the sweep carries no energy there, so whatever the
 #: recording holds there (rumble, the DC of even-order distortion) is suppressed instead of amplified.
 OUT_OF_BAND_REGULARISATION = 0.01
+#: Most repetitions of the sweep in one played signal.
+MAX_SWEEP_COUNT = 5
 #: Width of the transition from in-band to out-of-band regularisation, octaves (outside the sweep band).
 TRANSITION_OCTAVES = 1.0
 
@@ -29,9 +31,10 @@ TRANSITION_OCTAVES = 1.0
 class SweepParams:
     """Everything needed to generate and to deconvolve an exponential sweep.
 
-    The played signal is ``silence_before_s`` of zeros, the faded sweep of ``duration_s``, then
-    ``silence_after_s`` of zeros (room for the decay). ``level_dbfs`` is the sweep's peak amplitude in
-    dB re full scale; ``fade_s`` is the half-Hann fade-in and fade-out length.
+    The played signal is ``silence_before_s`` of zeros, then ``sweep_count`` times the faded sweep of
+    ``duration_s`` followed by ``silence_after_s`` of zeros (room for the decay; repetitions are averaged
+    synchronously, Farina's "synchronous average"). ``level_dbfs`` is the sweep's peak amplitude in dB re
+    full scale; ``fade_s`` is the half-Hann fade-in and fade-out length.
     """
 
     fs_hz: int = 48000
@@ -42,6 +45,7 @@ class SweepParams:
     silence_after_s: float = 2.0
     level_dbfs: float = -6.0
     fade_s: float = 0.05
+    sweep_count: int = 1
 
     def validate(self) -> SweepParams:
         """Raise ValueError with a clear message when the parameters cannot describe a sweep."""
@@ -63,6 +67,8 @@ class SweepParams:
             raise ValueError(f"level_dbfs must be ≤ 0 dBFS, got {self.level_dbfs}")
         if not 0.0 <= self.fade_s <= self.duration_s / 4:
             raise ValueError(f"fade_s must be within 0–duration_s/4 = {self.duration_s / 4} s, got {self.fade_s}")
+        if int(self.sweep_count) != self.sweep_count or not 1 <= self.sweep_count <= MAX_SWEEP_COUNT:
+            raise ValueError(f"sweep_count must be an integer within 1–{MAX_SWEEP_COUNT}, got {self.sweep_count}")
         return self
 
     @property
@@ -79,12 +85,13 @@ class SweepParams:
         return int(round(self.duration_s * self.fs_hz))
 
     @property
+    def period_samples(self) -> int:
+        """Distance from one repetition's start to the next: the sweep plus ``silence_after_s``."""
+        return self.sweep_length_samples + int(round(self.silence_after_s * self.fs_hz))
+
+    @property
     def total_samples(self) -> int:
-        return (
-            self.silence_before_samples
-            + self.sweep_length_samples
-            + int(round(self.silence_after_s * self.fs_hz))
-        )
+        return self.silence_before_samples + int(self.sweep_count) * self.period_samples
 
     @property
     def total_duration_s(self) -> float:
@@ -97,7 +104,7 @@ class SweepParams:
 
 
 @functools.lru_cache(maxsize=8)
-def _sweep_samples(params: SweepParams) -> np.ndarray:
+def sweep_samples(params: SweepParams) -> np.ndarray:
     """The faded sweep alone (no silences), float64, read-only (cached)."""
     params.validate()
     n = params.sweep_length_samples
@@ -115,10 +122,12 @@ def _sweep_samples(params: SweepParams) -> np.ndarray:
 
 
 def exponential_sweep(params: SweepParams) -> np.ndarray:
-    """The full signal to play: silence, faded exponential sweep, silence (float64, peak ``level_dbfs``)."""
+    """The full signal to play: silence, then ``sweep_count`` × (faded sweep, silence) (float64, peak
+    ``level_dbfs``)."""
     out = np.zeros(params.validate().total_samples)
-    start = params.silence_before_samples
-    out[start : start + params.sweep_length_samples] = _sweep_samples(params)
+    for index in range(int(params.sweep_count)):
+        start = params.silence_before_samples + index * params.period_samples
+        out[start : start + params.sweep_length_samples] = sweep_samples(params)
     return out
 
 
@@ -129,7 +138,7 @@ def inverse_spectrum(params: SweepParams, n_fft: int) -> np.ndarray:
     Multiplying a recording's spectrum by G deconvolves it: the linear IR appears at the sweep's start
     in the recording, harmonic responses before it.
     """
-    x_spec = sp_fft.rfft(_sweep_samples(params), n_fft)
+    x_spec = sp_fft.rfft(sweep_samples(params), n_fft)
     power = x_spec.real**2 + x_spec.imag**2
     f_hz = sp_fft.rfftfreq(n_fft, 1.0 / params.fs_hz)
     with np.errstate(divide="ignore"):

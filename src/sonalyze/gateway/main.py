@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,18 +17,21 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request, Response
+from pydantic import BaseModel
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sonalyze.common.errors import NotFound, RateLimited, Unauthorized, install_error_handlers
 from sonalyze.common.json import JSONResponse
 from sonalyze.gateway.auth import AuthError, TokenVerifier, bearer_token
 from sonalyze.gateway.binary_relay import BinaryRelay
+from sonalyze.gateway.client_address import ClientAddresses, parse_networks
+from sonalyze.gateway.device_tokens import DeviceTokens
 from sonalyze.gateway.broker import Broker, create_broker
 from sonalyze.gateway.config import GatewaySettings
 from sonalyze.gateway.connection_manager import ConnectionManager
 from sonalyze.gateway.heartbeat import Heartbeat
 from sonalyze.gateway.http_client import UpstreamClient
-from sonalyze.gateway.internal_api import InternalAPIFastPath
+from sonalyze.gateway.internal_api import InternalAPIFastPath, check_internal_token
 from sonalyze.gateway.metrics import GatewayMetrics
 from sonalyze.gateway.proxy import proxy, resolve_proxy
 from sonalyze.gateway.registry import ConnectionRegistry
@@ -64,6 +68,12 @@ class Gateway:
     """Set when ``AUTH_REQUIRED``: checks the JWT of every connection and proxied request."""
     gateway_id: str
     """This instance's name in the connection registry."""
+    device_tokens: DeviceTokens
+    """Issues and verifies device credentials (contract C1)."""
+    addresses: ClientAddresses
+    """Client addresses behind TRUSTED_PROXIES (rate limits and caps are keyed on them)."""
+    mint_limiter: KeyedRateLimiter
+    """``POST /v1/devices`` per client address."""
     registry: ConnectionRegistry | None = None
     stream_source: JetStreamSource | None = None
 
@@ -74,6 +84,8 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
     routes = load_routing_table(settings)
     upstream_urls = settings.upstream_urls()
     verifier = token_verifier(settings)
+    device_tokens = DeviceTokens(settings.device_token_secret or device_token_secret_for_this_process())
+    addresses = ClientAddresses(parse_networks(settings.trusted_proxies))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Gateway]]:
@@ -89,7 +101,7 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
             connections=connections,
             broker=broker,
             metrics=metrics,
-            upstream=UpstreamClient(settings.http_timeout_seconds, settings.upstream_max_connections),
+            upstream=UpstreamClient(settings.http_timeout_seconds, settings.upstream_max_connections, settings.internal_auth_token),
             proxy_limiter=KeyedRateLimiter(settings.rate_limit_rps, settings.rate_limit_burst),
             verifier=verifier,
             binary_relay=BinaryRelay(settings.binary_relay_url) if settings.binary_relay_url else None,
@@ -98,6 +110,9 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
                 if settings.tenant_rate_limit else None
             ),
             gateway_id=settings.gateway_id or f"gateway-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            device_tokens=device_tokens,
+            addresses=addresses,
+            mint_limiter=KeyedRateLimiter(settings.device_mint_rps, settings.device_mint_burst),
         )
         app.state.gateway = gateway
         if not settings.internal_auth_token:
@@ -154,7 +169,12 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
 
     @app.get("/metrics")
     async def metrics_endpoint(request: Request) -> Response:
+        """Prometheus text; only for the holder of INTERNAL_AUTH_TOKEN (``Authorization: Bearer`` or ``X-Internal-Token``)."""
         gateway: Gateway = request.app.state.gateway
+        check_internal_token(
+            settings.internal_auth_token,
+            request.headers.get("x-internal-token") or bearer_token(request.headers.get("authorization")),
+        )
         return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/readyz")
@@ -172,28 +192,43 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
         body["status"] = "ready" if ready else "degraded"
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.api_route("/v1/{rest:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+    @app.post("/v1/devices", status_code=201, response_model=DeviceCredential)
+    async def create_device(request: Request) -> dict[str, str]:
+        """A new device and its token (contract C1): keep the token, present it as ``?device_token=`` on
+        ``/ws`` and as ``X-Device-Token`` on ``/v1``. Rate-limited per client address."""
+        gateway: Gateway = request.app.state.gateway
+        client_host = client_address(gateway, request)
+        retry_after_s = gateway.mint_limiter.take(client_host, time.monotonic())
+        if retry_after_s:
+            gateway.metrics.rate_limited.labels("devices").inc()
+            raise RateLimited(
+                f"too many new devices from {client_host}; retry in {retry_after_s:.1f} s",
+                details={"retry_after_s": round(retry_after_s, 3)},
+                headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))},
+            )
+        device_id, device_token = gateway.device_tokens.mint()
+        return {"device_id": device_id, "device_token": device_token}
+
+    @app.api_route(
+        "/v1/{rest:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"], include_in_schema=False
+    )
     async def v1_proxy(request: Request):  # noqa: ANN202 - a streamed response
         gateway: Gateway = request.app.state.gateway
         raw_path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
         url = resolve_proxy(raw_path, upstream_urls)
         if url is None:
             raise NotFound(f"no service behind {request.url.path}")
-        if gateway.verifier is not None:
-            try:
-                identity = gateway.verifier.verify(bearer_token(request.headers.get("authorization")))
-            except AuthError as exc:
-                raise Unauthorized(exc.message, code=exc.code) from exc
-            if gateway.tenant_limiter is not None and identity.tenant_id is not None:
-                tenant_wait_s = await gateway.tenant_limiter.take(identity.tenant_id)
-                if tenant_wait_s:
-                    gateway.metrics.rate_limited.labels("tenant").inc()
-                    raise RateLimited(
-                        f"tenant {identity.tenant_id!r} is over its rate limit; retry in {tenant_wait_s:.1f} s",
-                        details={"retry_after_s": round(tenant_wait_s, 3)},
-                        headers={"Retry-After": str(max(1, math.ceil(tenant_wait_s)))},
-                    )
-        client_host = request.client.host if request.client else "unknown"
+        device_id, tenant_id = request_device(gateway, request)
+        if tenant_id is not None and gateway.tenant_limiter is not None:
+            tenant_wait_s = await gateway.tenant_limiter.take(tenant_id)
+            if tenant_wait_s:
+                gateway.metrics.rate_limited.labels("tenant").inc()
+                raise RateLimited(
+                    f"tenant {tenant_id!r} is over its rate limit; retry in {tenant_wait_s:.1f} s",
+                    details={"retry_after_s": round(tenant_wait_s, 3)},
+                    headers={"Retry-After": str(max(1, math.ceil(tenant_wait_s)))},
+                )
+        client_host = client_address(gateway, request)
         retry_after_s = gateway.proxy_limiter.take(client_host, time.monotonic())
         if retry_after_s:
             gateway.metrics.rate_limited.labels("proxy").inc()
@@ -202,10 +237,57 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
                 details={"retry_after_s": round(retry_after_s, 3)},
                 headers={"Retry-After": str(max(1, int(retry_after_s + 0.999)))},
             )
-        return await proxy(request, url, gateway.upstream)
+        return await proxy(request, url, gateway.upstream, device_id)
 
     mount_webapp(app)  # after every route above, so they keep precedence
     return InternalAPIFastPath(app, settings.internal_auth_token)
+
+
+class DeviceCredential(BaseModel):
+    device_id: str
+    device_token: str
+
+
+def request_jwt(request: Request) -> str | None:
+    return bearer_token(request.headers.get("authorization")) or request.query_params.get("token")
+
+
+def request_device(gateway: Gateway, request: Request) -> tuple[str | None, str | None]:
+    """The device a ``/v1`` request acts for (contract C1) or None without a credential, and its tenant.
+
+    With AUTH_REQUIRED the JWT (``Authorization: Bearer`` or ``?token=``) names it; else the device token
+    (``X-Device-Token`` or ``?device_token=``); with ALLOW_INSECURE_DEVICE_IDS alone, the client's own
+    ``X-Device-Id``. A credential that does not verify is a 401.
+    """
+    if gateway.verifier is not None:
+        try:
+            identity = gateway.verifier.verify(request_jwt(request))
+        except AuthError as exc:
+            raise Unauthorized(exc.message, code=exc.code) from exc
+        return identity.device_id, identity.tenant_id
+    token = request.headers.get("x-device-token") or request.query_params.get("device_token")
+    if token is not None:
+        try:
+            return gateway.device_tokens.verify(token), None
+        except AuthError as exc:
+            raise Unauthorized(exc.message, code=exc.code) from exc
+    if gateway.settings.allow_insecure_device_ids:
+        return request.headers.get("x-device-id") or None, None
+    return None, None
+
+
+def client_address(gateway: Gateway, request: Request) -> str:
+    peer = request.client.host if request.client else "unknown"
+    return gateway.addresses.resolve(peer, request.headers.get("x-forwarded-for"))
+
+
+def device_token_secret_for_this_process() -> str:
+    """DEVICE_TOKEN_SECRET unset: a random secret, so device tokens last as long as this process."""
+    logger.warning(
+        "DEVICE_TOKEN_SECRET is empty: device tokens are signed with a random per-process secret and stop "
+        "working when the gateway restarts (sonalyze serve keeps one in <data-dir>/device_token_secret)"
+    )
+    return secrets.token_urlsafe(32)
 
 
 def token_verifier(settings: GatewaySettings) -> TokenVerifier | None:

@@ -247,7 +247,15 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
         ws = self.ws
         target = urlsplit(request.path)
         stream_channel = self.gateway.settings.stream_channel
+        query = parse_qs(target.query)
+        verifier = self.gateway.verifier
         if target.path == STREAM_PATH and stream_channel:
+            if verifier is not None:  # AUTH_REQUIRED holds for the stream too
+                try:
+                    verifier.verify(query.get("token", [None])[0] or bearer_token(request.headers.get("Authorization")))
+                except AuthError as exc:
+                    self._refuse(401, exc.code, exc.message)
+                    return
             self._accept(request, None)
             if self.open:
                 self._flush()  # the 101 response before the retained frame
@@ -256,14 +264,30 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
         if target.path != WS_PATH:
             ws.send_response(ws.reject(404, f"no WebSocket endpoint at {target.path}; use {WS_PATH}\n"))
             return
-        query = parse_qs(target.query)
         device_id = query.get("device_id", [None])[0]
         if device_id is not None and (problem := device_id_problem(device_id)) is not None:
             ws.send_response(ws.reject(400, problem + "\n"))
             return
         tenant_id = expires_at_s = None
-        verifier = self.gateway.verifier
-        if verifier is not None:
+        if verifier is None:
+            device_token = query.get("device_token", [None])[0]
+            if device_token is not None:
+                try:
+                    proven = self.gateway.device_tokens.verify(device_token)
+                except AuthError as exc:
+                    self._refuse(401, exc.code, exc.message)
+                    return
+                if device_id is not None and device_id != proven:
+                    self._refuse(403, "device_mismatch", f"the device token is for another device than {device_id!r}")
+                    return
+                device_id = proven
+            elif device_id is not None and not self.gateway.settings.allow_insecure_device_ids:
+                self._refuse(
+                    401, "device_token_required",
+                    "?device_id= needs ?device_token= (connect to /ws and send identify {} to get one)",
+                )
+                return
+        else:
             try:
                 identity = verifier.verify(query.get("token", [None])[0] or bearer_token(request.headers.get("Authorization")))
             except AuthError as exc:
@@ -293,6 +317,8 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
             settings.max_message_bytes,
             device_id,
             tenant_id,
+            gateway.device_tokens,
+            settings.allow_insecure_device_ids,
         )
         gateway.connections.add(self)
         if device_id is not None:

@@ -1,0 +1,471 @@
+"""Checks of a sweep recording before its impulse response is trusted; repeated sweeps.
+
+* **Clock** (what REW's timing reference is for; see docs/acoustics.md): an exponential sweep maps time
+  to frequency (f₁·(f₂/f₁)^(t/T), Farina 2000), so deconvolving the recording in octave bands (700 Hz up
+  to the sweep's end, Hann-weighted) gives one arrival per band, at the time the sweep passed it. A
+  recording whose clock runs at ρ times the sweep's stretches the sweep: the bands' first arrivals come
+  at lags c + (ρ − 1)·t₀(f) after the reference's, t₀(f) = T·ln(f/f₁)/ln(f₂/f₁), so the robust
+  (Theil–Sen) slope of lag against t₀ is ρ − 1 (within ±40 ppm in the phone-chain tests). Offsets up to
+  `MAX_CORRECTED_PPM` are corrected by resampling; beyond, the recording is refused
+  (``sample_rate_mismatch``: a 44.1 kHz recording labelled 48 kHz is 8.1 % slow).
+* **Impulsive noise** (Farina 2007, "Advancements in impulse response measurements by sine sweeps",
+  AES 122nd Convention: an impulse during a sweep spreads over the deconvolved response as a
+  time-reversed sweep): the recording minus the sweep convolved with the estimated response, in
+  10 ms frames; a frame `IMPULSE_EXCESS_DB` above the running median of that residual (over 1 s) is an
+  impulse (door slam, cough, knock) → ``impulsive_noise``.
+* **Repeated sweeps** (Farina's "synchronous average", Aurora): the repetitions' responses lie one period
+  (sweep + silence after) apart; each is aligned on the first to a fraction of a sample, a repetition with
+  an impulse (above) or that disagrees with the median of three or more is rejected, the rest averaged
+  (+10·lg M dB of SNR).
+* **Truncation** (ISO 3382-1 §5.3.3: the decay must be recorded until it meets the background noise):
+  per octave band, a response still falling by more than `STILL_DECAYING_DB` over its last 30 % did not
+  reach its noise floor; the energy it misses is extrapolated (exponential tail, as Lundeby et al. 1995
+  compensate theirs) and each parameter whose value that missing energy can move by more than about a
+  JND is refused with ``truncated_recording``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+from scipy import fft as sp_fft
+from scipy import ndimage, signal, stats
+
+from sonalyze.acoustics.bands import OCTAVE_BANDS_HZ, band_available, octave_band_edges_hz
+from sonalyze.acoustics.deconvolution import (
+    STARTS_AFTER_SWEEP,
+    deconvolve_recording,
+    ir_window,
+    starts_after_sweep,
+    strongest_peak,
+)
+from sonalyze.acoustics.sweep import SweepParams, inverse_spectrum, sweep_samples
+
+#: Clock offsets up to this are corrected by resampling, beyond it the recording is refused, ppm.
+MAX_CORRECTED_PPM = 2000.0
+#: Smaller estimated offsets are left alone (below the estimate's own uncertainty), ppm.
+MIN_CORRECTED_PPM = 10.0
+#: Lowest band centre used for the clock (a phone loudspeaker's resonance and high-pass bend the phase below).
+CLOCK_LOWEST_HZ = 700.0
+#: A band impulse must stand this far above the band's median to be used for the clock, dB.
+CLOCK_MIN_PEAK_DB = 20.0
+CLOCK_MIN_BANDS = 4
+#: Residual frames and the running-median span they are compared with, s.
+RESIDUAL_FRAME_S = 0.01
+RESIDUAL_MEDIAN_S = 1.0
+#: A residual frame this far above the running median of the residual is an impulse, dB.
+IMPULSE_EXCESS_DB = 15.0
+#: Repetitions (of 3 or more) whose difference from the median response exceeds this many times the
+#: median difference, and −30 dB of the response, are rejected.
+DISAGREEMENT_RATIO = 4.0
+DISAGREEMENT_FLOOR_DB = -30.0
+#: Analysed part of the responses compared between repetitions, s.
+AGREEMENT_S = 0.5
+#: Over the last `TAIL_FRACTION` of the response, a fall of more than this means the decay is still going.
+TAIL_FRACTION = 0.3
+STILL_DECAYING_DB = 3.0
+BLOCK_S = 0.01
+#: Largest missing-energy share (dB re the total) each parameter tolerates: the evaluation range's end
+#: −15 dB for the decay times (as ISO 3382-1's dynamic-range rule), ≈ 1 % for the energy ratios
+#: (≤ 0.05 in D50, a fraction of a dB in C), less for Ts, whose integrand grows with time.
+MISSING_ENERGY_LIMIT_DB = {
+    "edt_s": -25.0,
+    "t20_s": -40.0,
+    "t30_s": -50.0,
+    "c50_db": -20.0,
+    "c80_db": -20.0,
+    "d50": -20.0,
+    "drr_db": -20.0,
+    "centre_time_s": -25.0,
+    "sti": -20.0,
+}
+TRUNCATED = "truncated_recording"
+BROADBAND = "broadband"
+STANDARD_RATES_HZ = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
+
+
+class RecordingRefused(ValueError):
+    """A whole recording that must not be analysed: ``code`` (``sample_rate_mismatch``,
+    ``impulsive_noise``), a message for people, and the ``recording`` section found so far."""
+
+    def __init__(self, code: str, message: str, recording: dict[str, Any]):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.recording = recording
+
+
+@dataclass
+class RecordingCheck:
+    """The averaged impulse response and what the checks found (see `check_recording`)."""
+
+    ir: np.ndarray
+    clock_offset_ppm: float | None
+    requested: int
+    used: list[int]
+    rejected: list[int]
+    peak_to_noise_db: dict[str, float | None]
+    #: metric name → {band key: reason} of the values the recording cannot support
+    refused: dict[str, dict[str, str]] = field(default_factory=dict)
+    refusals: list[dict[str, str]] = field(default_factory=list)
+
+    def section(self, *, flags: list[str] | None = None, capture: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The report's ``recording`` object (contract C3)."""
+        keys = [str(b) for b in OCTAVE_BANDS_HZ]
+        return {
+            "clock_offset_ppm": _round(self.clock_offset_ppm, 1),
+            "sweeps": {"requested": self.requested, "used": len(self.used), "rejected": list(self.rejected)},
+            "peak_to_noise_db": {
+                "bands": [_round(self.peak_to_noise_db.get(k), 2) for k in keys],
+                "broadband": _round(self.peak_to_noise_db.get(BROADBAND), 2),
+            },
+            "flags": list(flags or []),
+            "capture": capture,
+            "refusals": list(self.refusals),
+        }
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), digits)
+
+
+def empty_section(requested: int, clock_offset_ppm: float | None = None) -> dict[str, Any]:
+    """A ``recording`` section for a recording refused before its response was known."""
+    return RecordingCheck(np.zeros(0), clock_offset_ppm, requested, [], [], {}).section()
+
+
+# -- clock ---------------------------------------------------------------------------------------
+
+
+def _clock_bands_hz(params: SweepParams) -> list[tuple[float, float]]:
+    """Octave bands from `CLOCK_LOWEST_HZ` up to half an octave below the sweep's end."""
+    top_hz = min(params.f_end_hz, 0.45 * params.fs_hz) / 2**0.5
+    bands, low_hz = [], CLOCK_LOWEST_HZ / 2**0.5
+    while low_hz * 2 <= top_hz:
+        bands.append((low_hz, low_hz * 2))
+        low_hz *= 2**0.5
+    return bands
+
+
+def estimate_clock_ppm(x: np.ndarray, params: SweepParams) -> float | None:
+    """How fast the recording's clock runs against the sweep's, ppm (+: more samples per sweep second).
+
+    Band-wise deconvolution (module docstring, Hann-weighted octave bands): the lag of each band's first
+    arrival (the first envelope maximum after the envelope comes within 20 dB of the band's strongest
+    impulse, as ISO 3382-1 A.2.1 finds an onset — the direct sound, not the band's loudest reflection)
+    against the time t₀ the sweep passed the band centre; the robust
+    (Theil–Sen) slope is ρ − 1. None when fewer than `CLOCK_MIN_BANDS` bands hold a clear impulse.
+    """
+    fs_hz = params.fs_hz
+    n_sweep = params.sweep_length_samples
+    if x.size < n_sweep:
+        return None
+    n_fft = sp_fft.next_fast_len(x.size + n_sweep - 1, real=True)
+    spectrum = sp_fft.rfft(x, n_fft) * inverse_spectrum(params, n_fft)
+    bin_hz = fs_hz / n_fft
+    log_ratio = math.log(params.f_end_hz / params.f_start_hz)
+    t0_samples, lags = [], []
+    for low_hz, high_hz in _clock_bands_hz(params):
+        k0, k1 = int(low_hz / bin_hz), int(high_hz / bin_hz) + 1
+        m = sp_fft.next_fast_len(8 * (k1 - k0))
+        weights = np.hanning(k1 - k0 + 2)[1:-1]  # no sidelobes: the −20 dB point is the direct sound's
+        envelope = np.abs(sp_fft.ifft(spectrum[k0:k1] * weights, m)) ** 2  # baseband, n_fft/m samples a step
+        step = n_fft / m
+        valid = envelope[: int(x.size / step)]
+        if valid.size < 8:
+            continue
+        top = float(valid.max())
+        if top < np.median(valid) * 10 ** (CLOCK_MIN_PEAK_DB / 10):
+            continue
+        first = int(np.argmax(valid >= 0.1 * top))  # the first repetition's impulse, not a later one's
+        span = max(3, int(0.05 * fs_hz / step))
+        local = valid[max(0, first - span) : first + span]
+        i = max(0, first - span) + int(np.argmax(local >= 0.01 * float(local.max())))
+        while i + 1 < valid.size and valid[i + 1] > valid[i]:  # the first arrival's own maximum
+            i += 1
+        offset = 0.0
+        if 0 < i < valid.size - 1:
+            a, b, c = np.log(valid[i - 1 : i + 2])
+            denominator = a - 2 * b + c
+            offset = 0.5 * (a - c) / denominator if denominator < 0 else 0.0
+        lags.append((i + offset) * step)
+        t0_samples.append(params.duration_s * math.log(math.sqrt(low_hz * high_hz) / params.f_start_hz) / log_ratio * fs_hz)
+    if len(lags) < CLOCK_MIN_BANDS:
+        return None
+    slope = stats.theilslopes(lags, t0_samples).slope
+    return float(slope * 1e6)
+
+
+def correct_clock(x: np.ndarray, ppm: float) -> np.ndarray:
+    """Resample a recording whose clock runs ``ppm`` fast so that it runs at the sweep's rate
+    (polyphase, ratio approximated within 0.1 ppm)."""
+    ratio = Fraction(1.0 / (1.0 + ppm * 1e-6)).limit_denominator(4000)
+    return signal.resample_poly(x, ratio.numerator, ratio.denominator)
+
+
+def _mismatch_message(ppm: float, declared_fs_hz: float) -> str:
+    true_hz = declared_fs_hz * (1.0 + ppm * 1e-6)
+    message = (
+        f"the recording's clock differs from the sweep's by {ppm / 1e4:+.2f} % ({ppm:+.0f} ppm), beyond the "
+        f"±{MAX_CORRECTED_PPM:.0f} ppm that can be corrected"
+    )
+    guess = min(STANDARD_RATES_HZ, key=lambda rate: abs(rate / true_hz - 1.0))
+    if abs(guess / true_hz - 1.0) < 0.015 and guess != declared_fs_hz:
+        message += f": this looks like {guess} Hz audio labelled {declared_fs_hz:.0f} Hz"
+    return message + "; record again and send the file at the rate it was recorded"
+
+
+# -- impulsive noise -------------------------------------------------------------------------------
+
+
+def impulse_excess_db(x: np.ndarray, h: np.ndarray, start: int, params: SweepParams) -> float:
+    """Largest excess (dB) of a 10 ms frame of the residual x − sweep ⊛ h over the residual's running
+    median, during the sweep that begins at ``start`` (the lag of ``h[0]``), fades excluded."""
+    fs_hz = params.fs_hz
+    n_sweep = params.sweep_length_samples
+    predicted = signal.fftconvolve(sweep_samples(params), h)[:n_sweep]
+    residual = x[start : start + n_sweep] - predicted[: max(0, min(n_sweep, x.size - start))]
+    fade = int(round(params.fade_s * fs_hz))
+    residual = residual[fade : residual.size - fade]
+    frame = max(1, int(RESIDUAL_FRAME_S * fs_hz))
+    n_frames = residual.size // frame
+    if n_frames < 5:
+        return 0.0
+    power = np.mean(residual[: n_frames * frame].reshape(n_frames, frame) ** 2, axis=1)
+    level_db = 10.0 * np.log10(power + 1e-30)
+    width = max(3, int(RESIDUAL_MEDIAN_S / RESIDUAL_FRAME_S) | 1)
+    baseline_db = ndimage.median_filter(level_db, size=width, mode="nearest")
+    return float(np.max(level_db - baseline_db))
+
+
+# -- repetitions ------------------------------------------------------------------------------------
+
+
+def _fractional_lag(reference: np.ndarray, other: np.ndarray) -> float:
+    """Lag (samples, sub-sample by parabolic interpolation) of ``other`` behind ``reference``."""
+    n = sp_fft.next_fast_len(2 * reference.size, real=True)
+    corr = sp_fft.irfft(sp_fft.rfft(other, n) * np.conj(sp_fft.rfft(reference, n)), n)
+    corr = np.concatenate((corr[-reference.size :], corr[: reference.size]))
+    i = int(np.argmax(corr))
+    offset = 0.0
+    if 0 < i < corr.size - 1:
+        a, b, c = corr[i - 1 : i + 2]
+        denominator = a - 2 * b + c
+        offset = 0.5 * (a - c) / denominator if denominator < 0 else 0.0
+    return i + offset - reference.size
+
+
+def _shift(h: np.ndarray, lag: float) -> np.ndarray:
+    """``h`` advanced by ``lag`` samples (FFT phase ramp on a zero-padded copy)."""
+    n = sp_fft.next_fast_len(h.size + int(abs(lag)) + 64, real=True)
+    f = sp_fft.rfftfreq(n)
+    return sp_fft.irfft(sp_fft.rfft(h, n) * np.exp(2j * np.pi * f * lag), n)[: h.size]
+
+
+def _first_repetition(energy: np.ndarray, strongest: int, period: int, count: int, search: int) -> int:
+    """Lag of the first repetition's impulse: among the strongest impulses (one of them may be an
+    impulsive noise's, not a repetition's), the one whose series a period apart is the loudest (median)."""
+    peaks, _ = signal.find_peaks(energy, distance=max(1, period // 4))
+    candidates = {strongest, *peaks[np.argsort(energy[peaks])[::-1][: 2 * count + 2]].tolist()}
+    best, best_level = strongest, -1.0
+    for candidate in candidates:
+        for rank in range(count):
+            first = candidate - rank * period
+            if first - search < 0:
+                continue
+            levels = [
+                float(energy[p - search : p + search + 1].max()) if p + search < energy.size else 0.0
+                for p in (first + k * period for k in range(count))
+            ]
+            level = float(np.median(levels))
+            if level > best_level:
+                best, best_level = first - search + int(np.argmax(energy[first - search : first + search + 1])), level
+    return best
+
+
+# -- truncation -------------------------------------------------------------------------------------
+
+
+def _band_signals(ir: np.ndarray, fs_hz: float) -> dict[str, np.ndarray]:
+    """Octave-band parts of ``ir`` by an FFT-domain mask (levels only; the report's filter bank gives
+    the metrics), and the broadband IR."""
+    n = sp_fft.next_fast_len(ir.size, real=True)
+    spectrum = sp_fft.rfft(ir, n)
+    f_hz = sp_fft.rfftfreq(n, 1.0 / fs_hz)
+    out = {}
+    for band in OCTAVE_BANDS_HZ:
+        if band_available(band, fs_hz):
+            low_hz, high_hz = octave_band_edges_hz(band)
+            out[str(band)] = sp_fft.irfft(spectrum * ((f_hz >= low_hz) & (f_hz < high_hz)), n)[: ir.size]
+    out[BROADBAND] = ir
+    return out
+
+
+@dataclass(frozen=True)
+class TailCheck:
+    peak_to_noise_db: float
+    still_decaying: bool
+    missing_db: float
+    """Energy after the response's end (extrapolated) re the total, dB; −∞ when the decay ended."""
+
+
+def tail_check(h: np.ndarray, fs_hz: float) -> TailCheck:
+    """Peak (10 ms) over the level of the response's last 10 %, and whether its decay is still going at
+    the end (module docstring) with the share of energy it misses."""
+    block = max(1, int(BLOCK_S * fs_hz))
+    n_blocks = h.size // block
+    power = np.mean(h[: n_blocks * block].reshape(n_blocks, block) ** 2, axis=1) + 1e-300
+    level_db = 10.0 * np.log10(power)
+    end_power = float(np.mean(power[int(n_blocks * 0.9) :]))
+    peak_to_noise_db = 10.0 * math.log10(float(power.max()) / end_power)
+    n_tail = max(3, int(n_blocks * TAIL_FRACTION))
+    t_s = (np.arange(n_blocks - n_tail, n_blocks) + 0.5) * block / fs_hz
+    slope_db_s, intercept_db = np.polyfit(t_s, level_db[-n_tail:], 1)
+    fall_db = -slope_db_s * (t_s[-1] - t_s[0])
+    if fall_db <= STILL_DECAYING_DB:
+        return TailCheck(peak_to_noise_db, False, -math.inf)
+    end_level = 10.0 ** ((intercept_db + slope_db_s * h.size / fs_hz) / 10.0)  # power per sample
+    missing = end_level * fs_hz * 10.0 / (math.log(10.0) * -slope_db_s)  # ∫ of the exponential tail, in Σh²
+    total = float(np.sum(h**2)) + missing
+    return TailCheck(peak_to_noise_db, True, 10.0 * math.log10(missing / total))
+
+
+# -- the whole check --------------------------------------------------------------------------------
+
+
+def check_recording(
+    x: np.ndarray,
+    params: SweepParams,
+    *,
+    ir_length_s: float | None = None,
+    declared_fs_hz: float | None = None,
+) -> RecordingCheck:
+    """Clock, repetitions, impulsive noise and truncation of a 1-D recording of ``params``' sweep(s).
+
+    Returns the (averaged) impulse response and the findings; raises `RecordingRefused` for a clock
+    beyond `MAX_CORRECTED_PPM` or when every repetition holds an impulse, and ValueError (from the
+    deconvolution) when no sweep is found or the recording is cut inside the sweep.
+    """
+    params.validate()
+    requested = int(params.sweep_count)
+    ppm = estimate_clock_ppm(x, params)
+    if ppm is not None and abs(ppm) > MAX_CORRECTED_PPM:
+        message = _mismatch_message(ppm, declared_fs_hz or params.fs_hz)
+        raise RecordingRefused("sample_rate_mismatch", message, empty_section(requested, ppm))
+    if ppm is not None and abs(ppm) >= MIN_CORRECTED_PPM:
+        x = correct_clock(x, ppm)
+    h_all = deconvolve_recording(x, params)
+    peak = strongest_peak(h_all, x.size, params, check_start=False)  # an impulse is told first
+    period = params.period_samples
+    if requested > 1:
+        peak = _first_repetition(h_all[: x.size] ** 2, peak, period, requested, int(0.005 * params.fs_hz))
+    start, n_ir = ir_window(h_all, x.size, params, peak, ir_length_s)
+    starts = [start + k * period for k in range(requested)]
+    starts = [s for s in starts if s + params.sweep_length_samples + n_ir <= x.size]  # repetitions held whole
+    irs = [h_all[s : s + n_ir] for s in starts]
+    compare = min(n_ir, int(AGREEMENT_S * params.fs_hz))
+    for k in range(1, len(irs)):
+        irs[k] = _shift(irs[k], _fractional_lag(irs[0][:compare], irs[k][:compare]))
+    rejected = [k for k, (s, h) in enumerate(zip(starts, irs)) if impulse_excess_db(x, h, s, params) > IMPULSE_EXCESS_DB]
+    kept = [k for k in range(len(irs)) if k not in rejected]
+    if len(kept) >= 3:
+        stack = np.stack([irs[k][:compare] for k in kept])
+        median = np.median(stack, axis=0)
+        reference = float(np.sum(median**2))
+        differences = np.sum((stack - median) ** 2, axis=1)
+        typical = float(np.median(differences))
+        for k, difference in zip(list(kept), differences):
+            if difference > DISAGREEMENT_RATIO * typical and difference > reference * 10 ** (DISAGREEMENT_FLOOR_DB / 10):
+                rejected.append(k)
+                kept.remove(k)
+    rejected.sort()
+    if not kept:
+        message = (
+            "an impulsive noise (a knock, a door, a cough) happened during the sweep"
+            + (" in every repetition" if requested > 1 else "")
+            + ": it would spread over the whole impulse response; record again in quiet"
+        )
+        section = empty_section(requested, ppm)
+        section["sweeps"]["rejected"] = rejected
+        raise RecordingRefused("impulsive_noise", message, section)
+    if starts_after_sweep(h_all, x.size, peak):
+        raise ValueError(STARTS_AFTER_SWEEP)
+    ir = np.mean([irs[k] for k in kept], axis=0)
+    check = RecordingCheck(ir, ppm, requested, kept, rejected, {})
+    _truncation(check, params.fs_hz)
+    return check
+
+
+def _truncation(check: RecordingCheck, fs_hz: float) -> None:
+    """Fill ``peak_to_noise_db`` and the ``truncated_recording`` refusals of ``check``."""
+    cut: dict[str, float] = {}
+    for key, h in _band_signals(check.ir, fs_hz).items():
+        tail = tail_check(h, fs_hz)
+        check.peak_to_noise_db[key] = tail.peak_to_noise_db
+        if tail.still_decaying:
+            cut[key] = tail.missing_db
+    refused_names = []
+    for name, limit_db in MISSING_ENERGY_LIMIT_DB.items():
+        keys = {key: missing for key, missing in cut.items() if missing > limit_db}
+        if keys:
+            refused_names.append(name)
+            check.refused[name] = {
+                key: (
+                    f"the recording ends {check.ir.size / fs_hz:.2f} s after the onset, before the decay reaches "
+                    f"its noise floor: {-missing:.0f} dB of the energy is missing, {name} needs more than "
+                    f"{-limit_db:.0f} dB"
+                )
+                for key, missing in keys.items()
+            }
+    if refused_names:
+        bands = sorted({key for name in refused_names for key in check.refused[name]}, key=_band_order)
+        check.refusals.append(
+            {
+                "code": TRUNCATED,
+                "message": (
+                    f"the recording ends before the decay reaches its noise floor ({', '.join(bands)}): "
+                    f"{', '.join(refused_names)} refused where the missing tail would change them; leave more "
+                    "silence after the sweep and keep recording until the sound has died away"
+                ),
+            }
+        )
+
+
+def _band_order(key: str) -> int:
+    return int(key) if key.isdigit() else 10**6
+
+
+def _null(metric: dict[str, Any], key: str, reason: str) -> None:
+    """Null ``metric``'s value at ``key`` (a band or ``broadband``) with ``reason``, code
+    ``truncated_recording``; a value already null keeps its own reason."""
+    if key == BROADBAND:
+        if metric["broadband"] is None:
+            return
+        metric["broadband"] = None
+    else:
+        index = [str(b) for b in OCTAVE_BANDS_HZ].index(key)
+        if metric["bands"][index] is None:
+            return
+        metric["bands"][index] = None
+    metric["reasons"][key] = reason
+    metric.setdefault("codes", {})[key] = TRUNCATED
+
+
+def apply_refusals(report: dict[str, Any], check: RecordingCheck) -> None:
+    """Null, with reason and code ``truncated_recording``, every value of ``report`` that ``check``
+    refused (metric objects per band key, the curvature with T20/T30, ``sti`` as a whole)."""
+    for name, keys in check.refused.items():
+        if name == "sti":
+            sti = report.get("sti")
+            if sti is not None and sti.get("value") is not None:
+                sti.update(value=None, rating=None, reason=next(iter(keys.values())), code=TRUNCATED)
+            continue
+        for key, reason in keys.items():
+            if name in report:
+                _null(report[name], key, reason)
+            if name in ("t20_s", "t30_s") and "curvature_percent" in report:
+                _null(report["curvature_percent"], key, "needs valid T20 and T30")
