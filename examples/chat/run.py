@@ -41,7 +41,10 @@ def start(redis_url: str, prefix: str | None = None, instances: int = 2) -> Chat
         "routes": [{"events": ["chat.*"], "upstream": chat.url}],
         "channels": [{"channels": ["room:*"], "authorize": chat.url}],
     }
-    env = {"BROKER_URL": redis_url, "GATEWAY_BROKER_PREFIX": prefix, "INTERNAL_AUTH_TOKEN": token, "GATEWAY_ROUTES": json.dumps(routes)}
+    env = {
+        "BROKER_URL": redis_url, "GATEWAY_BROKER_PREFIX": prefix, "INTERNAL_AUTH_TOKEN": token, "GATEWAY_ROUTES": json.dumps(routes),
+        "ALLOW_INSECURE_DEVICE_IDS": "true",  # a local example: users connect as ?device_id=alice (no device tokens)
+    }
     gateways = [gateway(f"gateway-{n + 1}", env, port) for n, port in enumerate(gateway_ports)]
     started: list[Process] = []
     try:

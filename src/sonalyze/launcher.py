@@ -46,6 +46,20 @@ class _Child:
         return f"http://{host}:{self.port}"
 
 
+def device_token_secret(data_dir: Path) -> str:
+    """The gateway's DEVICE_TOKEN_SECRET, generated once into ``<data-dir>/device_token_secret`` (0600), so
+    device credentials survive restarts."""
+    path = data_dir / "device_token_secret"
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(32)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secret + "\n")
+    return secret
+
+
 def service_environment(
     names: Sequence[str], *, data_dir: Path, ports: dict[str, int], token: str, base_env: dict[str, str]
 ) -> dict[str, dict[str, str]]:
@@ -127,6 +141,8 @@ def run_services(
     base_env = {key: value for key, value in os.environ.items() if key not in TLS_ENVIRONMENT}
     wiring_ports = {**ports, "gateway": internal_port} if internal_port is not None else ports
     envs = service_environment(names, data_dir=data_dir, ports=wiring_ports, token=token, base_env=base_env)
+    if "gateway" in envs and not envs["gateway"].get("DEVICE_TOKEN_SECRET"):
+        envs["gateway"]["DEVICE_TOKEN_SECRET"] = device_token_secret(data_dir)
     children: list[_Child] = []
     stop_requested = False
 

@@ -33,6 +33,10 @@ def _upstream() -> FastAPI:
     install_error_handlers(app)
     app.include_router(handlers.router())
 
+    @app.get("/v1/jobs/whoami")
+    async def whoami(request: Request) -> dict:
+        return {"device_id": request.headers.get("x-device-id")}
+
     @app.post("/v1/jobs/{job_id}/uploads/{name}", status_code=201)
     async def upload(job_id: str, name: str, request: Request) -> dict:
         size = 0
@@ -51,7 +55,10 @@ def upstream():
 
 @pytest.fixture
 def gateway(upstream):
-    env = {"LOBBY_URL": upstream.url, "MEASUREMENT_URL": upstream.url, "INTERNAL_AUTH_TOKEN": TOKEN, "RATE_LIMIT_RPS": "1000", "RATE_LIMIT_BURST": "1000"}
+    env = {
+        "LOBBY_URL": upstream.url, "MEASUREMENT_URL": upstream.url, "INTERNAL_AUTH_TOKEN": TOKEN, "RATE_LIMIT_RPS": "1000",
+        "RATE_LIMIT_BURST": "1000", "DEVICE_TOKEN_SECRET": "client-test-device-secret",
+    }
     with ServiceProcess("gateway", env=env) as process:
         yield process
 
@@ -67,8 +74,10 @@ def _broadcast(gateway_url: str, device_id: str, data: dict) -> int:
 
 
 async def test_requests_errors_and_pushed_events(gateway):
-    async with SonalyzeClient(gateway.url, "phone-1") as client:
-        assert await client.request("lobby.echo", {"n": 1}) == {"echo": {"n": 1}, "device_id": "phone-1"}
+    async with SonalyzeClient(gateway.url) as client:
+        phone = client.device_id  # issued by the gateway (identify {})
+        assert phone is not None and client.device_token is not None
+        assert await client.request("lobby.echo", {"n": 1}) == {"echo": {"n": 1}, "device_id": phone}
 
         with pytest.raises(GatewayError) as refused:
             await client.request("lobby.refuse")
@@ -77,8 +86,8 @@ async def test_requests_errors_and_pushed_events(gateway):
             await client.request("nobody.handles_this")
         assert unknown.value.code == "unknown_event"
 
-        assert await asyncio.to_thread(_broadcast, gateway.url, "phone-1", {"type": "first"}) == 1
-        assert await asyncio.to_thread(_broadcast, gateway.url, "phone-1", {"type": "second"}) == 1
+        assert await asyncio.to_thread(_broadcast, gateway.url, phone, {"type": "first"}) == 1
+        assert await asyncio.to_thread(_broadcast, gateway.url, phone, {"type": "second"}) == 1
         second = await client.next_event("lobby.updated", where=lambda e: e.data["type"] == "second")
         first = await client.next_event("lobby.updated")
         assert (first.data, second.data) == ({"type": "first"}, {"type": "second"})
@@ -86,7 +95,7 @@ async def test_requests_errors_and_pushed_events(gateway):
 
 
 async def test_concurrent_requests_are_matched_by_request_id(gateway):
-    async with SonalyzeClient(gateway.url, "phone-2") as client:
+    async with SonalyzeClient(gateway.url) as client:
         slow = asyncio.create_task(client.request("lobby.echo", {"delay_s": 0.5, "which": "slow"}))
         fast = await client.request("lobby.echo", {"which": "fast"})
         assert fast["echo"]["which"] == "fast" and not slow.done()
@@ -94,7 +103,8 @@ async def test_concurrent_requests_are_matched_by_request_id(gateway):
 
 
 async def test_reconnects_with_backoff_after_the_gateway_restarts(gateway):
-    async with SonalyzeClient(gateway.url, "phone-3", backoff_initial_s=0.05, backoff_max_s=0.5) as client:
+    async with SonalyzeClient(gateway.url, backoff_initial_s=0.05, backoff_max_s=0.5) as client:
+        phone = client.device_id
         in_flight = asyncio.create_task(client.request("lobby.echo", {"delay_s": 30}))
         await asyncio.sleep(0.3)
         await asyncio.to_thread(gateway.kill)
@@ -103,15 +113,36 @@ async def test_reconnects_with_backoff_after_the_gateway_restarts(gateway):
         await asyncio.to_thread(gateway.start)
         await client.wait_connected(timeout_s=30)
         assert client.reconnects >= 1
-        assert (await client.request("lobby.echo", {"after": "restart"}))["echo"] == {"after": "restart"}
-        assert await asyncio.to_thread(_broadcast, gateway.url, "phone-3", {"type": "after_restart"}) == 1
+        # the same device token is accepted by the restarted gateway (same DEVICE_TOKEN_SECRET)
+        assert await client.request("lobby.echo", {"after": "restart"}) == {"echo": {"after": "restart"}, "device_id": phone}
+        assert await asyncio.to_thread(_broadcast, gateway.url, phone, {"type": "after_restart"}) == 1
         assert (await client.next_event("lobby.updated")).data == {"type": "after_restart"}
 
 
 async def test_upload_through_the_proxy_streams_a_file(gateway, tmp_path: Path):
     recording = tmp_path / "take.wav"
     recording.write_bytes(b"\x01" * 300_000)
-    async with SonalyzeClient(gateway.url, "phone-4") as client:
+    async with SonalyzeClient(gateway.url) as client:
         answer = await client.upload("job-1", "mic-1.wav", recording)
         assert answer == {"job_id": "job-1", "name": "mic-1.wav", "size_bytes": 300_000}
         assert (await client.upload("job-1", "small.wav", b"abc"))["size_bytes"] == 3
+
+
+async def test_credentials_are_kept_in_a_file_and_reused(gateway, tmp_path: Path):
+    path = tmp_path / "creds" / "phone.json"
+    async with SonalyzeClient(gateway.url, credentials_path=path) as first:
+        issued = (first.device_id, first.device_token)
+    assert path.stat().st_mode & 0o777 == 0o600
+    async with SonalyzeClient(gateway.url, credentials_path=path) as again:
+        assert (again.device_id, again.device_token) == issued  # no new device
+        assert (await again.request("lobby.echo"))["device_id"] == issued[0]
+    async with SonalyzeClient(gateway.url, device_token=issued[1]) as by_token:
+        assert by_token.device_id == issued[0]  # learned from the gateway
+
+
+async def test_http_calls_carry_the_device_token(gateway):
+    async with SonalyzeClient(gateway.url) as client:
+        answer = await client.http("GET", "/v1/jobs/whoami")
+        assert answer.json() == {"device_id": client.device_id}
+    anonymous = httpx.get(gateway.url + "/v1/jobs/whoami", headers={"X-Device-Id": "someone-else"})
+    assert anonymous.json() == {"device_id": None}  # a client's own X-Device-Id never passes

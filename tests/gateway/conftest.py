@@ -66,6 +66,7 @@ def gateway_settings(upstreams: dict[str, ThreadedServer], **overrides: Any) -> 
         "internal_auth_token": TOKEN,
         "rate_limit_rps": 10_000.0,
         "rate_limit_burst": 10_000,
+        "allow_insecure_device_ids": True,  # identity is not under test here (tests/gateway/test_device_identity.py)
         **overrides,
     }
     return GatewaySettings(**values)

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as redis
 from websockets.asyncio.client import connect
 
-from tests.gateway.conftest import gateway_settings, start_gateway
+from tests.gateway.conftest import TOKEN, gateway_settings, start_gateway
 from tests.support import infra
 
 pytestmark = pytest.mark.redis
@@ -39,7 +39,7 @@ async def test_binary_frames_over_the_rate_limit_are_refused_and_not_relayed(ups
             await asyncio.sleep(refusals[-1]["error"]["details"]["retry_after_s"] + 0.05)
             await ws.send(b"\x09" * 320)  # refilled: relayed again, on the same connection
             assert await published(pubsub, 1) == [b"\x09" * 320]
-        metrics = httpx.get(server.url + "/metrics").text
+        metrics = httpx.get(server.url + "/metrics", headers={"X-Internal-Token": TOKEN}).text
         assert 'gateway_rate_limited_total{scope="connection"} 2.0' in metrics
     finally:
         await pubsub.aclose()

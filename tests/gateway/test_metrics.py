@@ -14,7 +14,7 @@ from tests.gateway.conftest import TOKEN, gateway_settings, start_gateway
 
 async def scrape(url: str) -> dict[tuple[str, tuple], float]:
     async with httpx.AsyncClient() as client:
-        answer = await client.get(url + "/metrics")
+        answer = await client.get(url + "/metrics", headers={"X-Internal-Token": TOKEN})
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
     samples = {}
     for family in text_string_to_metric_families(answer.text):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from sonalyze.gateway.device_tokens import DeviceTokens
 from sonalyze.gateway.frames import text_frame
 from sonalyze.gateway.rate_limit import TokenBucket
 from sonalyze.gateway.router import DEFAULT_ROUTES, RoutingTable
@@ -13,8 +14,14 @@ from sonalyze.gateway.session import Forward, Identified, Reply, Session
 URLS = {"lobby": "http://lobby", "measurement": "http://measurement", "simulation": "http://simulation"}
 
 
-def make_session(device_id: str | None = "dev-1", rps: float = 1000.0, burst: int = 1000, max_bytes: int = 1024) -> Session:
-    return Session("conn-1", RoutingTable(DEFAULT_ROUTES, URLS), TokenBucket(rps, burst, 0.0), max_bytes, device_id)
+def make_session(
+    device_id: str | None = "dev-1", rps: float = 1000.0, burst: int = 1000, max_bytes: int = 1024, insecure_ids: bool = True
+) -> Session:
+    """A session in development mode by default (identity itself: tests/gateway/test_device_identity.py)."""
+    return Session(
+        "conn-1", RoutingTable(DEFAULT_ROUTES, URLS), TokenBucket(rps, burst, 0.0), max_bytes, device_id,
+        tokens=DeviceTokens("session-test-secret"), insecure_ids=insecure_ids,
+    )
 
 
 def send(session: Session, message: object, now_s: float = 0.0):
@@ -88,7 +95,7 @@ def test_events_before_identification_are_refused_but_ping_and_identify_work() -
     assert isinstance(send(session, {"event": "lobby.create"}), Forward)
 
 
-@pytest.mark.parametrize("data", [{}, {"device_id": ""}, {"device_id": "  "}, {"device_id": 3}, {"device_id": "x" * 129}])
+@pytest.mark.parametrize("data", [{"device_id": ""}, {"device_id": "  "}, {"device_id": 3}, {"device_id": "x" * 129}])
 def test_identify_needs_a_usable_device_id(data) -> None:
     session = make_session(device_id=None)
     assert error_of(send(session, {"event": "identify", "data": data}))["code"] == "invalid_data"

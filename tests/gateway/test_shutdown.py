@@ -17,7 +17,8 @@ from tests.support.servers import ServiceProcess
 def gateway_env(upstreams, **extra: str) -> dict[str, str]:
     return {
         "LOBBY_URL": upstreams["lobby"].url, "MEASUREMENT_URL": upstreams["measurement"].url,
-        "SIMULATION_URL": upstreams["simulation"].url, "INTERNAL_AUTH_TOKEN": "t", **extra,
+        "SIMULATION_URL": upstreams["simulation"].url, "INTERNAL_AUTH_TOKEN": "t",
+        "ALLOW_INSECURE_DEVICE_IDS": "true", **extra,
     }
 
 

@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.gateway.conftest import gateway_settings, start_gateway
+from tests.gateway.conftest import TOKEN, gateway_settings, start_gateway
 from tests.support.servers import ThreadedServer
 
 SECRET = "a-test-secret-of-at-least-32-bytes!!"
@@ -48,5 +48,5 @@ async def test_a_connection_is_told_and_closed_when_its_token_expires(auth_gatew
 
         await long.send(json.dumps({"event": "lobby.get", "request_id": "after"}))
         assert json.loads(await long.recv())["request_id"] == "after"  # a valid token's connection stays
-    metrics = httpx.get(auth_gateway.url + "/metrics").text
+    metrics = httpx.get(auth_gateway.url + "/metrics", headers={"X-Internal-Token": TOKEN}).text
     assert 'gateway_disconnects_total{reason="token_expired"} 1.0' in metrics

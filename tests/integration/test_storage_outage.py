@@ -42,6 +42,7 @@ def _services(storage_db: str, tmp_path: Path) -> tuple[ServiceProcess, ...]:
         "INTERNAL_AUTH_TOKEN": TOKEN,
         "RATE_LIMIT_RPS": "1000",
         "RATE_LIMIT_BURST": "1000",
+        "ALLOW_INSECURE_DEVICE_IDS": "true",  # identity is not under test here (tests/gateway/test_device_identity.py)
     }
     gateway = ServiceProcess("gateway", env=gateway_env, port=gateway_port)
     return storage, measurement, lobby, gateway

@@ -3,6 +3,11 @@
 Wire protocol (gateway seed): the client sends ``{"event", "request_id", "data"}``; the gateway answers
 ``{"type": "response", "event", "request_id", "data"}`` or ``{"type": "error", "event", "request_id",
 "error": {"code", "message", "details"?}}`` and pushes ``{"type": "event", "event", "data"}``.
+
+Identity (contract C1): a new client connects to ``/ws``, sends ``identify {}`` and keeps the device token
+the gateway issues (optionally in ``credentials_path``, mode 0600); later connections and reconnects present
+it as ``?device_token=``, HTTP calls as ``X-Device-Token``. A bare ``device_id`` without a token only works
+against a gateway in development mode (``ALLOW_INSECURE_DEVICE_IDS``).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -49,10 +55,13 @@ class PushedEvent:
     data: dict[str, Any]
 
 
-def _ws_url(gateway_url: str, device_id: str) -> str:
+def _ws_url(gateway_url: str, device_id: str | None, device_token: str | None) -> str:
     parts = urlsplit(gateway_url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, "/ws", f"device_id={quote(device_id)}", ""))
+    query = [f"device_id={quote(device_id, safe='')}"] if device_id is not None else []
+    if device_token is not None:
+        query.append(f"device_token={quote(device_token, safe='')}")
+    return urlunsplit((scheme, parts.netloc, "/ws", "&".join(query), ""))
 
 
 def _http_url(gateway_url: str) -> str:
@@ -74,22 +83,31 @@ class SonalyzeClient:
     def __init__(
         self,
         gateway_url: str,
-        device_id: str,
+        device_id: str | None = None,
         *,
+        device_token: str | None = None,
+        credentials_path: Path | None = None,
         reconnect: bool = True,
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 5.0,
         request_timeout_s: float = 30.0,
         http_timeout_s: float = 60.0,
     ) -> None:
+        self.credentials_path = credentials_path
+        if device_token is None and credentials_path is not None and credentials_path.exists():
+            saved = orjson.loads(credentials_path.read_bytes())
+            device_id, device_token = saved["device_id"], saved["device_token"]
         self.device_id = device_id
+        """None until the gateway issued a device (first ``connect()`` without credentials)."""
+        self.device_token = device_token
         self.gateway_url = _http_url(gateway_url)
-        self._ws_url = _ws_url(gateway_url, device_id)
         self._reconnect = reconnect
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._request_timeout_s = request_timeout_s
         self._http = httpx.AsyncClient(base_url=self.gateway_url, timeout=http_timeout_s)
+        if device_token is not None:
+            self._http.headers["X-Device-Token"] = device_token
         self._ws: ClientConnection | None = None
         self._connected = asyncio.Event()
         self._closing = False
@@ -111,11 +129,30 @@ class SonalyzeClient:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def _ws_url(self) -> str:
+        return _ws_url(self.gateway_url, self.device_id, self.device_token)
+
     async def connect(self) -> None:
-        """Open the WebSocket (identified by ``?device_id=``) and start reading."""
+        """Open the WebSocket and start reading; without credentials, get a new device first (``identify {}``)."""
         self._ws = await connect(self._ws_url, max_size=None, open_timeout=10)
         self._connected.set()
-        self._reader = asyncio.create_task(self._read_forever(), name=f"sonalyze-client-{self.device_id}")
+        self._reader = asyncio.create_task(self._read_forever(), name=f"sonalyze-client-{self.device_id or 'new'}")
+        if self.device_id is None:  # a new device, or a token whose device we have yet to learn
+            answer = await self.request("identify", {})
+            if answer.get("issued"):
+                self._keep_credentials(answer["device_id"], answer["device_token"])
+            else:
+                self.device_id = answer["device_id"]
+
+    def _keep_credentials(self, device_id: str, device_token: str) -> None:
+        self.device_id, self.device_token = device_id, device_token
+        self._http.headers["X-Device-Token"] = device_token
+        if self.credentials_path is not None:
+            self.credentials_path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.credentials_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(orjson.dumps({"device_id": device_id, "device_token": device_token}))
 
     async def close(self) -> None:
         self._closing = True
@@ -133,7 +170,7 @@ class SonalyzeClient:
     async def request(self, event: str, data: dict[str, Any] | None = None, *, timeout_s: float | None = None) -> dict[str, Any]:
         """Send ``event`` with ``data`` and return the ``data`` of its response."""
         await self.wait_connected(timeout_s or self._request_timeout_s)
-        request_id = f"{self.device_id}-{next(self._request_ids)}"
+        request_id = f"{self.device_id or 'new'}-{next(self._request_ids)}"
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending[request_id] = (event, future)
         try:

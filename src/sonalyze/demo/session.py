@@ -72,6 +72,8 @@ class _Shared:
         self.speaker_of_turn: dict[int, str] = {}
         self.simulated: dict[tuple[int, str], dict[str, Any]] = {}
         self.results: dict[int, dict[str, Any]] = {}
+        self.names: dict[str, str] = {}
+        """Device id (issued by the gateway) to the virtual device's name (``speaker-a``, ``mic-1``)."""
         self.ending: asyncio.Future | None = None
 
 
@@ -79,8 +81,10 @@ class VirtualDevice:
     """One phone: answers the lobby's instructions for its role."""
 
     def __init__(
-        self, client: SonalyzeClient, config: DemoConfig, shared: _Shared, rng: np.random.Generator, progress: Callable[[str], None]
+        self, name: str, client: SonalyzeClient, config: DemoConfig, shared: _Shared, rng: np.random.Generator,
+        progress: Callable[[str], None],
     ) -> None:
+        self.name = name
         self.client = client
         self.config = config
         self.shared = shared
@@ -114,14 +118,14 @@ class VirtualDevice:
             await self._sweep(data["job_id"])
             await self.client.request("measurement.recording_started", guard)
         elif pushed.event == "measurement.play":
-            self.progress(f"{me} plays the sweep")
+            self.progress(f"{self.name} plays the sweep")
             await self.client.request("measurement.playback_complete", guard)
         elif pushed.event == "measurement.stop_recording":
             await self._record_and_upload(data)
             await self.client.request("measurement.recording_uploaded", {**guard, "upload_name": data["upload_name"]})
         elif pushed.event == "measurement.results":
             self.shared.results.setdefault(data["speaker_index"], data)
-        elif pushed.event == "measurement.session_updated" and me == SPEAKERS[0]:
+        elif pushed.event == "measurement.session_updated" and self.name == SPEAKERS[0]:
             self.progress(f"session step: {data['step']} (speaker {data['speaker_index'] + 1 if data['speaker_index'] is not None else '-'}/{len(data['speakers'])})")
         if pushed.event in ENDINGS and self.shared.ending is not None and not self.shared.ending.done():
             self.shared.ending.set_result(pushed)
@@ -139,13 +143,14 @@ class VirtualDevice:
 
     async def _record_and_upload(self, instruction: dict[str, Any]) -> None:
         speaker = self.shared.speaker_of_turn[instruction["speaker_index"]]
-        self.progress(f"{self.device_id} asks the simulation for the room's answer from {speaker}")
+        speaker_name = self.shared.names[speaker]
+        self.progress(f"{self.name} asks the simulation for the room's answer from {speaker_name}")
         simulation = await self.client.post_json(
             "/v1/simulation/simulate",
             {
                 "room": self.room,
-                "sources": [self.positions[speaker]],
-                "microphones": [self.positions[self.device_id]],
+                "sources": [self.positions[speaker_name]],
+                "microphones": [self.positions[self.name]],
                 "sample_rate_hz": self.config.sample_rate_hz,
                 "include_rir": True,
                 "seed": self.config.seed,
@@ -164,7 +169,7 @@ class VirtualDevice:
             fs_hz=self.config.sample_rate_hz,
             rng=self.rng,
         )
-        self.progress(f"{self.device_id} uploads {instruction['upload_name']}")
+        self.progress(f"{self.name} uploads {instruction['upload_name']}")
         response = await self.client.http(
             "POST", instruction["upload_path"], content=wav_bytes(recording, self.config.sample_rate_hz), headers={"content-type": "audio/wav"}
         )
@@ -175,26 +180,27 @@ class VirtualDevice:
 async def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> DemoResult:
     """Run the whole session; returns measured and simulated metrics for every speaker–microphone pair."""
     rng = np.random.default_rng(config.seed)
-    clients = {device: SonalyzeClient(config.gateway_url, device) for device in SPEAKERS + MICROPHONES}
+    clients = {name: SonalyzeClient(config.gateway_url) for name in SPEAKERS + MICROPHONES}
     shared = _Shared()
     shared.ending = asyncio.get_running_loop().create_future()
-    await asyncio.gather(*(client.connect() for client in clients.values()))
+    await asyncio.gather(*(client.connect() for client in clients.values()))  # each gets its device and token
+    shared.names = {client.device_id: name for name, client in clients.items()}
     progress(f"{len(clients)} virtual devices connected to {config.gateway_url}")
     host = clients[SPEAKERS[0]]
-    devices = [VirtualDevice(client, config, shared, rng, progress) for client in clients.values()]
+    devices = [VirtualDevice(name, client, config, shared, rng, progress) for name, client in clients.items()]
     loops = [asyncio.create_task(device.run()) for device in devices]
     try:
         lobby = await host.request("lobby.create", {"name": f"Sonalyze demo ({config.room})"})
         lobby_id = lobby["lobby_id"]
-        progress(f"lobby {lobby['code']} created by {host.device_id}")
+        progress(f"lobby {lobby['code']} created by {SPEAKERS[0]}")
         for device, client in clients.items():
             if client is not host:
                 await client.request("lobby.join", {"code": lobby["code"].lower()})
         progress("every device joined by code")
         await host.request("lobby.room_snapshot", {"lobby_id": lobby_id, "room": room_snapshot(config.room)})
-        for device in clients:
-            role = "speaker" if device in SPEAKERS else "microphone"
-            await host.request("role.assign", {"lobby_id": lobby_id, "device_id": device, "role": role})
+        for name, client in clients.items():
+            role = "speaker" if name in SPEAKERS else "microphone"
+            await host.request("role.assign", {"lobby_id": lobby_id, "device_id": client.device_id, "role": role})
         progress(f"room shared ({config.room}); roles: speakers {', '.join(SPEAKERS)}; microphones {', '.join(MICROPHONES)}")
         await host.request("lobby.start", {"lobby_id": lobby_id})
         session = await host.request("measurement.create_session", {"lobby_id": lobby_id})
@@ -215,7 +221,8 @@ async def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) 
                 name = f"speaker-{speaker_index}_mic-{microphone_index}.wav"
                 measured = analysis[name]
                 speaker = shared.speaker_of_turn[speaker_index]
-                result.pairs.append(PairResult(speaker, microphone, measured, shared.simulated[(speaker_index, microphone)]))
+                simulated = shared.simulated[(speaker_index, microphone)]
+                result.pairs.append(PairResult(shared.names[speaker], shared.names[microphone], measured, simulated))
         return result
     finally:
         for task in loops:

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sonalyze.gateway.client_address import parse_networks
+
 
 BROKER_SCHEMES = ("memory", "redis", "rediss", "nats", "tls")
 
@@ -27,8 +29,24 @@ class GatewaySettings(BaseSettings):
 
     max_message_bytes: int = Field(65536, gt=0)
     """Largest WebSocket message handled; a larger one gets a ``message_too_large`` error envelope."""
-    max_frame_bytes: int = Field(1 << 20, gt=0)
-    """Largest WebSocket message read at all; a larger one closes the connection with 1009."""
+    max_frame_bytes: int = Field(1 << 17, gt=0)
+    """Largest WebSocket message read at all (so the most an unfinished frame may buffer); a larger one
+    closes the connection with 1009."""
+    max_json_depth: int = Field(32, ge=1)
+    """Deepest nesting of arrays/objects in a client message; deeper gets ``invalid_json`` (reason ``too_deep``)."""
+    max_connections_per_address: int = Field(256, ge=1)
+    """Open WebSocket connections per client address (see TRUSTED_PROXIES); beyond, the upgrade gets 429."""
+    trusted_proxies: str = ""
+    """Comma-separated CIDRs whose ``X-Forwarded-For`` names the client (rate limits, caps); empty: none."""
+    max_failed_joins: int = Field(10, ge=1)
+    failed_join_window_s: float = Field(60.0, gt=0)
+    """``lobby.join`` answered ``not_found`` this many times per device or per address within the window:
+    further joins get ``rate_limited`` (join codes cannot be enumerated)."""
+    header_timeout_s: float = Field(10.0, gt=0)
+    """A connection must deliver a whole HTTP request head within this time (also before the upgrade)."""
+    max_header_bytes: int = Field(16384, gt=0)
+    max_header_count: int = Field(100, ge=1)
+    """A bigger request head gets 431 and the connection is closed."""
     max_send_buffer_bytes: int = Field(1 << 20, gt=0)
     """Bytes queued to one slow client before it is disconnected (close 1008 ``slow consumer``)."""
 
@@ -76,6 +94,16 @@ class GatewaySettings(BaseSettings):
     binary_relay_channel: str = "audio:{device_id}"
     """Redis channel per connection; ``{device_id}`` and ``{tenant_id}`` are filled in."""
 
+    device_token_secret: str = ""
+    """Key of the HMAC-signed device tokens (contract C1); ``sonalyze serve`` keeps one in
+    ``<data-dir>/device_token_secret``. Empty: a random one per process (tokens die with it; logged)."""
+    allow_insecure_device_ids: bool = False
+    """Development only: accept ``?device_id=X`` / ``identify {"device_id": X}`` / ``X-Device-Id`` without a
+    device token, as before device identity (anyone can then act as any device)."""
+    device_mint_rps: float = Field(1.0, gt=0)
+    device_mint_burst: int = Field(20, ge=1)
+    """``POST /v1/devices`` per client address (token bucket)."""
+
     auth_required: bool = False
     """True: every connection and ``/v1`` request needs a JWT; the token names the device (and tenant)."""
     jwt_algorithms: str = "HS256"
@@ -112,6 +140,7 @@ class GatewaySettings(BaseSettings):
             raise ValueError("STREAM_NATS_URL needs STREAM_CHANNEL (the channel its messages are pushed to)")
         if self.tenant_rate_limit and not self.tenant_rate_limit_url:
             raise ValueError("TENANT_RATE_LIMIT needs TENANT_RATE_LIMIT_URL (a redis:// URL)")
+        parse_networks(self.trusted_proxies)
         if self.connection_timeout_sec <= self.heartbeat_interval_sec:
             raise ValueError("CONNECTION_TIMEOUT_SEC must be longer than HEARTBEAT_INTERVAL_SEC")
         return self

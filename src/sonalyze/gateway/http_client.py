@@ -292,8 +292,10 @@ class StreamedResponse:
 class UpstreamClient:
     """Pooled keep-alive HTTP/1.1 to the upstreams (``http://`` only: they are internal services)."""
 
-    def __init__(self, timeout_s: float, max_connections_per_origin: int = 256) -> None:
+    def __init__(self, timeout_s: float, max_connections_per_origin: int = 256, internal_token: str = "") -> None:
         self.timeout_s = timeout_s
+        self._token_line = b"x-internal-token: %s\r\n" % internal_token.encode("latin-1") if internal_token else b""
+        """``X-Internal-Token`` on every request (contract C1): the upstreams take calls from the gateway only."""
         self.max_connections_per_origin = max_connections_per_origin
         self._pools: dict[str, _Pool] = {}
         self._post_heads: dict[str, tuple[_Pool, bytes]] = {}
@@ -333,7 +335,9 @@ class UpstreamClient:
         if target is None:
             pool, path = self._split(url)
             prefix = b"POST " + path + b" HTTP/1.1\r\nhost: " + pool.host_header
-            target = self._post_heads[url] = (pool, prefix + b"\r\ncontent-type: application/json\r\ncontent-length: ")
+            target = self._post_heads[url] = (
+                pool, prefix + b"\r\n" + self._token_line + b"content-type: application/json\r\ncontent-length: "
+            )
         pool, prefix = target
         return pool, b"%s%d\r\n\r\n%s" % (prefix, len(payload), payload)
 
@@ -377,7 +381,7 @@ class UpstreamClient:
         ``content-length`` the body is sent chunked.
         """
         pool, path = self._split(url)
-        lines = [method.encode(), b" ", path, b" HTTP/1.1\r\nhost: ", pool.host_header, b"\r\n"]
+        lines = [method.encode(), b" ", path, b" HTTP/1.1\r\nhost: ", pool.host_header, b"\r\n", self._token_line]
         has_length = False
         for name, value in headers:
             has_length = has_length or name.lower() == b"content-length"

@@ -31,6 +31,10 @@ PROXY_ROUTES = (
 )
 
 REPLACED_RESPONSE_HEADERS = frozenset((b"date", b"server"))
+GATEWAY_SET_HEADERS = frozenset((b"x-internal-token", b"x-device-id", b"x-device-token"))
+"""Never taken from a client: the gateway sets ``X-Internal-Token`` and ``X-Device-Id`` itself (contract C1)."""
+CREDENTIAL_PARAMS = frozenset((b"device_token", b"token"))
+"""Query parameters the gateway consumes (credentials): not passed on to the upstream."""
 """Set afresh by the gateway's own HTTP server on every answer."""
 
 HOP_BY_HOP = frozenset(
@@ -59,18 +63,30 @@ def forwarded_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, b
     return [(name, value) for name, value in headers if (lowered := name.lower()) not in HOP_BY_HOP and lowered not in named]
 
 
-async def proxy(request: Request, url: str, client: UpstreamClient) -> StreamingResponse:
-    """Stream ``request`` to ``url`` and the upstream's answer back, status and headers included."""
-    query = request.scope.get("query_string", b"")
+def upstream_query(query: bytes) -> bytes:
+    """The query string less the gateway's credential parameters, otherwise byte for byte."""
+    if not query:
+        return query
+    return b"&".join(part for part in query.split(b"&") if part.partition(b"=")[0] not in CREDENTIAL_PARAMS)
+
+
+async def proxy(request: Request, url: str, client: UpstreamClient, device_id: str | None) -> StreamingResponse:
+    """Stream ``request`` to ``url`` and the upstream's answer back, status and headers included.
+
+    The upstream learns the acting device from ``X-Device-Id`` (the authenticated one, absent without a
+    credential); a client's own ``X-Device-Id``/``X-Internal-Token``/``X-Device-Token`` never pass.
+    """
+    query = upstream_query(request.scope.get("query_string", b""))
     if query:
         url += "?" + query.decode("latin-1")
     method = request.method
     has_body = method not in ("GET", "HEAD", "OPTIONS", "DELETE") or any(
         name in (b"content-length", b"transfer-encoding") for name, _ in request.scope["headers"]
     )
-    upstream = await client.open_stream(
-        method, url, forwarded_headers(request.scope["headers"]), request.stream() if has_body else None
-    )
+    headers = [(name, value) for name, value in forwarded_headers(request.scope["headers"]) if name.lower() not in GATEWAY_SET_HEADERS]
+    if device_id is not None:
+        headers.append((b"x-device-id", device_id.encode()))
+    upstream = await client.open_stream(method, url, headers, request.stream() if has_body else None)
     headers = [(name, value) for name, value in forwarded_headers(upstream.headers) if name.lower() not in REPLACED_RESPONSE_HEADERS]
     response = StreamingResponse(upstream.aiter_body(), status_code=upstream.status_code, background=BackgroundTask(upstream.aclose))
     response.raw_headers = headers

@@ -11,6 +11,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from sonalyze.gateway.auth import AuthError
+from sonalyze.gateway.device_tokens import DeviceTokens
 from sonalyze.gateway.models import MAX_CHANNEL_CHARS, RequestId, error, error_envelope, response_envelope
 from sonalyze.gateway.rate_limit import TokenBucket
 from sonalyze.gateway.router import ALLOW, RoutingTable
@@ -67,7 +69,7 @@ def device_id_problem(device_id: object) -> str | None:
 
 
 class Session:
-    __slots__ = ("connection_id", "device_id", "routes", "bucket", "max_message_bytes", "tenant_id")
+    __slots__ = ("connection_id", "device_id", "routes", "bucket", "max_message_bytes", "tenant_id", "tokens", "insecure_ids")
 
     def __init__(
         self,
@@ -77,8 +79,14 @@ class Session:
         max_message_bytes: int,
         device_id: str | None = None,
         tenant_id: str | None = None,
+        tokens: DeviceTokens | None = None,
+        insecure_ids: bool = False,
     ) -> None:
         self.connection_id = connection_id
+        self.tokens = tokens
+        """Verifies ``identify {"device_token"}`` and mints devices for ``identify {}`` (contract C1)."""
+        self.insecure_ids = insecure_ids
+        """``ALLOW_INSECURE_DEVICE_IDS``: ``identify {"device_id"}`` without a token is believed."""
         self.device_id = device_id
         self.tenant_id = tenant_id
         """The tenant the connection's token named; None without authentication."""
@@ -128,7 +136,7 @@ class Session:
         if event == "ping":
             return Reply(response_envelope("pong", request_id, {}))
         if self.device_id is None:
-            return _fail(event, request_id, "not_identified", "identify first: connect with ?device_id= or send an identify event")
+            return _fail(event, request_id, "not_identified", "identify first: connect with ?device_token= or send an identify event")
         if event in SUBSCRIPTION_EVENTS:
             return self._subscription(event, data, request_id)
         upstream_url = self.routes.resolve(event)
@@ -137,15 +145,44 @@ class Session:
         return Forward(upstream_url, event, data, request_id)
 
     def _identify(self, data: dict[str, Any], request_id: RequestId) -> Outcome:
-        device_id = data.get("device_id")
-        problem = device_id_problem(device_id)
-        if problem is not None:
+        """``{"device_token": T}`` proves T's device; ``{}`` mints a new device (or names the current one);
+        ``{"device_id": X}`` alone only names the device the connection already proved, or any device with
+        ``ALLOW_INSECURE_DEVICE_IDS`` (contract C1)."""
+        token = data.get("device_token")
+        claimed = data.get("device_id")
+        issued: str | None = None
+        if claimed is not None and (problem := device_id_problem(claimed)) is not None:
             return _fail("identify", request_id, "invalid_data", problem)
+        if token is not None:
+            if self.tokens is None:
+                return _fail("identify", request_id, "invalid_device_token", "this gateway issues no device tokens")
+            try:
+                device_id = self.tokens.verify(token)
+            except AuthError as exc:
+                return _fail("identify", request_id, exc.code, exc.message)
+            if claimed is not None and claimed != device_id:
+                return _fail("identify", request_id, "device_mismatch", f"the device token is for another device than {claimed!r}")
+        elif claimed is not None:
+            if claimed != self.device_id and not self.insecure_ids:
+                return _fail(
+                    "identify", request_id, "device_token_required",
+                    "prove the device with data.device_token (identify {} issues one for a new device)",
+                )
+            device_id = claimed
+        elif self.device_id is not None:
+            device_id = self.device_id
+        elif self.tokens is None:
+            return _fail("identify", request_id, "invalid_data", "device_id must be a non-empty string")
+        else:
+            device_id, issued = self.tokens.mint()
         if self.device_id is not None and self.device_id != device_id:
             return _fail("identify", request_id, "already_identified", f"this connection is already device {self.device_id!r}")
         self.device_id = device_id
-        answer = response_envelope("identify", request_id, {"device_id": device_id, "connection_id": self.connection_id})
-        return Identified(device_id, answer)
+        answer_data: dict[str, Any] = {"device_id": device_id, "connection_id": self.connection_id}
+        if issued is not None:
+            answer_data["device_token"] = issued
+            answer_data["issued"] = True
+        return Identified(device_id, response_envelope("identify", request_id, answer_data))
 
     def _subscription(self, event: str, data: dict[str, Any], request_id: RequestId) -> Outcome:
         channel = data.get("channel")
