@@ -46,15 +46,22 @@ def test_noise_floor_and_pre_delay(rt_s):
 
 
 def test_gaussian_noise_is_unbiased_on_average():
-    """Real random decays fluctuate per realisation; the estimator must not be biased over many."""
+    """Real random decays fluctuate per realisation; the estimator must not be biased over many.
+
+    A realisation whose band decay is too curved (ξ > 10 ‰, ISO 3382-2 Annex B) is refused with
+    `nonlinear_decay`; the low bands' fluctuations do that now and then, not most of the time.
+    """
     rt_s = 1.0
-    rts = np.array(
-        [
-            [analyze_impulse_response(gaussian_decay(rt_s, FS_HZ, 2.5, seed=s), FS_HZ, include_curves=False)[k]["bands"] for k in ("t20_s", "t30_s")]
-            for s in range(12)
-        ]
-    )
-    mean = rts.mean(axis=0)  # (2, 7)
+    results = [analyze_impulse_response(gaussian_decay(rt_s, FS_HZ, 2.5, seed=s), FS_HZ, include_curves=False) for s in range(12)]
+    rts = np.array([[r[k]["bands"] for k in ("t20_s", "t30_s")] for r in results], dtype=float)  # None → nan
+    for r in results:
+        for k in ("t20_s", "t30_s"):
+            assert set(r[k]["codes"].values()) <= {"nonlinear_decay"}, r[k]["reasons"]
+            for key in r[k]["codes"]:
+                xi = r[k]["nonlinearity_permille"]["bands"][r["bands_hz"].index(int(key))]
+                assert xi > 10.0
+    assert np.isfinite(rts[:, :, 1:6]).sum(axis=0).min() >= 8  # two thirds at least
+    mean = np.nanmean(rts, axis=0)  # (2, 7)
     for band_i in range(1, 6):
         assert_allclose(mean[:, band_i], rt_s, rtol=0.05)
 

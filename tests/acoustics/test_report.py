@@ -55,10 +55,12 @@ def test_schema(report):
     for key in METRICS:
         metric = report[key]
         assert len(metric["bands"]) == 7 and "broadband" in metric and isinstance(metric["reasons"], dict)
+        assert metric["codes"].keys() == metric["reasons"].keys()
     for key in ("t20_s", "t30_s", "edt_s"):
         corr = report[key]["correlation"]
         assert len(corr["bands"]) == 7 and all(-1.0 <= r <= -0.98 for r in corr["bands"])
-    assert set(report["sti"]) == {"value", "mti", "rating", "reason"} and len(report["sti"]["mti"]) == 7
+    assert set(report["sti"]) == {"value", "mti", "rating", "reason", "code", "method"} and len(report["sti"]["mti"]) == 7
+    assert report["sti"]["method"] == "ir" and report["sti"]["code"] is None
     assert report["sti"]["rating"] in ("A+", "A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "U")
     curves = report["decay_curves"]
     assert list(curves["bands"]) == ["125", "250", "500", "1000", "2000", "4000", "8000", "broadband"]
@@ -82,8 +84,9 @@ def test_null_iff_reason():
     for key in METRICS:
         metric = result[key]
         for band, value in zip(result["bands_hz"], metric["bands"]):
-            assert (value is None) == (str(band) in metric["reasons"]), (key, band)
-        assert (metric["broadband"] is None) == ("broadband" in metric["reasons"])
+            assert (value is None) == (str(band) in metric["reasons"]) == (str(band) in metric["codes"]), (key, band)
+        assert (metric["broadband"] is None) == ("broadband" in metric["reasons"]) == ("broadband" in metric["codes"])
+    assert result["t20_s"]["codes"]["broadband"] == "insufficient_dynamic_range"
     # 30 dB of broadband dynamic range: T20 and T30 cannot be given, EDT (needs 25 dB) can
     assert 25.0 < result["dynamic_range_db"]["broadband"] < 35.0
     assert result["t30_s"]["broadband"] is None and result["t20_s"]["broadband"] is None

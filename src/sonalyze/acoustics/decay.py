@@ -1,15 +1,21 @@
-"""Schroeder decay curve with Lundeby noise handling and reverberation times (ISO 3382-1/-2).
+"""Schroeder decay curve with noise compensation and reverberation times (ISO 3382-1/-2).
 
 * Schroeder (1965) backward integration E(t) = ∫_t^∞ h²(τ) dτ, in dB re E(0).
-* Lundeby, Vigran, Bietz & Vorländer (1995), "Uncertainties of measurements in room acoustics",
-  Acustica 81: find where the decay meets the noise floor (iteratively, 5 blocks per 10 dB of decay,
-  noise from 10 dB of decay past the crossing but at least the last 10 %, regression over 20 dB ending
-  5 dB above the noise on block levels with the noise power subtracted (so the late slope is not
-  flattened by the noise; Lundeby's paper fits the raw levels), until the crossing moves < 10 ms), truncate there and add the missing tail
-  C = P(t_c)·T_late/(6 ln 10) so the curve is not bent down.
+* Noise: Lundeby, Vigran, Bietz & Vorländer (1995), "Uncertainties of measurements in room acoustics",
+  Acustica 81: find where the decay meets the noise floor — blocks scaled to the decay (10–50 ms,
+  5 per 10 dB of the first estimate), noise from 10 dB of decay past the crossing but at least the
+  last 10 %, then 5 blocks per 10 dB and a regression over 20 dB ending 5 dB above the noise on block
+  levels with the noise power subtracted, until the crossing moves < 10 ms. Where no decay above the
+  noise is found, there is nothing to integrate (``decay_found`` False: never integrate raw noise).
+  The EDC subtracts the noise power before integrating (Chu 1978), integrates up to the Lundeby
+  crossing and adds the missing tail C = P(t_c)·T_late/(6 ln 10): the combination recommended by
+  Guski & Vorländer, "Comparison of noise compensation methods for room acoustic impulse response
+  evaluations", Acta Acustica united with Acustica 100 (2014).
 * T = −60 dB / slope of a least-squares line over an evaluation range of the EDC (ISO 3382-1 §A.2.3):
   EDT 0 → −10 dB, T20 −5 → −25 dB, T30 −5 → −35 dB. A value needs a dynamic range (peak to noise)
   of at least the evaluation range + 15 dB (ISO 3382-1 §5.3.3 / ISO 3382-2 §7.4).
+* Fit quality (ISO 3382-2:2008 Annex B): correlation r, non-linearity ξ = 1000·(1 − r²) ‰; T20 and T30
+  with ξ > 10 ‰ are refused (a curved decay has no single T); curvature C = 100·(T30/T20 − 1) %.
 """
 
 from __future__ import annotations
@@ -19,11 +25,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sonalyze.acoustics import codes
 from sonalyze.acoustics.onset import as_signal
 
 #: Decay (dB) per s for a reverberation time of 1 s: 60 dB.
 _LN10_6 = 6.0 * math.log(10.0)
-INITIAL_BLOCK_S = 0.03
+#: Lundeby's first averaging blocks, s: scaled to the decay within the paper's 10–50 ms.
+INITIAL_BLOCK_MIN_S = 0.01
+INITIAL_BLOCK_MAX_S = 0.05
 BLOCKS_PER_10DB = 5
 NOISE_TAIL_FRACTION = 0.1
 CONVERGENCE_S = 0.01
@@ -36,6 +45,10 @@ T20_RANGE_DB = (-5.0, -25.0)
 T30_RANGE_DB = (-5.0, -35.0)
 #: Extra dynamic range needed below the evaluation range, dB (ISO 3382-1).
 DYNAMIC_RANGE_MARGIN_DB = 15.0
+#: ISO 3382-2:2008 Annex B.2: ξ above 10 ‰ marks a decay too curved for one reverberation time.
+NONLINEARITY_LIMIT_PERMILLE = 10.0
+#: ISO 3382-2 Annex B.3: curvature above 10 % suggests a double-slope decay (reported, not refused).
+CURVATURE_LIMIT_PERCENT = 10.0
 
 
 @dataclass(frozen=True)
@@ -45,7 +58,8 @@ class Truncation:
     ``index``: first sample not integrated; ``noise_power``: mean h² of the noise (same unit as h²);
     ``dynamic_range_db``: peak of the 10 ms running-mean energy over the noise power (∞ when
     noise-free); ``late_rt_s``: reverberation time of the late decay (None when not found);
-    ``tail_energy``: energy (Σh², unit sample) of the truncated tail added back.
+    ``tail_energy``: energy (Σh², unit sample) of the truncated tail added back; ``decay_found``:
+    False when no decay above the noise floor was found (nothing may be computed from it).
     """
 
     index: int
@@ -53,6 +67,7 @@ class Truncation:
     dynamic_range_db: float
     late_rt_s: float | None
     tail_energy: float
+    decay_found: bool = True
 
 
 def _block_levels_db(energy: np.ndarray, block: int, noise: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -111,13 +126,13 @@ def lundeby_truncation(ir: np.ndarray, fs_hz: float) -> Truncation:
     def result(index: int, noise_power: float, slope: float | None, intercept: float | None) -> Truncation:
         dr_db = 10.0 * math.log10(peak_power / noise_power) if noise_power > 0 else math.inf
         if slope is None:
-            return Truncation(n, noise_power, dr_db, None, 0.0)
+            return Truncation(n, noise_power, dr_db, None, 0.0, decay_found=False)
         rate = -slope * fs_hz  # dB/s
         p_cross = 10.0 ** ((intercept + slope * index) / 10.0)
         tail = p_cross * (60.0 / rate) * fs_hz / _LN10_6
         return Truncation(index, noise_power, dr_db, 60.0 / rate, tail)
 
-    block = max(1, int(INITIAL_BLOCK_S * fs_hz))
+    block = _initial_block(energy, fs_hz, noise)
     centres, level_db = _block_levels_db(energy, block)
     noise_db = 10.0 * math.log10(noise)
     if level_db.size < 3:
@@ -130,8 +145,8 @@ def lundeby_truncation(ir: np.ndarray, fs_hz: float) -> Truncation:
     for _ in range(MAX_ITERATIONS):
         noise_from = int(min(cross + 10.0 / -slope, tail_start))
         noise_new = float(energy[noise_from:].mean()) if noise_from < n else noise
-        if noise_new <= 0.0:
-            return result(n, 0.0, None, None)
+        if noise_new <= 0.0:  # digital silence after the decay: noise-free, nothing to truncate
+            return Truncation(n, 0.0, math.inf, None, 0.0)
         noise_db = 10.0 * math.log10(noise_new)
         block = max(1, int(10.0 / -slope / BLOCKS_PER_10DB))
         centres, level_db = _block_levels_db(energy, block, noise_new)
@@ -151,20 +166,38 @@ def lundeby_truncation(ir: np.ndarray, fs_hz: float) -> Truncation:
     return result(index, noise, slope, intercept)
 
 
+def _initial_block(energy: np.ndarray, fs_hz: float, noise: float) -> int:
+    """Lundeby's first block length: 1/5 of the time the decay takes to fall 10 dB (noise subtracted,
+    1 ms resolution), within 10–50 ms (Lundeby 1995 §3: 10–50 ms)."""
+    step = max(1, int(0.001 * fs_hz))
+    _, level_db = _block_levels_db(energy, step, noise)
+    peak = int(np.argmax(level_db))
+    fallen = level_db[peak:] <= level_db[peak] - 10.0
+    t10_s = (int(np.argmax(fallen)) if fallen.any() else fallen.size) * step / fs_hz
+    return max(1, int(np.clip(t10_s / BLOCKS_PER_10DB, INITIAL_BLOCK_MIN_S, INITIAL_BLOCK_MAX_S) * fs_hz))
+
+
 def schroeder_curve_db(ir: np.ndarray, fs_hz: float, truncation: Truncation | None = None) -> np.ndarray:
     """Energy decay curve in dB re its start (Schroeder 1965), same length as ``ir``.
 
-    With a ``truncation`` (from `lundeby_truncation`), integrates up to ``truncation.index``, adds
-    ``truncation.tail_energy`` and returns NaN after the truncation; without one, integrates the raw IR
-    to its end (only right for a noise-free IR). ``ir`` starts at the onset.
+    With a ``truncation`` (from `lundeby_truncation`), subtracts its noise power (Chu), integrates up
+    to ``truncation.index``, adds ``truncation.tail_energy`` and returns NaN after the truncation (and
+    where the noise-subtracted integral is not positive); without one, integrates the raw IR to its
+    end (only right for a noise-free IR). ``ir`` starts at the onset. Raises ValueError when the
+    truncation found no decay above the noise.
     """
     energy = as_signal(ir) ** 2
+    if truncation is not None and not truncation.decay_found:
+        raise ValueError("no decay above the noise floor: the decay curve is undefined")
     end = energy.size if truncation is None else truncation.index
     tail = 0.0 if truncation is None else truncation.tail_energy
+    noise = 0.0 if truncation is None else truncation.noise_power
     edc = np.full(energy.size, np.nan)
-    edc[:end] = np.cumsum(energy[:end][::-1])[::-1] + tail
-    with np.errstate(divide="ignore"):
-        return 10.0 * np.log10(edc / edc[0])
+    edc[:end] = np.cumsum((energy[:end] - noise)[::-1])[::-1] + tail
+    if not edc[0] > 0:
+        raise ValueError("no energy above the noise floor")
+    edc[edc <= 0] = np.nan
+    return 10.0 * np.log10(edc / edc[0])
 
 
 @dataclass(frozen=True)
@@ -172,14 +205,16 @@ class DecayFit:
     """A reverberation time from a line fit on the EDC.
 
     ``rt_s``: −60/slope in s, None when the EDC never spans the range; ``correlation``: Pearson r of
-    the fit (|r| < 0.98: unreliable, as REW reports); ``valid``: False when the value must not be
-    reported, with ``reason``.
+    the fit; ``nonlinearity_permille``: ξ = 1000·(1 − r²) (ISO 3382-2 Annex B.2); ``valid``: False
+    when the value must not be reported, with ``reason`` (text) and ``code`` (`codes`).
     """
 
     rt_s: float | None
     correlation: float | None
     valid: bool
     reason: str | None
+    code: str | None = None
+    nonlinearity_permille: float | None = None
 
 
 def reverberation_time(
@@ -193,7 +228,8 @@ def reverberation_time(
 
     ``range_db=(0, -10)`` gives EDT, ``(-5, -25)`` T20, ``(-5, -35)`` T30. With ``dynamic_range_db``
     (e.g. `Truncation.dynamic_range_db`), the value is flagged invalid when it is below the span of
-    the range + 15 dB (ISO 3382-1 §5.3.3).
+    the range + 15 dB (ISO 3382-1 §5.3.3). T20 and T30 (ranges starting below 0 dB) are flagged
+    invalid when ξ > 10 ‰ (ISO 3382-2 Annex B.2); EDT, which includes the direct sound's bend, is not.
     """
     top_db, bottom_db = range_db
     name = {EDT_RANGE_DB: "EDT", T20_RANGE_DB: "T20", T30_RANGE_DB: "T30"}.get(tuple(range_db), "T")
@@ -202,18 +238,23 @@ def reverberation_time(
     i0 = int(np.argmax(edc <= top_db))
     below = (edc <= bottom_db) & finite
     if not finite[0] or edc[i0] > top_db or not below.any():
-        return DecayFit(None, None, False, f"decay curve does not reach {bottom_db:g} dB for {name}")
+        reason = f"decay curve does not reach {bottom_db:g} dB for {name} (it ends at the noise floor)"
+        return DecayFit(None, None, False, reason, codes.INSUFFICIENT_DYNAMIC_RANGE)
     i1 = int(np.argmax(below)) + 1
     if i1 - i0 < 3:
-        return DecayFit(None, None, False, f"too few samples between {top_db:g} and {bottom_db:g} dB")
+        reason = f"too few samples between {top_db:g} and {bottom_db:g} dB"
+        return DecayFit(None, None, False, reason, codes.INSUFFICIENT_DYNAMIC_RANGE)
     t = np.arange(i0, i1) / fs_hz
     slope, _, r = _line_fit(t, edc[i0:i1])
+    xi = 1000.0 * (1.0 - r * r)
     if slope >= 0:
-        return DecayFit(None, r, False, "decay curve is not decaying")
+        return DecayFit(None, r, False, "decay curve is not decaying", codes.NO_DECAY_ABOVE_NOISE, xi)
     rt_s = -60.0 / slope
     needed_db = top_db - bottom_db + DYNAMIC_RANGE_MARGIN_DB
     if dynamic_range_db is not None and dynamic_range_db < needed_db:
-        return DecayFit(
-            rt_s, r, False, f"dynamic range {dynamic_range_db:.0f} dB < {needed_db:.0f} dB needed for {name}"
-        )
-    return DecayFit(rt_s, r, True, None)
+        reason = f"dynamic range {dynamic_range_db:.0f} dB < {needed_db:.0f} dB needed for {name}"
+        return DecayFit(rt_s, r, False, reason, codes.INSUFFICIENT_DYNAMIC_RANGE, xi)
+    if top_db < 0.0 and xi > NONLINEARITY_LIMIT_PERMILLE:
+        reason = f"decay not straight: non-linearity ξ {xi:.1f} ‰ > {NONLINEARITY_LIMIT_PERMILLE:g} ‰ for {name}"
+        return DecayFit(rt_s, r, False, reason, codes.NONLINEAR_DECAY, xi)
+    return DecayFit(rt_s, r, True, None, None, xi)

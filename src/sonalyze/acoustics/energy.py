@@ -1,9 +1,15 @@
 """Energy parameters of an impulse response (ISO 3382-1:2009 Annex A.2.4–A.2.6).
 
 All functions take an IR that starts at its onset (t = 0, see `onset.find_onset`). With a
-``truncation`` from `decay.lundeby_truncation`, the energy is integrated up to the truncation point and
-the exponential tail it removed is added back, so the noise floor does not count as late energy;
-without one, the IR is integrated to its end.
+``truncation`` from `decay.lundeby_truncation`, the noise power is subtracted (Chu 1978), the energy
+is integrated up to the truncation point and the exponential tail it removed is added back
+(Lundeby 1995; the combination of Guski & Vorländer 2014), so the noise floor does not count as late
+energy; without one, the IR is integrated to its end.
+
+`refusals` says which parameters the observed decay cannot support: the tail added back is an
+extrapolation below the noise floor, so each parameter may only lean on it so far that an error of
+100 % in it moves the value by less than one just-noticeable difference (ISO 3382-1 Table A.1:
+C 1 dB, D 0.05, Ts 10 ms; DRR, without an ISO JND, as C).
 
 * Clarity C_te = 10·lg(∫_0^te p² / ∫_te^∞ p²), te = 50 ms (C50, speech) or 80 ms (C80, music), dB.
 * Definition D50 = ∫_0^50ms p² / ∫_0^∞ p² (0…1).
@@ -22,6 +28,13 @@ from sonalyze.acoustics.decay import Truncation
 from sonalyze.acoustics.onset import as_signal
 
 DIRECT_HALF_WINDOW_S = 0.0025
+#: Largest share of the late energy (after te, or after the direct window for DRR) that may be the
+#: extrapolated tail: without it (or doubled) C moves by < 1 dB: 1 − 10^(−1/10).
+MAX_TAIL_SHARE_CLARITY = 1.0 - 10.0 ** -0.1
+#: Largest share of the total energy that may be tail for D50 (|ΔD| ≤ share ≤ JND 0.05).
+MAX_TAIL_SHARE_DEFINITION = 0.05
+#: Largest change of Ts the tail may make, s (JND 10 ms).
+MAX_TAIL_EFFECT_TS_S = 0.010
 #: Decay constant of an exponential energy decay: a = 6·ln(10)/T  (1/s).
 _LN10_6 = 6.0 * math.log(10.0)
 
@@ -32,8 +45,10 @@ class _Energy:
     def __init__(self, ir: np.ndarray, fs_hz: float, truncation: Truncation | None):
         self.fs_hz = float(fs_hz)
         energy = as_signal(ir) ** 2
+        if truncation is not None and not truncation.decay_found:
+            raise ValueError("no decay above the noise floor")
         self.end = energy.size if truncation is None else truncation.index
-        self.energy = energy[: self.end]
+        self.energy = energy[: self.end] - (0.0 if truncation is None else truncation.noise_power)
         self.tail = 0.0 if truncation is None else truncation.tail_energy
         late_rt_s = None if truncation is None else truncation.late_rt_s
         self.tail_rate = _LN10_6 / late_rt_s / self.fs_hz if late_rt_s else math.inf  # 1/sample
@@ -47,10 +62,17 @@ class _Energy:
             return float(self.energy[n:].sum()) + self.tail
         return self.tail * math.exp(-(n - self.end) * self.tail_rate)
 
+    def tail_after(self, n: int) -> float:
+        """Part of `after` (n) that is the extrapolated tail."""
+        return self.tail * math.exp(-max(0, n - self.end) * self.tail_rate) if self.tail else 0.0
+
+    def tail_moment_s(self) -> float:
+        """∫ t·(tail) in s·energy: the tail starts at the truncation and decays with the late T."""
+        return self.tail * (self.end / self.fs_hz + 1.0 / (self.tail_rate * self.fs_hz)) if self.tail else 0.0
+
     def centre_time_s(self) -> float:
         t_s = np.arange(self.end) / self.fs_hz
-        tail_moment = self.tail * (self.end / self.fs_hz + 1.0 / (self.tail_rate * self.fs_hz)) if self.tail else 0.0
-        return (float(t_s @ self.energy) + tail_moment) / self.total
+        return (float(t_s @ self.energy) + self.tail_moment_s()) / self.total
 
 
 def _split(ir, fs_hz, te_ms, truncation) -> tuple[float, float]:
@@ -98,3 +120,42 @@ def direct_to_reverberant_db(
     if after_direct <= 0.0 or direct <= 0.0:
         raise ValueError("direct-to-reverberant ratio undefined: no direct or no reverberant energy")
     return 10.0 * math.log10(direct / after_direct)
+
+
+def refusals(
+    ir: np.ndarray, fs_hz: float, truncation: Truncation, *, peak_index: int | None = None
+) -> dict[str, str | None]:
+    """Which energy parameters the observed decay supports: ``{name: reason text or None}``.
+
+    Names ``c50_db``, ``c80_db``, ``d50``, ``centre_time_s``, ``drr_db``; a reason means code
+    `codes.INSUFFICIENT_DYNAMIC_RANGE`. The rules (module docstring): tail ≤ 20.6 % of the energy after
+    te (C50, C80) or after the direct window (DRR); tail ≤ 5 % of the total (D50); the tail moves Ts
+    by ≤ 10 ms.
+    """
+    e = _Energy(ir, fs_hz, truncation)
+    out: dict[str, str | None] = {}
+
+    def share_reason(label: str, tail: float, base: float, limit: float, what: str) -> str | None:
+        share = tail / base if base > 0 else 1.0
+        if share <= limit:
+            return None
+        return (
+            f"decay observed too briefly above the noise for {label}: {100 * share:.0f} % of {what} lies "
+            f"below the noise floor (extrapolated), more than {100 * limit:.1f} %"
+        )
+
+    for name, te_ms in (("c50_db", 50.0), ("c80_db", 80.0)):
+        n = int(round(te_ms * 1e-3 * e.fs_hz))
+        out[name] = share_reason(name[:3].upper(), e.tail_after(n), e.after(n), MAX_TAIL_SHARE_CLARITY, f"the energy after {te_ms:g} ms")
+    out["d50"] = share_reason("D50", e.tail, e.total, MAX_TAIL_SHARE_DEFINITION, "the energy")
+    ts_s = e.centre_time_s()
+    effect_s = abs(e.tail_moment_s() - ts_s * e.tail) / e.total
+    out["centre_time_s"] = (
+        None
+        if effect_s <= MAX_TAIL_EFFECT_TS_S
+        else f"decay observed too briefly above the noise for Ts: the extrapolated tail moves it by {1e3 * effect_s:.0f} ms > 10 ms"
+    )
+    peak = int(np.argmax(np.abs(ir))) if peak_index is None else int(peak_index)
+    n = peak + int(round(DIRECT_HALF_WINDOW_S * e.fs_hz)) + 1
+    out["drr_db"] = share_reason("DRR", e.tail_after(n), e.after(n), MAX_TAIL_SHARE_CLARITY, "the reverberant energy")
+    return out

@@ -7,17 +7,18 @@ scalars, no NaN or ∞). Conventions:
 * ``bands_hz`` lists the 7 nominal octave centres; every per-band list follows that order.
 * Metric objects: ``edt_s``, ``t20_s``, ``t30_s``, ``curvature_percent``, ``c50_db``, ``c80_db``,
   ``d50``, ``centre_time_s``, ``drr_db``, ``dynamic_range_db`` (an example: docs/acoustics.md).
-* A metric object is ``{"bands": [7 × float|null], "broadband": float|null, "reasons": {key: str}}``:
-  a value is ``null`` **iff** its key (``"125"`` … ``"8000"`` or ``"broadband"``) is in ``reasons``
-  with a human-readable explanation (e.g. ``"dynamic range 31 dB < 45 dB needed for T30"`` or
-  ``"band unavailable: …"`` for 8 kHz at fs < 22.5 kHz).
-* ``t20_s``, ``t30_s``, ``edt_s`` add ``"correlation": {"bands": [...], "broadband": r}``: Pearson r
-  of the line fit (|r| < 0.98 is unreliable; values are still reported), null where no fit was made.
+* A metric object is ``{"bands": [7 × float|null], "broadband": float|null, "reasons": {key: str},
+  "codes": {key: code}}``: a value is ``null`` **iff** its key (``"125"`` … ``"8000"`` or
+  ``"broadband"``) is in ``reasons`` with a human-readable explanation (e.g. ``"dynamic range 31 dB <
+  45 dB needed for T30"``) and in ``codes`` with a stable code (`codes`, contract C3).
+* ``t20_s``, ``t30_s``, ``edt_s`` add ``"correlation": {"bands": [...], "broadband": r}`` (Pearson r
+  of the line fit) and ``"nonlinearity_permille"`` (ξ = 1000·(1 − r²), ISO 3382-2 Annex B), null
+  where no fit was made; T20/T30 with ξ > 10 ‰ are null (``nonlinear_decay``).
 * ``curvature_percent`` = 100·(T30/T20 − 1) (ISO 3382-2 §B.3; > 10 % suspect).
 * ``dynamic_range_db``: peak (10 ms running mean) over the noise floor found by Lundeby's method;
   null with a reason when the IR holds no noise floor.
-* ``sti``: ``{"value", "mti": [7], "rating": "A+"…"U", "reason"}`` (IEC 60268-16, no noise or
-  masking correction: the IR alone).
+* ``sti``: ``{"value", "mti": [7], "rating": "A+"…"U", "reason", "code", "method"}`` (IEC 60268-16;
+  ``method`` "ir", "ir+noise", "ir+masking" or "ir+noise+masking", `sti.METHOD_IR` …).
 * With ``include_curves``: ``decay_curves`` ``{"time_s": [...], "bands": {"125": [dB|null], …,
   "broadband": [...]}}`` (Schroeder curves decimated to `CURVE_POINTS`, null past the truncation)
   and ``frequency_response`` ``{"frequency_hz", "level_db"}`` (1/3-octave smoothed, dB re unit gain).
@@ -26,15 +27,15 @@ scalars, no NaN or ∞). Conventions:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from sonalyze.acoustics import decay, energy, spectrum
-from sonalyze.acoustics.bands import OCTAVE_BANDS_HZ, octave_band_irs, unavailable_reason
+from sonalyze.acoustics import codes, decay, energy, spectrum, sti
+from sonalyze.acoustics.bands import OCTAVE_BANDS_HZ, band_irs_and_leakage, unavailable_reason
 from sonalyze.acoustics.deconvolution import deconvolve_sweep
 from sonalyze.acoustics.onset import as_signal, find_onset
-from sonalyze.acoustics.sti import modulation_transfer_function, sti_from_mtf
 from sonalyze.acoustics.sweep import SweepParams
 
 #: Shortest IR after the onset that is analysed, s (C80 needs 80 ms, a decay needs more).
@@ -44,6 +45,10 @@ CURVE_POINTS = 300
 #: Decay-curve points below this level are reported as null (numerical floor).
 CURVE_FLOOR_DB = -150.0
 BROADBAND = "broadband"
+#: A band whose filtered energy is more than this share leakage from outside its edges is refused.
+MAX_LEAKAGE = 0.2
+#: A band whose 10 ms peak is less than this above its noise floor holds no usable decay.
+MIN_PEAK_TO_NOISE_DB = 10.0
 T_METRICS = {"edt_s": decay.EDT_RANGE_DB, "t20_s": decay.T20_RANGE_DB, "t30_s": decay.T30_RANGE_DB}
 ENERGY_METRICS = ("c50_db", "c80_db", "d50", "centre_time_s", "drr_db")
 
@@ -60,12 +65,15 @@ class _Metric:
     def __init__(self, with_correlation: bool = False):
         self.values: dict[str, float | None] = {}
         self.reasons: dict[str, str] = {}
+        self.codes: dict[str, str] = {}
         self.correlation: dict[str, float | None] | None = {} if with_correlation else None
+        self.nonlinearity: dict[str, float | None] = {}
 
-    def set(self, key: str, value: float | None, reason: str | None = None) -> None:
+    def set(self, key: str, value: float | None, reason: str | None = None, code: str | None = None) -> None:
         value = _json_float(value)
         if value is None:
             self.reasons[key] = reason or "not computable"
+            self.codes[key] = code or codes.NOT_COMPUTABLE
         self.values[key] = value
 
     def to_json(self) -> dict[str, Any]:
@@ -74,33 +82,93 @@ class _Metric:
             "bands": [self.values.get(k) for k in keys],
             "broadband": self.values.get(BROADBAND),
             "reasons": dict(self.reasons),
+            "codes": dict(self.codes),
         }
         if self.correlation is not None:
             out["correlation"] = {
                 "bands": [self.correlation.get(k) for k in keys],
                 "broadband": self.correlation.get(BROADBAND),
             }
+            out["nonlinearity_permille"] = {
+                "bands": [self.nonlinearity.get(k) for k in keys],
+                "broadband": self.nonlinearity.get(BROADBAND),
+            }
         return out
 
 
-def _energy_metric(metric: _Metric, key: str, compute) -> None:
+def _energy_metric(metric: _Metric, key: str, compute, refusal: str | None) -> None:
+    if refusal is not None:
+        metric.set(key, None, refusal, codes.INSUFFICIENT_DYNAMIC_RANGE)
+        return
     try:
         metric.set(key, compute())
     except ValueError as exc:
-        metric.set(key, None, str(exc))
+        metric.set(key, None, str(exc), codes.NOT_COMPUTABLE)
 
 
-def analyze_impulse_response(ir: np.ndarray, fs_hz: float, *, include_curves: bool = True) -> dict[str, Any]:
+def _band_refusal(key: str, truncation: decay.Truncation, leakage: dict[str, float]) -> tuple[str, str] | None:
+    """``(code, reason)`` when nothing may be computed from a band (or the broadband IR), else None.
+
+    * `codes.BAND_LEVEL_TOO_LOW`: more than `MAX_LEAKAGE` of the band's filtered energy comes from outside
+      its edges (`bands.leakage_fraction`), or its peak is less than `MIN_PEAK_TO_NOISE_DB` above the
+      noise: the source gave too little level in the band (ISO 3382-1 §5.3).
+    * `codes.NO_DECAY_ABOVE_NOISE`: Lundeby's iteration found no decay above the noise floor.
+    """
+    share = leakage.get(key, 0.0)
+    if share > MAX_LEAKAGE:
+        return codes.BAND_LEVEL_TOO_LOW, (
+            f"band level too low: {100 * share:.0f} % of its filtered energy comes from outside the band "
+            f"(more than {100 * MAX_LEAKAGE:g} %): the source gives too little level here"
+        )
+    if truncation.dynamic_range_db < MIN_PEAK_TO_NOISE_DB:
+        return codes.BAND_LEVEL_TOO_LOW, (
+            f"band level too low: peak {truncation.dynamic_range_db:.0f} dB above the noise floor "
+            f"(less than {MIN_PEAK_TO_NOISE_DB:g} dB)"
+        )
+    if not truncation.decay_found:
+        return codes.NO_DECAY_ABOVE_NOISE, "no decay above the noise floor found (Lundeby)"
+    return None
+
+
+def _levels(name: str, values) -> np.ndarray | None:
+    if values is None:
+        return None
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape != (len(OCTAVE_BANDS_HZ),) or not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be {len(OCTAVE_BANDS_HZ)} finite octave-band levels in dB, got {values!r}")
+    return arr
+
+
+def analyze_impulse_response(
+    ir: np.ndarray,
+    fs_hz: float,
+    *,
+    include_curves: bool = True,
+    speech_levels_db: Sequence[float] | None = None,
+    noise_levels_db: Sequence[float] | None = None,
+    calibration_db: float | None = None,
+) -> dict[str, Any]:
     """Every ISO 3382-1 / IEC 60268-16 metric of a 1-D impulse response, as a JSON-ready dict.
 
     The IR may have any pre-delay (the onset is found per ISO 3382-1 A.2.1); each band is filtered with
-    the zero-phase octave bank, its decay truncated by Lundeby's method, and T20/T30/EDT, C50/C80/D50,
-    Ts, DRR computed from the onset. Raises ValueError for an empty, silent, non-finite or too short IR
-    or an fs below 8 kHz. See the module docstring for the schema.
+    the zero-phase octave bank, its decay noise-compensated (Chu + Lundeby) and T20/T30/EDT, C50/C80/D50,
+    Ts, DRR computed from the onset, each behind its validity gate (docs/acoustics.md "Refusals").
+    STI options (IEC 60268-16): ``speech_levels_db`` and ``noise_levels_db``, 7 octave-band levels in dB
+    re the recording's full scale of the speech (or the test signal at speech level) and of the
+    measured background noise, give the SNR correction; with ``calibration_db`` (dB SPL at 0 dBFS of
+    the recording device) the speech levels become absolute and masking and the reception threshold
+    apply. Raises ValueError for an empty, silent, non-finite or too short IR, an fs below 8 kHz, or
+    levels not given as 7 finite numbers (or noise levels without speech levels).
     """
     fs_hz = float(fs_hz)
     if not math.isfinite(fs_hz) or fs_hz < MIN_FS_HZ:
         raise ValueError(f"fs_hz must be ≥ {MIN_FS_HZ:.0f} Hz, got {fs_hz}")
+    speech = _levels("speech_levels_db", speech_levels_db)
+    noise = _levels("noise_levels_db", noise_levels_db)
+    if noise is not None and speech is None:
+        raise ValueError("noise_levels_db needs speech_levels_db (the SNR is speech minus noise)")
+    if calibration_db is not None and not math.isfinite(calibration_db):
+        raise ValueError(f"calibration_db must be a finite number of dB, got {calibration_db}")
     x = as_signal(ir)
     onset = find_onset(x)
     if x.size - onset < MIN_ANALYSIS_S * fs_hz:
@@ -111,43 +179,62 @@ def analyze_impulse_response(ir: np.ndarray, fs_hz: float, *, include_curves: bo
     t_metrics = {name: _Metric(with_correlation=True) for name in T_METRICS}
     e_metrics = {name: _Metric() for name in ENERGY_METRICS}
     curvature, dynamic_range = _Metric(), _Metric()
-    signals: dict[str, np.ndarray] = {str(b): h for b, h in octave_band_irs(x, fs_hz, onset).items()}
+    band_irs, leakage_by_band = band_irs_and_leakage(x, fs_hz, onset)
+    signals: dict[str, np.ndarray] = {str(b): h for b, h in band_irs.items()}
+    leakage = {str(b): v for b, v in leakage_by_band.items()}
+    band_refusals: dict[str, tuple[str, str]] = {}
     for band in OCTAVE_BANDS_HZ:
         if str(band) not in signals:
-            reason = unavailable_reason(band, fs_hz)
+            band_refusals[str(band)] = (codes.BAND_UNAVAILABLE, unavailable_reason(band, fs_hz))
             for metric in (*t_metrics.values(), *e_metrics.values(), curvature, dynamic_range):
-                metric.set(str(band), None, reason)
+                metric.set(str(band), None, unavailable_reason(band, fs_hz), codes.BAND_UNAVAILABLE)
     broadband = x[onset:]
     signals[BROADBAND] = broadband
     peak_index = int(np.argmax(np.abs(broadband)))
     curves: dict[str, np.ndarray] = {}
+    truncations: dict[str, decay.Truncation] = {}
 
     for key, h in signals.items():
         truncation = decay.lundeby_truncation(h, fs_hz)
+        truncations[key] = truncation
+        dr_db = truncation.dynamic_range_db
+        dynamic_range.set(key, dr_db, "no noise floor found in the impulse response (noise-free)", codes.NO_NOISE_FLOOR)
+        refusal = _band_refusal(key, truncation, leakage)
+        if refusal is not None:
+            band_refusals[key] = refusal
+            for metric in (*t_metrics.values(), *e_metrics.values(), curvature):
+                metric.set(key, None, refusal[1], refusal[0])
+            curves[key] = np.full(h.size, np.nan)
+            continue
         edc_db = decay.schroeder_curve_db(h, fs_hz, truncation)
         curves[key] = edc_db
-        dr_db = truncation.dynamic_range_db
-        dynamic_range.set(key, dr_db, "no noise floor found in the impulse response (noise-free)")
         fits = {}
         for name, range_db in T_METRICS.items():
             fit = decay.reverberation_time(edc_db, fs_hz, range_db, dynamic_range_db=dr_db)
             fits[name] = fit
-            t_metrics[name].set(key, fit.rt_s if fit.valid else None, fit.reason)
+            t_metrics[name].set(key, fit.rt_s if fit.valid else None, fit.reason, fit.code)
             t_metrics[name].correlation[key] = _json_float(fit.correlation)
+            t_metrics[name].nonlinearity[key] = _json_float(fit.nonlinearity_permille, 3)
         if fits["t20_s"].valid and fits["t30_s"].valid:
             curvature.set(key, 100.0 * (fits["t30_s"].rt_s / fits["t20_s"].rt_s - 1.0))
         else:
-            curvature.set(key, None, "needs valid T20 and T30")
-        _energy_metric(e_metrics["c50_db"], key, lambda: energy.clarity_db(h, fs_hz, 50.0, truncation=truncation))
-        _energy_metric(e_metrics["c80_db"], key, lambda: energy.clarity_db(h, fs_hz, 80.0, truncation=truncation))
-        _energy_metric(e_metrics["d50"], key, lambda: energy.definition(h, fs_hz, 50.0, truncation=truncation))
-        _energy_metric(e_metrics["centre_time_s"], key, lambda: energy.centre_time_s(h, fs_hz, truncation=truncation))
+            curvature.set(key, None, "needs valid T20 and T30", codes.DEPENDS_ON_REFUSED)
+        gates = energy.refusals(h, fs_hz, truncation, peak_index=peak_index)
+        _energy_metric(e_metrics["c50_db"], key, lambda: energy.clarity_db(h, fs_hz, 50.0, truncation=truncation), gates["c50_db"])
+        _energy_metric(e_metrics["c80_db"], key, lambda: energy.clarity_db(h, fs_hz, 80.0, truncation=truncation), gates["c80_db"])
+        _energy_metric(e_metrics["d50"], key, lambda: energy.definition(h, fs_hz, 50.0, truncation=truncation), gates["d50"])
+        _energy_metric(
+            e_metrics["centre_time_s"], key, lambda: energy.centre_time_s(h, fs_hz, truncation=truncation), gates["centre_time_s"]
+        )
         _energy_metric(
             e_metrics["drr_db"],
             key,
             lambda: energy.direct_to_reverberant_db(h, fs_hz, peak_index=peak_index, truncation=truncation),
+            gates["drr_db"],
         )
 
+    snr_db = None if noise is None else speech - noise
+    band_levels_db = None if speech is None or calibration_db is None else speech + calibration_db
     result: dict[str, Any] = {
         "fs_hz": int(fs_hz) if fs_hz.is_integer() else fs_hz,
         "onset_s": _json_float(onset / fs_hz),
@@ -157,7 +244,7 @@ def analyze_impulse_response(ir: np.ndarray, fs_hz: float, *, include_curves: bo
         "curvature_percent": curvature.to_json(),
         **{name: m.to_json() for name, m in e_metrics.items()},
         "dynamic_range_db": dynamic_range.to_json(),
-        "sti": _sti_json(signals, fs_hz),
+        "sti": _sti_json(signals, truncations, band_refusals, fs_hz, snr_db, band_levels_db),
     }
     if include_curves:
         result["decay_curves"] = _curves_json(curves, fs_hz)
@@ -169,17 +256,46 @@ def analyze_impulse_response(ir: np.ndarray, fs_hz: float, *, include_curves: bo
     return result
 
 
-def _sti_json(signals: dict[str, np.ndarray], fs_hz: float) -> dict[str, Any]:
-    missing = [b for b in OCTAVE_BANDS_HZ if str(b) not in signals]
-    if missing:
-        reason = f"STI needs all 7 octave bands; {missing[0]} Hz: {unavailable_reason(missing[0], fs_hz)}"
-        return {"value": None, "mti": [None] * 7, "rating": None, "reason": reason}
+def _sti_json(
+    signals: dict[str, np.ndarray],
+    truncations: dict[str, decay.Truncation],
+    band_refusals: dict[str, tuple[str, str]],
+    fs_hz: float,
+    snr_db: np.ndarray | None,
+    band_levels_db: np.ndarray | None,
+) -> dict[str, Any]:
+    method = sti.sti_method(snr_db, band_levels_db)
+
+    def refused(code: str, reason: str) -> dict[str, Any]:
+        return {"value": None, "mti": [None] * 7, "rating": None, "reason": reason, "code": code, "method": method}
+
+    for band in OCTAVE_BANDS_HZ:
+        if str(band) in band_refusals:
+            code, reason = band_refusals[str(band)]
+            return refused(code, f"STI needs all 7 octave bands; {band} Hz: {reason}")
+    keys = [str(b) for b in OCTAVE_BANDS_HZ]
+    band_truncations = [truncations[k] for k in keys]
+    band_energies = [float(np.sum(signals[k][: t.index] ** 2 - t.noise_power)) + t.tail_energy for k, t in zip(keys, band_truncations)]
+    gate = sti.refusal(
+        signals[BROADBAND].size / fs_hz,
+        [t.tail_energy / e if e > 0 else 1.0 for t, e in zip(band_truncations, band_energies)],
+    )
+    if gate is not None:
+        return refused(*gate)
     try:
-        mtf = modulation_transfer_function(np.stack([signals[str(b)] for b in OCTAVE_BANDS_HZ]), fs_hz)
-        res = sti_from_mtf(mtf)
+        mtf = sti.modulation_transfer_function(np.stack([signals[k] for k in keys]), fs_hz, band_truncations)
+        res = sti.sti_from_mtf(mtf, snr_db=snr_db, band_levels_db=band_levels_db)
     except ValueError as exc:
-        return {"value": None, "mti": [None] * 7, "rating": None, "reason": str(exc)}
-    return {"value": _json_float(res.sti), "mti": [_json_float(v) for v in res.mti], "rating": res.rating, "reason": None}
+        code = codes.INVALID_MTF if "invalid measurement" in str(exc) else codes.NOT_COMPUTABLE
+        return refused(code, str(exc))
+    return {
+        "value": _json_float(res.sti),
+        "mti": [_json_float(v) for v in res.mti],
+        "rating": res.rating,
+        "reason": None,
+        "code": None,
+        "method": res.method,
+    }
 
 
 def _curves_json(curves: dict[str, np.ndarray], fs_hz: float) -> dict[str, Any]:
