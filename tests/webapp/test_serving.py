@@ -145,7 +145,7 @@ def test_gateway_routes_keep_precedence(gateway):
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert "content-security-policy" not in health.headers
     assert httpx.get(gateway.url + "/readyz", timeout=10).json()["status"] == "ready"
-    metrics = httpx.get(gateway.url + "/metrics", headers={"accept-encoding": "gzip"}, timeout=10)
+    metrics = httpx.get(gateway.url + "/metrics", headers={"accept-encoding": "gzip", "x-internal-token": TOKEN}, timeout=10)
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     assert "content-encoding" not in metrics.headers  # only the app's files are compressed
     internal = httpx.post(gateway.url + "/internal/broadcast", json={}, timeout=10)
@@ -160,3 +160,25 @@ async def test_websocket_is_untouched(gateway):
         await ws.send(json.dumps({"event": "ping", "request_id": 1}))
         answer = json.loads(await ws.recv())
     assert answer["type"] == "response" and answer["event"] == "pong" and answer["request_id"] == 1
+
+
+@pytest.mark.slow
+def test_the_built_package_carries_the_app(tmp_path):
+    """A wheel built from the project holds every file of src/sonalyze/webapp (package data), subfolders too."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    project = tmp_path / "project"
+    shutil.copytree(APP_DIR.parents[2] / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(APP_DIR.parents[2] / name, project / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path / "dist"), str(project)],
+        check=True, capture_output=True, timeout=300,
+    )
+    (wheel,) = (tmp_path / "dist").glob("sonalyze-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {"sonalyze/webapp/index.html", *(f"sonalyze/webapp/{name}" for name in _assets())}
+    assert expected <= names, sorted(expected - names)
