@@ -282,8 +282,9 @@ def _first_repetition(energy: np.ndarray, strongest: int, period: int, count: in
                 for p in (first + k * period for k in range(count))
             ]
             level = float(np.median(levels))
-            if level > best_level:
-                best, best_level = first - search + int(np.argmax(energy[first - search : first + search + 1])), level
+            located = first - search + int(np.argmax(energy[first - search : first + search + 1]))
+            if level > best_level or (level == best_level and located < best):  # a tie: the earlier series
+                best, best_level = located, level
     return best
 
 

@@ -34,8 +34,9 @@ import numpy as np
 
 from sonalyze.acoustics import codes, decay, energy, spectrum, sti
 from sonalyze.acoustics.bands import OCTAVE_BANDS_HZ, band_irs_and_leakage, unavailable_reason
-from sonalyze.acoustics.deconvolution import deconvolve_sweep
+from sonalyze.acoustics.deconvolution import mono
 from sonalyze.acoustics.onset import as_signal, find_onset
+from sonalyze.acoustics.recording import RecordingRefused, apply_refusals, check_recording
 from sonalyze.acoustics.sweep import SweepParams
 
 #: Shortest IR after the onset that is analysed, s (C80 needs 80 ms, a decay needs more).
@@ -317,7 +318,21 @@ def analyze_sweep_recording(
     *,
     ir_length_s: float | None = None,
     include_curves: bool = True,
+    declared_fs_hz: float | None = None,
+    flags: list[str] | None = None,
+    capture: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`deconvolve_sweep` then `analyze_impulse_response` (at ``params.fs_hz``)."""
-    ir = deconvolve_sweep(recording, params, ir_length_s)
-    return analyze_impulse_response(ir, params.fs_hz, include_curves=include_curves)
+    """`recording.check_recording` (clock, repetitions, impulsive noise, truncation), then
+    `analyze_impulse_response` of the (averaged) response (at ``params.fs_hz``), the values the recording
+    cannot support nulled (``truncated_recording``), and the ``recording`` section (with ``flags`` and the
+    client's ``capture`` facts). Raises `recording.RecordingRefused` (with a ``code``) for a recording
+    that must not be analysed at all, ValueError when no sweep is found in it."""
+    try:
+        check = check_recording(mono(recording), params, ir_length_s=ir_length_s, declared_fs_hz=declared_fs_hz)
+    except RecordingRefused as exc:
+        exc.recording.update(flags=list(flags or []), capture=capture)
+        raise
+    report = analyze_impulse_response(check.ir, params.fs_hz, include_curves=include_curves)
+    apply_refusals(report, check)
+    report["recording"] = check.section(flags=flags, capture=capture)
+    return report

@@ -18,6 +18,7 @@ import numpy as np
 import soundfile
 from scipy.signal import resample_poly
 
+from sonalyze.acoustics.recording import RecordingRefused
 from sonalyze.acoustics.report import analyze_impulse_response, analyze_sweep_recording
 from sonalyze.acoustics.sweep import SweepParams
 from sonalyze.measurement.jobs import AnalysisSource
@@ -32,6 +33,8 @@ class AnalysisTask:
     source: AnalysisSource
     sweep: SweepParams
     uploads: tuple[tuple[str, Path], ...]
+    captures: tuple[dict[str, Any] | None, ...] = ()
+    """Each upload's capture facts (same order as ``uploads``), None where the client sent none."""
 
 
 def _first_channel(path: Path) -> tuple[np.ndarray, int]:
@@ -39,25 +42,54 @@ def _first_channel(path: Path) -> tuple[np.ndarray, int]:
     return samples[:, 0], int(fs_hz)
 
 
-def _analyze_one(task: AnalysisTask, path: Path) -> dict[str, Any]:
+#: Capture facts that mean the browser processed the audio (WebRTC echo canceller, noise suppressor,
+#: gain control): the decay may be bent, so the result is flagged ``processed_capture``.
+PROCESSING_FACTS = ("echo_cancellation", "noise_suppression", "auto_gain_control")
+
+
+def capture_flags(capture: dict[str, Any] | None, wav_fs_hz: int) -> list[str]:
+    """``processed_capture`` when any processing fact is true; ``capture_rate_differs`` when the client's
+    ``sample_rate_hz`` or ``context_sample_rate_hz`` is not the WAV's declared rate (the clock check then
+    decides whether the audio can be analysed)."""
+    if not capture:
+        return []
+    flags = []
+    if any(capture.get(name) is True for name in PROCESSING_FACTS):
+        flags.append("processed_capture")
+    rates = [capture.get(key) for key in ("sample_rate_hz", "context_sample_rate_hz")]
+    if any(isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate != wav_fs_hz for rate in rates):
+        flags.append("capture_rate_differs")
+    return flags
+
+
+def _analyze_one(task: AnalysisTask, path: Path, capture: dict[str, Any] | None) -> dict[str, Any]:
     signal, fs_hz = _first_channel(path)
     if task.source is AnalysisSource.IMPULSE_RESPONSE:
         return analyze_impulse_response(signal, fs_hz)
+    declared_fs_hz = fs_hz
     if fs_hz != task.sweep.fs_hz:
         # The phone recorded at another rate than the sweep's: bring the recording to the sweep's rate.
         common = math.gcd(fs_hz, task.sweep.fs_hz)
         signal = resample_poly(signal, task.sweep.fs_hz // common, fs_hz // common)
-    return analyze_sweep_recording(signal, task.sweep)
+    return analyze_sweep_recording(
+        signal, task.sweep, declared_fs_hz=declared_fs_hz, flags=capture_flags(capture, fs_hz), capture=capture
+    )
 
 
 def analyze_uploads(task: AnalysisTask, *, progress: Callable[[float, str], None]) -> dict[str, dict[str, Any]]:
-    """One report per upload (the shared result schema, plus ``source``), or ``{"error"}`` for that upload."""
+    """One report per upload (the shared result schema, plus ``source``), or ``{"error"}`` for that upload.
+
+    A recording the checks refuse as a whole gets the refusal's code (``sample_rate_mismatch``,
+    ``impulsive_noise``) and its ``recording`` section; any other ValueError ``analysis_failed``."""
     results: dict[str, dict[str, Any]] = {}
     count = len(task.uploads)
-    for index, (name, path) in enumerate(task.uploads):
+    captures = task.captures or (None,) * count
+    for index, ((name, path), capture) in enumerate(zip(task.uploads, captures)):
         progress(index / count, f"analyzing {name} ({index + 1}/{count})")
         try:
-            report = _analyze_one(task, path)
+            report = _analyze_one(task, path, capture)
+        except RecordingRefused as exc:
+            report = {"error": {"code": exc.code, "message": exc.message}, "recording": exc.recording}
         except ValueError as exc:
             report = {"error": {"code": "analysis_failed", "message": str(exc)}}
         results[name] = {"source": task.source.value, **report}

@@ -20,12 +20,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sonalyze.acoustics.sweep import SweepParams
+from sonalyze.acoustics.sweep import MAX_SWEEP_COUNT, SweepParams
 from sonalyze.common.errors import Conflict
 
 JOB_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 UPLOAD_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SWEEP_FILE_FORMAT = {"container": "WAV", "subtype": "PCM_16", "channels": 1}
+MIN_SAMPLE_RATE_HZ = 8_000
+MAX_SAMPLE_RATE_HZ = 192_000
+"""Sample rates a phone or sound card really uses; others are refused (``unsupported_sample_rate``)."""
 
 
 class JobStatus(StrEnum):
@@ -76,8 +79,11 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sample_rate_hz: int = Field(default=48000, ge=8000, le=192000)
+    sample_rate_hz: int = Field(default=48000, description=f"{MIN_SAMPLE_RATE_HZ}–{MAX_SAMPLE_RATE_HZ} Hz")
     sweep: SweepSettings = Field(default_factory=SweepSettings)
+    sweep_count: int = Field(
+        default=1, ge=1, le=MAX_SWEEP_COUNT, description="sweeps in the played file, averaged by the analysis"
+    )
     lobby_id: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9_.:\-]{1,64}$",
@@ -96,6 +102,7 @@ class JobCreate(BaseModel):
             silence_before_s=sweep.silence_before_s,
             silence_after_s=sweep.silence_after_s,
             level_dbfs=sweep.level_dbfs,
+            sweep_count=self.sweep_count,
         ).validate()
 
 
@@ -124,6 +131,8 @@ class AudioFacts(BaseModel):
 class Upload(AudioFacts):
     name: str
     uploaded_at: datetime
+    capture: dict[str, Any] | None = None
+    """The client's capture facts (``X-Capture-Facts``, `uploads.parse_capture_facts`), if it sent them."""
 
     def public(self) -> dict[str, Any]:
         return {"name": self.name, **self.model_dump(mode="json")}
@@ -155,9 +164,11 @@ class Job(BaseModel):
     error: JobError | None = None
     lobby_id: str | None = None
     """The lobby whose session created the job; None for a standalone job."""
+    owner_device_id: str | None = None
+    """The device that created a standalone job (the only device that may reach it)."""
 
     @classmethod
-    def create(cls, params: SweepParams, *, lobby_id: str | None = None) -> Job:
+    def create(cls, params: SweepParams, *, lobby_id: str | None = None, owner_device_id: str | None = None) -> Job:
         now = utc_now()
         return cls(
             job_id=new_job_id(),
@@ -166,11 +177,14 @@ class Job(BaseModel):
             updated_at=now,
             sweep=dataclasses.asdict(params),
             lobby_id=lobby_id,
+            owner_device_id=owner_device_id,
         )
 
     @property
     def sweep_params(self) -> SweepParams:
-        return SweepParams(**{**self.sweep, "fs_hz": int(self.sweep["fs_hz"])})
+        return SweepParams(
+            **{**self.sweep, "fs_hz": int(self.sweep["fs_hz"]), "sweep_count": int(self.sweep.get("sweep_count", 1))}
+        )
 
     @property
     def sample_rate_hz(self) -> int:
@@ -211,6 +225,8 @@ class Job(BaseModel):
             "sweep_length_samples": params.sweep_length_samples,
             "total_duration_s": params.total_duration_s,
             "total_samples": params.total_samples,
+            "sweep_count": params.sweep_count,
+            "period_s": params.period_samples / params.fs_hz,
         }
 
     def audio_info(self) -> dict[str, Any]:

@@ -7,6 +7,10 @@ FLAC) and refused with 422 and a reason when it is not audio, empty, silent, cli
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
@@ -17,7 +21,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from sonalyze.common.errors import BadRequest, PayloadTooLarge, Unprocessable
-from sonalyze.measurement.jobs import UPLOAD_NAME_PATTERN, AudioFacts
+from sonalyze.measurement.jobs import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, UPLOAD_NAME_PATTERN, AudioFacts
 
 ACCEPTED_FORMATS = frozenset({"WAV", "WAVEX", "FLAC"})
 MIN_DURATION_S = 0.1
@@ -27,6 +31,23 @@ FULL_SCALE = 0.999
 MAX_CLIPPED_FRACTION = 0.001
 """More than 0.1 % of the samples at full scale: the recording is clipped."""
 _BLOCK_FRAMES = 1 << 16
+MAX_CAPTURE_FACTS_BYTES = 4096
+"""Largest decoded ``X-Capture-Facts`` JSON object (contract C3)."""
+MAX_CAPTURE_FACTS_KEYS = 32
+MAX_CAPTURE_TEXT = 256
+#: Known capture facts and their types (Web Audio ``MediaTrackSettings`` / ``AudioContext`` values).
+CAPTURE_FACT_TYPES: dict[str, type] = {
+    "sample_rate_hz": float,
+    "context_sample_rate_hz": float,
+    "echo_cancellation": bool,
+    "noise_suppression": bool,
+    "auto_gain_control": bool,
+    "base_latency_s": float,
+    "output_latency_s": float,
+    "user_agent": str,
+    "channel_count": float,
+    "device_label": str,
+}
 
 
 def check_upload_name(name: str) -> str:
@@ -138,15 +159,85 @@ async def receive_multipart(chunks: AsyncIterator[bytes], content_type: str, out
         )
 
 
+def _bad_facts(message: str) -> BadRequest:
+    return BadRequest(f"X-Capture-Facts: {message}", code="invalid_capture_facts")
+
+
+def parse_capture_facts(header: str | None) -> dict[str, object] | None:
+    """The ``X-Capture-Facts`` header (base64url of a JSON object, ≤ 4 KiB decoded) as a dict, or None.
+
+    Known keys must have their type (`CAPTURE_FACT_TYPES`: numbers finite and ≥ 0, rates 1–768000 Hz,
+    texts ≤ 256 characters); other keys are kept when their value is a short text, a number, a boolean
+    or null; at most 32 keys. Anything else: 400 ``invalid_capture_facts``.
+    """
+    if header is None:
+        return None
+    if len(header) > 2 * MAX_CAPTURE_FACTS_BYTES:
+        raise _bad_facts(f"longer than {MAX_CAPTURE_FACTS_BYTES} bytes")
+    try:
+        raw = base64.urlsafe_b64decode(header.strip() + "=" * (-len(header.strip()) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise _bad_facts("not base64url") from exc
+    if len(raw) > MAX_CAPTURE_FACTS_BYTES:
+        raise _bad_facts(f"longer than {MAX_CAPTURE_FACTS_BYTES} bytes")
+    try:
+        facts = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _bad_facts("not JSON") from exc
+    if not isinstance(facts, dict):
+        raise _bad_facts("not a JSON object")
+    if len(facts) > MAX_CAPTURE_FACTS_KEYS:
+        raise _bad_facts(f"more than {MAX_CAPTURE_FACTS_KEYS} keys")
+    for key, value in facts.items():
+        if len(key) > 64:
+            raise _bad_facts("a key longer than 64 characters")
+        expected = CAPTURE_FACT_TYPES.get(key)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            if len(value) > MAX_CAPTURE_TEXT or (expected not in (None, str)):
+                raise _bad_facts(f"{key!r} must be {_type_name(expected)}")
+        elif isinstance(value, bool):
+            if expected not in (None, bool):
+                raise _bad_facts(f"{key!r} must be {_type_name(expected)}")
+        elif isinstance(value, (int, float)):
+            if expected not in (None, float) or not math.isfinite(value) or value < 0:
+                raise _bad_facts(f"{key!r} must be {_type_name(expected or float)}")
+            if key.endswith("sample_rate_hz") and not 1 <= value <= 768000:
+                raise _bad_facts(f"{key!r} must be within 1–768000 Hz")
+        else:
+            raise _bad_facts(f"{key!r} must be a text, a number, a boolean or null")
+    return facts
+
+
+def _type_name(expected: type | None) -> str:
+    return {str: "a text (≤ 256 characters)", bool: "a boolean", float: "a finite number ≥ 0"}.get(
+        expected, "a text, a number, a boolean or null"
+    )
+
+
 def _refuse(code: str, message: str, **details: object) -> Unprocessable:
     return Unprocessable(message, code=code, details=details or None)
 
 
-def inspect_audio(path: Path) -> AudioFacts:
+def check_sample_rate(fs_hz: int) -> None:
+    """422 ``unsupported_sample_rate`` outside 8–192 kHz, for sweeps and uploads alike: the analysis
+    resamples to the sweep's rate, and a file declaring 1 Hz would ask it for gigabytes."""
+    if not MIN_SAMPLE_RATE_HZ <= fs_hz <= MAX_SAMPLE_RATE_HZ:
+        raise _refuse(
+            "unsupported_sample_rate",
+            f"{fs_hz} Hz is not a supported sample rate ({MIN_SAMPLE_RATE_HZ}–{MAX_SAMPLE_RATE_HZ} Hz)",
+            sample_rate_hz=fs_hz, min_hz=MIN_SAMPLE_RATE_HZ, max_hz=MAX_SAMPLE_RATE_HZ,
+        )
+
+
+def inspect_audio(path: Path, *, max_duration_s: float) -> AudioFacts:
     """Open ``path`` as audio and check it can be analyzed; 422 with a code and a reason when not.
 
-    Codes: ``empty_audio``, ``not_audio``, ``unsupported_format``, ``too_short``, ``invalid_samples``
-    (NaN/inf), ``silent_audio``, ``clipped_audio``. Blocking (reads the whole file in blocks).
+    Codes: ``empty_audio``, ``not_audio``, ``unsupported_format``, ``unsupported_sample_rate``,
+    ``too_short``, ``too_long`` (over ``max_duration_s``: a small FLAC of silence decodes to hours),
+    ``invalid_samples`` (NaN/inf), ``silent_audio``, ``clipped_audio``. Blocking (reads the whole file
+    in blocks), and it checks the header's rate and length before decoding a sample.
     """
     size_bytes = path.stat().st_size
     if size_bytes == 0:
@@ -158,9 +249,15 @@ def inspect_audio(path: Path) -> AudioFacts:
     if info.format not in ACCEPTED_FORMATS:
         message = f"{info.format} audio is not accepted; send WAV or FLAC"
         raise _refuse("unsupported_format", message, format=info.format)
+    check_sample_rate(info.samplerate)
     if info.frames == 0:
         raise _refuse("empty_audio", "the audio file holds no samples")
     duration_s = info.frames / info.samplerate
+    if duration_s > max_duration_s:
+        raise _refuse(
+            "too_long", f"the audio lasts {duration_s:.1f} s; at most {max_duration_s:g} s is accepted (MEASUREMENT_MAX_UPLOAD_S)",
+            duration_s=duration_s, max_duration_s=max_duration_s,
+        )
     if duration_s < MIN_DURATION_S:
         raise _refuse(
             "too_short", f"the audio lasts {duration_s:.3f} s; at least {MIN_DURATION_S} s is needed",
