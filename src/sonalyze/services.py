@@ -30,11 +30,11 @@ SERVICES: dict[str, ServiceSpec] = {
             "lobby",
             "sonalyze.lobby.main:create_app",
             8001,
-            "/health",
+            "/healthz",
             {"http": "sonalyze.lobby.http_protocol:LobbyHttpProtocol"},
         ),
-        ServiceSpec("measurement", "sonalyze.measurement.main:create_app", 8002, "/v1/health"),
-        ServiceSpec("simulation", "sonalyze.simulation.main:create_app", 8003, "/health"),
+        ServiceSpec("measurement", "sonalyze.measurement.main:create_app", 8002, "/healthz"),
+        ServiceSpec("simulation", "sonalyze.simulation.main:create_app", 8003, "/healthz"),
         ServiceSpec("storage", "sonalyze.storage.main:create_app", 8004, "/healthz"),
     )
 }

@@ -12,13 +12,14 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from sonalyze.storage.outbox import outbox_table
+from tests.support.servers import SERVICE_HEADERS
 
 
 async def all_records(storage_url: str, resource: str, **filters: str) -> list[dict[str, Any]]:
     """Every record of ``resource`` (matching the parent ``filters``), page by page."""
     items: list[dict[str, Any]] = []
     offset: int | None = 0
-    async with httpx.AsyncClient(base_url=storage_url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=storage_url, timeout=10, headers=SERVICE_HEADERS) as http:
         while offset is not None:
             response = await http.get(f"/v1/{resource}", params={"limit": 500, "offset": offset, **filters})
             assert response.status_code == 200, response.text

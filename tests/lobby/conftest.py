@@ -23,9 +23,9 @@ from sonalyze.measurement.main import create_app as create_measurement
 from sonalyze.measurement.settings import MeasurementSettings
 from sonalyze.services import SERVICES
 from tests.lobby.clients import Handle
-from tests.support.servers import ThreadedServer, free_port
+from tests.support.servers import INTERNAL_TOKEN, SERVICE_HEADERS, ThreadedServer, free_port
 
-TOKEN = "lobby-test-token"
+TOKEN = INTERNAL_TOKEN
 
 # Short sweeps at 16 kHz keep the real analyses quick on a loaded machine.
 FAST_JOBS = {"sample_rate_hz": 16000, "sweep_duration_s": 1.0}
@@ -44,8 +44,10 @@ def lobby_settings(database_url: str, **overrides) -> LobbySettings:
 
 
 @contextmanager
-def measurement_server(data_dir: Path) -> Iterator[ThreadedServer]:
-    with ThreadedServer(create_measurement(MeasurementSettings(data_dir=data_dir, analyze_wait_s=0.5))) as server:
+def measurement_server(data_dir: Path, lobby_url: str = "") -> Iterator[ThreadedServer]:
+    """The measurement service; it asks the lobby at ``lobby_url`` which devices may reach a session's job."""
+    settings = MeasurementSettings(data_dir=data_dir, analyze_wait_s=0.5, internal_auth_token=TOKEN, lobby_url=lobby_url)
+    with ThreadedServer(create_measurement(settings)) as server:
         yield server
 
 
@@ -68,7 +70,7 @@ def gateway_server(port: int, lobby_url: str, measurement_url: str) -> Iterator[
 def full_stack(database_url: str, data_dir: Path, *, with_gateway: bool = True, **overrides) -> Iterator[Stack]:
     """Measurement, lobby and (optionally) gateway on free ports, each knowing the others' URLs."""
     gateway_port, lobby_port = free_port(), free_port()
-    with measurement_server(data_dir / "measurement") as measurement:
+    with measurement_server(data_dir / "measurement", f"http://127.0.0.1:{lobby_port}") as measurement:
         gateway_url = f"http://127.0.0.1:{gateway_port}" if with_gateway else ""
         settings = lobby_settings(database_url, gateway_url=gateway_url, measurement_url=measurement.url, **overrides)
         with ThreadedServer(create_lobby(settings), port=lobby_port, **SERVICES["lobby"].uvicorn_options) as lobby:
@@ -89,7 +91,7 @@ def stack(database_url: str, tmp_path: Path) -> Iterator[Stack]:
 async def handle(database_url: str, tmp_path: Path) -> AsyncIterator[Handle]:
     """The lobby alone (no gateway: pushes are off), called through ``POST /gateway/handle``."""
     with full_stack(database_url, tmp_path, with_gateway=False) as running:
-        async with httpx.AsyncClient(base_url=running.lobby.url, timeout=30) as http:
+        async with httpx.AsyncClient(base_url=running.lobby.url, timeout=30, headers=SERVICE_HEADERS) as http:
             yield Handle(http)
 
 

@@ -12,7 +12,7 @@ import pytest
 from tests.lobby.clients import Handle, Phone
 from sonalyze.lobby.main import create_app as create_lobby
 from tests.lobby.conftest import FAST_JOBS, TOKEN, Stack, full_stack, gateway_server, lobby_settings, measurement_server, recording_wav
-from tests.support.servers import ServiceProcess, ThreadedServer, free_port, wait_until
+from tests.support.servers import SERVICE_HEADERS, ServiceProcess, ThreadedServer, free_port, wait_until
 
 HOST, SPEAKER_B = "spk-a", "spk-b"
 MICS = ["mic-1", "mic-2", "mic-3"]
@@ -62,7 +62,7 @@ async def _through_playback(p: dict[str, Phone], session: dict, index: int) -> d
 async def _upload_all(gateway_url: str, p: dict[str, Phone], session: dict, stops: dict, audio: dict, index: int) -> None:
     async with httpx.AsyncClient(base_url=gateway_url, timeout=60) as http:
         for seed, (mic, stop) in enumerate(stops.items()):
-            response = await http.post(stop["upload_path"], content=recording_wav(audio, seed + 10 * index), headers={"Content-Type": "audio/wav"})
+            response = await http.post(stop["upload_path"], content=recording_wav(audio, seed + 10 * index), headers={"Content-Type": "audio/wav", "X-Device-Id": mic})
             assert response.status_code == 201, response.text
             data = {"session_id": session["session_id"], "speaker_index": index, "upload_name": stop["upload_name"]}
             await p[mic].call("measurement.recording_uploaded", data)
@@ -180,7 +180,7 @@ async def test_a_failed_broadcast_loses_no_state(database_url: str, tmp_path: Pa
     dead_gateway = f"http://127.0.0.1:{free_port()}"
     with measurement_server(tmp_path / "m") as measurement:
         app = create_lobby(lobby_settings(database_url, gateway_url=dead_gateway, measurement_url=measurement.url))
-        with ThreadedServer(app) as lobby, httpx.Client(base_url=lobby.url, timeout=30) as http:
+        with ThreadedServer(app) as lobby, httpx.Client(base_url=lobby.url, timeout=30, headers=SERVICE_HEADERS) as http:
             created = http.post("/lobbies", headers={"X-Device-Id": "host"}, json={"name": "x"})
             assert created.status_code == 201
             joined = http.post("/lobbies/join", headers={"X-Device-Id": "guest"}, json={"code": created.json()["code"]})
@@ -204,9 +204,10 @@ def _lobby_env(database_url: str, gateway_url: str, measurement_url: str, **extr
 
 
 async def test_restart_in_the_middle_of_a_session_resumes_it(database_url: str, tmp_path: Path):
-    gateway_port = free_port()
-    with measurement_server(tmp_path / "m") as measurement:
-        lobby = ServiceProcess("lobby", env=_lobby_env(database_url, f"http://127.0.0.1:{gateway_port}", measurement.url))
+    gateway_port, lobby_port = free_port(), free_port()
+    with measurement_server(tmp_path / "m", f"http://127.0.0.1:{lobby_port}") as measurement:
+        lobby_env = _lobby_env(database_url, f"http://127.0.0.1:{gateway_port}", measurement.url)
+        lobby = ServiceProcess("lobby", env=lobby_env, port=lobby_port)
         with lobby, gateway_server(gateway_port, lobby.url, measurement.url) as gateway:
             async with phones(gateway.ws_url, DEVICES) as p:
                 room = await _measuring_lobby(p)
@@ -244,7 +245,7 @@ async def test_a_deadline_passed_while_down_fails_the_step_after_restart(databas
 async def test_create_session_without_the_measurement_service_creates_nothing(database_url: str):
     app = create_lobby(lobby_settings(database_url, measurement_url=f"http://127.0.0.1:{free_port()}"))
     with ThreadedServer(app) as lobby:
-        async with httpx.AsyncClient(base_url=lobby.url, timeout=30) as http:
+        async with httpx.AsyncClient(base_url=lobby.url, timeout=30, headers=SERVICE_HEADERS) as http:
             handle = Handle(http)
             room = await handle.call("lobby.create", {}, "host")
             await handle.call("lobby.join", {"code": room["code"]}, "mic")

@@ -9,12 +9,13 @@ from pathlib import Path
 from sonalyze.lobby.http_protocol import LobbyHttpProtocol
 from sonalyze.lobby.main import create_app as create_lobby
 from tests.lobby.conftest import lobby_settings
-from tests.support.servers import ThreadedServer
+from tests.support.servers import INTERNAL_TOKEN, ThreadedServer
 
 
 def _post(path: str, body: dict, device_id: str | None = None, *, close: bool = False) -> bytes:
     raw = json.dumps(body).encode()
     head = f"POST {path} HTTP/1.1\r\nHost: lobby\r\nContent-Type: application/json\r\nContent-Length: {len(raw)}\r\n"
+    head += f"X-Internal-Token: {INTERNAL_TOKEN}\r\n"
     head += f"X-Device-Id: {device_id}\r\n" if device_id else ""
     head += "Connection: close\r\n" if close else ""
     return head.encode() + b"\r\n" + raw

@@ -9,11 +9,12 @@ import httpx
 import pytest
 
 from tests.lobby.conftest import full_stack
+from tests.support.servers import SERVICE_HEADERS
 
 
 @pytest.fixture
 def http(database_url: str, tmp_path: Path) -> Iterator[httpx.Client]:
-    with full_stack(database_url, tmp_path, with_gateway=False) as stack, httpx.Client(base_url=stack.lobby.url, timeout=30) as client:
+    with full_stack(database_url, tmp_path, with_gateway=False) as stack, httpx.Client(base_url=stack.lobby.url, timeout=30, headers=SERVICE_HEADERS) as client:
         yield client
 
 

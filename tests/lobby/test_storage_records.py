@@ -21,7 +21,7 @@ from sonalyze.storage.outbox import outbox_metadata, outbox_table
 from tests.integration.storage_reads import all_records, eventually, outbox_count
 from tests.lobby.clients import Handle
 from tests.lobby.conftest import lobby_settings
-from tests.support.servers import ServiceProcess, ThreadedServer, free_port
+from tests.support.servers import SERVICE_HEADERS, ServiceProcess, ThreadedServer, free_port
 
 LONG_DEVICE = "phone/" + "x" * 100
 
@@ -106,7 +106,7 @@ async def test_lobby_records_wait_for_storage_then_arrive_once(database_url: str
     storage = ServiceProcess("storage", env={"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'storage.db'}"})
     settings = lobby_settings(database_url, measurement_url=f"http://127.0.0.1:{free_port()}", storage_url=storage.url)
     with ThreadedServer(create_app(settings)) as lobby:
-        async with httpx.AsyncClient(base_url=lobby.url, timeout=30) as http:
+        async with httpx.AsyncClient(base_url=lobby.url, timeout=30, headers=SERVICE_HEADERS) as http:
             handle = Handle(http)
             room = await handle.call("lobby.create", {"name": "Hall"}, "host")
             lobby_id = room["lobby_id"]

@@ -11,7 +11,7 @@ import pytest
 from sonalyze.measurement.main import create_app
 from sonalyze.measurement.settings import MeasurementSettings
 from tests.measurement.audio import decode, encode, room_ir, sweep_recording
-from tests.support.servers import ThreadedServer
+from tests.support.servers import INTERNAL_TOKEN, SERVICE_HEADERS, ThreadedServer
 
 FS_HZ = 48000
 RT_S = 0.5
@@ -21,7 +21,12 @@ SHORT_SWEEP = {"duration_s": 2.0, "silence_before_s": 0.2, "silence_after_s": 1.
 @pytest.fixture
 def settings(tmp_path) -> MeasurementSettings:
     return MeasurementSettings(
-        data_dir=tmp_path / "measurement", max_upload_mb=2.0, analysis_workers=1, analysis_queue=1, analyze_wait_s=60
+        data_dir=tmp_path / "measurement",
+        max_upload_mb=2.0,
+        analysis_workers=1,
+        analysis_queue=1,
+        analyze_wait_s=60,
+        internal_auth_token=INTERNAL_TOKEN,
     )
 
 
@@ -33,7 +38,7 @@ def server(settings) -> Iterator[ThreadedServer]:
 
 @pytest.fixture
 def http(server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, headers=SERVICE_HEADERS) as client:
         yield client
 
 

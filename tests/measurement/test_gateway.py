@@ -39,10 +39,19 @@ async def _call(ws, event: str, data: dict, request_id: str) -> dict:
     return reply
 
 
+async def _identify(ws) -> tuple[str, str]:
+    """Contract C1: ``identify {}`` mints a device; the answer holds its id and token."""
+    reply = await _call(ws, "identify", {}, "id")
+    assert reply["type"] == "response" and reply["data"]["issued"] is True, reply
+    return reply["data"]["device_id"], reply["data"]["device_token"]
+
+
 async def test_a_job_through_the_gateway(services, room) -> None:
     measurement, gateway = services
-    async with connect(gateway.ws_url + "/ws?device_id=speaker-1") as ws, httpx.AsyncClient(
-        base_url=gateway.url, timeout=60
+    async with connect(gateway.ws_url + "/ws") as ws:
+        owner_id, token = await _identify(ws)
+    async with connect(gateway.ws_url + f"/ws?device_token={token}") as ws, httpx.AsyncClient(
+        base_url=gateway.url, timeout=60, headers={"X-Device-Token": token}
     ) as http:
         created = await _call(ws, "measurement.create_job", {"sample_rate_hz": 48000, "sweep": SHORT_SWEEP}, "c1")
         assert created["type"] == "response", created
@@ -80,10 +89,25 @@ async def test_a_job_through_the_gateway(services, room) -> None:
         assert (await http.get(f"/v1/jobs/{job_id}")).json()["results"] == job["results"]
         assert (await http.get("/v1/measurement/health")).json()["service"] == "measurement"
 
+    # A standalone job belongs to the device that created it: another device, or none, does not see it.
+    async with connect(gateway.ws_url + "/ws") as ws, httpx.AsyncClient(base_url=gateway.url, timeout=60) as anonymous:
+        _, other_token = await _identify(ws)
+        assert (await _call(ws, "measurement.get_job", {"job_id": job_id}, "o1"))["error"]["code"] == "not_found"
+        other = await anonymous.get(f"/v1/jobs/{job_id}", headers={"X-Device-Token": other_token})
+        assert other.status_code == 404 and other.json()["error"]["code"] == "not_found"
+        nobody = await anonymous.get(f"/v1/jobs/{job_id}")
+        assert nobody.status_code == 404
+        forged = await anonymous.get(f"/v1/jobs/{job_id}", headers={"X-Device-Id": owner_id})
+        assert forged.status_code == 404
+        wav = encode(recording, fs_hz)
+        intruder = await anonymous.post(f"/v1/jobs/{job_id}/uploads/mic-2", content=wav, headers={"X-Device-Token": other_token})
+        assert intruder.status_code == 404
+
 
 async def test_errors_through_the_gateway(services) -> None:
     _, gateway = services
-    async with connect(gateway.ws_url + "/ws?device_id=mic-9") as ws:
+    async with connect(gateway.ws_url + "/ws") as ws:
+        await _identify(ws)
         missing = await _call(ws, "measurement.get_job", {"job_id": "0" * 32}, "e1")
         assert missing["type"] == "error" and missing["error"]["code"] == "not_found"
         no_id = await _call(ws, "measurement.get_audio_info", {}, "e2")

@@ -16,7 +16,7 @@ from sonalyze.measurement.main import create_app
 from sonalyze.measurement.settings import MeasurementSettings
 from tests.measurement.audio import decode, encode
 from tests.measurement.conftest import FS_HZ, RT_S, SHORT_SWEEP, record_job_sweep
-from tests.support.servers import ThreadedServer
+from tests.support.servers import INTERNAL_TOKEN, SERVICE_HEADERS, ThreadedServer, service_http
 
 BANDS_HZ = [125, 250, 500, 1000, 2000, 4000, 8000]
 JND_T = 0.05
@@ -96,8 +96,11 @@ def test_create_job_with_parameters_and_refusals(http):
     assert "Nyquist" in _error(impossible, 422, "invalid_sweep")["message"]
     unknown_field = http.post("/v1/jobs", json={"sweep": {"duration": 3}})
     _error(unknown_field, 422, "validation_error")
-    out_of_range = http.post("/v1/jobs", json={"sample_rate_hz": 1000})
-    assert "sample_rate_hz" in _error(out_of_range, 422, "validation_error")["message"]
+    for fs_hz in (1, 7999, 192001, 0, -48000):
+        refused = _error(http.post("/v1/jobs", json={"sample_rate_hz": fs_hz}), 422, "unsupported_sample_rate")
+        assert refused["details"] == {"sample_rate_hz": fs_hz, "min_hz": 8000, "max_hz": 192000}
+    for fs_hz in (8000, 192000):
+        assert http.post("/v1/jobs", json={"sample_rate_hz": fs_hz}).status_code == 201
 
 
 def test_unknown_jobs_are_404(http):
@@ -254,12 +257,15 @@ def _read_response_head(sock: socket.socket) -> bytes:
 
 def test_streamed_body_over_the_limit_is_refused_before_it_ends(server, settings):
     """Chunked body without Content-Length: the 413 arrives while the client has not finished sending."""
-    job = httpx.post(server.url + "/v1/jobs", timeout=30).json()
+    job = service_http.post(server.url + "/v1/jobs", timeout=30).json()
     limit = settings.max_upload_bytes
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(
-            f"POST /v1/jobs/{job['job_id']}/uploads/stream HTTP/1.1\r\nHost: test\r\n"
-            "Content-Type: audio/wav\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+            (
+                f"POST /v1/jobs/{job['job_id']}/uploads/stream HTTP/1.1\r\nHost: test\r\n"
+                + "".join(f"{name}: {value}\r\n" for name, value in SERVICE_HEADERS.items())
+                + "Content-Type: audio/wav\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ).encode()
         )
         sent = 0
         while sent <= limit:
@@ -275,7 +281,7 @@ def test_streamed_body_over_the_limit_is_refused_before_it_ends(server, settings
     while list(uploads_dir.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert list(uploads_dir.iterdir()) == []
-    assert httpx.get(f"{server.url}/v1/jobs/{job['job_id']}").json()["status"] == "created"
+    assert service_http.get(f"{server.url}/v1/jobs/{job['job_id']}").json()["status"] == "created"
 
 
 def test_multipart_over_the_limit_and_malformed(http, settings):
@@ -306,8 +312,8 @@ def test_wrong_transitions_are_409(http, ir_wav):
 def test_analysis_runs_off_the_event_loop_with_progress_202_and_busy(tmp_path, ir_wav):
     """With analyze_wait_s = 0 the answer is 202 at once; the job shows progress; health still answers."""
 
-    settings = MeasurementSettings(data_dir=tmp_path / "m", analysis_workers=1, analysis_queue=0, analyze_wait_s=0)
-    with ThreadedServer(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+    settings = MeasurementSettings(internal_auth_token=INTERNAL_TOKEN, data_dir=tmp_path / "m", analysis_workers=1, analysis_queue=0, analyze_wait_s=0)
+    with ThreadedServer(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=60, headers=SERVICE_HEADERS) as http:
         jobs = [_create(http)["job_id"] for _ in range(2)]
         for job_id in jobs:
             for index in range(6):  # several uploads: an analysis that lasts a while
@@ -346,8 +352,8 @@ def test_analysis_runs_off_the_event_loop_with_progress_202_and_busy(tmp_path, i
 
 def test_jobs_survive_a_restart_and_interrupted_analyses_fail(tmp_path, ir_wav):
 
-    settings = MeasurementSettings(data_dir=tmp_path / "m", analyze_wait_s=0)
-    with ThreadedServer(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+    settings = MeasurementSettings(internal_auth_token=INTERNAL_TOKEN, data_dir=tmp_path / "m", analyze_wait_s=0)
+    with ThreadedServer(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=60, headers=SERVICE_HEADERS) as http:
         kept = _create(http)
         assert http.post(f"/v1/jobs/{kept['job_id']}/uploads/ir", content=ir_wav).status_code == 201
         kept = http.get(f"/v1/jobs/{kept['job_id']}").json()
@@ -359,7 +365,7 @@ def test_jobs_survive_a_restart_and_interrupted_analyses_fail(tmp_path, ir_wav):
     # The server stopped during the analysis; a crash could also leave a half-written upload behind.
     job_dir = settings.data_dir / "jobs" / kept["job_id"]
     (job_dir / "uploads" / ".incoming-deadbeef.part").write_bytes(b"half")
-    with ThreadedServer(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+    with ThreadedServer(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=60, headers=SERVICE_HEADERS) as http:
         assert http.get(f"/v1/jobs/{kept['job_id']}").json() == kept
         assert http.get(kept["audio_url"]).status_code == 200
         interrupted = http.get(f"/v1/jobs/{cut}").json()
@@ -372,8 +378,8 @@ def test_jobs_survive_a_restart_and_interrupted_analyses_fail(tmp_path, ir_wav):
 
 def test_an_analysis_past_its_timeout_fails_the_job_with_a_reason(tmp_path, ir_wav):
 
-    settings = MeasurementSettings(data_dir=tmp_path / "m", analysis_timeout_s=0.001)
-    with ThreadedServer(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+    settings = MeasurementSettings(internal_auth_token=INTERNAL_TOKEN, data_dir=tmp_path / "m", analysis_timeout_s=0.001)
+    with ThreadedServer(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=60, headers=SERVICE_HEADERS) as http:
         job_id = _create(http)["job_id"]
         assert http.post(f"/v1/jobs/{job_id}/uploads/ir", content=ir_wav).status_code == 201
         failed = http.post(f"/v1/jobs/{job_id}/analyze", json={"source": "impulse_response"})

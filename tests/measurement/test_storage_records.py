@@ -16,7 +16,7 @@ from sonalyze.measurement.records import output_id, output_record
 from sonalyze.measurement.settings import MeasurementSettings
 from sonalyze.storage.client import StorageClient
 from tests.integration.storage_reads import all_records, eventually, outbox_count
-from tests.support.servers import ServiceProcess, ThreadedServer
+from tests.support.servers import INTERNAL_TOKEN, SERVICE_HEADERS, ServiceProcess, ThreadedServer
 
 NAMES = ["speaker-1_mic-2.wav", "take-2.wav"]
 
@@ -46,8 +46,8 @@ def storage(tmp_path: Path) -> Iterator[ServiceProcess]:
 
 @pytest.fixture
 def measurement(tmp_path: Path, storage: ServiceProcess) -> Iterator[httpx.Client]:
-    settings = MeasurementSettings(data_dir=tmp_path / "measurement", analyze_wait_s=60, storage_url=storage.url)
-    with ThreadedServer(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+    settings = MeasurementSettings(internal_auth_token=INTERNAL_TOKEN, data_dir=tmp_path / "measurement", analyze_wait_s=60, storage_url=storage.url)
+    with ThreadedServer(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=60, headers=SERVICE_HEADERS) as http:
         yield http
 
 
@@ -102,7 +102,7 @@ async def test_a_lobby_job_leaves_its_measurement_record_to_the_lobby(storage, m
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "validation_error"
     job_id = _analyzed_job(measurement, ir_wav, lobby_id="lobby-1")
     await asyncio.sleep(1.0)  # time enough for a wrongly written measurement record and its outputs
-    async with StorageClient(storage.url) as client:
+    async with StorageClient(storage.url, headers=SERVICE_HEADERS) as client:
         # the outputs wait for their parent (storage answers missing_reference; the outbox retries)
         assert (await client.list("analysis_outputs", measurement_id=job_id))["items"] == []
         assert (await client.list("measurements"))["items"] == []

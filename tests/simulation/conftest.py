@@ -9,7 +9,7 @@ import pytest
 
 from sonalyze.simulation.config import SimulationSettings
 from sonalyze.simulation.main import create_app
-from tests.support.servers import ThreadedServer
+from tests.support.servers import INTERNAL_TOKEN, ThreadedServer
 
 SURFACES = ("floor", "ceiling", "east", "west", "north", "south")
 
@@ -43,7 +43,7 @@ def shoebox_request(
 
 
 def make_settings(tmp_path, **overrides: Any) -> SimulationSettings:
-    return SimulationSettings(data_dir=tmp_path / "simulation-data", **overrides)
+    return SimulationSettings(data_dir=tmp_path / "simulation-data", **{"internal_auth_token": INTERNAL_TOKEN, **overrides})
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from sonalyze.simulation.main import create_app
 from tests.simulation.conftest import flat, make_settings, shoebox_request
-from tests.support.servers import ThreadedServer
+from tests.support.servers import INTERNAL_TOKEN, ThreadedServer, service_http
 
 
 def changed(path: str, value: Any, body: dict | None = None) -> dict:
@@ -74,7 +74,7 @@ def refusing_server(tmp_path_factory):
 @pytest.mark.parametrize(("body", "code", "field", "words"), CASES, ids=[f"{c[2]}:{c[3][:24]}" for c in CASES])
 def test_bad_input_is_refused_with_the_field(refusing_server, body, code, field, words) -> None:
     server, settings = refusing_server
-    response = httpx.post(server.url + "/simulate", json=body, timeout=30)
+    response = service_http.post(server.url + "/simulate", json=body, timeout=30)
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["code"] == code
@@ -89,8 +89,8 @@ def test_bad_input_is_refused_with_the_field(refusing_server, body, code, field,
 def test_the_event_refuses_like_the_http_endpoint(refusing_server) -> None:
     server, _ = refusing_server
     body = CASES[0][0]
-    over_http = httpx.post(server.url + "/simulate", json=body).json()
-    over_event = httpx.post(server.url + "/gateway/handle", json={"event": "simulation.run", "data": body})
+    over_http = service_http.post(server.url + "/simulate", json=body).json()
+    over_event = service_http.post(server.url + "/gateway/handle", json={"event": "simulation.run", "data": body})
     assert over_event.status_code == 200
     assert over_event.json() == over_http
 
@@ -99,9 +99,10 @@ def test_limits_come_from_the_environment(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("SIMULATION_MAX_ORDER", "5")
     monkeypatch.setenv("SIMULATION_MAX_PAIRS", "1")
     monkeypatch.setenv("SIMULATION_DATA_DIR", str(tmp_path / "env-data"))
+    monkeypatch.setenv("INTERNAL_AUTH_TOKEN", INTERNAL_TOKEN)
     with ThreadedServer(create_app()) as server:
         body = shoebox_request(max_order=6, microphones=[(5, 2, 1.2), (1, 1, 1)])
-        error = httpx.post(server.url + "/simulate", json=body).json()["error"]
+        error = service_http.post(server.url + "/simulate", json=body).json()["error"]
     assert error["code"] == "limit_exceeded"
     assert {e["field"] for e in error["details"]["errors"]} == {"max_order", "microphones"}
     assert (tmp_path / "env-data" / "simulations").is_dir()

@@ -8,14 +8,14 @@ import httpx
 
 from sonalyze.simulation.main import create_app
 from tests.simulation.conftest import make_settings, shoebox_request
-from tests.support.servers import ServiceProcess, ThreadedServer
+from tests.support.servers import ServiceProcess, ThreadedServer, service_http
 
 
 def wait_for(url: str, done=lambda body: True, timeout_s: float = 30.0, **params) -> dict:
     """Poll ``url`` until it answers 200 with a body ``done`` accepts (delivery is asynchronous)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        response = httpx.get(url, params=params)
+        response = service_http.get(url, params=params)
         if response.status_code == 200 and done(response.json()):
             return response.json()
         assert time.monotonic() < deadline, f"{url}: {response.status_code} {response.text}"
@@ -28,7 +28,7 @@ def test_a_finished_simulation_is_sent_to_storage(tmp_path) -> None:
         settings = make_settings(tmp_path, storage_url=storage.url)
         with ThreadedServer(create_app(settings)) as server:
             body = shoebox_request(microphones=[(5, 2, 1.2), (6, 4, 1.5)])
-            result = httpx.post(server.url + "/simulate", json=body, timeout=60).json()
+            result = service_http.post(server.url + "/simulate", json=body, timeout=60).json()
             simulation_id = result["id"]
 
             job = wait_for(f"{storage.url}/v1/simulation_jobs/{simulation_id}")

@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.simulation.conftest import shoebox_request
-from tests.support.servers import ServiceProcess
+from tests.support.servers import ServiceProcess, service_http
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ async def test_simulation_run_over_websocket(services) -> None:
         assert (reply["event"], reply["request_id"]) == ("simulation.run", "run-1")
         [pair] = reply["data"]["pairs"]
         assert pair["metrics"]["c80_db"]["broadband"] is not None and pair["metrics"]["edt_s"]["bands"][3] > 0
-        kept = httpx.get(f"{simulation.url}/simulations/{reply['data']['id']}").json()
+        kept = service_http.get(f"{simulation.url}/simulations/{reply['data']['id']}").json()
         assert kept["pairs"] == reply["data"]["pairs"]
 
         bad = shoebox_request(microphones=[[9, 1, 1]])

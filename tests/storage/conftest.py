@@ -11,7 +11,7 @@ import pytest
 from sonalyze.storage.main import create_app
 from sonalyze.storage.settings import StorageSettings
 from tests.support import infra
-from tests.support.servers import ThreadedServer
+from tests.support.servers import INTERNAL_TOKEN, SERVICE_HEADERS, ThreadedServer
 
 MAX_BODY_MB = 1.0
 
@@ -31,12 +31,12 @@ def storage_url(request, tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def storage_server(storage_url) -> Iterator[ThreadedServer]:
-    settings = StorageSettings(database_url=storage_url, storage_max_body_mb=MAX_BODY_MB)
+    settings = StorageSettings(database_url=storage_url, storage_max_body_mb=MAX_BODY_MB, internal_auth_token=INTERNAL_TOKEN)
     with ThreadedServer(create_app(settings)) as server:
         yield server
 
 
 @pytest.fixture
 async def api(storage_server) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=storage_server.url, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=storage_server.url, timeout=60, headers=SERVICE_HEADERS) as client:
         yield client

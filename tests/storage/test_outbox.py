@@ -14,19 +14,19 @@ from sonalyze.storage.main import create_app
 from sonalyze.storage.outbox import Outbox, retry_delay_s
 from sonalyze.storage.settings import StorageSettings
 from tests.storage.records import metrics, new_code, new_id
-from tests.support.servers import ServiceProcess, ThreadedServer, free_port
+from tests.support.servers import INTERNAL_TOKEN, SERVICE_HEADERS, ServiceProcess, ThreadedServer, free_port
 
 
 @pytest.fixture
 def storage(tmp_path):
-    settings = StorageSettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'storage.db'}")
+    settings = StorageSettings(internal_auth_token=INTERNAL_TOKEN, database_url=f"sqlite+aiosqlite:///{tmp_path / 'storage.db'}")
     with ThreadedServer(create_app(settings)) as server:
         yield server
 
 
 @pytest.fixture
 async def client(storage):
-    async with StorageClient(storage.url, timeout_s=10) as storage_client:
+    async with StorageClient(storage.url, timeout_s=10, headers=SERVICE_HEADERS) as storage_client:
         yield storage_client
 
 
@@ -174,7 +174,7 @@ def _output(measurement_id: str, index: int) -> dict:
 async def test_storage_crash_during_a_measurement_session_loses_and_doubles_nothing(tmp_path, database_url):
     storage = ServiceProcess("storage", env={"DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"})
     await asyncio.to_thread(storage.start)
-    client = StorageClient(storage.url, timeout_s=3)
+    client = StorageClient(storage.url, timeout_s=3, headers=SERVICE_HEADERS)
     outbox = _outbox(tmp_path, client)
     sent: dict[tuple[str, str], dict] = {}
 

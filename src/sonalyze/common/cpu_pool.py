@@ -41,6 +41,7 @@ import math
 import multiprocessing
 import os
 import pickle
+import resource
 import struct
 import time
 import traceback
@@ -171,14 +172,36 @@ def _run_task(answers: Connection, task: bytes) -> bool:
     return True
 
 
-def _worker_main(tasks: Connection, answers: Connection) -> None:
+def _limit_address_space(budget_mb: float) -> None:
+    """Let this process map at most ``budget_mb`` MiB more than it has now (``RLIMIT_AS``).
+
+    Counted from the current size because the imported libraries already reserve address space they do
+    not use; past the limit an allocation raises ``MemoryError`` in the task instead of swapping the host.
+    """
+    try:
+        with open("/proc/self/status", "rb") as status:
+            line = next(line for line in status if line.startswith(b"VmSize:"))
+        current = int(line.split()[1]) * 1024
+    except (OSError, StopIteration, ValueError):
+        return  # no /proc: no limit rather than a wrong one
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = current + int(budget_mb * 1024 * 1024)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _worker_main(tasks: Connection, answers: Connection, memory_limit_mb: float | None = None) -> None:
     """Entry point of a worker process: run the tasks that arrive, one at a time, until the pipe closes.
 
     BLAS runs single-threaded here: the pool's processes are the parallelism, and BLAS threads on top
     oversubscribe the cores (on a busy machine a 16 k-sample dot product waiting for its second thread
-    took 40–60 µs instead of 3 µs; see bench/simulation.md).
+    took 40–60 µs instead of 3 µs; see bench/simulation.md). ``memory_limit_mb``: see
+    :func:`_limit_address_space`.
     """
     threadpool_limits(limits=1)
+    if memory_limit_mb is not None:
+        _limit_address_space(memory_limit_mb)
     while (task := _receive_frame(tasks)) is not None:
         if not _run_task(answers, task):
             return
@@ -256,7 +279,10 @@ class CpuPool:
         preload: Sequence[str] = DEFAULT_PRELOAD,
         max_tasks_per_worker: int = DEFAULT_MAX_TASKS_PER_WORKER,
         max_worker_rss_mb: float = DEFAULT_MAX_WORKER_RSS_MB,
+        memory_limit_mb: float | None = None,
     ) -> None:
+        """``memory_limit_mb``: address space each worker may add to what it maps after start-up
+        (``RLIMIT_AS``); beyond it a task's allocation fails with ``MemoryError``. None: no limit."""
         if max_workers < 1 or max_queued < 0 or max_tasks_per_worker < 1:
             raise ValueError("max_workers and max_tasks_per_worker must be >= 1 and max_queued >= 0")
         global _preload_set
@@ -268,6 +294,7 @@ class CpuPool:
         self.max_queued = max_queued
         self.max_tasks_per_worker = max_tasks_per_worker
         self.max_worker_rss_mb = max_worker_rss_mb
+        self.memory_limit_mb = memory_limit_mb
         self._slots = [_Slot() for _ in range(max_workers)]
         self._idle_slots = list(self._slots)
         """Slots with no task; a task takes one after acquiring ``_free``, so one is always there."""
@@ -427,7 +454,9 @@ class CpuPool:
     async def _start_worker(self) -> _Worker:
         task_reader, task_writer = _context.Pipe(duplex=False)
         answer_reader, answer_writer = _context.Pipe(duplex=False)
-        process = _context.Process(target=_worker_main, args=(task_reader, answer_writer), daemon=True)
+        process = _context.Process(
+            target=_worker_main, args=(task_reader, answer_writer, self.memory_limit_mb), daemon=True
+        )
         try:
             # Starting talks to the fork server (and starts it the first time): keep that off the loop.
             await asyncio.to_thread(process.start)

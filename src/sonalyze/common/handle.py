@@ -4,7 +4,9 @@ The gateway forwards each routed WebSocket event as ``POST {SERVICE_URL}/gateway
 ``{"event", "data", "device_id", "request_id", "connection_id"}``. The service answers 200 with either
 ``{"data": {...}}`` (the client gets a ``response`` envelope) or ``{"error": {"code", "message",
 "details"?}}`` (the client gets an ``error`` envelope). A service declares its events with
-:class:`EventHandlers` and mounts :meth:`EventHandlers.router`.
+:class:`EventHandlers` and mounts :meth:`EventHandlers.router`. ``request_id`` is a string or an
+integer, as clients may send either; ``device_id`` is the device the gateway authenticated, the only
+source of the acting device on this endpoint (see :mod:`sonalyze.common.internal_auth`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from sonalyze.common.json import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, StrictInt, StrictStr, ValidationError
 
 from sonalyze.common.errors import BadRequest, SonalyzeError, error_body, from_validation_error
+from sonalyze.common.internal_auth import Caller, caller_of
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -27,8 +30,8 @@ class HandleRequest(BaseModel):
 
     event: str = Field(min_length=1)
     data: dict[str, Any] = Field(default_factory=dict)
-    device_id: str | None = None
-    request_id: str | None = None
+    device_id: str | None = Field(None, max_length=128)
+    request_id: StrictStr | StrictInt | None = None
     connection_id: str | None = None
 
 
@@ -39,9 +42,11 @@ class EventContext:
     event: str
     data: dict[str, Any]
     device_id: str | None
-    request_id: str | None
+    request_id: str | int | None
     connection_id: str | None
     app: FastAPI
+    service: bool = False
+    """A service acting as itself (``X-Service-Token``), not the gateway for a device."""
 
     def parse(self, model: type[ModelT]) -> ModelT:
         """Validate ``data`` against ``model``; a failure is a ``bad_request`` naming each field."""
@@ -78,8 +83,11 @@ class EventHandlers:
     def events(self) -> list[str]:
         return sorted(self._handlers)
 
-    async def dispatch(self, request: HandleRequest, app: FastAPI) -> dict[str, Any]:
-        """Run the handler for ``request.event``; always a ``{"data"}`` or ``{"error"}`` body."""
+    async def dispatch(self, request: HandleRequest, app: FastAPI, caller: Caller | None = None) -> dict[str, Any]:
+        """Run the handler for ``request.event``; always a ``{"data"}`` or ``{"error"}`` body.
+
+        The acting device is the body's ``device_id``; ``caller`` (from the internal-auth guard) only says
+        whether a service calls as itself."""
         handler = self._handlers.get(request.event)
         if handler is None:
             return error_body("unknown_event", f"this service does not handle {request.event!r}")
@@ -90,6 +98,7 @@ class EventHandlers:
             request_id=request.request_id,
             connection_id=request.connection_id,
             app=app,
+            service=caller is not None and caller.service,
         )
         try:
             return {"data": await handler(context)}
@@ -106,6 +115,6 @@ class EventHandlers:
 
         @router.post("/gateway/handle", response_class=JSONResponse)
         async def gateway_handle(body: HandleRequest, request: Request) -> dict[str, Any]:
-            return await self.dispatch(body, request.app)
+            return await self.dispatch(body, request.app, caller_of(request.scope))
 
         return router

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sonalyze.common.internal_auth import InternalAuthSettings
 from sonalyze.lobby.session import StepTimeouts
 
 
-class LobbySettings(BaseSettings):
+class LobbySettings(InternalAuthSettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
 
     service_name: str = "lobby"
@@ -16,7 +17,6 @@ class LobbySettings(BaseSettings):
     gateway_url: str = Field("", description="where lobby.updated and measurement.* pushes go; empty: no pushes")
     measurement_url: str = "http://127.0.0.1:8002"
     storage_url: str = Field("", description="the storage service; records go there through an outbox in the lobby DB. Empty: no storage writes")
-    internal_auth_token: str = ""
     lobby_idle_timeout_s: float = Field(3600.0, gt=0)
     session_step_timeout_s: float = Field(30.0, gt=0)
     session_upload_timeout_s: float = Field(60.0, gt=0)

@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import httpx
-from fastapi import APIRouter, FastAPI, Header, Query, Request
+from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
 from pydantic import ValidationError
 
-from sonalyze.common.errors import error_body, from_validation_error, install_error_handlers
+from sonalyze.common.errors import Forbidden, error_body, from_validation_error, install_error_handlers
 from sonalyze.common.handle import EventContext, EventHandlers, HandleRequest
+from sonalyze.common.internal_auth import InternalAuth, InternalAuthGuard, caller_of, internal_headers
 from sonalyze.common.json import JSONResponse, dumps
 from sonalyze.lobby.broadcast import Broadcaster
 from sonalyze.lobby.config import LobbySettings
@@ -92,6 +93,7 @@ DeviceId = Annotated[str, Header(alias="X-Device-Id", min_length=1, max_length=1
 rest = APIRouter()
 
 
+@rest.get("/healthz")
 @rest.get("/health")
 async def health(request: Request) -> dict[str, Any]:
     return {"status": "ok", "service": request.app.state.settings.service_name}
@@ -138,6 +140,18 @@ async def lobby_events(
     return await _lobbies(request).events(device_id, ListEvents(lobby_id=lobby_id, since=since, limit=limit))
 
 
+@rest.get("/internal/lobbies/{lobby_id}/jobs/{job_id}/access")
+async def job_access(
+    request: Request,
+    lobby_id: Annotated[str, Path(min_length=1, max_length=64)],
+    job_id: Annotated[str, Path(min_length=1, max_length=64)],
+) -> dict[str, Any]:
+    """For the measurement service only (``X-Service-Token``): who may reach a session's job."""
+    if not caller_of(request.scope).service:
+        raise Forbidden("only services may ask who may reach a job")
+    return await _lobbies(request).job_access(lobby_id, job_id)
+
+
 # ----------------------------------------------------------------------------------------------- the app
 
 
@@ -147,10 +161,12 @@ class GatewayHandleFastPath:
     The same contract and handlers as :meth:`EventHandlers.router` (``{"data"}`` or ``{"error"}``,
     status 200; a malformed body is a 422 ``validation_error``), without FastAPI's routing, dependency
     and middleware layers, which cost as much CPU per lobby event as the database transaction did.
+    The internal-auth guard stands in front of both.
     """
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, auth: InternalAuth) -> None:
         self.app = app
+        self._entry = InternalAuthGuard(self._route, auth=auth)
 
     @property
     def state(self) -> Any:
@@ -158,6 +174,9 @@ class GatewayHandleFastPath:
         return self.app.state
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        await self._entry(scope, receive, send)
+
+    async def _route(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["path"] != "/gateway/handle" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
@@ -210,11 +229,17 @@ def create_app(
 ) -> GatewayHandleFastPath:
     """The lobby service. Tests may pass their own settings, a measurement-service transport and a clock."""
     settings = settings or LobbySettings()
+    auth = InternalAuth.from_settings(settings)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per measurement call is noise
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        storage = StorageClient(settings.storage_url, timeout_s=settings.http_timeout_s) if settings.storage_url else None
+        service_headers = internal_headers(settings.internal_auth_token)
+        storage = (
+            StorageClient(settings.storage_url, timeout_s=settings.http_timeout_s, headers=service_headers)
+            if settings.storage_url
+            else None
+        )
         db = Database(settings.database_url, storage=storage)
         await db.start()
         broadcaster = Broadcaster(
@@ -225,7 +250,9 @@ def create_app(
             timeout_s=settings.http_timeout_s,
         )
         await broadcaster.start()
-        measurement = MeasurementClient(settings.measurement_url, timeout_s=settings.http_timeout_s, transport=measurement_transport)
+        measurement = MeasurementClient(
+            settings.measurement_url, timeout_s=settings.http_timeout_s, transport=measurement_transport, headers=service_headers
+        )
         app.state.lobbies = lobbies = LobbyService(db, broadcaster, clock=clock)
         app.state.sessions = sessions = SessionCoordinator(
             lobbies,
@@ -250,4 +277,4 @@ def create_app(
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(rest)
-    return GatewayHandleFastPath(app)
+    return GatewayHandleFastPath(app, auth)

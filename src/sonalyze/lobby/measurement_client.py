@@ -25,8 +25,10 @@ class MeasurementClient:
         timeout_s: float = 10.0,
         poll_interval_s: float = 0.2,
         transport: httpx.AsyncBaseTransport | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport)
+        """``headers``: the internal-auth headers (:func:`sonalyze.common.internal_auth.internal_headers`)."""
+        self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport, headers=headers)
         self._poll_interval_s = poll_interval_s
 
     async def aclose(self) -> None:

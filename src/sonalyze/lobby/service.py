@@ -288,6 +288,27 @@ class LobbyService:
 
         return await self.db.read(work)
 
+    async def job_access(self, lobby_id: str, job_id: str) -> dict[str, Any]:
+        """Who may reach the measurement job of one of the lobby's sessions (asked by the measurement
+        service): the lobby's participants now (a device that left is no longer one), when the lobby
+        closed (``closed_at_s``, null while open) and which device uploads each file of the session."""
+
+        def work(conn: Connection) -> dict[str, Any]:
+            lobby = store.get_lobby(conn, lobby_id)
+            state = store.session_of_job(conn, lobby_id, job_id) if lobby is not None else None
+            if state is None:
+                raise NotFound(f"lobby {lobby_id} has no session measuring into job {job_id}")
+            uploads = {state.upload_name(mic, index): mic for index in range(len(state.speakers)) for mic in state.microphones}
+            return {
+                "lobby_id": lobby_id,
+                "job_id": job_id,
+                "devices": [m.device_id for m in store.list_participants(conn, lobby_id)],
+                "closed_at_s": lobby.updated_s if lobby.status is LobbyStatus.CLOSED else None,
+                "uploads": uploads,
+            }
+
+        return await self.db.read(work)
+
     async def events(self, device_id: str, body: ListEvents) -> dict[str, Any]:
         def work(conn: Connection) -> dict[str, Any]:
             lobby = store.get_lobby(conn, body.lobby_id)

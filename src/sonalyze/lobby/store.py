@@ -455,6 +455,14 @@ def save_session(conn: Connection, state: SessionState, *, version: int, now_s: 
     return saved
 
 
+def session_of_job(conn: Connection, lobby_id: str, job_id: str) -> SessionState | None:
+    """The lobby's session that measures into the measurement job ``job_id`` (a lobby has few sessions)."""
+    for (state,) in conn.execute(select(sessions.c.state).where(sessions.c.lobby_id == lobby_id)):
+        if state.get("job_id") == job_id:
+            return SessionState.from_json(state)
+    return None
+
+
 def due_sessions(conn: Connection, *, now_s: float) -> list[str]:
     query = select(sessions.c.id).where(sessions.c.deadline_s <= now_s, sessions.c.step.not_in(_TERMINAL))
     return list(conn.execute(query).scalars())

@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict
 
 from sonalyze.common.handle import EventContext, EventHandlers
+from sonalyze.common.internal_auth import Caller, caller_of
 from sonalyze.common.json import JSONResponse
 from sonalyze.measurement.jobs import AnalyzeRequest, Job, JobCreate
 from sonalyze.measurement.service import FINAL_STATUSES, MeasurementService
@@ -21,7 +22,13 @@ def _service(request: Request) -> MeasurementService:
     return request.app.state.service
 
 
+def _caller(request: Request) -> Caller:
+    """Who calls: a device through the gateway (``X-Device-Id``), the gateway for nobody, or a service."""
+    return caller_of(request.scope)
+
+
 Service = Annotated[MeasurementService, Depends(_service)]
+CallerOf = Annotated[Caller, Depends(_caller)]
 
 
 def _analysis_answer(job: Job) -> tuple[int, dict[str, Any]]:
@@ -34,40 +41,43 @@ def _analysis_answer(job: Job) -> tuple[int, dict[str, Any]]:
 def http_router() -> APIRouter:
     router = APIRouter()
 
+    @router.get("/healthz")
     @router.get("/v1/health")
     async def health(service: Service) -> JSONResponse:
         return JSONResponse(service.health())
 
     @router.post("/v1/jobs", status_code=201)
-    async def create_job(service: Service, body: Annotated[JobCreate | None, Body()] = None) -> JSONResponse:
-        job = await service.create_job(body or JobCreate())
+    async def create_job(service: Service, caller: CallerOf, body: Annotated[JobCreate | None, Body()] = None) -> JSONResponse:
+        job = await service.create_job(body or JobCreate(), caller)
         return JSONResponse(job.public(), status_code=201, headers={"Location": f"/v1/jobs/{job.job_id}"})
 
     @router.get("/v1/jobs/{job_id}")
-    async def get_job(job_id: str, service: Service) -> JSONResponse:
-        return JSONResponse((await service.get_job(job_id)).public())
+    async def get_job(job_id: str, service: Service, caller: CallerOf) -> JSONResponse:
+        return JSONResponse((await service.get_job(job_id, caller)).public())
 
     @router.api_route("/v1/jobs/{job_id}/sweep.wav", methods=["GET", "HEAD"])
-    async def download_sweep(job_id: str, service: Service) -> FileResponse:
-        job = await service.get_job(job_id)
+    async def download_sweep(job_id: str, service: Service, caller: CallerOf) -> FileResponse:
+        job = await service.get_job(job_id, caller)
         return FileResponse(service.sweep_path(job), media_type="audio/wav", filename=f"sweep-{job_id}.wav")
 
     @router.post("/v1/jobs/{job_id}/uploads/{name:path}", status_code=201)
-    async def upload(job_id: str, name: str, request: Request, service: Service) -> JSONResponse:
+    async def upload(job_id: str, name: str, request: Request, service: Service, caller: CallerOf) -> JSONResponse:
         upload = await service.upload(
             job_id,
             name,
             request.stream(),
+            caller=caller,
             content_type=request.headers.get("content-type"),
             content_length=request.headers.get("content-length"),
+            capture_facts=request.headers.get("x-capture-facts"),
         )
         return JSONResponse(upload.public(), status_code=201)
 
     @router.post("/v1/jobs/{job_id}/analyze")
     async def analyze(
-        job_id: str, service: Service, body: Annotated[AnalyzeRequest | None, Body()] = None
+        job_id: str, service: Service, caller: CallerOf, body: Annotated[AnalyzeRequest | None, Body()] = None
     ) -> JSONResponse:
-        status_code, answer = _analysis_answer(await service.analyze(job_id, body or AnalyzeRequest()))
+        status_code, answer = _analysis_answer(await service.analyze(job_id, body or AnalyzeRequest(), caller))
         return JSONResponse(answer, status_code=status_code)
 
     return router
@@ -89,22 +99,26 @@ def event_handlers() -> EventHandlers:
     def service_of(ctx: EventContext) -> MeasurementService:
         return ctx.app.state.service
 
+    def caller(ctx: EventContext) -> Caller:
+        """On ``/gateway/handle`` the acting device is the body's ``device_id`` (set by the gateway)."""
+        return Caller(device_id=ctx.device_id, service=ctx.service)
+
     @handlers.on("measurement.create_job")
     async def create_job(ctx: EventContext) -> dict[str, Any]:
-        return (await service_of(ctx).create_job(ctx.parse(JobCreate))).public()
+        return (await service_of(ctx).create_job(ctx.parse(JobCreate), caller(ctx))).public()
 
     @handlers.on("measurement.get_job")
     async def get_job(ctx: EventContext) -> dict[str, Any]:
-        return (await service_of(ctx).get_job(ctx.parse(_JobRef).job_id)).public()
+        return (await service_of(ctx).get_job(ctx.parse(_JobRef).job_id, caller(ctx))).public()
 
     @handlers.on("measurement.get_audio_info")
     async def get_audio_info(ctx: EventContext) -> dict[str, Any]:
-        return (await service_of(ctx).get_job(ctx.parse(_JobRef).job_id)).audio_info()
+        return (await service_of(ctx).get_job(ctx.parse(_JobRef).job_id, caller(ctx))).audio_info()
 
     @handlers.on("analysis.run")
     async def run_analysis(ctx: EventContext) -> dict[str, Any]:
         run = ctx.parse(_AnalysisRun)
         request = AnalyzeRequest(source=run.source, uploads=run.uploads)
-        return _analysis_answer(await service_of(ctx).analyze(run.job_id, request))[1]
+        return _analysis_answer(await service_of(ctx).analyze(run.job_id, request, caller(ctx)))[1]
 
     return handlers

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from sonalyze.common.errors import install_error_handlers
+from sonalyze.common.internal_auth import InternalAuth, InternalAuthGuard
 from sonalyze.common.json import JSONResponse
 from sonalyze.measurement.api import event_handlers, http_router
 from sonalyze.measurement.service import MeasurementService
@@ -16,7 +17,9 @@ from sonalyze.measurement.settings import MeasurementSettings
 
 def create_app(settings: MeasurementSettings | None = None) -> FastAPI:
     """The measurement service; settings from the environment unless given."""
-    service = MeasurementService(settings or MeasurementSettings())
+    settings = settings or MeasurementSettings()
+    auth = InternalAuth.from_settings(settings)
+    service = MeasurementService(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -27,6 +30,7 @@ def create_app(settings: MeasurementSettings | None = None) -> FastAPI:
     app = FastAPI(title="Sonalyze measurement", version="1", lifespan=lifespan, default_response_class=JSONResponse)
     app.state.service = service
     install_error_handlers(app)
+    app.add_middleware(InternalAuthGuard, auth=auth)
     app.include_router(http_router())
     app.include_router(event_handlers().router())
     return app

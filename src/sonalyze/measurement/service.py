@@ -17,7 +17,9 @@ from typing import Any
 
 from sonalyze.acoustics.sweep import exponential_sweep
 from sonalyze.common.cpu_pool import DEFAULT_PRELOAD, CpuPool
-from sonalyze.common.errors import BadRequest, Busy, Conflict, NotFound, SonalyzeError, Unprocessable
+from sonalyze.common.errors import BadRequest, Busy, Conflict, Forbidden, NotFound, SonalyzeError, Unprocessable
+from sonalyze.common.internal_auth import Caller, internal_headers
+from sonalyze.measurement.access import JobAccess, require_device
 from sonalyze.common.logging import log_context
 from sonalyze.measurement.analysis import AnalysisTask, analyze_uploads, summarize
 from sonalyze.measurement import records
@@ -36,8 +38,10 @@ from sonalyze.measurement.settings import MeasurementSettings
 from sonalyze.measurement.store import JobStore, commit_file
 from sonalyze.measurement.uploads import (
     check_declared_length,
+    check_sample_rate,
     check_upload_name,
     inspect_audio,
+    parse_capture_facts,
     receive_multipart,
     receive_raw,
 )
@@ -49,6 +53,7 @@ log = logging.getLogger(__name__)
 FINAL_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED})
 
 
+
 class MeasurementService:
     def __init__(self, settings: MeasurementSettings) -> None:
         self.settings = settings
@@ -57,6 +62,13 @@ class MeasurementService:
             settings.analysis_workers,
             settings.analysis_queue,
             preload=(*DEFAULT_PRELOAD, "sonalyze.measurement.analysis"),
+            memory_limit_mb=settings.worker_memory_mb,
+        )
+        self.access = JobAccess(
+            settings.lobby_url,
+            headers=internal_headers(settings.internal_auth_token),
+            retention_s=settings.job_access_retention_hours * 3600.0,
+            cache_s=settings.lobby_access_cache_s,
         )
         self._analyzing: dict[str, Job] = {}
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -64,7 +76,8 @@ class MeasurementService:
         self._warm_up: asyncio.Task[None] | None = None
         self.outbox: Outbox | None = None
         if settings.storage_url:
-            self.outbox = Outbox(settings.outbox_url(), StorageClient(settings.storage_url))
+            storage = StorageClient(settings.storage_url, headers=internal_headers(settings.internal_auth_token))
+            self.outbox = Outbox(settings.outbox_url(), storage)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -100,18 +113,26 @@ class MeasurementService:
             task.cancel()
         await asyncio.gather(*self._analyses.values(), return_exceptions=True)
         await self.pool.close()
+        await self.access.aclose()
         if self.outbox is not None:
             await self.outbox.stop()
             await self.outbox.client.aclose()
 
     # -- jobs ------------------------------------------------------------------------------------
 
-    async def create_job(self, request: JobCreate) -> Job:
+    async def create_job(self, request: JobCreate, caller: Caller) -> Job:
+        """A standalone job belongs to the device that creates it; a session's job (``lobby_id``) is
+        created by the lobby, a service."""
+        if not caller.service:
+            require_device(caller)
+            if request.lobby_id is not None:
+                raise Forbidden("only the lobby creates the job of a lobby's session", details={"field": "lobby_id"})
+        check_sample_rate(request.sample_rate_hz)
         try:
             params = request.sweep_params()
         except ValueError as exc:
             raise Unprocessable(str(exc), code="invalid_sweep") from exc
-        job = Job.create(params, lobby_id=request.lobby_id)
+        job = Job.create(params, lobby_id=request.lobby_id, owner_device_id=caller.device_id)
         sweep = await asyncio.to_thread(exponential_sweep, params)
         await asyncio.to_thread(self.store.create, job, sweep)
         if self.outbox is not None and job.lobby_id is None:
@@ -119,7 +140,13 @@ class MeasurementService:
         log.info("job created", extra={"job_id": job.job_id, "sample_rate_hz": job.sample_rate_hz})
         return job
 
-    async def get_job(self, job_id: str) -> Job:
+    async def get_job(self, job_id: str, caller: Caller) -> Job:
+        """The job, if ``caller`` may reach it (:mod:`sonalyze.measurement.access`); else 404."""
+        job = await self._load(job_id)
+        await self.access.check_read(job, caller)
+        return job
+
+    async def _load(self, job_id: str) -> Job:
         """The live job while it is analyzed (its progress moves), else the job as saved on disk."""
         job = self._analyzing.get(job_id) or await asyncio.to_thread(self.store.load, job_id)
         if job is None:
@@ -148,12 +175,18 @@ class MeasurementService:
         name: str,
         chunks: AsyncIterator[bytes],
         *,
+        caller: Caller,
         content_type: str | None,
         content_length: str | None,
+        capture_facts: str | None = None,
     ) -> Upload:
-        """Stream the body to a temporary file, check it is usable audio, then publish it under ``name``."""
+        """Stream the body to a temporary file, check it is usable audio, then publish it under ``name``
+        (with the client's capture facts, the ``X-Capture-Facts`` header)."""
         check_upload_name(name)
-        self._check_can_upload(await self.get_job(job_id), name)
+        capture = parse_capture_facts(capture_facts)
+        job = await self._load(job_id)
+        await self.access.check_upload(job, caller, name)
+        self._check_can_upload(job, name)
         limit = self.settings.max_upload_bytes
         check_declared_length(content_length, limit)
         partial = self.store.partial_path(job_id)
@@ -163,13 +196,13 @@ class MeasurementService:
                     await receive_multipart(chunks, content_type, out, limit)
                 else:
                     await receive_raw(chunks, out, limit)
-            facts = await asyncio.to_thread(inspect_audio, partial)
+            facts = await asyncio.to_thread(inspect_audio, partial, max_duration_s=self.settings.max_upload_s)
             async with self._lock(job_id):
-                job = await self.get_job(job_id)
+                job = await self._load(job_id)
                 self._check_can_upload(job, name)
                 job.move_to(JobStatus.UPLOADING, "upload")
                 await asyncio.to_thread(commit_file, partial, self.store.upload_path(job_id, name))
-                upload = Upload(name=name, uploaded_at=utc_now(), **facts.model_dump())
+                upload = Upload(name=name, uploaded_at=utc_now(), capture=capture, **facts.model_dump())
                 job.uploads.append(upload)
                 await self._save(job)
         finally:
@@ -188,10 +221,11 @@ class MeasurementService:
 
     # -- analysis --------------------------------------------------------------------------------
 
-    async def analyze(self, job_id: str, request: AnalyzeRequest) -> Job:
+    async def analyze(self, job_id: str, request: AnalyzeRequest, caller: Caller) -> Job:
         """Start the analysis and wait up to ``analyze_wait_s`` for it; the job, finished or still analyzing."""
+        await self.get_job(job_id, caller)
         async with self._lock(job_id):
-            job = await self.get_job(job_id)
+            job = await self._load(job_id)
             job.check_transition(JobStatus.ANALYZING, "analyze")
             names = request.uploads if request.uploads is not None else [upload.name for upload in job.uploads]
             self._check_analyzable(job, names, request.source)
@@ -210,6 +244,7 @@ class MeasurementService:
                 source=request.source,
                 sweep=job.sweep_params,
                 uploads=tuple((name, self.store.upload_path(job_id, name)) for name in names),
+                captures=tuple(job.upload(name).capture for name in names),
             )
             self._analyses[job_id] = asyncio.create_task(self._run_analysis(job, task), name=f"analysis-{job_id}")
         running = self._analyses.get(job_id)

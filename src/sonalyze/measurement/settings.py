@@ -7,8 +7,10 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sonalyze.common.internal_auth import InternalAuthSettings
 
-class MeasurementSettings(BaseSettings):
+
+class MeasurementSettings(InternalAuthSettings, BaseSettings):
     """``MEASUREMENT_*`` variables (``HOST`` and ``PORT`` are read by ``sonalyze serve``)."""
 
     model_config = SettingsConfigDict(env_prefix="MEASUREMENT_", extra="ignore")
@@ -20,6 +22,21 @@ class MeasurementSettings(BaseSettings):
     analysis_workers: int = Field(default=1, ge=1, le=64, description="analyses running at once (one process each)")
     analysis_queue: int = Field(default=4, ge=0, le=1000, description="analyses waiting for a worker before 503 busy")
     analysis_timeout_s: float = Field(default=300.0, gt=0, description="an analysis running longer is stopped")
+    max_upload_s: float = Field(
+        default=120.0, gt=0, le=3600, description="longest accepted recording, s (bounds decoding and analysis cost)"
+    )
+    worker_memory_mb: float = Field(
+        default=1536.0, gt=0, description="address space an analysis worker may add beyond its start-up size, MiB"
+    )
+    job_access_retention_hours: float = Field(
+        default=24.0, ge=0, description="how long a session's devices keep access to its job after the lobby closed"
+    )
+    lobby_access_cache_s: float = Field(
+        default=2.0, ge=0, le=60, description="how long the lobby's answer on who may reach a job is reused"
+    )
+    lobby_url: str = Field(
+        default="", validation_alias="LOBBY_URL", description="the lobby, asked who may reach a session's job"
+    )
     analyze_wait_s: float = Field(
         default=8.0, ge=0, description="how long analyze waits for the result before answering 202 (gateway: 10 s)"
     )

@@ -7,10 +7,12 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sonalyze.common.internal_auth import InternalAuthSettings
+
 from sonalyze.simulation.limits import Limits
 
 
-class SimulationSettings(BaseSettings):
+class SimulationSettings(InternalAuthSettings, BaseSettings):
     """Every knob of the simulation service; ``create_app`` builds one, tests pass their own."""
 
     model_config = SettingsConfigDict(env_prefix="SIMULATION_", case_sensitive=False, extra="ignore", populate_by_name=True)

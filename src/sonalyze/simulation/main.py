@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse
 
 from sonalyze.common.errors import install_error_handlers
 from sonalyze.common.handle import EventContext, EventHandlers
+from sonalyze.common.internal_auth import InternalAuth, InternalAuthGuard
 from sonalyze.common.json import JSONResponse
 from sonalyze.simulation.config import SimulationSettings
 from sonalyze.simulation.schemas import SimulateRequest
@@ -40,6 +41,7 @@ async def _get(ctx: EventContext) -> dict[str, Any]:
 
 def create_app(settings: SimulationSettings | None = None) -> FastAPI:
     settings = settings or SimulationSettings()
+    auth = InternalAuth.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,8 +55,10 @@ def create_app(settings: SimulationSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="Sonalyze simulation", lifespan=lifespan, default_response_class=JSONResponse)
     install_error_handlers(app)
+    app.add_middleware(InternalAuthGuard, auth=auth)
     app.include_router(events.router())
 
+    @app.get("/healthz")
     @app.get("/health")
     async def health(request: Request) -> dict[str, Any]:
         return _service(request.app).health()

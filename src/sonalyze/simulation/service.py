@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from sonalyze.common.cpu_pool import DEFAULT_PRELOAD, CpuPool
 from sonalyze.common.errors import Busy, SonalyzeError, from_validation_error
+from sonalyze.common.internal_auth import internal_headers
 from sonalyze.simulation.config import SimulationSettings
 from sonalyze.simulation.limits import check_limits
 from sonalyze.simulation.schemas import SimulateRequest
@@ -50,7 +51,8 @@ class SimulationService:
         self._warm_up: asyncio.Task[None] | None = None
         self.outbox: Outbox | None = None
         if settings.storage_url:
-            self.outbox = Outbox(settings.outbox_url(), StorageClient(settings.storage_url))
+            storage = StorageClient(settings.storage_url, headers=internal_headers(settings.internal_auth_token))
+            self.outbox = Outbox(settings.outbox_url(), storage)
 
     async def start(self) -> None:
         """Start the storage outbox and (in the background) the workers; fail simulations left running."""

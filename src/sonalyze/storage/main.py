@@ -14,6 +14,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.types import Receive, Scope, Send
 
 from sonalyze.common.errors import error_body, install_error_handlers
+from sonalyze.common.internal_auth import InternalAuth, InternalAuthGuard
 from sonalyze.common.json import JSONResponse
 from sonalyze.storage import migrate
 from sonalyze.storage.body_limit import BodySizeLimit
@@ -35,14 +36,16 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
 
 class StorageApp(FastAPI):
     """FastAPI behind :class:`FastRecords`: the hot routes skip the framework (see
-    :mod:`sonalyze.storage.fast_path`); everything else reaches FastAPI unchanged."""
+    :mod:`sonalyze.storage.fast_path`); everything else reaches FastAPI unchanged. The internal-auth
+    guard stands in front of both."""
 
-    def __init__(self, *, max_body_bytes: int, **options: Any) -> None:
+    def __init__(self, *, max_body_bytes: int, auth: InternalAuth, **options: Any) -> None:
         super().__init__(**options)
-        self._fast_records = FastRecords(super().__call__, state=self.state, max_body_bytes=max_body_bytes)
+        fast_records = FastRecords(super().__call__, state=self.state, max_body_bytes=max_body_bytes)
+        self._entry = InternalAuthGuard(fast_records, auth=auth)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._fast_records(scope, receive, send)
+        await self._entry(scope, receive, send)
 
 
 def create_app(settings: StorageSettings | None = None) -> FastAPI:
@@ -68,6 +71,7 @@ def create_app(settings: StorageSettings | None = None) -> FastAPI:
 
     app = StorageApp(
         max_body_bytes=settings.max_body_bytes,
+        auth=InternalAuth.from_settings(settings),
         title="Sonalyze storage",
         version="1",
         lifespan=lifespan,

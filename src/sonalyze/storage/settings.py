@@ -5,9 +5,12 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sonalyze.common.internal_auth import InternalAuthSettings
 
-class StorageSettings(BaseSettings):
-    """``DATABASE_URL``, ``RUN_MIGRATIONS``, ``STORAGE_MAX_BODY_MB``, ``STORAGE_DB_POOL_SIZE``."""
+
+class StorageSettings(InternalAuthSettings, BaseSettings):
+    """``DATABASE_URL``, ``RUN_MIGRATIONS``, ``STORAGE_MAX_BODY_MB``, ``STORAGE_DB_POOL_SIZE``,
+    ``INTERNAL_AUTH_TOKEN``, ``INTERNAL_AUTH_DISABLED``."""
 
     model_config = SettingsConfigDict(extra="ignore")
 
