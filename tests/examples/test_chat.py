@@ -86,3 +86,61 @@ async def test_room_events_reach_members_on_both_instances_and_history_is_kept(c
             await drain(ws)
         assert [m for m in bob.pushes if m["event"] == "room.message"] == []
         assert carol.pushes == []
+
+
+async def test_seed_001_settings_by_their_own_names() -> None:
+    """MAX_CONNECTIONS_PER_DEVICE, CONNECTION_TIMEOUT_SEC, HEARTBEAT_INTERVAL_SEC, MAX_EVENTS_PER_SECOND and
+    CACHE_URI as seed 001 spells them; its cache keys with a TTL of 2 × the timeout; /healthz and /readyz."""
+    import time
+
+    import httpx
+    import redis.asyncio as aioredis
+    from websockets.exceptions import ConnectionClosed
+
+    from examples._launch import gateway
+
+    redis_url = infra.require(infra.REDIS_URL, 6379, "Redis")
+    prefix = f"test-seed001-{uuid.uuid4().hex[:8]}:"
+    routes = {"routes": [{"events": ["chat.*"], "upstream": "http://127.0.0.1:9"}], "channels": [{"channels": ["room:*"], "authorize": "allow"}]}
+    node = gateway("gateway", {
+        "MAX_CONNECTIONS_PER_DEVICE": "1", "CONNECTION_TIMEOUT_SEC": "4", "HEARTBEAT_INTERVAL_SEC": "1",
+        "MAX_EVENTS_PER_SECOND": "5", "RATE_LIMIT_BURST": "5", "CACHE_URI": redis_url, "GATEWAY_BROKER_PREFIX": prefix,
+        "GATEWAY_ROUTES": json.dumps(routes), "ALLOW_INSECURE_DEVICE_IDS": "true",
+    })
+    await asyncio.to_thread(node.start)
+    cache = aioredis.Redis.from_url(redis_url)
+    try:
+        async with httpx.AsyncClient(base_url=node.url) as http:
+            assert (await http.get("/healthz")).status_code == 200
+            ready = (await http.get("/readyz")).json()
+            assert ready["status"] == "ready" and ready["registry"] == {"connected": True}  # CACHE_URI was taken
+        async with connect(node.ws_url + "/ws?device_id=alice") as first:
+            first.pushes = []
+            assert (await call(first, "subscribe", {"channel": "room:r1"}))["data"]["subscribed"] is True
+            conn_key, room_key = f"{prefix}conn:-:alice", f"{prefix}room:room:r1"
+            deadline = time.monotonic() + 10
+            while not (await cache.exists(conn_key) and await cache.exists(room_key)):  # written on the next heartbeat tick
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            for key in (conn_key, room_key):
+                assert 0 < await cache.pttl(key) <= 8000  # 2 × CONNECTION_TIMEOUT_SEC
+            entry = json.loads(next(iter((await cache.hgetall(conn_key)).values())))
+            assert entry["device_id"] == "alice" and entry["channels"] == ["room:r1"]
+
+            async with connect(node.ws_url + "/ws?device_id=alice") as second:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await asyncio.wait_for(first.recv(), 10)
+                assert closed.value.rcvd.code == 4000  # MAX_CONNECTIONS_PER_DEVICE=1: the newer one replaces it
+
+                started_s = time.monotonic()
+                for n in range(20):
+                    await second.send(json.dumps({"event": "ping", "request_id": n}))
+                answers = [json.loads(await asyncio.wait_for(second.recv(), 10)) for _ in range(20)]
+                elapsed_s = time.monotonic() - started_s
+                pongs = sum(answer["type"] == "response" for answer in answers)
+                limited = sum(answer.get("error", {}).get("code") == "rate_limited" for answer in answers)
+                assert pongs + limited == 20
+                assert 5 <= pongs <= 5 + 5 * elapsed_s + 1  # burst 5, then MAX_EVENTS_PER_SECOND=5 refill
+    finally:
+        await cache.aclose()
+        await asyncio.to_thread(node.stop)

@@ -33,7 +33,9 @@ from sonalyze.gateway.heartbeat import Heartbeat
 from sonalyze.gateway.http_client import UpstreamClient
 from sonalyze.gateway.internal_api import InternalAPIFastPath, check_internal_token
 from sonalyze.gateway.metrics import GatewayMetrics
+from sonalyze.gateway.profiles import Profiles, load_profiles
 from sonalyze.gateway.proxy import proxy, resolve_proxy
+from sonalyze.gateway.proxy_table import install_proxy_table
 from sonalyze.gateway.registry import ConnectionRegistry
 from sonalyze.gateway.rate_limit import KeyedRateLimiter
 from sonalyze.gateway.router import RoutingTable, load_routing_table
@@ -76,12 +78,15 @@ class Gateway:
     """``POST /v1/devices`` per client address."""
     registry: ConnectionRegistry | None = None
     stream_source: JetStreamSource | None = None
+    profiles: Profiles | None = None
+    """Set with a profiles document (GATEWAY_PROFILES[_FILE]): its WebSocket paths and seed metrics."""
 
 
 def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
     """The gateway's ASGI application: the internal push API in front of the FastAPI routes."""
     settings = settings or GatewaySettings()
     routes = load_routing_table(settings)
+    profiles_document = load_profiles(settings)
     upstream_urls = settings.upstream_urls()
     verifier = token_verifier(settings)
     device_tokens = DeviceTokens(settings.device_token_secret or device_token_secret_for_this_process())
@@ -115,6 +120,8 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
             mint_limiter=KeyedRateLimiter(settings.device_mint_rps, settings.device_mint_burst),
         )
         app.state.gateway = gateway
+        if profiles_document is not None:
+            gateway.profiles = Profiles(profiles_document, settings, metrics.registry)
         if not settings.internal_auth_token:
             logger.warning("INTERNAL_AUTH_TOKEN is empty: the internal broadcast API is closed")
         logger.info("gateway routes: %s", ", ".join(f"{pattern} -> {url}" for pattern, url in routes.rows()))
@@ -138,7 +145,7 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
         if settings.stream_nats_url:
             gateway.stream_source = JetStreamSource(
                 settings.stream_nats_url, settings.stream_subject, settings.stream_durable, settings.stream_event,
-                settings.stream_channel, broker,
+                settings.stream_channel, broker, raw=settings.stream_format == "raw",
             )
         await gateway.broker.start()
         if gateway.stream_source is not None:
@@ -156,6 +163,8 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
                 await gateway.tenant_limiter.close()
             if registry is not None:
                 await registry.close()
+            if gateway.profiles is not None:
+                await gateway.profiles.close()
             await gateway.broker.close()
             await gateway.upstream.aclose()
 
@@ -238,6 +247,23 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
                 headers={"Retry-After": str(max(1, int(retry_after_s + 0.999)))},
             )
         return await proxy(request, url, gateway.upstream, device_id)
+
+    if settings.stream_channel:
+
+        @app.get("/health")
+        async def relay_health(request: Request) -> JSONResponse:
+            """Seed 003's health answer while the relay role is on (``/healthz`` and ``/readyz`` stay)."""
+            gateway: Gateway = request.app.state.gateway
+            source = gateway.stream_source
+            healthy = gateway.broker.connected and (source is None or source.connected)
+            body = {
+                "service": "gateway", "status": "healthy" if healthy else "unhealthy",
+                "nats_url": settings.stream_nats_url or None, "connections": gateway.connections.open_count,
+            }
+            return JSONResponse(body, status_code=200 if healthy else 503)
+
+    if profiles_document is not None:
+        install_proxy_table(app, profiles_document, upstream_urls, client_address)
 
     mount_webapp(app)  # after every route above, so they keep precedence
     return InternalAPIFastPath(app, settings.internal_auth_token)

@@ -28,6 +28,7 @@ from sonalyze.gateway.auth import AuthError, bearer_token
 from sonalyze.gateway.binary_relay import BinaryRelay
 from sonalyze.gateway.frames import apply_mask, client_frame_header, text_frame
 from sonalyze.gateway.models import error, error_envelope, response_envelope
+from sonalyze.gateway.profiles import RAW_RELAY
 from sonalyze.gateway.rate_limit import TokenBucket
 from sonalyze.gateway.router import ALLOW
 from sonalyze.gateway.session import (
@@ -43,6 +44,7 @@ from sonalyze.gateway.tenant_limit import TenantRateLimiter
 
 if TYPE_CHECKING:
     from sonalyze.gateway.main import Gateway
+    from sonalyze.gateway.profiles import ProfileConnection, RawRelayConnection
 
 logger = logging.getLogger("sonalyze.gateway.ws")
 
@@ -73,6 +75,7 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
     __slots__ = (
         "gateway", "server_state", "transport", "ws", "open", "max_buffer_bytes", "session", "calls", "fragments",
         "draining", "close_timer", "last_seen_s", "fragments_binary", "expiry_timer", "framing", "partial_header", "owed_bytes",
+        "profile",
     )
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any]) -> None:
@@ -99,6 +102,8 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
         """The start of a frame whose header has not fully arrived."""
         self.owed_bytes = 0
         """Bytes still to come of a frame handed to websockets."""
+        self.profile: ProfileConnection | RawRelayConnection | None = None
+        """Set when the upgrade chose a profile path (``gateway.profiles``): it then handles every message."""
 
     # asyncio.Protocol
 
@@ -190,6 +195,8 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
         for cancel in list((self.calls or {}).values()):
             cancel()
         self.calls = None
+        if self.profile is not None:
+            self.profile.closed(self)
 
     # uvicorn's graceful shutdown
 
@@ -257,9 +264,14 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
                     self._refuse(401, exc.code, exc.message)
                     return
             self._accept(request, None)
+            if self.gateway.settings.stream_format == "raw":
+                self.profile = RAW_RELAY
             if self.open:
                 self._flush()  # the 101 response before the retained frame
                 self.gateway.connections.subscribe(self, "stream:" + self.connection_id, stream_channel)
+            return
+        profiles = self.gateway.profiles
+        if target.path != WS_PATH and profiles is not None and profiles.handshake(self, request, target.path, target.query):
             return
         if target.path != WS_PATH:
             ws.send_response(ws.reject(404, f"no WebSocket endpoint at {target.path}; use {WS_PATH}\n"))
@@ -356,6 +368,9 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
     def _message(self, message: bytes, binary: bool) -> None:
         session = self.session
         if session is None or not self.open:
+            return
+        if self.profile is not None:
+            self.profile.receive(self, message, binary)
             return
         relay = self.gateway.binary_relay
         if binary and relay is not None:
