@@ -54,6 +54,8 @@ CLOCK_LOWEST_HZ = 700.0
 #: A band impulse must stand this far above the band's median to be used for the clock, dB.
 CLOCK_MIN_PEAK_DB = 20.0
 CLOCK_MIN_BANDS = 4
+#: Widest 95 % interval of the Theil–Sen slope (ρ − 1) for an estimate to be used (else unknown: null).
+CLOCK_MAX_SPREAD = 2e-3
 #: Residual frames and the running-median span they are compared with, s.
 RESIDUAL_FRAME_S = 0.01
 RESIDUAL_MEDIAN_S = 1.0
@@ -196,8 +198,10 @@ def estimate_clock_ppm(x: np.ndarray, params: SweepParams) -> float | None:
         t0_samples.append(params.duration_s * math.log(math.sqrt(low_hz * high_hz) / params.f_start_hz) / log_ratio * fs_hz)
     if len(lags) < CLOCK_MIN_BANDS:
         return None
-    slope = stats.theilslopes(lags, t0_samples).slope
-    return float(slope * 1e6)
+    fit = stats.theilslopes(lags, t0_samples)
+    if fit.high_slope - fit.low_slope > CLOCK_MAX_SPREAD:  # the bands disagree: no reliable estimate
+        return None
+    return float(fit.slope * 1e6)
 
 
 def correct_clock(x: np.ndarray, ppm: float) -> np.ndarray:
