@@ -17,7 +17,7 @@ export function encodeWavFloat32(samples, sampleRateHz) {
   text("fmt "); u32(18); u16(3); u16(1); u32(sampleRateHz); u32(sampleRateHz * 4); u16(4); u16(32); u16(0);
   text("fact"); u32(4); u32(samples.length);
   text("data"); u32(dataBytes);
-  new Float32Array(buffer, headerBytes).set(samples); // little-endian on every browser platform
+  for (let i = 0; i < samples.length; i++, at += 4) view.setFloat32(at, samples[i], true); // 58-byte header: not 4-aligned
   return buffer;
 }
 

@@ -1,0 +1,139 @@
+// Unit tests of the app's pure modules, run by `node --test` (test_unit.py runs them from pytest).
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { BlockBatcher, FrameAssembler } from "../../src/sonalyze/webapp/frames.js";
+import { encodeWavFloat32, readWavHeader } from "../../src/sonalyze/webapp/wav.js";
+import { duties, sessionView, backoffMs, nameOf } from "../../src/sonalyze/webapp/session-model.js";
+import { reportTable, toCsv, spread, pairsOf } from "../../src/sonalyze/webapp/results.js";
+import { contains, polygonProblem, roomFromForm, defaultRoomForm, positionErrors, parseCorners } from "../../src/sonalyze/webapp/room-model.js";
+
+test("WAV: RIFF header fields and the float samples, byte for byte", () => {
+  const samples = Float32Array.from([0, 0.5, -1, 0.25]);
+  const buffer = encodeWavFloat32(samples, 44100);
+  const view = new DataView(buffer);
+  const text = (at) => String.fromCharCode(...new Uint8Array(buffer, at, 4));
+  assert.equal(text(0), "RIFF"); assert.equal(text(8), "WAVE"); assert.equal(text(12), "fmt "); assert.equal(text(38), "fact"); assert.equal(text(50), "data");
+  assert.equal(view.getUint32(4, true), buffer.byteLength - 8);
+  assert.equal(buffer.byteLength, 58 + 16);
+  assert.deepEqual(readWavHeader(buffer), { formatTag: 3, channels: 1, sampleRateHz: 44100, bitsPerSample: 32, frames: 4 });
+  assert.equal(view.getUint32(28, true), 44100 * 4); // byte rate
+  assert.equal(view.getUint32(54, true), 16); // data size
+  assert.deepEqual([0, 1, 2, 3].map((i) => view.getFloat32(58 + 4 * i, true)), [0, 0.5, -1, 0.25]);
+  assert.throws(() => encodeWavFloat32(samples, 44100.5));
+});
+
+const block = (frame) => Float32Array.from({ length: 128 }, (_, i) => frame + i); // each sample = its frame number
+
+test("frames: contiguous blocks batch up; a missing block starts a new batch", () => {
+  const b = new BlockBatcher(256);
+  assert.equal(b.push(1000, block(1000)), null);
+  const first = b.push(1128, block(1128));
+  assert.equal(first.frame, 1000);
+  assert.equal(first.samples.length, 256);
+  assert.equal(b.push(1256, block(1256)), null);
+  const cut = b.push(1512, block(1512)); // frames 1384–1511 never came
+  assert.equal(cut.frame, 1256);
+  assert.equal(cut.samples.length, 128);
+  assert.equal(b.flush().frame, 1512);
+  assert.equal(b.flush(), null);
+});
+
+test("frames: the assembler puts every sample at its render frame and fills gaps with zeros", () => {
+  const a = new FrameAssembler(1100);
+  a.add(1000, Float32Array.from({ length: 256 }, (_, i) => 1000 + i)); // 1000–1255, starts before the recording
+  a.add(1384, Float32Array.from({ length: 128 }, (_, i) => 1384 + i)); // gap 1256–1383
+  a.stop(1600);
+  const out = a.toSamples();
+  assert.equal(out.length, 500);
+  for (let n = 0; n < out.length; n++) {
+    const frame = 1100 + n;
+    const expected = frame < 1256 ? frame : frame < 1384 ? 0 : frame < 1512 ? frame : 0;
+    assert.equal(out[n], expected, `sample ${n}`);
+  }
+  assert.equal(a.gapFrames, 128 + 88);
+});
+
+const session = (extra) => ({ session_id: "s", lobby_id: "l", job_id: "j", step: "preparing", speaker_index: 0, speaker_device_id: "spk",
+  speakers: ["spk"], microphones: ["m1", "m2"], waiting_for: ["spk", "m1", "m2"], results: [], failure: null, ...extra });
+const none = { armed: true, ready: false, sweepLoaded: false, recording: false, playing: false, played: false, uploaded: false };
+
+test("session model: each device's duties through the steps", () => {
+  assert.deepEqual(duties(session({ step: "created", waiting_for: [] }), "spk", none, true), ["start_speaker"]);
+  assert.deepEqual(duties(session({ step: "created", waiting_for: [] }), "m1", none, false), []);
+  assert.deepEqual(duties(session(), "spk", none, true), ["ready", "load_sweep"]);
+  assert.deepEqual(duties(session(), "spk", { ...none, ready: true, sweepLoaded: true }, true), ["audio_ready"]);
+  assert.deepEqual(duties(session(), "m1", { ...none, armed: false }, false), ["arm"]);
+  assert.deepEqual(duties(session({ waiting_for: ["spk"] }), "m1", none, false), []);
+  assert.deepEqual(duties(session({ step: "recording_starting", waiting_for: ["m1"] }), "m1", none, false), ["start_recording"]);
+  assert.deepEqual(duties(session({ step: "recording_starting", waiting_for: ["m1"] }), "m1", { ...none, recording: true }, false), ["recording_started"]);
+  assert.deepEqual(duties(session({ step: "playing", waiting_for: ["spk"] }), "spk", { ...none, sweepLoaded: true }, true), ["play"]);
+  assert.deepEqual(duties(session({ step: "playing", waiting_for: ["spk"] }), "spk", { ...none, sweepLoaded: true, playing: true }, true), []);
+  assert.deepEqual(duties(session({ step: "uploading", waiting_for: ["m2"] }), "m2", { ...none, recording: true }, false), ["upload"]);
+  assert.deepEqual(duties(session({ step: "uploading", waiting_for: ["m2"] }), "m2", none, false), ["lost_recording"]); // reloaded mid-recording
+  assert.deepEqual(duties(session({ step: "speaker_done", speakers: ["spk", "b"] }), "spk", none, true), ["start_speaker"]);
+  assert.deepEqual(duties(session({ step: "speaker_done" }), "spk", none, true), []);
+  assert.deepEqual(duties(session({ step: "completed" }), "spk", none, true), []);
+});
+
+test("session model: the view names devices and says who is awaited", () => {
+  const lobby = { participants: [{ device_id: "spk", name: "Anna" }, { device_id: "m1", name: null }, { device_id: "m2" }] };
+  const view = sessionView(session({ waiting_for: ["m2"] }), lobby, "m1");
+  assert.equal(view.turn, "speaker 1 of 1: Anna");
+  assert.deepEqual(view.devices.map((d) => [d.name, d.state, d.me]), [["Anna", "done", false], ["device m1", "done", true], ["device m2", "waiting for this device", false]]);
+  const failed = sessionView(session({ step: "failed", failure: { code: "step_timeout", reason: "waited for m2" } }), lobby, "m1");
+  assert.equal(failed.failure, "step_timeout: waited for m2");
+  assert.equal(nameOf(lobby, "zzz-long-id"), "device zzz-lo");
+  assert.equal(backoffMs(0, 0.5), 500);
+  assert.equal(backoffMs(20, 0.5), 15000);
+  assert.ok(backoffMs(3, 0) >= 2800 && backoffMs(3, 0.999) <= 5200);
+});
+
+const report = {
+  bands_hz: [125, 250, 500, 1000, 2000, 4000, 8000],
+  t30_s: { bands: [null, 0.6, 0.7, 0.65, 0.6, 0.5, 0.45], broadband: 0.6, reasons: { 125: "dynamic range 30 dB < 45 dB needed for T30" }, codes: { 125: "insufficient_dynamic_range" } },
+  c80_db: { bands: [1, 2, 3, 4, 5, 6, 0], broadband: 3, reasons: {} },
+  sti: { value: null, mti: [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5], rating: null, reason: "too short", code: "ir_too_short" },
+};
+
+test("results: a refused value is refused with its reason and code, a zero stays a zero", () => {
+  const table = reportTable(report);
+  const cell = (band, metric) => table.rows.find((r) => r.band === band).cells.find((c) => c.metric.label === metric);
+  assert.deepEqual([cell(125, "T30").refused, cell(125, "T30").reason, cell(125, "T30").code], [true, "dynamic range 30 dB < 45 dB needed for T30", "insufficient_dynamic_range"]);
+  assert.equal(cell(8000, "C80").refused, false);
+  assert.equal(cell(8000, "C80").value, 0);
+  assert.equal(cell("broadband", "STI").reason, "too short");
+  assert.equal(cell(500, "STI").value, 0.5);
+  assert.equal(cell(500, "EDT").refused, true); // absent metric: refused, never blank
+  assert.deepEqual(reportTable({ error: { code: "analysis_failed", message: "no sweep" } }), { error: { code: "analysis_failed", message: "no sweep" } });
+  const entry = { speaker_index: 0, speaker_device_id: "spk", microphones: ["m1", "m2"], analysis: { results: { "speaker-0_mic-0.wav": report, "speaker-0_mic-1.wav": { ...report, t30_s: { ...report.t30_s, bands: [null, 0.7, 0.9, 0.65, 0.6, 0.5, 0.45] } } } } };
+  const pairs = pairsOf(entry);
+  assert.deepEqual(pairs.map((p) => [p.microphone, p.upload]), [["m1", "speaker-0_mic-0.wav"], ["m2", "speaker-0_mic-1.wav"]]);
+  const s = spread(pairs, "t30_s");
+  assert.equal(s[0].count, 0);
+  assert.ok(Math.abs(s[2].range - 0.2) < 1e-12);
+  const csv = toCsv([{ session_id: "s1", results: [entry] }]).split("\n");
+  assert.equal(csv[0], "session_id,speaker,microphone,metric,band,value,unit,refused_code,refused_reason");
+  assert.ok(csv.includes("s1,spk,m1,T30,125,,s,insufficient_dynamic_range,dynamic range 30 dB < 45 dB needed for T30"));
+  assert.ok(csv.includes("s1,spk,m1,C80,8000,0,dB,,"));
+});
+
+test("room model: the backend's geometry rules, checked in place", () => {
+  assert.equal(polygonProblem([[0, 0], [4, 0], [4, 3], [0, 3]]), null);
+  assert.match(polygonProblem([[0, 0], [4, 3], [4, 0], [0, 3]]), /cross/);
+  assert.match(polygonProblem([[0, 0], [1, 1]]), /at least 3/);
+  assert.match(polygonProblem([[0, 0], [0, 0], [1, 1]]), /coincide/);
+  const L = { type: "polygon", corners_m: [[0, 0], [6, 0], [6, 3], [3, 3], [3, 5], [0, 5]], height_m: 2.5 };
+  assert.equal(contains(L, [1, 4, 1]), true);
+  assert.equal(contains(L, [5, 4, 1]), false); // the notch of the L
+  assert.equal(contains(L, [0, 2, 1]), false); // on a wall
+  assert.equal(contains(L, [1, 1, 2.5]), false); // at the ceiling
+  const form = defaultRoomForm(["brickwork"]);
+  form.dimensions_m = [5, "-1", "x"];
+  const { errors } = roomFromForm(form);
+  assert.deepEqual(Object.keys(errors).sort(), ["dimensions_m.1", "dimensions_m.2"]);
+  form.dimensions_m = [5, 4, 2.5];
+  form.materials.floor = { absorption: 1.5 };
+  assert.deepEqual(Object.keys(roomFromForm(form).errors), ["materials.floor"]);
+  assert.deepEqual(Object.keys(positionErrors({ type: "shoebox", dimensions_m: [5, 4, 2.5] }, { a: [1, 1, 1], b: [6, 1, 1] })), ["b"]);
+  assert.match(parseCorners("0,0\n1 x").problem, /corner 2/);
+});
