@@ -388,7 +388,8 @@ def _validate_room(value: Any, _handler: Any) -> ShoeboxRoom | PolygonRoom:
         return value
     if not isinstance(value, dict):
         raise PydanticCustomError("room_type", "a room is an object with a type: shoebox or polygon")
-    model = _ROOM_TYPES.get(value.get("type"))  # type: ignore[arg-type]
+    kind = value.get("type")
+    model = _ROOM_TYPES.get(kind) if isinstance(kind, str) else None  # an object or a list is no type name
     if model is None:
         _raise_at(("type",), "room_type", "type must be 'shoebox' or 'polygon'", value.get("type"))
     return model.model_validate(value)

@@ -146,10 +146,14 @@ class Page(BaseModel):
     next_offset: int | None
 
 
+MAX_OFFSET = 1_000_000_000
+"""Far beyond any real list, well within the databases' 64-bit OFFSET (a larger one is a 422, not a 500)."""
+
+
 class PageQuery(BaseModel):
     """``?limit=&offset=`` (plus the resource's parent filters, added per resource)."""
 
     model_config = ConfigDict(extra="forbid")
 
     limit: Annotated[int, Field(ge=1, le=500)] = 50
-    offset: Annotated[int, Field(ge=0)] = 0
+    offset: Annotated[int, Field(ge=0, le=MAX_OFFSET)] = 0
