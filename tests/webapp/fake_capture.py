@@ -19,7 +19,7 @@ from sonalyze.acoustics.sweep import SweepParams, exponential_sweep
 FS_HZ = 44100  # Chromium passes a 44.1 kHz mono 16-bit file through bit-exactly
 PERIOD_S = 3.6
 PERIODS = 4
-RT_S = (0.55, 0.6, 0.7, 0.65, 0.6, 0.5, 0.45)  # per octave band 125 Hz–8 kHz
+RT_S = (0.55, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6)  # per octave band 125 Hz–8 kHz (neighbours mix at band edges: equal decays stay exponential)
 PRE_DELAY_SAMPLES = 882  # 20 ms
 BANDS_HZ = (125, 250, 500, 1000, 2000, 4000, 8000)
 

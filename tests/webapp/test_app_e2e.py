@@ -2,6 +2,7 @@
 
 The microphones hear tests/webapp/fake_capture.py's file (the lobby's sweep through a known room), so the
 results screen must show that room's T30 and C80 (computed independently from the impulse response).
+The test waits with page functions, which the CSP forbids (eval): contexts use `bypass_csp=True`.
 Screenshots of every screen at 390×844 go to the folder the test prints.
 """
 
@@ -41,7 +42,7 @@ async def test_whole_session_through_the_ui(webapp_backend, launch_browser, tmp_
     shots = _shots(tmp_path)
     wav = tmp_path / "room.wav"
     write_capture_wav(wav)
-    host = await _open(await launch_browser(fake_audio_wav=wav), webapp_backend.url)
+    host = await _open(await launch_browser(fake_audio_wav=wav, bypass_csp=True), webapp_backend.url)
     await host.screenshot(path=shots / "01-home.png")
     await _name(host, "Speaker")
     await host.fill("#lobby-name", "Test room")
@@ -52,11 +53,11 @@ async def test_whole_session_through_the_ui(webapp_backend, launch_browser, tmp_
     assert (await host.get_attribute("#join-link", "href")).endswith(f"/join/{code}")
     assert await host.locator("#qr svg").count() == 1
 
-    mic1 = await _open(await launch_browser(fake_audio_wav=wav), webapp_backend.url)
+    mic1 = await _open(await launch_browser(fake_audio_wav=wav, bypass_csp=True), webapp_backend.url)
     await _name(mic1, "Mic one")
     await mic1.fill("#join-code", code.lower())
     await mic1.click("#join-form button")
-    mic2 = await _open(await launch_browser(fake_audio_wav=wav), f"{webapp_backend.url}/join/{code}")  # the deep link
+    mic2 = await _open(await launch_browser(fake_audio_wav=wav, bypass_csp=True), f"{webapp_backend.url}/join/{code}")  # the deep link
     for page in (mic1, mic2):
         await page.wait_for_function(f"document.querySelector('#lobby-code')?.textContent === '{code}'", timeout=20000)
 
@@ -119,7 +120,7 @@ async def test_whole_session_through_the_ui(webapp_backend, launch_browser, tmp_
 
 
 async def test_denied_microphone_is_explained(webapp_backend, launch_browser, tmp_path):
-    page = await _open(await launch_browser(extra_args=["--use-fake-device-for-media-stream"]), webapp_backend.url)
+    page = await _open(await launch_browser(extra_args=["--use-fake-device-for-media-stream"], bypass_csp=True), webapp_backend.url)
     await page.click("#create-form button")
     await page.wait_for_selector("#lobby-code:not(:empty)")
     await page.click("[data-tab=measure]")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.support.infra import skip_unless_required
 
 HERE = Path(__file__).resolve().parent
 
@@ -15,8 +14,6 @@ HERE = Path(__file__).resolve().parent
 def test_pure_modules_with_node() -> None:
     node = shutil.which("node")
     if node is None:
-        if os.environ.get("SONALYZE_REQUIRE_SERVERS") == "1":
-            pytest.fail("node is not installed (needed for the web app's unit tests)")
-        pytest.skip("node is not installed: the web app's unit tests need Node.js 20+")
+        skip_unless_required("node is not installed: the web app's unit tests need Node.js 20+")
     result = subprocess.run([node, "--test", str(HERE / "unit.test.mjs")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
