@@ -238,13 +238,14 @@ async def test_metrics_carry_the_seeds_names(stack) -> None:
             await recv_json(ws)
         await client.post("/handoff", json={"call_id": call["call_id"], "reason": "r"}, headers={"Authorization": f"Bearer {token}"})
         await client.post(f"/call/{call['call_id']}/end", headers={"Authorization": f"Bearer {token}"})
+        assert (await client.post("/call/start", json={"tenant_id": "tenant_123"})).status_code == 401  # not a call event
         await asyncio.sleep(0.3)  # the socket's close reaches the gateway
         after = (await scrape()).text
     delta = lambda name, labels="": metric(after, name, labels) - metric(before, name, labels)  # noqa: E731
-    assert delta("gateway_requests_total", 'endpoint="/call",method="POST"') == 2
+    assert delta("gateway_requests_total", 'endpoint="/call",method="POST"') == 3
     assert delta("gateway_requests_total", 'endpoint="/auth",method="POST"') == 1
     assert delta("gateway_requests_total", 'endpoint="/handoff",method="POST"') == 1
-    assert delta("gateway_request_duration_seconds_count") == 4
+    assert delta("gateway_request_duration_seconds_count") == 5
     assert delta("gateway_ws_connections_total", 'status="connected"') == 1
     assert delta("gateway_ws_connections_total", 'status="disconnected"') == 1
     for event_type in ("started", "ended", "handoff", "barge_in"):
