@@ -56,11 +56,9 @@ def manifests() -> dict[str, list[dict]]:
 def test_compose_has_every_service_of_seed_004_on_its_port(compose):
     services = compose["services"]
     assert set(SERVICES) | {"postgres"} == set(services)
-    assert services["postgres"]["ports"] == ["5432:5432"]
     for name, spec in SERVICES.items():
         service = services[name]
         assert service["command"] == [name]
-        assert service["ports"] == [f"{spec.default_port}:{spec.default_port}"]
         assert service["environment"]["PORT"] == str(spec.default_port)
         health = " ".join(service["healthcheck"]["test"])
         assert f"http://127.0.0.1:{spec.default_port}{spec.health_path}" in health
@@ -82,15 +80,86 @@ def test_compose_urls_point_at_the_right_service_and_port(compose):
 
 
 def test_compose_internal_token_comes_from_env_file(compose):
-    for name in ("gateway", "lobby"):
+    for name in SERVICES:
         assert compose["services"][name]["environment"]["INTERNAL_AUTH_TOKEN"].startswith("${INTERNAL_AUTH_TOKEN:?")
-    assert "INTERNAL_AUTH_TOKEN=" in (ROOT / ".env.example").read_text()
+    assert compose["services"]["gateway"]["environment"]["DEVICE_TOKEN_SECRET"].startswith("${DEVICE_TOKEN_SECRET:?")
+    env_example = (ROOT / ".env.example").read_text()
+    assert "INTERNAL_AUTH_TOKEN=" in env_example and "DEVICE_TOKEN_SECRET=" in env_example
+
+
+def test_compose_publishes_only_the_gateway(compose):
+    """Issue 15: the services and PostgreSQL sit on an internal network with no published port."""
+    published = {name for name, service in compose["services"].items() if service.get("ports") or service.get("expose")}
+    assert published == {"gateway"}
+    assert compose["services"]["gateway"]["ports"] == [f"{SERVICES['gateway'].default_port}:{SERVICES['gateway'].default_port}"]
+    assert compose["networks"]["backend"]["internal"] is True
+    for name, service in compose["services"].items():
+        assert service.get("network_mode") is None, name
+        expected = ["edge", "backend"] if name == "gateway" else ["backend"]
+        assert service["networks"] == expected, name
+
+
+def _policy_of(manifests: dict[str, list[dict]], name: str) -> dict:
+    policies = [doc for doc in manifests[name] if doc["kind"] == "NetworkPolicy"]
+    assert len(policies) == 1, name
+    return policies[0]
+
+
+# Who calls whom: the gateway routes to lobby/measurement/simulation, the lobby pushes to the gateway and
+# drives the measurement, the measurement asks the lobby who may reach a job, three services write to storage.
+CALLERS = {
+    "gateway": {"lobby"},
+    "lobby": {"gateway", "measurement"},
+    "measurement": {"gateway", "lobby"},
+    "simulation": {"gateway"},
+    "storage": {"lobby", "measurement", "simulation"},
+}
+
+
+def test_kubernetes_denies_by_default(manifests):
+    deny = next(doc for doc in manifests["default-deny"] if doc["metadata"]["name"] == "default-deny-ingress")
+    assert deny["spec"]["podSelector"] == {} and deny["spec"]["policyTypes"] == ["Ingress"]
+    assert "ingress" not in deny["spec"]
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_kubernetes_network_policy_admits_only_the_callers(manifests, name):
+    policy = _policy_of(manifests, name)["spec"]
+    assert policy["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": name}}
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    peers = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in rule["from"] if "podSelector" in peer}
+    assert peers == CALLERS[name]
+    namespaces = [peer for peer in rule["from"] if "namespaceSelector" in peer]
+    assert len(namespaces) == (1 if name == "gateway" else 0)  # the ingress controller reaches the gateway only
+    assert rule["ports"] == [{"protocol": "TCP", "port": SERVICES[name].default_port}]
+
+
+def test_kubernetes_ingress_serves_the_gateway_over_tls(manifests):
+    ingress = next(doc for doc in manifests["gateway"] if doc["kind"] == "Ingress")["spec"]
+    (tls,) = ingress["tls"]
+    assert tls["secretName"] and tls["hosts"] == [ingress["rules"][0]["host"]]
+    backends = [path["backend"]["service"] for rule in ingress["rules"] for path in rule["http"]["paths"]]
+    assert backends == [{"name": "gateway", "port": {"number": SERVICES["gateway"].default_port}}]
+    ingresses = [doc for docs in manifests.values() for doc in docs if doc["kind"] == "Ingress"]
+    assert len(ingresses) == 1  # nothing else is exposed
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_kubernetes_secrets_come_from_the_secret(manifests, name):
+    container = next(doc for doc in manifests[name] if doc["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item for item in container["env"]}
+    secrets = {"INTERNAL_AUTH_TOKEN"} | ({"DEVICE_TOKEN_SECRET"} if name == "gateway" else set())
+    for key in secrets:
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "sonalyze-secrets", "key": key}, (name, key)
+    services = [doc for doc in manifests[name] if doc["kind"] == "Service"]
+    assert all(doc["spec"].get("type", "ClusterIP") == "ClusterIP" for doc in services)
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
 def test_kubernetes_manifests_match_the_code(manifests, name):
     spec = SERVICES[name]
-    docs = {doc["kind"]: doc for doc in manifests[name]}
+    docs = {doc["kind"]: doc for doc in manifests[name] if doc["kind"] != "NetworkPolicy"}
     container = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == [name]
     assert container["ports"] == [{"containerPort": spec.default_port}]
