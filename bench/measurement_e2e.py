@@ -27,6 +27,8 @@ import httpx
 import numpy as np
 import soundfile
 from scipy.signal import fftconvolve
+from sonalyze.common.internal_auth import internal_headers  # noqa: E402
+BENCH_TOKEN = "bench-internal-token"
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,13 +70,13 @@ def main() -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     data_dir = tempfile.mkdtemp(prefix="sonalyze-bench-measurement-")
-    env = {**os.environ, "MEASUREMENT_DATA_DIR": data_dir, "MEASUREMENT_ANALYZE_WAIT_S": "600", "LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "MEASUREMENT_DATA_DIR": data_dir, "MEASUREMENT_ANALYZE_WAIT_S": "600", "LOG_LEVEL": "WARNING", "INTERNAL_AUTH_TOKEN": BENCH_TOKEN}
     server = subprocess.Popen(
         [sys.executable, "-m", "sonalyze", "serve", "measurement", "--host", "127.0.0.1", "--port", str(port)],
         env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        with httpx.Client(base_url=url, timeout=600) as http:
+        with httpx.Client(base_url=url, timeout=600, headers=internal_headers(BENCH_TOKEN)) as http:
             deadline = time.monotonic() + 60
             while True:
                 try:
@@ -112,7 +114,7 @@ def main() -> int:
                     done = threading.Event()
 
                     def probe() -> None:
-                        with httpx.Client(base_url=url, timeout=60) as prober:
+                        with httpx.Client(base_url=url, timeout=60, headers=internal_headers(BENCH_TOKEN)) as prober:
                             while not done.is_set():
                                 start = time.perf_counter()
                                 prober.get("/v1/health")

@@ -43,6 +43,8 @@ import pyroomacoustics as pra
 
 from sonalyze.simulation.engine import simulate
 from sonalyze.simulation.schemas import SimulateRequest
+from sonalyze.common.internal_auth import internal_headers  # noqa: E402
+BENCH_TOKEN = "bench-internal-token"
 
 SURFACES = ("floor", "ceiling", "east", "west", "north", "south")
 SEED = 2026
@@ -133,7 +135,7 @@ class Server:
     """``sonalyze serve simulation`` in a child process, from this tree or from ``src`` (an older one)."""
 
     def __init__(self, src: Path | None) -> None:
-        self.env = {**os.environ, "SIMULATION_DATA_DIR": tempfile.mkdtemp(prefix="simulation-bench-"), "LOG_LEVEL": "WARNING"}
+        self.env = {**os.environ, "SIMULATION_DATA_DIR": tempfile.mkdtemp(prefix="simulation-bench-"), "LOG_LEVEL": "WARNING", "INTERNAL_AUTH_TOKEN": BENCH_TOKEN}
         if src is not None:
             self.env["PYTHONPATH"] = str(src)
         self.cwd = src if src is not None else REPO
@@ -144,7 +146,7 @@ class Server:
                 env=self.env,
                 cwd=self.cwd,
             )
-            self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300)
+            self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300, headers=internal_headers(BENCH_TOKEN))
             if self._ready():
                 break
             self.client.close()

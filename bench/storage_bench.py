@@ -36,6 +36,8 @@ import asyncpg
 import httpx
 import orjson
 import psutil
+from sonalyze.common.internal_auth import internal_headers  # noqa: E402
+BENCH_TOKEN = "bench-internal-token"
 
 ADMIN_URL = os.environ.get("SONALYZE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 BANDS_HZ = [125, 250, 500, 1000, 2000, 4000, 8000]
@@ -101,7 +103,8 @@ class RawConnection:
         return cls(*await asyncio.open_connection("127.0.0.1", port))
 
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-        head = f"{method} {path} HTTP/1.1\r\nhost: storage\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        auth = "".join(f"{name}: {value}\r\n" for name, value in internal_headers(BENCH_TOKEN).items())
+        head = f"{method} {path} HTTP/1.1\r\nhost: storage\r\n{auth}content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
         self.writer.write(head.encode() + body)
         status = int((await self.reader.readuntil(b"\r\n")).split(b" ", 2)[1])
         length = 0
@@ -192,7 +195,7 @@ async def main(args: argparse.Namespace) -> None:
     command = [sys.executable, "-m", "sonalyze", "serve", "storage", "--host", "127.0.0.1", "--port", str(port)]
     if args.server_cpu >= 0:
         command = ["taskset", "-c", str(args.server_cpu), *command]
-    env = {**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING", "STORAGE_DB_POOL_SIZE": str(args.pool)}
+    env = {**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING", "STORAGE_DB_POOL_SIZE": str(args.pool), "INTERNAL_AUTH_TOKEN": BENCH_TOKEN}
     if args.source is not None:  # another version of the package, e.g. `git archive HEAD src | tar -x -C DIR`
         env["PYTHONPATH"] = str(Path(args.source).resolve() / "src")
         print(f"server code: {args.source}")
@@ -201,7 +204,7 @@ async def main(args: argparse.Namespace) -> None:
         os.sched_setaffinity(0, {args.client_cpu})
     rng = random.Random(1)
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=internal_headers(BENCH_TOKEN)) as client:
             for _ in range(300):
                 try:
                     if (await client.get("/healthz")).status_code == 200:
@@ -218,7 +221,7 @@ async def main(args: argparse.Namespace) -> None:
                 connections = [await RawConnection.open(port) for _ in range(args.concurrency)]
             else:
                 limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
-                shared = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=60)
+                shared = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=60, headers=internal_headers(BENCH_TOKEN))
                 connections = [HttpxConnection(shared) for _ in range(args.concurrency)]
 
             await _drive(connections, [("POST", "/v1/analysis_outputs", body) for body in bodies[: args.warmup]])
