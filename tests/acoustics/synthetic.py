@@ -29,7 +29,7 @@ def decaying_multisine(
     duration_s: float = 3.0,
     *,
     seed: int = 0,
-    period_s: float = 0.01,
+    period_s: float = 0.02,
     noise_floor_db: float | None = None,
     pre_delay_s: float = 0.0,
 ) -> np.ndarray:

@@ -8,7 +8,7 @@ from numpy.testing import assert_allclose
 from scipy import signal
 
 import sonalyze.acoustics as acoustics
-from sonalyze.acoustics import analyze_impulse_response, analyze_sweep_recording, onset, spectrum
+from sonalyze.acoustics import analyze_impulse_response, analyze_sweep_recording, bands, onset, spectrum
 from sonalyze.acoustics.report import CURVE_POINTS
 
 from .conftest import record
@@ -75,7 +75,11 @@ def test_values_are_right(report):
     assert_allclose(report["t30_s"]["bands"][1:6], [1.4, 1.2, 1.0, 0.9, 0.8], rtol=0.05)
     assert report["t30_s"]["bands"][2] > report["t30_s"]["bands"][5]
     assert all(abs(c) < 10 for c in report["curvature_percent"]["bands"][1:6])
-    assert all(55 < d < 80 for d in report["dynamic_range_db"]["bands"])
+    # peak band power ≈ 1/7 of the initial power (pink: equal per octave) over white noise at −65 dB in
+    # the octave's bandwidth (0.707·fm of fs/2)
+    bandwidth = 0.7071 * np.array([bands.exact_centre_hz(b) for b in report["bands_hz"]])
+    expected_db = 10 * np.log10((1 / 7) / (10 ** -6.5 * bandwidth / (FS_HZ / 2)))
+    assert_allclose(report["dynamic_range_db"]["bands"], expected_db, atol=2.0)
 
 
 def test_null_iff_reason():

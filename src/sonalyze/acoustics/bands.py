@@ -135,8 +135,10 @@ def octave_band_irs(ir: np.ndarray, fs_hz: float, onset: int) -> dict[int, np.nd
     return band_irs_and_leakage(ir, fs_hz, onset)[0]
 
 
-def band_irs_and_leakage(ir: np.ndarray, fs_hz: float, onset: int) -> tuple[dict[int, np.ndarray], dict[int, float]]:
-    """`octave_band_irs` and, per band, `leakage_fraction` of the same IR from the onset on (one FFT)."""
+def band_irs_and_leakage(
+    ir: np.ndarray, fs_hz: float, onset: int
+) -> tuple[dict[int, np.ndarray], dict[int, float], dict[int, float]]:
+    """`octave_band_irs` and, per band, `leakage_fraction` and `band_tilt_db` of the same IR (one FFT)."""
     lead_n = int(FILTER_LEAD_S * fs_hz)
     lead = max(0, lead_n - onset)
     x = np.asarray(ir, dtype=np.float64)
@@ -150,7 +152,33 @@ def band_irs_and_leakage(ir: np.ndarray, fs_hz: float, onset: int) -> tuple[dict
         pre_energy = float(np.sum(filtered[i, start - lead_n : start] ** 2))
         h[0] = np.copysign(np.sqrt(h[0] ** 2 + pre_energy), h[0])
         out[band_hz] = h
-    return out, _leakage(spectrum, fs_hz, n_fft, bands)
+    return out, _leakage(spectrum, fs_hz, n_fft, bands), _tilt_db(spectrum, fs_hz, n_fft, bands)
+
+
+def band_tilt_db(x: np.ndarray, fs_hz: float, bands_hz: tuple[int, ...] = OCTAVE_BANDS_HZ) -> dict[int, float]:
+    """Per band, 10·lg of the signal's mean power density (per Hz) in the upper half-octave [fm, f_hi)
+    over the lower one [f_lo, fm).
+
+    0 dB for a white spectrum, −1.5 dB for a pink one (and a room's, whose T changes far less across
+    half an octave); a source rolling off at 24 dB/octave inside the band makes it +6 dB or more.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n_fft = sp_fft.next_fast_len(x.size, real=True)
+    return _tilt_db(sp_fft.rfft(x, n_fft), fs_hz, n_fft, _available(tuple(bands_hz), fs_hz))
+
+
+def _tilt_db(spectrum: np.ndarray, fs_hz: float, n_fft: int, bands: tuple[int, ...]) -> dict[int, float]:
+    freqs_hz = np.fft.rfftfreq(n_fft, 1.0 / fs_hz)
+    power = spectrum.real**2 + spectrum.imag**2
+    csum = np.concatenate(([0.0], np.cumsum(power)))
+    out = {}
+    for band_hz in bands:
+        lo_hz, hi_hz = octave_band_edges_hz(band_hz)
+        i_lo, i_mid, i_hi = np.searchsorted(freqs_hz, [lo_hz, exact_centre_hz(band_hz), hi_hz])
+        lower = (csum[i_mid] - csum[i_lo]) / max(1, i_mid - i_lo)
+        upper = (csum[i_hi] - csum[i_mid]) / max(1, i_hi - i_mid)
+        out[band_hz] = float(10.0 * np.log10(upper / lower)) if lower > 0 and upper > 0 else float("inf")
+    return out
 
 
 def leakage_fraction(x: np.ndarray, fs_hz: float, bands_hz: tuple[int, ...] = OCTAVE_BANDS_HZ) -> dict[int, float]:

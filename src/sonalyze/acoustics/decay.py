@@ -3,7 +3,8 @@
 * Schroeder (1965) backward integration E(t) = ∫_t^∞ h²(τ) dτ, in dB re E(0).
 * Noise: Lundeby, Vigran, Bietz & Vorländer (1995), "Uncertainties of measurements in room acoustics",
   Acustica 81: find where the decay meets the noise floor — blocks scaled to the decay (10–50 ms,
-  5 per 10 dB of the first estimate), noise from 10 dB of decay past the crossing but at least the
+  5 per 10 dB of the noise-subtracted Schroeder curve's first 10 dB; down to 1 ms for decays faster
+  than that), noise from 10 dB of decay past the crossing but at least the
   last 10 %, then 5 blocks per 10 dB and a regression over 20 dB ending 5 dB above the noise on block
   levels with the noise power subtracted, until the crossing moves < 10 ms. Where no decay above the
   noise is found, there is nothing to integrate (``decay_found`` False: never integrate raw noise).
@@ -33,6 +34,8 @@ _LN10_6 = 6.0 * math.log(10.0)
 #: Lundeby's first averaging blocks, s: scaled to the decay within the paper's 10–50 ms.
 INITIAL_BLOCK_MIN_S = 0.01
 INITIAL_BLOCK_MAX_S = 0.05
+#: Shortest first block, for decays that fall 10 dB within 50 ms, s.
+FASTEST_BLOCK_S = 0.001
 BLOCKS_PER_10DB = 5
 NOISE_TAIL_FRACTION = 0.1
 CONVERGENCE_S = 0.01
@@ -167,14 +170,14 @@ def lundeby_truncation(ir: np.ndarray, fs_hz: float) -> Truncation:
 
 
 def _initial_block(energy: np.ndarray, fs_hz: float, noise: float) -> int:
-    """Lundeby's first block length: 1/5 of the time the decay takes to fall 10 dB (noise subtracted,
-    1 ms resolution), within 10–50 ms (Lundeby 1995 §3: 10–50 ms)."""
-    step = max(1, int(0.001 * fs_hz))
-    _, level_db = _block_levels_db(energy, step, noise)
-    peak = int(np.argmax(level_db))
-    fallen = level_db[peak:] <= level_db[peak] - 10.0
-    t10_s = (int(np.argmax(fallen)) if fallen.any() else fallen.size) * step / fs_hz
-    return max(1, int(np.clip(t10_s / BLOCKS_PER_10DB, INITIAL_BLOCK_MIN_S, INITIAL_BLOCK_MAX_S) * fs_hz))
+    """Lundeby's first block length, scaled to the decay: 1/5 of the time the noise-subtracted
+    Schroeder curve (Chu) takes to fall 10 dB, within Lundeby's 10–50 ms; a decay that falls 10 dB in
+    less than 50 ms (T < 0.3 s, which a 10 ms block would swallow) gets that 1/5 down to 1 ms."""
+    edc = np.cumsum((energy - noise)[::-1])[::-1]
+    fallen = edc <= edc[0] * 0.1
+    t10_s = (int(np.argmax(fallen)) if fallen.any() else energy.size) / fs_hz
+    low_s = INITIAL_BLOCK_MIN_S if t10_s >= BLOCKS_PER_10DB * INITIAL_BLOCK_MIN_S else FASTEST_BLOCK_S
+    return max(1, int(np.clip(t10_s / BLOCKS_PER_10DB, low_s, INITIAL_BLOCK_MAX_S) * fs_hz))
 
 
 def schroeder_curve_db(ir: np.ndarray, fs_hz: float, truncation: Truncation | None = None) -> np.ndarray:

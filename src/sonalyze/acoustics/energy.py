@@ -6,10 +6,11 @@ is integrated up to the truncation point and the exponential tail it removed is 
 (Lundeby 1995; the combination of Guski & Vorländer 2014), so the noise floor does not count as late
 energy; without one, the IR is integrated to its end.
 
-`refusals` says which parameters the observed decay cannot support: the tail added back is an
-extrapolation below the noise floor, so each parameter may only lean on it so far that an error of
-100 % in it moves the value by less than one just-noticeable difference (ISO 3382-1 Table A.1:
-C 1 dB, D 0.05, Ts 10 ms; DRR, without an ISO JND, as C).
+`refusals` says which parameters the observed decay cannot support: the energy not measured above the
+noise — the tail added back (an extrapolation below the noise floor) plus the noise power subtracted
+(an estimate) — may only weigh so much that an error of 100 % in it moves the value by less than one
+just-noticeable difference (ISO 3382-1 Table A.1: C 1 dB, D 0.05, Ts 10 ms; DRR, without an ISO JND,
+as C).
 
 * Clarity C_te = 10·lg(∫_0^te p² / ∫_te^∞ p²), te = 50 ms (C50, speech) or 80 ms (C80, music), dB.
 * Definition D50 = ∫_0^50ms p² / ∫_0^∞ p² (0…1).
@@ -48,7 +49,8 @@ class _Energy:
         if truncation is not None and not truncation.decay_found:
             raise ValueError("no decay above the noise floor")
         self.end = energy.size if truncation is None else truncation.index
-        self.energy = energy[: self.end] - (0.0 if truncation is None else truncation.noise_power)
+        self.noise = 0.0 if truncation is None else truncation.noise_power
+        self.energy = energy[: self.end] - self.noise
         self.tail = 0.0 if truncation is None else truncation.tail_energy
         late_rt_s = None if truncation is None else truncation.late_rt_s
         self.tail_rate = _LN10_6 / late_rt_s / self.fs_hz if late_rt_s else math.inf  # 1/sample
@@ -69,6 +71,15 @@ class _Energy:
     def tail_moment_s(self) -> float:
         """∫ t·(tail) in s·energy: the tail starts at the truncation and decays with the late T."""
         return self.tail * (self.end / self.fs_hz + 1.0 / (self.tail_rate * self.fs_hz)) if self.tail else 0.0
+
+    def uncertain_after(self, n: int) -> float:
+        """Energy after sample n not measured above the noise: the tail plus the noise power subtracted."""
+        return self.tail_after(n) + self.noise * max(0, self.end - n)
+
+    def uncertain_moment_s(self) -> tuple[float, float]:
+        """(energy, ∫ t·energy) of the uncertain part over the whole IR."""
+        subtracted = self.noise * self.end
+        return self.tail + subtracted, self.tail_moment_s() + subtracted * 0.5 * self.end / self.fs_hz
 
     def centre_time_s(self) -> float:
         t_s = np.arange(self.end) / self.fs_hz
@@ -128,9 +139,9 @@ def refusals(
     """Which energy parameters the observed decay supports: ``{name: reason text or None}``.
 
     Names ``c50_db``, ``c80_db``, ``d50``, ``centre_time_s``, ``drr_db``; a reason means code
-    `codes.INSUFFICIENT_DYNAMIC_RANGE`. The rules (module docstring): tail ≤ 20.6 % of the energy after
-    te (C50, C80) or after the direct window (DRR); tail ≤ 5 % of the total (D50); the tail moves Ts
-    by ≤ 10 ms.
+    `codes.INSUFFICIENT_DYNAMIC_RANGE`. The rules (module docstring), "uncertain" being the tail plus the
+    subtracted noise: uncertain ≤ 20.6 % of the energy after te (C50, C80) or after the direct window
+    (DRR); ≤ 5 % of the total (D50); it moves Ts by ≤ 10 ms.
     """
     e = _Energy(ir, fs_hz, truncation)
     out: dict[str, str | None] = {}
@@ -140,22 +151,22 @@ def refusals(
         if share <= limit:
             return None
         return (
-            f"decay observed too briefly above the noise for {label}: {100 * share:.0f} % of {what} lies "
-            f"below the noise floor (extrapolated), more than {100 * limit:.1f} %"
+            f"too little dynamic range for {label}: {100 * share:.0f} % of {what} is not measured above "
+            f"the noise (subtracted noise and extrapolated tail), more than {100 * limit:.1f} %"
         )
 
     for name, te_ms in (("c50_db", 50.0), ("c80_db", 80.0)):
         n = int(round(te_ms * 1e-3 * e.fs_hz))
-        out[name] = share_reason(name[:3].upper(), e.tail_after(n), e.after(n), MAX_TAIL_SHARE_CLARITY, f"the energy after {te_ms:g} ms")
-    out["d50"] = share_reason("D50", e.tail, e.total, MAX_TAIL_SHARE_DEFINITION, "the energy")
-    ts_s = e.centre_time_s()
-    effect_s = abs(e.tail_moment_s() - ts_s * e.tail) / e.total
+        out[name] = share_reason(name[:3].upper(), e.uncertain_after(n), e.after(n), MAX_TAIL_SHARE_CLARITY, f"the energy after {te_ms:g} ms")
+    uncertain, uncertain_moment = e.uncertain_moment_s()
+    out["d50"] = share_reason("D50", uncertain, e.total, MAX_TAIL_SHARE_DEFINITION, "the energy")
+    effect_s = abs(uncertain_moment - e.centre_time_s() * uncertain) / e.total
     out["centre_time_s"] = (
         None
         if effect_s <= MAX_TAIL_EFFECT_TS_S
-        else f"decay observed too briefly above the noise for Ts: the extrapolated tail moves it by {1e3 * effect_s:.0f} ms > 10 ms"
+        else f"too little dynamic range for Ts: the energy not measured above the noise moves it by {1e3 * effect_s:.0f} ms > 10 ms"
     )
     peak = int(np.argmax(np.abs(ir))) if peak_index is None else int(peak_index)
     n = peak + int(round(DIRECT_HALF_WINDOW_S * e.fs_hz)) + 1
-    out["drr_db"] = share_reason("DRR", e.tail_after(n), e.after(n), MAX_TAIL_SHARE_CLARITY, "the reverberant energy")
+    out["drr_db"] = share_reason("DRR", e.uncertain_after(n), e.after(n), MAX_TAIL_SHARE_CLARITY, "the reverberant energy")
     return out

@@ -50,6 +50,10 @@ BROADBAND = "broadband"
 MAX_LEAKAGE = 0.2
 #: A band whose 10 ms peak is less than this above its noise floor holds no usable decay.
 MIN_PEAK_TO_NOISE_DB = 10.0
+#: A band whose upper half-octave's power density exceeds the lower one's by more than this (dB) is
+#: refused: a source rolling off inside it (white 0 dB, pink −1.5 dB, single random room responses
+#: up to ±5 dB at 125/250 Hz; a 4th-order high-pass at 150 Hz gives +6 dB in the 125 Hz band).
+MAX_BAND_TILT_DB = 6.0
 T_METRICS = {"edt_s": decay.EDT_RANGE_DB, "t20_s": decay.T20_RANGE_DB, "t30_s": decay.T30_RANGE_DB}
 ENERGY_METRICS = ("c50_db", "c80_db", "d50", "centre_time_s", "drr_db")
 
@@ -107,14 +111,24 @@ def _energy_metric(metric: _Metric, key: str, compute, refusal: str | None) -> N
         metric.set(key, None, str(exc), codes.NOT_COMPUTABLE)
 
 
-def _band_refusal(key: str, truncation: decay.Truncation, leakage: dict[str, float]) -> tuple[str, str] | None:
+def _band_refusal(
+    key: str, truncation: decay.Truncation, leakage: dict[str, float], tilt: dict[str, float]
+) -> tuple[str, str] | None:
     """``(code, reason)`` when nothing may be computed from a band (or the broadband IR), else None.
 
     * `codes.BAND_LEVEL_TOO_LOW`: more than `MAX_LEAKAGE` of the band's filtered energy comes from outside
-      its edges (`bands.leakage_fraction`), or its peak is less than `MIN_PEAK_TO_NOISE_DB` above the
-      noise: the source gave too little level in the band (ISO 3382-1 §5.3).
+      its edges (`bands.leakage_fraction`), the IR's power density in the band's lower half is more
+      than `MAX_BAND_TILT_DB` below the upper half's (the source rolls off inside the band: its own
+      transient, not the room, shapes the band's early energy), or its peak is less than
+      `MIN_PEAK_TO_NOISE_DB` above the noise: the source gave too little level in the band
+      (ISO 3382-1 §5.3).
     * `codes.NO_DECAY_ABOVE_NOISE`: Lundeby's iteration found no decay above the noise floor.
     """
+    if tilt.get(key, 0.0) > MAX_BAND_TILT_DB:
+        return codes.BAND_LEVEL_TOO_LOW, (
+            f"band level too low: the spectrum in the lower half of the band is {tilt[key]:.1f} dB below the "
+            f"upper half (more than {MAX_BAND_TILT_DB:g} dB): the source rolls off inside this band"
+        )
     share = leakage.get(key, 0.0)
     if share > MAX_LEAKAGE:
         return codes.BAND_LEVEL_TOO_LOW, (
@@ -180,9 +194,10 @@ def analyze_impulse_response(
     t_metrics = {name: _Metric(with_correlation=True) for name in T_METRICS}
     e_metrics = {name: _Metric() for name in ENERGY_METRICS}
     curvature, dynamic_range = _Metric(), _Metric()
-    band_irs, leakage_by_band = band_irs_and_leakage(x, fs_hz, onset)
+    band_irs, leakage_by_band, tilt_by_band = band_irs_and_leakage(x, fs_hz, onset)
     signals: dict[str, np.ndarray] = {str(b): h for b, h in band_irs.items()}
     leakage = {str(b): v for b, v in leakage_by_band.items()}
+    tilt = {str(b): v for b, v in tilt_by_band.items()}
     band_refusals: dict[str, tuple[str, str]] = {}
     for band in OCTAVE_BANDS_HZ:
         if str(band) not in signals:
@@ -200,7 +215,7 @@ def analyze_impulse_response(
         truncations[key] = truncation
         dr_db = truncation.dynamic_range_db
         dynamic_range.set(key, dr_db, "no noise floor found in the impulse response (noise-free)", codes.NO_NOISE_FLOOR)
-        refusal = _band_refusal(key, truncation, leakage)
+        refusal = _band_refusal(key, truncation, leakage, tilt)
         if refusal is not None:
             band_refusals[key] = refusal
             for metric in (*t_metrics.values(), *e_metrics.values(), curvature):
@@ -279,7 +294,7 @@ def _sti_json(
     band_energies = [float(np.sum(signals[k][: t.index] ** 2 - t.noise_power)) + t.tail_energy for k, t in zip(keys, band_truncations)]
     gate = sti.refusal(
         signals[BROADBAND].size / fs_hz,
-        [t.tail_energy / e if e > 0 else 1.0 for t, e in zip(band_truncations, band_energies)],
+        [(t.tail_energy + t.noise_power * t.index) / e if e > 0 else 1.0 for t, e in zip(band_truncations, band_energies)],
     )
     if gate is not None:
         return refused(*gate)
