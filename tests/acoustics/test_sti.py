@@ -93,3 +93,44 @@ def test_rating(value, letter):
 def test_low_sampling_rate_cannot_give_sti():
     with pytest.raises(ValueError, match="8000 Hz"):
         sti.speech_transmission_index(decaying_multisine(0.5, 16000, 1.6), 16000)
+
+
+def test_method_with_background_noise_and_calibration():
+    """IEC 60268-16: the SNR from measured speech and noise levels; masking and threshold once a
+    calibration makes the levels absolute. Expected values: the analytic MTF with the same corrections."""
+    rt_s = 0.8
+    ir = decaying_multisine(rt_s, FS_HZ, 2.0, seed=12, noise_floor_db=-70.0, pre_delay_s=0.02)
+    speech_dbfs = np.array([-30.0, -30.0, -33.0, -36.0, -40.0, -45.0, -50.0])
+    noise_dbfs = np.array([-45.0, -50.0, -55.0, -60.0, -60.0, -65.0, -70.0])
+    analytic = np.tile(sti_mtf_closed_form(rt_s, F_MOD), (7, 1))
+    plain = analyze_impulse_response(ir, FS_HZ, include_curves=False)["sti"]
+    assert plain["method"] == "ir" and plain["code"] is None
+    noisy = analyze_impulse_response(ir, FS_HZ, include_curves=False, speech_levels_db=speech_dbfs, noise_levels_db=noise_dbfs)["sti"]
+    assert noisy["method"] == "ir+noise"
+    assert_allclose(noisy["value"], sti.sti_from_mtf(analytic, snr_db=speech_dbfs - noise_dbfs).sti, atol=0.02)
+    calibration_db = 100.0  # 0 dBFS = 100 dB SPL: speech at 70 … 50 dB SPL
+    masked = analyze_impulse_response(
+        ir, FS_HZ, include_curves=False, speech_levels_db=speech_dbfs, noise_levels_db=noise_dbfs, calibration_db=calibration_db
+    )["sti"]
+    assert masked["method"] == "ir+noise+masking"
+    expected = sti.sti_from_mtf(analytic, snr_db=speech_dbfs - noise_dbfs, band_levels_db=speech_dbfs + calibration_db).sti
+    assert_allclose(masked["value"], expected, atol=0.02)
+    assert masked["value"] < noisy["value"] < plain["value"]
+    with pytest.raises(ValueError, match="needs speech_levels_db"):
+        analyze_impulse_response(ir, FS_HZ, noise_levels_db=noise_dbfs)
+    with pytest.raises(ValueError, match="7 finite"):
+        analyze_impulse_response(ir, FS_HZ, speech_levels_db=speech_dbfs[:6])
+
+
+def test_ir_length_rule():
+    """IEC 60268-16 asks for ≥ 1.6 s: a 1.0 s IR cut while its decay is still above the noise is refused;
+    a 1.0 s IR whose decay ends within it (digital silence after) is complete and analysed."""
+    rt_s = 4.0  # 15 dB of decay in 1 s: ~3 % of the energy lies beyond the cut
+    cut = decaying_multisine(rt_s, FS_HZ, 1.0, seed=13, noise_floor_db=-80.0)
+    result = analyze_impulse_response(cut, FS_HZ, include_curves=False)["sti"]
+    assert result["value"] is None and result["code"] == "ir_too_short" and "1.6 s" in result["reason"]
+    short_room = decaying_multisine(0.3, FS_HZ, 1.0, seed=14)
+    short_room[int(0.6 * FS_HZ) :] = 0.0  # −120 dB by then: the decay is over
+    complete = analyze_impulse_response(short_room, FS_HZ, include_curves=False)["sti"]
+    assert complete["code"] is None
+    assert_allclose(complete["value"], _analytic(0.3), atol=0.02)
