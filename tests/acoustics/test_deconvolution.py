@@ -8,7 +8,7 @@ from scipy import signal
 
 from sonalyze.acoustics import analyze_impulse_response, deconvolve_sweep
 from sonalyze.acoustics.deconvolution import PRE_ROLL_S
-from sonalyze.acoustics.sweep import SweepParams
+from sonalyze.acoustics.sweep import SweepParams, exponential_sweep
 
 from .conftest import record
 
@@ -85,6 +85,24 @@ def test_44_1_khz():
     pre = int(round(PRE_ROLL_S * params.fs_hz))
     reference = np.concatenate((np.zeros(pre), h, np.zeros(pre)))
     assert _band_error_db(_aligned(ir, h, pre), reference, 44100) <= -40.0
+
+
+@pytest.mark.parametrize("phase", [0.02, 0.35, 0.6, 0.9])
+def test_a_looped_sweep_cut_by_the_recording_is_ignored(sweep_params, room_ir, phase):
+    """A phone recording a looped sweep train starts and ends inside sweeps (``phase``: where in a period
+    it starts — silence, partway through the sweep, in the decay): the earliest whole sweep with its decay
+    is analysed, the cut ones are ignored, whichever deconvolves the strongest."""
+    fs_hz = sweep_params.fs_hz
+    period = sweep_params.total_samples
+    train = signal.fftconvolve(np.tile(exponential_sweep(sweep_params), 4), room_ir)
+    train += np.random.default_rng(10).standard_normal(train.size) * 1e-4
+    start = period + int(phase * period)
+    window = train[start : start + period + sweep_params.sweep_length_samples + fs_hz]
+    h = room_ir[: int(0.9 * fs_hz)]
+    ir = deconvolve_sweep(window, sweep_params, ir_length_s=1.0)
+    pre = int(round(PRE_ROLL_S * fs_hz))
+    reference = np.concatenate((np.zeros(pre), h, np.zeros(pre)))
+    assert _band_error_db(_aligned(ir, h, pre), reference, fs_hz) <= -30.0
 
 
 def test_rejects_bad_recordings(sweep_params, room_ir):

@@ -23,6 +23,9 @@ MIN_IR_LENGTH_S = 0.1
 MIN_PEAK_TO_MEDIAN_DB = 25.0
 #: Longest look-back from the peak for the onset, s (bounded by half the 2nd harmonic's advance).
 MAX_ONSET_LOOKBACK_S = 0.05
+#: A sweep cut by the recording's start or end deconvolves up to ≈ 1 dB above a whole one (its cut edge
+#: adds energy at its lag); whole sweeps this close to the strongest peak are analysed instead.
+CUT_SWEEP_MARGIN_DB = 3.0
 
 
 def mono(recording: np.ndarray) -> np.ndarray:
@@ -50,15 +53,17 @@ def deconvolve_recording(x: np.ndarray, params: SweepParams) -> np.ndarray:
 
 
 def strongest_peak(h: np.ndarray, n_recording: int, params: SweepParams, *, check_start: bool = True) -> int:
-    """Lag of the strongest deconvolved impulse; ValueError when none stands out of the noise or (with
-    ``check_start``, see `starts_after_sweep`) the recording started after a sweep began."""
+    """Lag of the strongest deconvolved impulse whose sweep the recording holds (see `whole_sweep_peak`);
+    ValueError when none stands out of the noise or (with ``check_start``, see `starts_after_sweep`) the
+    recording started after that sweep began."""
     energy = h[:n_recording] ** 2
     peak = int(np.argmax(energy))
     n_sweep = params.sweep_length_samples
     full_overlap = energy[: n_recording - n_sweep] if n_recording - n_sweep > MIN_IR_LENGTH_S * params.fs_hz else energy
     if energy[peak] < np.median(full_overlap) * 10.0 ** (MIN_PEAK_TO_MEDIAN_DB / 10.0):
         raise ValueError("no sweep found in the recording (no impulse stands out of the deconvolved noise)")
-    if check_start and starts_after_sweep(h, n_recording, peak):
+    peak = whole_sweep_peak(h, n_recording, params, peak)
+    if check_start and starts_after_sweep(h, n_recording, peak, params):
         raise ValueError(STARTS_AFTER_SWEEP)
     return peak
 
@@ -66,9 +71,35 @@ def strongest_peak(h: np.ndarray, n_recording: int, params: SweepParams, *, chec
 STARTS_AFTER_SWEEP = "the recording starts after the sweep began: start recording before playing"
 
 
-def starts_after_sweep(h: np.ndarray, n_recording: int, peak: int) -> bool:
-    """More energy wrapped around (negative lags) than at ``peak``: a sweep began before the recording."""
-    return bool(np.max(h[n_recording:] ** 2) > h[peak] ** 2)
+def starts_after_sweep(h: np.ndarray, n_recording: int, peak: int, params: SweepParams) -> bool:
+    """More energy wrapped around (negative lags) less than one sweep before ``peak`` than at ``peak``:
+    ``peak``'s sweep began before the recording (a cut sweep deconvolves before its own start). A sweep
+    that began before the recording and ended before ``peak``'s began is another sweep, not this one."""
+    first = max(n_recording, h.size + peak - params.sweep_length_samples + 1)
+    return bool(first < h.size and np.max(h[first:] ** 2) > h[peak] ** 2)
+
+
+def whole_sweep_peak(h: np.ndarray, n_recording: int, params: SweepParams, peak: int) -> int:
+    """The earliest sweep the recording holds whole, with at least `MIN_IR_LENGTH_S` of decay after it,
+    whose peak is within `CUT_SWEEP_MARGIN_DB` of the strongest energy (``peak``, or wrapped lags): with
+    several sweeps in the recording (a repeated or looped signal) the one with the most decay, never one
+    cut by either end. ``peak`` itself when there is none. Distinct sweeps lie at least one sweep length
+    apart (harmonic products and reflections lie closer)."""
+    n_sweep = params.sweep_length_samples
+    last = n_recording - n_sweep - int(MIN_IR_LENGTH_S * params.fs_hz)  # latest lag of a whole sweep and decay
+    if last < 0:
+        return peak
+    energy = h[: last + 1] ** 2
+    floor = max(h[peak] ** 2, np.max(h[n_recording:] ** 2, initial=0.0)) * 10.0 ** (-CUT_SWEEP_MARGIN_DB / 10.0)
+    chosen, end = peak, last + 1
+    while end > 0:
+        candidate = int(np.argmax(energy[:end]))
+        if energy[candidate] < floor:
+            break
+        if not starts_after_sweep(h, n_recording, candidate, params):
+            chosen = candidate
+        end = candidate - n_sweep + 1
+    return chosen
 
 
 def ir_window(

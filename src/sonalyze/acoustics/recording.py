@@ -397,7 +397,7 @@ def check_recording(
         section = empty_section(requested, ppm)
         section["sweeps"]["rejected"] = rejected
         raise RecordingRefused("impulsive_noise", message, section)
-    if starts_after_sweep(h_all, x.size, peak):
+    if starts_after_sweep(h_all, x.size, peak, params):
         raise ValueError(STARTS_AFTER_SWEEP)
     ir = np.mean([irs[k] for k in kept], axis=0)
     check = RecordingCheck(ir, ppm, requested, kept, rejected, {})
