@@ -2,10 +2,16 @@
 
 Chromium plays ``--use-file-for-fake-audio-capture`` in a loop from an arbitrary point, so the file is a
 whole number of periods of a sweep train (one sweep every ``PERIOD_S``) circularly convolved with a
-synthetic impulse response whose octave-band energy decays are exactly exponential
-(octave bands of Gaussian noise, each with its own decay, after a direct sound), plus a little white noise and a low rumble that
-leaves the 125 Hz band too little dynamic range for T30 (the band the app must show as refused).
-Any window longer than ``PERIOD_S + sweep + 1.5 s`` holds a whole sweep and its decay.
+synthetic impulse response whose octave-band energy decays are exactly exponential (a direct sound,
+then tests/acoustics/synthetic.py's decaying multisine: a dense random-phase line spectrum, each octave band
+with its own decay — a single Gaussian-noise realisation is not straight enough for a 5 % T30 test), plus a
+little white noise and a low rumble that leaves the 125 Hz band too little dynamic range for T30 (the band
+the app must show as refused).
+
+The app's recording window (``start_recording`` → ``stop_recording``, docs/lobby.md) holds the speaker's
+3 s countdown and the job's whole sweep file (0.5 s + ``SWEEP_DURATION_S`` 3 s + 2 s), ≥ 8.5 s; any window
+longer than ``PERIOD_S + sweep + 0.1 s`` = 6.7 s holds a whole sweep and at least ``PERIOD_S`` − 3 s of its
+decay (the analysis takes the earliest whole sweep: `sonalyze.acoustics.deconvolution.whole_sweep_peak`).
 """
 
 from __future__ import annotations
@@ -15,11 +21,12 @@ import soundfile
 from scipy import signal
 
 from sonalyze.acoustics.sweep import SweepParams, exponential_sweep
+from tests.acoustics.synthetic import decaying_multisine
 
 FS_HZ = 44100  # Chromium passes a 44.1 kHz mono 16-bit file through bit-exactly
 PERIOD_S = 3.6
 PERIODS = 4
-RT_S = (0.55, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6)  # per octave band 125 Hz–8 kHz (neighbours mix at band edges: equal decays stay exponential)
+RT_S = (0.55, 0.65, 0.75, 0.6, 0.5, 0.45, 0.4)  # per octave band 125 Hz–8 kHz (neighbours differ: a band mix-up in the app shows)
 PRE_DELAY_SAMPLES = 882  # 20 ms
 BANDS_HZ = (125, 250, 500, 1000, 2000, 4000, 8000)
 
@@ -33,15 +40,9 @@ def lobby_sweep(fs_hz: int, duration_s: float = 3.0) -> np.ndarray:
 
 
 def room_ir(seed: int = 7, duration_s: float = 1.5) -> np.ndarray:
-    """Direct sound, then octave bands of Gaussian noise each decaying with its own RT_S (a dense spectrum, as a room's)."""
-    rng = np.random.default_rng(seed)
-    n = int(round(duration_s * FS_HZ))
-    t_s = np.arange(n) / FS_HZ
-    ir = np.zeros(n)
-    for band_hz, rt_s in zip(BANDS_HZ, RT_S):
-        sos = signal.butter(4, [band_hz / np.sqrt(2), min(band_hz * np.sqrt(2), 0.49 * FS_HZ)], btype="bandpass", fs=FS_HZ, output="sos")
-        ir += signal.sosfiltfilt(sos, rng.standard_normal(n)) * np.exp(-3 * np.log(10) * t_s / rt_s)
-    ir[0] += 1.0 * np.max(np.abs(ir))
+    """A direct sound, then octave bands of a decaying multisine (lines every 20 Hz), each with its RT_S."""
+    ir = decaying_multisine(list(RT_S), FS_HZ, duration_s, seed=seed, period_s=0.05)
+    ir[0] += 2.0 * np.max(np.abs(ir))
     return np.concatenate((np.zeros(PRE_DELAY_SAMPLES), ir))  # room for the band filters' spread before the direct sound
 
 

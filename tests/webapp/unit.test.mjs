@@ -5,7 +5,7 @@ import { BlockBatcher, FrameAssembler } from "../../src/sonalyze/webapp/frames.j
 import { encodeWavFloat32, readWavHeader } from "../../src/sonalyze/webapp/wav.js";
 import { duties, sessionView, backoffMs, nameOf } from "../../src/sonalyze/webapp/session-model.js";
 import { reportTable, toCsv, spread, pairsOf } from "../../src/sonalyze/webapp/results.js";
-import { contains, polygonProblem, roomFromForm, defaultRoomForm, positionErrors, parseCorners } from "../../src/sonalyze/webapp/room-model.js";
+import { contains, defaultPositions, polygonProblem, roomFromForm, defaultRoomForm, positionErrors, parseCorners } from "../../src/sonalyze/webapp/room-model.js";
 
 test("WAV: RIFF header fields and the float samples, byte for byte", () => {
   const samples = Float32Array.from([0, 0.5, -1, 0.25]);
@@ -136,4 +136,19 @@ test("room model: the backend's geometry rules, checked in place", () => {
   assert.deepEqual(Object.keys(roomFromForm(form).errors), ["materials.floor"]);
   assert.deepEqual(Object.keys(positionErrors({ type: "shoebox", dimensions_m: [5, 4, 2.5] }, { a: [1, 1, 1], b: [6, 1, 1] })), ["b"]);
   assert.match(parseCorners("0,0\n1 x").problem, /corner 2/);
+});
+
+test("devices joining one by one get distinct spots inside the room, kept ones stay", () => {
+  const L = { type: "polygon", corners_m: [[0, 0], [6, 0], [6, 3], [3, 3], [3, 6], [0, 6]], height_m: 2.5, walls: "brickwork", floor: "brickwork", ceiling: "brickwork" };
+  let positions = {};
+  for (const id of ["a", "b", "c", "d"]) {
+    positions = defaultPositions(L, Object.keys(positions).concat(id), positions);
+  }
+  const points = Object.values(positions);
+  assert.equal(points.length, 4);
+  for (const p of points) assert.equal(contains(L, p), true, String(p));
+  for (let i = 0; i < 4; i++) for (let j = i + 1; j < 4; j++) {
+    assert.ok(Math.hypot(points[i][0] - points[j][0], points[i][1] - points[j][1]) >= 1.5, `${points[i]} vs ${points[j]}`);
+  }
+  assert.deepEqual(defaultPositions(L, ["a", "e"], { a: [1, 1, 1] }).a, [1, 1, 1]);
 });

@@ -113,18 +113,30 @@ export function contains(room, [x, y, z]) {
   return inside;
 }
 
-/** Positions spread over the floor plan's diagonal for devices that have none yet (1.2 m high). */
+/** Positions for devices that have none yet (1.2 m high): each at the spot of a 9×9 grid over the floor
+ *  plan (inside the room) farthest from the devices already placed, so no two start on top of each other. */
 export function defaultPositions(room, deviceIds, known = {}) {
   const { box, height } = extent(room);
+  const z = Math.min(1.2, height / 2);
+  const round = (v) => Math.round(v * 100) / 100;
+  const spots = [];
+  for (let i = 1; i < 10; i++) for (let j = 1; j < 10; j++) {
+    const p = [round(box[0] + (i / 10) * (box[2] - box[0])), round(box[1] + (j / 10) * (box[3] - box[1])), z];
+    if (contains(room, p)) spots.push(p);
+  }
   const out = {};
-  const missing = deviceIds.filter((id) => !known[id]);
   deviceIds.forEach((id) => { if (known[id]) out[id] = known[id]; });
-  missing.forEach((id, k) => {
-    const t = (k + 1) / (missing.length + 1);
-    let p = [box[0] + t * (box[2] - box[0]), box[1] + t * (box[3] - box[1]), Math.min(1.2, height / 2)];
-    if (!contains(room, p)) p = [box[0] + 0.5 * (box[2] - box[0]), box[1] + 0.5 * (box[3] - box[1]), Math.min(1.2, height / 2)];
-    out[id] = p.map((v) => Math.round(v * 100) / 100);
-  });
+  for (const id of deviceIds.filter((x) => !known[x])) {
+    const placed = Object.values(out);
+    let best = spots[Math.floor(spots.length / 2)] ?? [round((box[0] + box[2]) / 2), round((box[1] + box[3]) / 2), z], bestD = -1;
+    if (placed.length) {
+      for (const p of spots) {
+        const d = Math.min(...placed.map((q) => Math.hypot(p[0] - q[0], p[1] - q[1])));
+        if (d > bestD) { best = p; bestD = d; }
+      }
+    }
+    out[id] = [...best];
+  }
   return out;
 }
 
