@@ -17,11 +17,12 @@ from scipy import signal
 from sonalyze.acoustics import analyze_impulse_response
 from sonalyze.acoustics.bands import OCTAVE_BANDS_HZ, octave_band_irs
 from sonalyze.acoustics.onset import find_onset
+from tests.support.infra import require_module
 
 from .synthetic import decaying_multisine
 
-pf = pytest.importorskip("pyfar")
-ra = pytest.importorskip("pyrato")
+pf = require_module("pyfar")
+ra = require_module("pyrato")
 
 FS_HZ = 48000
 JND = {"edt_s": ("rel", 0.05), "t20_s": ("rel", 0.05), "t30_s": ("rel", 0.05), "c50_db": ("abs", 1.0), "c80_db": ("abs", 1.0), "d50": ("abs", 0.05)}

@@ -19,6 +19,7 @@ import pytest
 from sonalyze.acoustics.recording import RecordingRefused
 from sonalyze.acoustics.report import analyze_impulse_response, analyze_sweep_recording
 from sonalyze.acoustics.sweep import SweepParams
+from tests.support.infra import skip_unless_required
 
 from .phone_chain import FFMPEG, Chain, pyroomacoustics_room, record, synthetic_room
 
@@ -143,9 +144,10 @@ def test_within_one_jnd_or_refused(case):
         assert [r["code"] for r in recording["refusals"]] == ["truncated_recording"]
 
 
-@pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed (AAC/Opus round trips need it)")
 @pytest.mark.parametrize("codec", ["aac", "opus"])
 def test_lossy_codec_round_trip(codec):
+    if FFMPEG is None:
+        skip_unless_required("ffmpeg is not installed (AAC/Opus round trips need it)")
     params = params_for("medium")
     chain = Chain(codec=codec, snr_db=50, seed=20)
     report = analyze_sweep_recording(record(params, room("medium"), chain), params, include_curves=False)

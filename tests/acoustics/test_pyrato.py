@@ -14,12 +14,13 @@ from numpy.testing import assert_allclose
 from sonalyze.acoustics import analyze_impulse_response, deconvolve_sweep
 from sonalyze.acoustics.bands import OCTAVE_BANDS_HZ, octave_band_irs
 from sonalyze.acoustics.onset import find_onset
+from tests.support.infra import require_module
 
 from .conftest import record
 from .synthetic import decaying_multisine, gaussian_decay
 
-pf = pytest.importorskip("pyfar")
-ra = pytest.importorskip("pyrato")
+pf = require_module("pyfar")
+ra = require_module("pyrato")
 
 FS_HZ = 48000
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +17,15 @@ from sonalyze.gateway.main import WS_PROTOCOL, create_app
 from tests.support.servers import ThreadedServer, free_port
 
 TOKEN = "test-internal-token"
+
+
+async def nothing_arrived(ws) -> bool:
+    """Whether nothing reached ``ws`` before the answer to a ping sent now: a connection's frames keep their
+    order, and a broadcast is written to the connections before its HTTP call returns, so anything delivered
+    earlier would arrive first. An explicit signal, not a wait that a slow machine could outlast."""
+    await ws.send(json.dumps({"event": "ping", "request_id": "nothing-arrived?"}))
+    first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    return first == {"type": "response", "event": "pong", "request_id": "nothing-arrived?", "data": {}}
 
 
 def stub_upstream(name: str) -> FastAPI:

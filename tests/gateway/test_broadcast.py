@@ -9,17 +9,9 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.gateway.conftest import TOKEN, gateway_settings, start_gateway
+from tests.gateway.conftest import TOKEN, gateway_settings, nothing_arrived, start_gateway
 
 BODY = {"event": "lobby.updated", "data": {"type": "participant_joined", "device_id": "a"}, "targets": {"device_ids": ["a"]}}
-
-
-async def no_message(ws, wait_s: float = 0.3) -> bool:
-    try:
-        await asyncio.wait_for(ws.recv(), wait_s)
-    except TimeoutError:
-        return True
-    return False
 
 
 async def health(url: str) -> dict:
@@ -42,8 +34,8 @@ async def test_every_connection_of_each_target_device_receives_the_event(gateway
         expected = {"type": "event", "event": "lobby.updated", "data": BODY["data"]}
         for ws in (a1, a2, b):
             assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == expected
-        assert await no_message(c)
-        assert await no_message(b)  # a duplicated target is delivered once
+        assert await nothing_arrived(c)
+        assert await nothing_arrived(b)  # a duplicated target is delivered once
 
 
 async def test_identify_event_registers_for_broadcasts_and_closing_unregisters(gateway) -> None:
@@ -76,7 +68,7 @@ async def test_missing_or_wrong_token_is_refused_and_nothing_is_delivered(gatewa
         answer = await client.post(gateway.url + "/internal/broadcast", json=BODY, headers=headers)
         assert answer.status_code == status
         assert answer.json()["error"]["code"] == code
-        assert await no_message(ws)
+        assert await nothing_arrived(ws)
 
 
 async def test_an_empty_internal_token_closes_the_endpoint(upstreams) -> None:
@@ -87,7 +79,7 @@ async def test_an_empty_internal_token_closes_the_endpoint(upstreams) -> None:
                 answer = await client.post(server.url + "/internal/broadcast", json=BODY, headers=headers)
                 assert answer.status_code == 403
                 assert "closed" in answer.json()["error"]["message"]
-            assert await no_message(ws)
+            assert await nothing_arrived(ws)
     finally:
         server.stop()
 
@@ -114,7 +106,7 @@ async def test_malformed_bodies_are_422_with_the_reason(gateway, body: bytes, fi
         assert error["code"] == "validation_error" and error["message"]
         if field:
             assert field in [item["field"] for item in error["details"]["errors"]]
-        assert await no_message(ws)
+        assert await nothing_arrived(ws)
 
 
 async def test_a_reader_that_stops_reading_is_disconnected_as_slow(upstreams) -> None:

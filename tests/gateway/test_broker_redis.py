@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -62,11 +61,10 @@ async def test_a_publication_reaches_every_node_once_in_order() -> None:
 @pytest.fixture
 def own_redis():
     """A redis-server of our own with a password, on a free port."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not on PATH")
+    program = infra.require_binary("redis-server")
     port, password = free_port(), "s3cret pass"
     process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--requirepass", password],
+        [program, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--requirepass", password],
         stdout=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from websockets.asyncio.client import connect
 
 from sonalyze.common.json import JSONResponse
-from tests.gateway.conftest import TOKEN, gateway_settings, start_gateway
+from tests.gateway.conftest import TOKEN, gateway_settings, nothing_arrived, start_gateway
 from tests.support.servers import ThreadedServer
 
 LOBBY_MEMBERS = {"lobby:L1": {"a", "b"}}
@@ -63,14 +63,6 @@ async def broadcast(url: str, targets: dict, event: str = "room.said") -> httpx.
         return await client.post(url + "/internal/broadcast", json=body, headers={"X-Internal-Token": TOKEN})
 
 
-async def no_message(ws, wait_s: float = 0.3) -> bool:
-    try:
-        await asyncio.wait_for(ws.recv(), wait_s)
-    except TimeoutError:
-        return True
-    return False
-
-
 async def test_the_lobby_hook_decides_who_joins_a_lobby_channel(channel_gateway) -> None:
     gateway, lobby_app = channel_gateway
     async with connect(gateway.ws_url + "/ws?device_id=a") as a, connect(gateway.ws_url + "/ws?device_id=z") as z:
@@ -88,7 +80,7 @@ async def test_the_lobby_hook_decides_who_joins_a_lobby_channel(channel_gateway)
         answer = await broadcast(gateway.url, {"channels": ["lobby:L1"]})
         assert answer.json() == {"delivered": 1, "devices": 1}
         assert json.loads(await asyncio.wait_for(a.recv(), 5)) == {"type": "event", "event": "room.said", "data": {"text": "hi"}}
-        assert await no_message(z)
+        assert await nothing_arrived(z)
 
 
 async def test_channels_without_a_rule_are_refused_and_allow_rules_need_no_hook(channel_gateway) -> None:
@@ -118,13 +110,13 @@ async def test_unsubscribe_and_closing_leave_the_channel_and_a_connection_in_two
         assert (await broadcast(gateway.url, {"channels": ["public:one", "public:two"]})).json() == {"delivered": 2, "devices": 2}
         assert json.loads(await m.recv())["event"] == "room.said"
         assert json.loads(await n.recv())["event"] == "room.said"
-        assert await no_message(m)  # once, though m is in both channels
+        assert await nothing_arrived(m)  # once, though m is in both channels
         assert await call(n, "unsubscribe", {"channel": "public:one"}) == {
             "type": "response", "event": "unsubscribe", "request_id": "r", "data": {"channel": "public:one", "subscribed": False},
         }
         assert (await broadcast(gateway.url, {"channels": ["public:one"]})).json() == {"delivered": 1, "devices": 1}
         assert json.loads(await m.recv())["event"] == "room.said"
-        assert await no_message(n)
+        assert await nothing_arrived(n)
     for _ in range(100):
         answer = (await broadcast(gateway.url, {"channels": ["public:one", "public:two"]})).json()
         if answer == {"delivered": 0, "devices": 0}:
@@ -145,8 +137,8 @@ async def test_a_broadcast_to_all_reaches_every_identified_connection_once(chann
         assert answer.json() == {"delivered": 3, "devices": 2}
         for ws in (x1, x2, y):
             assert json.loads(await asyncio.wait_for(ws.recv(), 5))["event"] == "maintenance"
-            assert await no_message(ws, 0.1)
-        assert await no_message(anonymous)
+            assert await nothing_arrived(ws)
+        assert await nothing_arrived(anonymous)
 
 
 @pytest.mark.parametrize(

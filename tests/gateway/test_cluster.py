@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import time
 import uuid
@@ -127,10 +126,11 @@ class OwnServer:
         return f"{self.kind}://127.0.0.1:{self.port}" + ("/0" if self.kind == "redis" else "")
 
     def start(self) -> None:
+        program = infra.require_binary(f"{self.kind}-server")
         if self.kind == "redis":
-            command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            command = [program, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         else:
-            command = ["nats-server", "-a", "127.0.0.1", "-p", str(self.port)]
+            command = [program, "-a", "127.0.0.1", "-p", str(self.port)]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not infra.reachable(self.url, self.port):
@@ -146,8 +146,6 @@ class OwnServer:
 
 @pytest.mark.parametrize("kind", ["redis", "nats"])
 async def test_losing_the_bus_keeps_local_delivery_and_the_gateway_reconnects(kind: str) -> None:
-    if shutil.which(f"{kind}-server") is None:
-        pytest.skip(f"{kind}-server is not on PATH")
     bus = OwnServer(kind)
     bus.start()
     nodes: list[ServiceProcess] = []

@@ -6,8 +6,10 @@ import asyncio
 import json
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.gateway.conftest import TOKEN, gateway_settings, start_gateway
 
@@ -38,8 +40,13 @@ async def test_metrics_follow_what_the_gateway_does(upstreams) -> None:
                 await client.post(server.url + "/internal/broadcast", json=body, headers={"X-Internal-Token": TOKEN})
             await ws.recv(), await ws2.recv()
             async with connect(server.ws_url + "/ws?device_id=m1"):  # replaces ws
-                await asyncio.sleep(0.2)
-                samples = await scrape(server.url)
+                with pytest.raises(ConnectionClosed):  # the gateway closed the replaced connection
+                    await asyncio.wait_for(ws.recv(), 10)
+                for _ in range(200):  # and forgets it once its handler ends
+                    samples = await scrape(server.url)
+                    if samples[("gateway_connections", ())] == 2:
+                        break
+                    await asyncio.sleep(0.05)
         assert samples[("gateway_connections", ())] == 2  # the replaced one is gone
         assert samples[("gateway_devices", ())] == 2
         assert samples[("gateway_events_in_total", (("event", "lobby.create"), ("result", "ok")))] == 1

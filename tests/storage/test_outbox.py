@@ -4,14 +4,16 @@ measurement session that outlives a storage crash without losing or doubling a r
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sonalyze.storage.client import StorageClient, StorageError, StorageUnavailable
 from sonalyze.storage.main import create_app
-from sonalyze.storage.outbox import Outbox, retry_delay_s
+from sonalyze.storage.outbox import Outbox, RowState, outbox_table, retry_delay_s
 from sonalyze.storage.settings import StorageSettings
 from tests.storage.records import metrics, new_code, new_id
 from tests.support.servers import INTERNAL_TOKEN, SERVICE_HEADERS, ServiceProcess, ThreadedServer, free_port
@@ -159,6 +161,13 @@ async def test_one_aggregate_is_delivered_in_enqueue_order(tmp_path, client):
         await outbox.stop()
 
 
+async def _tried_and_failed(outbox: Outbox) -> bool:
+    """Whether a pending row was tried at least once (its delivery failed: it is still pending)."""
+    async with outbox.engine.connect() as connection:
+        statement = select(func.max(outbox_table.c.attempts)).where(outbox_table.c.state == RowState.PENDING.value)
+        return ((await connection.execute(statement)).scalar() or 0) > 0
+
+
 def _output(measurement_id: str, index: int) -> dict:
     return {
         "id": f"{measurement_id}-out-{index:03d}",
@@ -204,7 +213,10 @@ async def test_storage_crash_during_a_measurement_session_loses_and_doubles_noth
             await asyncio.sleep(0.005)
         await send("measurements", {**measurement, "status": "analyzed"}, lobby["id"])
         await send("lobbies", {**lobby, "status": "closed"}, lobby["id"])
-        await asyncio.sleep(0.5)
+        deadline_s = time.monotonic() + 30
+        while not await _tried_and_failed(outbox):  # the signal: a delivery to the stopped storage failed
+            assert time.monotonic() < deadline_s, "no delivery was tried while storage was down"
+            await asyncio.sleep(0.05)
         assert await outbox.pending() > 0  # storage is down: the records wait in the writer's database
 
         await asyncio.to_thread(storage.start)

@@ -8,11 +8,14 @@ Addresses can be overridden with ``SONALYZE_TEST_POSTGRES_URL`` (an admin URL, d
 
 from __future__ import annotations
 
+import importlib
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import ModuleType
 from typing import NoReturn
 from urllib.parse import urlsplit
 
@@ -47,7 +50,26 @@ def skip_unless_required(reason: str) -> NoReturn:
     """Skip with ``reason``, or fail under ``SONALYZE_REQUIRE_SERVERS`` (CI must run every test)."""
     if servers_required():
         pytest.fail(f"{reason}, and SONALYZE_REQUIRE_SERVERS is set: this test must run in CI")
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)  # also from a module's top (a missing library)
+
+
+def require_module(name: str) -> ModuleType:
+    """``pytest.importorskip`` that fails under ``SONALYZE_REQUIRE_SERVERS`` (a test extra CI must have)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        skip_unless_required(f"the {name} package is not installed ({exc}; pip install -e '.[test]')")
+
+
+SERVER_BINARY_DIRS = ("/usr/sbin", "/usr/local/sbin")  # Debian puts nats-server here, often not on a user's PATH
+
+
+def require_binary(name: str) -> str:
+    """The path of the program ``name`` (PATH, then the sbin folders); skip, or fail under CI, when absent."""
+    found = shutil.which(name) or shutil.which(name, path=os.pathsep.join(SERVER_BINARY_DIRS))
+    if found is None:
+        skip_unless_required(f"{name} is not installed (.ci/run installs it with apt-get)")
+    return found
 
 
 async def create_postgres_database() -> tuple[str, str]:
