@@ -41,6 +41,10 @@ class _Lost(Exception):
     """The connection closed before a complete answer."""
 
 
+class _Stray(Exception):
+    """Bytes of a message nobody asked for (after the answer, or on an idle connection)."""
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection carrying one exchange at a time."""
 
@@ -55,6 +59,16 @@ class _Connection(asyncio.Protocol):
         self.can_write.set()
         self.body_event = asyncio.Event()
         """Set when body bytes arrive or the answer ends (awaited exchanges clear it before waiting)."""
+        self.expecting = False
+        """A request was sent and its final answer has not ended: only then may a message begin."""
+        self.poisoned = False
+        """The upstream sent more than the answer (a lying Content-Length, an unasked message): never reused."""
+        self.interim = False
+        """Parsing a 1xx interim response (RFC 9110 §15.2): skipped, never taken as the answer."""
+        self.notify = False
+        """The answer ended inside ``feed_data``: its listener is told once the parser has returned."""
+        self.active_s = loop.time()
+        """When a byte last went either way: an upload's answer times out on inactivity, not duration."""
         self._reset(False)
 
     def _reset(self, awaited: bool) -> None:
@@ -77,11 +91,19 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
+        self.active_s = self.loop.time()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(_Lost(f"malformed HTTP answer: {exc}"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self.transport.close()  # type: ignore[union-attr]
+            if not self.poisoned:  # after stray bytes the answer itself may be whole
+                self._fail(_Lost(f"malformed HTTP answer: {exc}"))
+        if self.notify:
+            # Told only now, after the parser returned: a listener releases the connection to the pool,
+            # which may send the next request at once; bytes still in this feed must not answer it.
+            self.notify = False
+            if self.listener is not None:
+                self.listener.complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -98,11 +120,21 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if not self.expecting:
+            self.poisoned = True
+            raise _Stray("the upstream sent a message nobody asked for")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if status < 200:  # 100 Continue, 103 Early Hints, ...: the answer is still to come
+            self.interim = True
+            self.headers = []
+            return
+        self.status = status
         if self.headers_ready is not None and not self.headers_ready.done():
             self.headers_ready.set_result(None)
         if self.head:
@@ -116,11 +148,15 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         self.complete = True
+        self.expecting = False
         self.keep_alive = self.parser.should_keep_alive()  # the parser forgets it once reset for the next answer
         self.body_event.set()
         if self.listener is not None:
-            self.listener.complete()
+            self.notify = True
 
     # exchange
 
@@ -132,7 +168,7 @@ class _Connection(asyncio.Protocol):
         self.body_event.set()
 
     def usable(self) -> bool:
-        return not self.closed and not self.transport.is_closing()  # type: ignore[union-attr]
+        return not self.closed and not self.poisoned and not self.transport.is_closing()  # type: ignore[union-attr]
 
     def start(self, head: bytes, is_head_request: bool, has_body: bool = False, awaited: bool = True) -> None:
         """Send a request head (and a small body); ``awaited``: a coroutine waits for ``headers_ready``."""
@@ -141,6 +177,8 @@ class _Connection(asyncio.Protocol):
         self._reset(awaited)
         self.head = is_head_request
         self.request_sent = not has_body
+        self.expecting = True
+        self.active_s = self.loop.time()
         self.transport.write(head)  # type: ignore[union-attr]
 
     def take_chunk(self) -> bytes | None:
@@ -154,7 +192,7 @@ class _Connection(asyncio.Protocol):
 
     def reusable(self) -> bool:
         return (
-            self.complete and self.keep_alive and self.request_sent and not self.closed and not self.head
+            self.complete and self.keep_alive and self.request_sent and not self.closed and not self.head and not self.poisoned
         )
 
 
@@ -434,14 +472,15 @@ class UpstreamClient:
             raise UpstreamTimeout(f"upstream did not answer within {self.timeout_s:g} s") from exc
 
     async def _wait_headers(self, connection: _Connection) -> None:
-        loop = asyncio.get_running_loop()
+        """Wait for the answer's head until nothing went either way for ``timeout_s`` (a slow upload that
+        keeps sending does not time out)."""
         future = connection.headers_ready
         assert future is not None
-        timer = loop.call_later(self.timeout_s, _expire, future, self.timeout_s)
+        idle = _IdleTimer(connection, future, self.timeout_s)
         try:
             await future
         finally:
-            timer.cancel()
+            idle.cancel()
 
     async def _wait_first(self, connection: _Connection, writer: asyncio.Task[None] | None) -> None:
         """Wait for the answer's headers; a failing body upload ends the wait too."""
@@ -475,6 +514,7 @@ class UpstreamClient:
                 transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
             else:
                 transport.write(chunk)
+            connection.active_s = connection.loop.time()
             if not connection.can_write.is_set():
                 await self._wait(connection.can_write.wait())
         if chunked and not connection.closed:
@@ -651,9 +691,26 @@ def unavailable_error(base_url: str, reason: str) -> dict[str, Any]:
     return {"error": error("upstream_unavailable", f"{base_url} is unreachable: {reason}")}
 
 
-def _expire(future: asyncio.Future[None], timeout_s: float) -> None:
-    if not future.done():
-        future.set_exception(UpstreamTimeout(f"upstream did not answer within {timeout_s:g} s"))
+class _IdleTimer:
+    """Fails ``future`` with :class:`UpstreamTimeout` once ``connection`` saw no byte for ``timeout_s``."""
+
+    __slots__ = ("connection", "future", "timeout_s", "handle")
+
+    def __init__(self, connection: _Connection, future: asyncio.Future[None], timeout_s: float) -> None:
+        self.connection, self.future, self.timeout_s = connection, future, timeout_s
+        self.handle = connection.loop.call_at(connection.active_s + timeout_s, self._check)
+
+    def _check(self) -> None:
+        if self.future.done():
+            return
+        due_s = self.connection.active_s + self.timeout_s
+        if self.connection.loop.time() < due_s:
+            self.handle = self.connection.loop.call_at(due_s, self._check)
+            return
+        self.future.set_exception(UpstreamTimeout(f"upstream sent nothing and took nothing for {self.timeout_s:g} s"))
+
+    def cancel(self) -> None:
+        self.handle.cancel()
 
 
 def contract_answer(base_url: str, status_code: int, content: bytes) -> dict[str, Any]:
