@@ -40,8 +40,9 @@ MAX_TAIL_EFFECT_TS_S = 0.010
 _LN10_6 = 6.0 * math.log(10.0)
 
 
-class _Energy:
-    """h² with the Lundeby tail attached: energy after any sample and its first moment."""
+class EnergyDecay:
+    """h² (noise subtracted) with the Lundeby tail attached: energy after any sample and its first
+    moment. Build one per band IR and ask it for every parameter (the module functions do just that)."""
 
     def __init__(self, ir: np.ndarray, fs_hz: float, truncation: Truncation | None):
         self.fs_hz = float(fs_hz)
@@ -86,33 +87,47 @@ class _Energy:
         return (float(t_s @ self.energy) + self.tail_moment_s()) / self.total
 
 
-def _split(ir, fs_hz, te_ms, truncation) -> tuple[float, float]:
-    if te_ms <= 0:
-        raise ValueError(f"te_ms must be > 0 ms, got {te_ms}")
-    e = _Energy(ir, fs_hz, truncation)
-    late = e.after(int(round(te_ms * 1e-3 * fs_hz)))
-    return e.total - late, late
+    def split(self, te_ms: float) -> tuple[float, float]:
+        """(early, late) energy around ``te_ms``."""
+        if te_ms <= 0:
+            raise ValueError(f"te_ms must be > 0 ms, got {te_ms}")
+        late = self.after(int(round(te_ms * 1e-3 * self.fs_hz)))
+        return self.total - late, late
+
+    def clarity_db(self, te_ms: float = 80.0) -> float:
+        early, late = self.split(te_ms)
+        if late <= 0.0:
+            raise ValueError(f"no energy after {te_ms} ms: clarity is infinite")
+        if early <= 0.0:
+            raise ValueError(f"no energy before {te_ms} ms: clarity is −∞")
+        return 10.0 * math.log10(early / late)
+
+    def definition(self, te_ms: float = 50.0) -> float:
+        early, late = self.split(te_ms)
+        return early / (early + late)
+
+    def direct_to_reverberant_db(self, peak: int) -> float:
+        half = int(round(DIRECT_HALF_WINDOW_S * self.fs_hz))
+        after_direct = self.after(peak + half + 1)
+        direct = self.after(max(0, peak - half)) - after_direct
+        if after_direct <= 0.0 or direct <= 0.0:
+            raise ValueError("direct-to-reverberant ratio undefined: no direct or no reverberant energy")
+        return 10.0 * math.log10(direct / after_direct)
 
 
 def clarity_db(ir: np.ndarray, fs_hz: float, te_ms: float = 80.0, *, truncation: Truncation | None = None) -> float:
     """Clarity C_te in dB (ISO 3382-1 A.2.4): te_ms = 50 → C50, 80 → C80."""
-    early, late = _split(ir, fs_hz, te_ms, truncation)
-    if late <= 0.0:
-        raise ValueError(f"no energy after {te_ms} ms: clarity is infinite")
-    if early <= 0.0:
-        raise ValueError(f"no energy before {te_ms} ms: clarity is −∞")
-    return 10.0 * math.log10(early / late)
+    return EnergyDecay(ir, fs_hz, truncation).clarity_db(te_ms)
 
 
 def definition(ir: np.ndarray, fs_hz: float, te_ms: float = 50.0, *, truncation: Truncation | None = None) -> float:
     """Definition D50 (0…1) (ISO 3382-1 A.2.5); ``te_ms`` other than 50 gives D_te."""
-    early, late = _split(ir, fs_hz, te_ms, truncation)
-    return early / (early + late)
+    return EnergyDecay(ir, fs_hz, truncation).definition(te_ms)
 
 
 def centre_time_s(ir: np.ndarray, fs_hz: float, *, truncation: Truncation | None = None) -> float:
     """Centre time Ts in s (ISO 3382-1 A.2.6)."""
-    return _Energy(ir, fs_hz, truncation).centre_time_s()
+    return EnergyDecay(ir, fs_hz, truncation).centre_time_s()
 
 
 def direct_to_reverberant_db(
@@ -123,27 +138,19 @@ def direct_to_reverberant_db(
     ``peak_index`` defaults to argmax |h| (pass the broadband peak when ``ir`` is band-filtered).
     Energy before the window (pre-delay noise) is not counted.
     """
-    e = _Energy(ir, fs_hz, truncation)
     peak = int(np.argmax(np.abs(ir))) if peak_index is None else int(peak_index)
-    half = int(round(DIRECT_HALF_WINDOW_S * fs_hz))
-    after_direct = e.after(peak + half + 1)
-    direct = e.after(max(0, peak - half)) - after_direct
-    if after_direct <= 0.0 or direct <= 0.0:
-        raise ValueError("direct-to-reverberant ratio undefined: no direct or no reverberant energy")
-    return 10.0 * math.log10(direct / after_direct)
+    return EnergyDecay(ir, fs_hz, truncation).direct_to_reverberant_db(peak)
 
 
-def refusals(
-    ir: np.ndarray, fs_hz: float, truncation: Truncation, *, peak_index: int | None = None
-) -> dict[str, str | None]:
-    """Which energy parameters the observed decay supports: ``{name: reason text or None}``.
+def refusals(e: EnergyDecay, peak_index: int) -> dict[str, str | None]:
+    """Which energy parameters the observed decay ``e`` supports: ``{name: reason text or None}``;
+    ``peak_index``: the broadband direct-sound peak (for DRR).
 
     Names ``c50_db``, ``c80_db``, ``d50``, ``centre_time_s``, ``drr_db``; a reason means code
     `codes.INSUFFICIENT_DYNAMIC_RANGE`. The rules (module docstring), "uncertain" being the tail plus the
     subtracted noise: uncertain ≤ 20.6 % of the energy after te (C50, C80) or after the direct window
     (DRR); ≤ 5 % of the total (D50); it moves Ts by ≤ 10 ms.
     """
-    e = _Energy(ir, fs_hz, truncation)
     out: dict[str, str | None] = {}
 
     def share_reason(label: str, tail: float, base: float, limit: float, what: str) -> str | None:
@@ -166,7 +173,6 @@ def refusals(
         if effect_s <= MAX_TAIL_EFFECT_TS_S
         else f"too little dynamic range for Ts: the energy not measured above the noise moves it by {1e3 * effect_s:.0f} ms > 10 ms"
     )
-    peak = int(np.argmax(np.abs(ir))) if peak_index is None else int(peak_index)
-    n = peak + int(round(DIRECT_HALF_WINDOW_S * e.fs_hz)) + 1
+    n = peak_index + int(round(DIRECT_HALF_WINDOW_S * e.fs_hz)) + 1
     out["drr_db"] = share_reason("DRR", e.uncertain_after(n), e.after(n), MAX_TAIL_SHARE_CLARITY, "the reverberant energy")
     return out

@@ -235,19 +235,18 @@ def analyze_impulse_response(
             curvature.set(key, 100.0 * (fits["t30_s"].rt_s / fits["t20_s"].rt_s - 1.0))
         else:
             curvature.set(key, None, "needs valid T20 and T30", codes.DEPENDS_ON_REFUSED)
-        gates = energy.refusals(h, fs_hz, truncation, peak_index=peak_index)
-        _energy_metric(e_metrics["c50_db"], key, lambda: energy.clarity_db(h, fs_hz, 50.0, truncation=truncation), gates["c50_db"])
-        _energy_metric(e_metrics["c80_db"], key, lambda: energy.clarity_db(h, fs_hz, 80.0, truncation=truncation), gates["c80_db"])
-        _energy_metric(e_metrics["d50"], key, lambda: energy.definition(h, fs_hz, 50.0, truncation=truncation), gates["d50"])
-        _energy_metric(
-            e_metrics["centre_time_s"], key, lambda: energy.centre_time_s(h, fs_hz, truncation=truncation), gates["centre_time_s"]
-        )
-        _energy_metric(
-            e_metrics["drr_db"],
-            key,
-            lambda: energy.direct_to_reverberant_db(h, fs_hz, peak_index=peak_index, truncation=truncation),
-            gates["drr_db"],
-        )
+        try:
+            decay_energy = energy.EnergyDecay(h, fs_hz, truncation)
+        except ValueError as exc:
+            for metric in e_metrics.values():
+                metric.set(key, None, str(exc), codes.NOT_COMPUTABLE)
+            continue
+        gates = energy.refusals(decay_energy, peak_index)
+        _energy_metric(e_metrics["c50_db"], key, lambda: decay_energy.clarity_db(50.0), gates["c50_db"])
+        _energy_metric(e_metrics["c80_db"], key, lambda: decay_energy.clarity_db(80.0), gates["c80_db"])
+        _energy_metric(e_metrics["d50"], key, lambda: decay_energy.definition(50.0), gates["d50"])
+        _energy_metric(e_metrics["centre_time_s"], key, decay_energy.centre_time_s, gates["centre_time_s"])
+        _energy_metric(e_metrics["drr_db"], key, lambda: decay_energy.direct_to_reverberant_db(peak_index), gates["drr_db"])
 
     snr_db = None if noise is None else speech - noise
     band_levels_db = None if speech is None or calibration_db is None else speech + calibration_db
