@@ -23,17 +23,17 @@ async def _lobby_of(handle: Handle, host: str = "host", *guests: str) -> dict:
 
 async def test_create_join_by_code_and_get(handle: Handle):
     lobby = await handle.call("lobby.create", {"name": "Living room"}, "host")
-    assert len(lobby["code"]) == 6 and set(lobby["code"]) <= set(CODE_ALPHABET)
+    assert len(lobby["code"]) == 8 and set(lobby["code"]) <= set(CODE_ALPHABET)
     assert lobby["status"] == "open" and lobby["host_device_id"] == "host" and lobby["name"] == "Living room"
-    assert lobby["participants"] == [{"device_id": "host", "role": None}] and lobby["room"] is None
+    assert lobby["participants"] == [{"device_id": "host", "role": None, "name": None}] and lobby["room"] is None
 
-    typed = lobby["code"][:3].lower() + "-" + lobby["code"][3:].lower()
+    typed = lobby["code"][:4].lower() + "-" + lobby["code"][4:].lower()
     joined = await handle.call("lobby.join", {"code": typed}, "phone-1")
     assert joined["lobby_id"] == lobby["lobby_id"]
     again = await handle.call("lobby.join", {"code": lobby["code"]}, "phone-1")
     assert again["participants"] == joined["participants"] == [
-        {"device_id": "host", "role": None},
-        {"device_id": "phone-1", "role": None},
+        {"device_id": "host", "role": None, "name": None},
+        {"device_id": "phone-1", "role": None, "name": None},
     ]
 
     by_code = await handle.call("lobby.get", {"code": lobby["code"].lower()}, "phone-1")
@@ -48,7 +48,7 @@ async def test_create_join_by_code_and_get(handle: Handle):
 async def test_lobby_refusals(handle: Handle):
     lobby = await _lobby_of(handle, "host", "guest")
     lobby_id = lobby["lobby_id"]
-    assert (await handle.refused("lobby.join", {"code": "ZZZZZZ"}, "x"))["code"] == "not_found"
+    assert (await handle.refused("lobby.join", {"code": "ZZZZZZZZ"}, "x"))["code"] == "not_found"
     bad = await handle.refused("lobby.join", {"code": "AB"}, "x")
     assert bad["code"] == "bad_request" and bad["details"]["errors"][0]["field"] == "code"
     assert (await handle.refused("lobby.join", {"code": lobby["code"]}, None))["code"] == "bad_request"
@@ -81,9 +81,9 @@ async def test_roles_can_be_changed_and_cleared(handle: Handle):
     ref = {"lobby_id": lobby["lobby_id"], "device_id": "a"}
     await handle.call("role.assign", {**ref, "role": "speaker"}, "host")
     changed = await handle.call("role.assign", {**ref, "role": "microphone"}, "host")
-    assert changed["participants"][1] == {"device_id": "a", "role": "microphone"}
+    assert changed["participants"][1] == {"device_id": "a", "role": "microphone", "name": None}
     cleared = await handle.call("role.assign", {**ref, "role": None}, "host")
-    assert cleared["participants"][1] == {"device_id": "a", "role": None}
+    assert cleared["participants"][1] == {"device_id": "a", "role": None, "name": None}
 
 
 async def test_host_leaving_passes_the_host_role_then_the_lobby_closes(handle: Handle):

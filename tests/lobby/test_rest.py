@@ -30,7 +30,7 @@ def test_rest_lobby_lifecycle(http: httpx.Client):
     lobby_id = lobby["lobby_id"]
     assert http.post("/lobbies/join", json={"code": lobby["code"].lower()}, headers=_as("mic")).status_code == 200
     roles = http.post(f"/lobbies/{lobby_id}/roles", json={"device_id": "mic", "role": "microphone"}, headers=_as("host"))
-    assert roles.status_code == 200 and roles.json()["participants"][1] == {"device_id": "mic", "role": "microphone"}
+    assert roles.status_code == 200 and roles.json()["participants"][1] == {"device_id": "mic", "role": "microphone", "name": None}
     http.post(f"/lobbies/{lobby_id}/roles", json={"device_id": "host", "role": "speaker"}, headers=_as("host"))
     started = http.post(f"/lobbies/{lobby_id}/start", headers=_as("host"))
     assert started.status_code == 200 and started.json()["status"] == "measuring"

@@ -12,7 +12,7 @@ from sonalyze.lobby.errors import Conflict
 from sonalyze.lobby.lifecycle import LOBBY_TRANSITIONS, LobbyStatus, check_transition
 from sonalyze.lobby.measurement_client import MeasurementClient
 from tests.lobby.conftest import measurement_server
-from tests.support.servers import free_port
+from tests.support.servers import SERVICE_HEADERS, free_port
 
 
 def test_lobby_transition_table():
@@ -29,13 +29,13 @@ def test_lobby_transition_table():
 def test_join_codes_are_unambiguous_and_normalized():
     assert not set("01ILO") & set(CODE_ALPHABET)
     codes = {new_code() for _ in range(500)}
-    assert all(len(c) == 6 and set(c) <= set(CODE_ALPHABET) for c in codes) and len(codes) > 490
-    assert normalize_code(" ab3-k7q ") == "AB3K7Q"
+    assert all(len(c) == 8 and set(c) <= set(CODE_ALPHABET) for c in codes) and len(codes) == 500
+    assert normalize_code(" ab3k-7q2m ") == "AB3K7Q2M"
 
 
 async def test_measurement_client_against_the_real_service(tmp_path: Path):
     with measurement_server(tmp_path) as server:
-        client = MeasurementClient(server.url, poll_interval_s=0.05)
+        client = MeasurementClient(server.url, poll_interval_s=0.05, headers=SERVICE_HEADERS)
         try:
             job = await client.create_job(sample_rate_hz=16000, sweep_duration_s=1.0)
             assert (await client.get_job(job["job_id"]))["status"] == "created"

@@ -108,10 +108,10 @@ async def test_lobby_records_wait_for_storage_then_arrive_once(database_url: str
     with ThreadedServer(create_app(settings)) as lobby:
         async with httpx.AsyncClient(base_url=lobby.url, timeout=30, headers=SERVICE_HEADERS) as http:
             handle = Handle(http)
-            room = await handle.call("lobby.create", {"name": "Hall"}, "host")
+            room = await handle.call("lobby.create", {"name": "Hall", "device_name": "Host"}, "host")
             lobby_id = room["lobby_id"]
-            for device in ("guest", LONG_DEVICE):
-                await handle.call("lobby.join", {"code": room["code"]}, device)
+            await handle.call("lobby.join", {"code": room["code"], "device_name": "Guest"}, "guest")
+            await handle.call("lobby.join", {"code": room["code"]}, LONG_DEVICE)
             await handle.call("role.assign", {"lobby_id": lobby_id, "device_id": LONG_DEVICE, "role": "microphone"}, "host")
             await handle.call("lobby.leave", {"lobby_id": lobby_id}, "guest")
             pending = await _outbox_rows(database_url)
@@ -122,7 +122,9 @@ async def test_lobby_records_wait_for_storage_then_arrive_once(database_url: str
                 done = lambda: _seats_when(storage.url, lobby_id, lambda seats: len(seats) == 3 and seats["guest"]["left_at"])
                 seats = await eventually(done, timeout_s=60, what="three seats, the guest's with left_at")
                 assert seats["host"]["role"] is None and seats["host"]["left_at"] is None
+                assert (seats["host"]["display_name"], seats["guest"]["display_name"]) == ("Host", "Guest")
                 assert seats[storage_id(LONG_DEVICE)]["role"] == "microphone"
+                assert seats[storage_id(LONG_DEVICE)]["display_name"] is None
                 stored = (await http.get(f"{storage.url}/v1/lobbies/{lobby_id}")).json()
                 assert (stored["code"], stored["status"], stored["host_device_id"]) == (room["code"], "open", "host")
                 assert stored["settings"] == {"name": "Hall"}
@@ -133,7 +135,11 @@ async def test_lobby_records_wait_for_storage_then_arrive_once(database_url: str
                 await handle.call("lobby.join", {"code": room["code"]}, "guest")  # the same seat again
                 rejoined = lambda: _seats_when(storage.url, lobby_id, lambda seats: seats["guest"]["left_at"] is None)
                 seats = await eventually(rejoined, timeout_s=30, what="the guest's seat taken again")
-                assert len(seats) == 3
+                assert len(seats) == 3 and seats["guest"]["display_name"] is None  # joined again without a name
+                await handle.call("lobby.join", {"code": room["code"], "device_name": "Kitchen"}, LONG_DEVICE)  # a rename
+                renamed = lambda: _seats_when(storage.url, lobby_id, lambda seats: seats[storage_id(LONG_DEVICE)]["display_name"] == "Kitchen")
+                seats = await eventually(renamed, timeout_s=30, what="the renamed seat")
+                assert seats[storage_id(LONG_DEVICE)]["role"] == "microphone"
                 assert await eventually(lambda: _no_outbox_rows(database_url), timeout_s=30, what="an empty outbox")
 
 

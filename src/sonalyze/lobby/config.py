@@ -6,6 +6,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sonalyze.common.internal_auth import InternalAuthSettings
+from sonalyze.lobby.service import JoinLimit
 from sonalyze.lobby.session import StepTimeouts
 
 
@@ -28,6 +29,12 @@ class LobbySettings(InternalAuthSettings, BaseSettings):
     http_timeout_s: float = Field(10.0, gt=0)
     sweep_duration_s: float = Field(3.0, gt=0, description="sweep length asked of the measurement service per job")
     sample_rate_hz: int = Field(48_000, gt=0)
+    join_failure_limit: int = Field(10, ge=1, description="failed lookups by join code per device and window before rate_limited")
+    join_failure_window_s: float = Field(600.0, gt=0, description="the window of JOIN_FAILURE_LIMIT")
+
+    @property
+    def join_limit(self) -> JoinLimit:
+        return JoinLimit(failures=self.join_failure_limit, window_s=self.join_failure_window_s)
 
     @property
     def step_timeouts(self) -> StepTimeouts:

@@ -216,6 +216,7 @@ async def _timer_loop(app: FastAPI, settings: LobbySettings) -> None:
                 closed = await app.state.lobbies.expire_idle(idle_timeout_s=settings.lobby_idle_timeout_s)
                 if closed:
                     log.info("closed %d idle lobbies", closed)
+                await app.state.lobbies.prune_join_failures()
         except Exception:  # noqa: BLE001 - the loop must outlive one bad tick
             log.exception("timer tick failed")
         await asyncio.sleep(settings.timer_interval_s)
@@ -253,7 +254,7 @@ def create_app(
         measurement = MeasurementClient(
             settings.measurement_url, timeout_s=settings.http_timeout_s, transport=measurement_transport, headers=service_headers
         )
-        app.state.lobbies = lobbies = LobbyService(db, broadcaster, clock=clock)
+        app.state.lobbies = lobbies = LobbyService(db, broadcaster, clock=clock, join_limit=settings.join_limit)
         app.state.sessions = sessions = SessionCoordinator(
             lobbies,
             measurement,

@@ -12,7 +12,7 @@ lobbies = Table(
     "lobby_lobbies",
     metadata,
     Column("id", String(32), primary_key=True),
-    Column("code", String(6), nullable=False),
+    Column("code", String(8), nullable=False),  # 8 characters since migration 0005 (6 before)
     Column("name", String(120), nullable=True),
     Column("status", String(16), nullable=False),
     Column("host_device_id", String(128), nullable=True),
@@ -41,7 +41,18 @@ participants = Table(
     Column("role", String(16), nullable=True),
     Column("joined_seq", Integer, nullable=False),
     Column("joined_s", Float, nullable=False),
+    Column("name", String(40), nullable=True),  # the name the device gave itself (migration 0004)
     sqlite_with_rowid=False,  # clustered on the key: one b-tree to change per insert (migration 0003)
+)
+
+join_failures = Table(
+    "lobby_join_failures",
+    metadata,
+    # Failed lookups by join code per device in the current window (migration 0005): shared by every
+    # replica on the same database, pruned by the idle sweep once the window is over.
+    Column("device_id", String(128), primary_key=True),
+    Column("window_start_s", Float, nullable=False),
+    Column("failures", Integer, nullable=False),
 )
 
 events = Table(

@@ -58,14 +58,16 @@ def lobby_record(lobby: LobbyRow) -> Record:
 
 
 def participant_record(
-    lobby_id: str, device_id: str, *, role: str | None, joined_s: float, left_s: float | None = None
+    lobby_id: str, device_id: str, *, role: str | None, joined_s: float, left_s: float | None = None, name: str | None = None
 ) -> Record:
-    """A seat in a lobby; ``left_s`` set once the device left (a rejoin replaces it with a new seat)."""
+    """A seat in a lobby; ``left_s`` set once the device left (a rejoin replaces it with a new seat);
+    ``name``: the device's name in the lobby (storage's ``display_name``)."""
     return {
         "id": storage_id(f"{lobby_id}:{device_id}"),
         "lobby_id": lobby_id,
         "device_id": storage_id(device_id),
         "role": role,
+        "display_name": name,
         "joined_at": utc_iso(joined_s),
         "left_at": utc_iso(left_s) if left_s is not None else None,
     }

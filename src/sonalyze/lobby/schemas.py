@@ -2,13 +2,43 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import unicodedata
+from typing import Annotated
 
-from sonalyze.lobby.codes import CODE_LENGTH, normalize_code
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from sonalyze.lobby.codes import CODE_LENGTH, LEGACY_CODE_LENGTH, normalize_code
 from sonalyze.lobby.lifecycle import Role
 from sonalyze.rooms import RoomSnapshot
 
 Id = str
+
+DEVICE_NAME_MAX_CHARS = 40
+
+# Bidirectional embeddings, overrides and isolates reorder the text shown after them (a name could
+# make the next participant's name read backwards); U+2028/9 break lines.
+_REORDERING = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u2028\u2029")
+
+
+def _join_code(text: str) -> str:
+    code = normalize_code(text)
+    if len(code) not in (CODE_LENGTH, LEGACY_CODE_LENGTH):
+        raise ValueError(f"a join code has {CODE_LENGTH} characters")
+    return code
+
+
+def _printable_name(name: str) -> str:
+    if any(unicodedata.category(c) == "Cc" or c in _REORDERING for c in name):
+        raise ValueError("a device name may not contain control characters")
+    return name
+
+
+JoinCode = Annotated[str, Field(min_length=LEGACY_CODE_LENGTH, max_length=CODE_LENGTH + 4), AfterValidator(_join_code)]
+"""A code as typed: any case, with spaces or dashes; normalized (``ABCD-efgh`` → ``ABCDEFGH``)."""
+
+DeviceName = Annotated[str, Field(min_length=1, max_length=DEVICE_NAME_MAX_CHARS), AfterValidator(_printable_name)]
+"""What a device calls itself in a lobby (contract C2): 1–40 characters after trimming, none a control
+character (Unicode ``Cc``, line/paragraph separators, bidirectional formatting)."""
 
 
 class _In(BaseModel):
@@ -17,17 +47,13 @@ class _In(BaseModel):
 
 class CreateLobby(_In):
     name: str | None = Field(None, max_length=120)
+    device_name: DeviceName | None = None
 
 
 class JoinLobby(_In):
-    code: str = Field(min_length=CODE_LENGTH, max_length=CODE_LENGTH + 2)
-
-    @model_validator(mode="after")
-    def _normalize(self) -> "JoinLobby":
-        self.code = normalize_code(self.code)
-        if len(self.code) != CODE_LENGTH:
-            raise ValueError(f"a join code has {CODE_LENGTH} characters")
-        return self
+    code: JoinCode
+    device_name: DeviceName | None = None
+    """Absent or null: a participant joining again keeps its name."""
 
 
 class LobbyRef(_In):
@@ -42,14 +68,12 @@ class AuthorizeSubscribe(_In):
 
 class GetLobby(_In):
     lobby_id: Id | None = Field(None, min_length=1, max_length=64)
-    code: str | None = Field(None, min_length=CODE_LENGTH, max_length=CODE_LENGTH + 2)
+    code: JoinCode | None = None
 
     @model_validator(mode="after")
     def _one_key(self) -> "GetLobby":
         if (self.lobby_id is None) == (self.code is None):
             raise ValueError("give either lobby_id or code")
-        if self.code is not None:
-            self.code = normalize_code(self.code)
         return self
 
 

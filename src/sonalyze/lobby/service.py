@@ -10,6 +10,8 @@ them even before it is in the channel again.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from sqlalchemy import Connection
 from sonalyze.lobby import store
 from sonalyze.lobby.broadcast import Broadcaster
 from sonalyze.lobby.codes import new_code
+from sonalyze.common.errors import RateLimited, SonalyzeError
 from sonalyze.lobby.errors import BadRequest, Conflict, Forbidden, NotFound
 from sonalyze.lobby.lifecycle import LobbyStatus, Role, check_transition
 from sonalyze.lobby.schemas import AssignRole, AuthorizeSubscribe, CreateLobby, GetLobby, JoinLobby, ListEvents, LobbyRef, ShareRoom
@@ -31,6 +34,32 @@ Clock = Callable[[], float]
 _CODE_ATTEMPTS = 20
 
 CHANNEL_PREFIX = "lobby:"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JoinLimit:
+    """Failed lookups by join code (``lobby.join``, ``lobby.get {"code"}``) a device may make per window.
+
+    A fixed window per device, kept in the database so every replica counts against the same number:
+    the first failure opens a window of ``window_s``; once ``failures`` failed in it, every lookup by
+    code of that device is refused (``rate_limited``, hit or miss alike) until the window is over.
+    The arithmetic of what this buys is in docs/security.md ("Join codes")."""
+
+    failures: int = 10
+    window_s: float = 600.0
+
+    def refusal(self, window_start_s: float, failures: int, now_s: float, *, counted: bool) -> RateLimited | None:
+        """The refusal when ``failures`` in the window starting at ``window_start_s`` are too many; a
+        ``counted`` failure (this attempt included) may reach the limit, an attempt not yet made may not."""
+        end_s = window_start_s + self.window_s
+        if now_s >= end_s or failures < self.failures + counted:
+            return None
+        retry_after_s = max(1, math.ceil(end_s - now_s))
+        return RateLimited(
+            f"too many lobbies not found by code from this device; try again in {retry_after_s} s",
+            details={"retry_after_s": retry_after_s, "max_failures": self.failures, "window_s": self.window_s},
+            headers={"Retry-After": str(retry_after_s)},
+        )
 
 
 def lobby_channel(lobby_id: str) -> str:
@@ -65,7 +94,7 @@ def lobby_view(lobby: LobbyRow, members: list[ParticipantRow], *, status: LobbyS
         "name": lobby.name,
         "status": (status or lobby.status).value,
         "host_device_id": lobby.host_device_id,
-        "participants": [{"device_id": m.device_id, "role": m.role} for m in members],
+        "participants": [{"device_id": m.device_id, "role": m.role, "name": m.name} for m in members],
         "room": lobby.room,
         "session_id": lobby.session_id,
     }
@@ -97,10 +126,11 @@ def _member(members: list[ParticipantRow], device_id: str) -> ParticipantRow | N
 class LobbyService:
     """Each operation is a plain function over one transaction (run by :class:`Database`), then pushes."""
 
-    def __init__(self, db: Database, broadcaster: Broadcaster, *, clock: Clock = time.time) -> None:
+    def __init__(self, db: Database, broadcaster: Broadcaster, *, clock: Clock = time.time, join_limit: JoinLimit = JoinLimit()) -> None:
         self.db = db
         self.broadcaster = broadcaster
         self.clock = clock
+        self.join_limit = join_limit
         self.on_device_left: Callable[[Connection, Pushes, LobbyRow, list[ParticipantRow], str, float], None] | None = None
         """Set by the session coordinator: a session device leaving fails the running session."""
 
@@ -122,6 +152,28 @@ class LobbyService:
         if _member(members, device_id) is None:
             raise Forbidden("only participants of the lobby can do this", details={"lobby_id": lobby.id})
 
+    def _check_join_limit(self, conn: Connection, device_id: str, now_s: float) -> None:
+        """Refuse a lookup by code before it is made if the device failed too often (a hit is refused too:
+        the answer must not tell whether the code exists)."""
+        row = store.join_failures_of(conn, device_id)
+        refusal = row and self.join_limit.refusal(*row, now_s, counted=False)
+        if refusal:
+            raise refusal
+
+    def _failed_lookup(self, conn: Connection, device_id: str, code: str, now_s: float) -> SonalyzeError:
+        """Count a lookup by code that found nothing; the error to answer once that count is committed
+        (``rate_limited`` when concurrent attempts of the device went past the limit together)."""
+        window = store.count_join_failure(conn, device_id, now_s=now_s, window_s=self.join_limit.window_s)
+        return self.join_limit.refusal(*window, now_s, counted=True) or NotFound(f"no open lobby has the code {code}")
+
+    async def _by_code(self, work: Callable[[Connection, Pushes, float], dict[str, Any] | SonalyzeError]) -> dict[str, Any]:
+        """A write whose ``work`` returns the error of a failed lookup instead of raising it, so the
+        failure it counted commits."""
+        result = await self.write(work)
+        if isinstance(result, SonalyzeError):
+            raise result
+        return result
+
     @staticmethod
     def _require_host(lobby: LobbyRow, device_id: str, action: str) -> None:
         if lobby.host_device_id != device_id:
@@ -134,9 +186,10 @@ class LobbyService:
             lobby_id = uuid.uuid4().hex
             lobby = store.insert_lobby(conn, lobby_id=lobby_id, code=new_code(), name=body.name, host_device_id=device_id, now_s=now_s)
             seq = store.append_event(conn, lobby_id=lobby_id, type_="created", device_id=device_id, data={"name": body.name}, now_s=now_s)
-            store.add_participant(conn, lobby_id=lobby_id, device_id=device_id, joined_seq=seq, now_s=now_s)
+            name = body.device_name
+            store.add_participant(conn, lobby_id=lobby_id, device_id=device_id, joined_seq=seq, now_s=now_s, name=name)
             pushes.channel(lobby_id, "subscribe", [device_id])
-            return lobby_view(lobby, [ParticipantRow(device_id, None, seq)])
+            return lobby_view(lobby, [ParticipantRow(device_id, None, seq, name)])
 
         for _ in range(_CODE_ATTEMPTS):
             try:
@@ -146,20 +199,29 @@ class LobbyService:
         raise Conflict("could not find a free join code; try again")
 
     async def join(self, device_id: str, body: JoinLobby) -> dict[str, Any]:
-        def work(conn: Connection, pushes: Pushes, now_s: float) -> dict[str, Any]:
+        """Joining again changes nothing but the device's name, when it gives a new one."""
+        name = body.device_name
+
+        def work(conn: Connection, pushes: Pushes, now_s: float) -> dict[str, Any] | SonalyzeError:
+            self._check_join_limit(conn, device_id, now_s)
             lobby = store.get_lobby_by_code(conn, body.code, lock=True)
             if lobby is None:
-                raise NotFound(f"no open lobby has the code {body.code}")
+                return self._failed_lookup(conn, device_id, body.code, now_s)
             members = store.list_participants(conn, lobby.id)
             # Joining again subscribes again: the way back into the channel for a phone that reconnected.
             pushes.channel(lobby.id, "subscribe", [device_id])
-            if _member(members, device_id) is None:
-                members.append(ParticipantRow(device_id, None, lobby.last_seq + 1))
+            member = _member(members, device_id)
+            if member is None:
+                members.append(ParticipantRow(device_id, None, lobby.last_seq + 1, name))
                 seq = record(conn, pushes, lobby, members, "participant_joined", {}, device_id=device_id, now_s=now_s)
-                store.add_participant(conn, lobby_id=lobby.id, device_id=device_id, joined_seq=seq, now_s=now_s)
+                store.add_participant(conn, lobby_id=lobby.id, device_id=device_id, joined_seq=seq, now_s=now_s, name=name)
+            elif name is not None and name != member.name:
+                members = [dataclasses.replace(m, name=name) if m is member else m for m in members]
+                store.set_name(conn, lobby_id=lobby.id, device_id=device_id, name=name)
+                record(conn, pushes, lobby, members, "participant_renamed", {"name": name}, device_id=device_id, now_s=now_s)
             return lobby_view(lobby, members)
 
-        return await self.write(work)
+        return await self._by_code(work)
 
     async def leave(self, device_id: str, body: LobbyRef) -> dict[str, Any]:
         """Leaving twice is harmless; the host's role passes to the earliest joiner, or the lobby closes."""
@@ -203,15 +265,29 @@ class LobbyService:
         return lobby
 
     async def get(self, device_id: str, body: GetLobby) -> dict[str, Any]:
-        def work(conn: Connection) -> dict[str, Any]:
-            lobby = store.get_lobby(conn, body.lobby_id) if body.lobby_id else store.get_lobby_by_code(conn, body.code)
-            if lobby is None:
-                raise NotFound("no such lobby" if body.lobby_id else f"no open lobby has the code {body.code}")
-            members = store.list_participants(conn, lobby.id)
-            self._require_member(lobby, members, device_id)
-            return lobby_view(lobby, members)
+        """By id (a read), or by code: a lookup by code counts against the device's join limit like a join."""
 
+        def work(conn: Connection) -> dict[str, Any]:
+            lobby = store.get_lobby(conn, body.lobby_id)
+            if lobby is None:
+                raise NotFound("no such lobby")
+            return self._member_view(conn, lobby, device_id)
+
+        def by_code(conn: Connection, _pushes: Pushes, now_s: float) -> dict[str, Any] | SonalyzeError:
+            self._check_join_limit(conn, device_id, now_s)
+            lobby = store.get_lobby_by_code(conn, body.code)
+            if lobby is None:
+                return self._failed_lookup(conn, device_id, body.code, now_s)
+            return self._member_view(conn, lobby, device_id)
+
+        if body.code is not None:
+            return await self._by_code(by_code)
         return await self.db.read(work)
+
+    def _member_view(self, conn: Connection, lobby: LobbyRow, device_id: str) -> dict[str, Any]:
+        members = store.list_participants(conn, lobby.id)
+        self._require_member(lobby, members, device_id)
+        return lobby_view(lobby, members)
 
     async def assign_role(self, device_id: str, body: AssignRole) -> dict[str, Any]:
         def work(conn: Connection, pushes: Pushes, now_s: float) -> dict[str, Any]:
@@ -225,7 +301,7 @@ class LobbyService:
                 raise NotFound(f"device {body.device_id} is not in this lobby")
             role = body.role.value if body.role else None
             if target.role != role:
-                members = [ParticipantRow(m.device_id, role, m.joined_seq) if m is target else m for m in members]
+                members = [dataclasses.replace(m, role=role) if m is target else m for m in members]
                 store.set_role(conn, lobby_id=lobby.id, device_id=body.device_id, role=role)
                 payload = {"target_device_id": body.device_id, "role": role}
                 record(conn, pushes, lobby, members, "role_assigned", payload, device_id=device_id, now_s=now_s)
@@ -320,6 +396,11 @@ class LobbyService:
             return {"lobby_id": lobby.id, "events": rows, "next_since": next_since, "last_seq": lobby.last_seq}
 
         return await self.db.read(work)
+
+    async def prune_join_failures(self) -> int:
+        """Forget failed lookups whose window is over; returns how many devices were forgotten."""
+        before_s = self.clock() - self.join_limit.window_s
+        return await self.db.write(lambda conn: store.prune_join_failures(conn, before_s=before_s))
 
     async def expire_idle(self, *, idle_timeout_s: float) -> int:
         """Close every lobby idle for longer than ``idle_timeout_s``; returns how many closed."""

@@ -28,15 +28,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Connection, and_, bindparam, create_engine, delete, event, exists, insert, literal_column, select, update
-from sqlalchemy.dialects import sqlite
+from sqlalchemy import JSON, Connection, and_, bindparam, case, create_engine, delete, event, exists, insert, literal_column, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sonalyze.lobby import migrations
 from sonalyze.lobby.lifecycle import LobbyStatus
-from sonalyze.lobby.models import events, lobbies, participants, sessions
+from sonalyze.lobby.models import events, join_failures, lobbies, participants, sessions
 from sonalyze.lobby.records import device_record, lobby_record, measurement_record, participant_record
 from sonalyze.lobby.session import TERMINAL_STEPS, SessionState
 from sonalyze.storage.client import StorageClient
@@ -121,6 +121,15 @@ class Database:
         return self._sqlite
 
 
+@dataclass(frozen=True, slots=True)
+class Seat:
+    """What the storage record of a participant needs of its row."""
+
+    role: str | None
+    name: str | None
+    joined_s: float
+
+
 @dataclass(slots=True)
 class StorageChanges:
     """What one transaction changed of the records storage keeps (insertion-ordered sets)."""
@@ -129,10 +138,10 @@ class StorageChanges:
     """device id → the lobby it joined (the order key of its record)."""
     lobbies: dict[str, LobbyRow | None] = field(default_factory=dict)
     """lobby id → its row when this transaction inserted it and did not change it since (else read at the end)."""
-    seats: dict[tuple[str, str], tuple[str | None, float]] = field(default_factory=dict)
-    """(lobby id, device id) → the seat's role and join time."""
-    left: dict[tuple[str, str], tuple[str | None, float]] = field(default_factory=dict)
-    """(lobby id, device id) → the role and join time of a seat deleted in this transaction."""
+    seats: dict[tuple[str, str], Seat] = field(default_factory=dict)
+    """(lobby id, device id) → the seat as it stands."""
+    left: dict[tuple[str, str], Seat] = field(default_factory=dict)
+    """(lobby id, device id) → a seat deleted in this transaction."""
     sessions: dict[str, None] = field(default_factory=dict)
     now_s: float | None = None
     """The transaction's clock, seen in the statements that carry it (the time a device left)."""
@@ -186,6 +195,7 @@ class ParticipantRow:
     device_id: str
     role: str | None
     joined_seq: int
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,17 +270,15 @@ _LOBBY_BY_ID = Statement(_LOBBY_BY_ID)
 _LOBBY_BY_CODE = Statement(_LOBBY_BY_CODE)
 _INSERT_LOBBY = Statement(insert(lobbies), ["id", "code", "name", "status", "host_device_id", "last_seq", "created_s", "updated_s"])
 _PARTICIPANTS = Statement(
-    select(participants.c.device_id, participants.c.role, participants.c.joined_seq)
+    select(participants.c.device_id, participants.c.role, participants.c.joined_seq, participants.c.name)
     .where(participants.c.lobby_id == _b("lobby_id"))
     .order_by(participants.c.joined_seq)
 )
-_INSERT_PARTICIPANT = Statement(insert(participants), ["lobby_id", "device_id", "role", "joined_seq", "joined_s"])
+_INSERT_PARTICIPANT = Statement(insert(participants), ["lobby_id", "device_id", "role", "joined_seq", "joined_s", "name"])
 _DELETE_PARTICIPANT = delete(participants).where(participants.c.lobby_id == _b("lobby_id"), participants.c.device_id == _b("device_id"))
-_SET_ROLE = (
-    update(participants)
-    .where(participants.c.lobby_id == _b("p_lobby_id"), participants.c.device_id == _b("p_device_id"))
-    .values(role=_b("p_role"))
-)
+_SEAT = and_(participants.c.lobby_id == _b("p_lobby_id"), participants.c.device_id == _b("p_device_id"))
+_SET_ROLE = update(participants).where(_SEAT).values(role=_b("p_role"))
+_SET_NAME = update(participants).where(_SEAT).values(name=_b("p_name"))
 _NEXT_SEQ = Statement(
     update(lobbies)
     .where(lobbies.c.id == _b("lobby_id"))
@@ -287,10 +295,16 @@ _EVENTS = Statement(
 _SESSION = Statement(select(sessions.c.state, sessions.c.version, sessions.c.lobby_id).where(sessions.c.id == _b("session_id")))
 _TERMINAL = [s.value for s in TERMINAL_STEPS]
 # With storage on, the changes return what the storage record needs instead of reading it again.
-_DELETE_PARTICIPANT_RETURNING = Statement(_DELETE_PARTICIPANT.returning(participants.c.role, participants.c.joined_s))
-_SET_ROLE_RETURNING = Statement(_SET_ROLE.returning(participants.c.joined_s))
+_SEAT_COLUMNS = (participants.c.role, participants.c.name, participants.c.joined_s)
+_DELETE_PARTICIPANT_RETURNING = Statement(_DELETE_PARTICIPANT.returning(*_SEAT_COLUMNS))
+_SET_ROLE_RETURNING = Statement(_SET_ROLE.returning(*_SEAT_COLUMNS))
+_SET_NAME_RETURNING = Statement(_SET_NAME.returning(*_SEAT_COLUMNS))
 _DELETE_PARTICIPANT = Statement(_DELETE_PARTICIPANT)
 _SET_ROLE = Statement(_SET_ROLE)
+_SET_NAME = Statement(_SET_NAME)
+_JOIN_FAILURES = Statement(
+    select(join_failures.c.window_start_s, join_failures.c.failures).where(join_failures.c.device_id == _b("device_id"))
+)
 _INSERT_OUTBOX = insert(outbox_table)
 _SESSION_TIMES = Statement(
     select(sessions.c.state, sessions.c.created_s, sessions.c.updated_s).where(sessions.c.id == _b("session_id"))
@@ -359,13 +373,13 @@ def list_participants(conn: Connection, lobby_id: str) -> list[ParticipantRow]:
     return [ParticipantRow(*row) for row in _PARTICIPANTS.rows(conn, {"lobby_id": lobby_id})]
 
 
-def add_participant(conn: Connection, *, lobby_id: str, device_id: str, joined_seq: int, now_s: float) -> None:
-    values = {"lobby_id": lobby_id, "device_id": device_id, "role": None, "joined_seq": joined_seq, "joined_s": now_s}
+def add_participant(conn: Connection, *, lobby_id: str, device_id: str, joined_seq: int, now_s: float, name: str | None = None) -> None:
+    values = {"lobby_id": lobby_id, "device_id": device_id, "role": None, "joined_seq": joined_seq, "joined_s": now_s, "name": name}
     _INSERT_PARTICIPANT.rows(conn, values)
     changes = _changes(conn)
     if changes is not None:
         changes.devices.setdefault(device_id, lobby_id)
-        changes.seats[(lobby_id, device_id)] = (None, now_s)
+        changes.seats[(lobby_id, device_id)] = Seat(None, name, now_s)
         changes.now_s = now_s
 
 
@@ -378,18 +392,60 @@ def remove_participant(conn: Connection, *, lobby_id: str, device_id: str) -> No
     seat = _DELETE_PARTICIPANT_RETURNING.first(conn, key)
     if seat is not None:
         changes.seats.pop((lobby_id, device_id), None)
-        changes.left[(lobby_id, device_id)] = (seat[0], seat[1])
+        changes.left[(lobby_id, device_id)] = Seat(*seat)
 
 
 def set_role(conn: Connection, *, lobby_id: str, device_id: str, role: str | None) -> None:
-    values = {"p_lobby_id": lobby_id, "p_device_id": device_id, "p_role": role}
+    _update_seat(conn, _SET_ROLE, _SET_ROLE_RETURNING, {"p_lobby_id": lobby_id, "p_device_id": device_id, "p_role": role})
+
+
+def set_name(conn: Connection, *, lobby_id: str, device_id: str, name: str | None) -> None:
+    _update_seat(conn, _SET_NAME, _SET_NAME_RETURNING, {"p_lobby_id": lobby_id, "p_device_id": device_id, "p_name": name})
+
+
+def _update_seat(conn: Connection, plain: Statement, returning: Statement, values: dict[str, Any]) -> None:
     changes = _changes(conn)
     if changes is None:
-        _SET_ROLE.rows(conn, values)
+        plain.rows(conn, values)
         return
-    seat = _SET_ROLE_RETURNING.first(conn, values)
+    seat = returning.first(conn, values)
     if seat is not None:
-        changes.seats[(lobby_id, device_id)] = (role, seat[0])
+        changes.seats[(values["p_lobby_id"], values["p_device_id"])] = Seat(*seat)
+
+
+# ----------------------------------------------------------------------------------------------- failed joins
+
+
+def join_failures_of(conn: Connection, device_id: str) -> tuple[float, int] | None:
+    """``(window_start_s, failures)`` of the device's failed lookups by code, or None if it has none on record."""
+    return _JOIN_FAILURES.first(conn, {"device_id": device_id})
+
+
+def count_join_failure(conn: Connection, device_id: str, *, now_s: float, window_s: float) -> tuple[float, int]:
+    """Count one failed lookup by code, atomically (concurrent transactions of one device on PostgreSQL
+    each add theirs): a new window starts when the device's last one is over. Returns the window's
+    ``(window_start_s, failures)`` including this one."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    over = join_failures.c.window_start_s <= now_s - window_s
+    statement = (
+        dialect.insert(join_failures)
+        .values(device_id=device_id, window_start_s=now_s, failures=1)
+        .on_conflict_do_update(
+            index_elements=[join_failures.c.device_id],
+            set_={
+                "window_start_s": case((over, now_s), else_=join_failures.c.window_start_s),
+                "failures": case((over, 1), else_=join_failures.c.failures + 1),
+            },
+        )
+        .returning(join_failures.c.window_start_s, join_failures.c.failures)
+    )
+    window_start_s, failures = conn.execute(statement).one()
+    return window_start_s, failures
+
+
+def prune_join_failures(conn: Connection, *, before_s: float) -> int:
+    """Forget the failures of windows that started before ``before_s`` (they no longer count)."""
+    return conn.execute(delete(join_failures).where(join_failures.c.window_start_s < before_s)).rowcount
 
 
 # ----------------------------------------------------------------------------------------------- event log
@@ -491,12 +547,12 @@ def enqueue_storage_records(conn: Connection, changes: StorageChanges) -> None:
 
     rows = [put_row("devices", device_record(device_id), aggregate=lobby_id) for device_id, lobby_id in changes.devices.items()]
     rows += [put_row("lobbies", lobby_record(lobby_of(lobby_id)), aggregate=lobby_id) for lobby_id in list(changes.lobbies)]
-    for (lobby_id, device_id), (role, joined_s) in changes.seats.items():
-        record = participant_record(lobby_id, device_id, role=role, joined_s=joined_s)
+    for (lobby_id, device_id), seat in changes.seats.items():
+        record = participant_record(lobby_id, device_id, role=seat.role, name=seat.name, joined_s=seat.joined_s)
         rows.append(put_row("participants", record, aggregate=lobby_id))
     left_s = changes.now_s if changes.now_s is not None else time.time()
-    for (lobby_id, device_id), (role, joined_s) in changes.left.items():
-        record = participant_record(lobby_id, device_id, role=role, joined_s=joined_s, left_s=left_s)
+    for (lobby_id, device_id), seat in changes.left.items():
+        record = participant_record(lobby_id, device_id, role=seat.role, name=seat.name, joined_s=seat.joined_s, left_s=left_s)
         rows.append(put_row("participants", record, aggregate=lobby_id))
     for session_id in changes.sessions:
         state_json, created_s, updated_s = _SESSION_TIMES.first(conn, {"session_id": session_id})

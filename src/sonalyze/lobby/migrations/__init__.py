@@ -11,9 +11,18 @@ from sqlalchemy import Connection
 VERSION_TABLE = "lobby_alembic_version"
 
 
-def upgrade(connection: Connection, revision: str = "head") -> None:
-    """Bring the database behind ``connection`` to ``revision`` (idempotent)."""
+def _config(connection: Connection) -> Config:
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent))
     config.attributes["connection"] = connection
-    command.upgrade(config, revision)
+    return config
+
+
+def upgrade(connection: Connection, revision: str = "head") -> None:
+    """Bring the database behind ``connection`` to ``revision`` (idempotent)."""
+    command.upgrade(_config(connection), revision)
+
+
+def downgrade(connection: Connection, revision: str) -> None:
+    """Take the database behind ``connection`` back to ``revision`` (``"base"``: no lobby tables)."""
+    command.downgrade(_config(connection), revision)
