@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel
@@ -37,7 +37,7 @@ from sonalyze.gateway.profiles import Profiles, load_profiles
 from sonalyze.gateway.proxy import proxy, resolve_proxy
 from sonalyze.gateway.proxy_table import install_proxy_table
 from sonalyze.gateway.registry import ConnectionRegistry
-from sonalyze.gateway.rate_limit import KeyedRateLimiter
+from sonalyze.gateway.rate_limit import FailureWindow, KeyedRateLimiter
 from sonalyze.gateway.router import RoutingTable, load_routing_table
 from sonalyze.gateway.stream_source import JetStreamSource
 from sonalyze.gateway.tenant_limit import TenantRateLimiter
@@ -76,8 +76,12 @@ class Gateway:
     """Client addresses behind TRUSTED_PROXIES (rate limits and caps are keyed on them)."""
     mint_limiter: KeyedRateLimiter
     """``POST /v1/devices`` per client address."""
+    join_failures: FailureWindow
+    """Failed ``lobby.join`` attempts per device and per address (MAX_FAILED_JOINS in FAILED_JOIN_WINDOW_S)."""
     registry: ConnectionRegistry | None = None
     stream_source: JetStreamSource | None = None
+    address_connections: dict[str, int] = field(default_factory=dict)
+    """Open WebSocket connections per client address (MAX_CONNECTIONS_PER_ADDRESS)."""
     profiles: Profiles | None = None
     """Set with a profiles document (GATEWAY_PROFILES[_FILE]): its WebSocket paths and seed metrics."""
 
@@ -118,6 +122,7 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
             device_tokens=device_tokens,
             addresses=addresses,
             mint_limiter=KeyedRateLimiter(settings.device_mint_rps, settings.device_mint_burst),
+            join_failures=FailureWindow(settings.max_failed_joins, settings.failed_join_window_s),
         )
         app.state.gateway = gateway
         if profiles_document is not None:

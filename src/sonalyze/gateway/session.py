@@ -69,7 +69,9 @@ def device_id_problem(device_id: object) -> str | None:
 
 
 class Session:
-    __slots__ = ("connection_id", "device_id", "routes", "bucket", "max_message_bytes", "tenant_id", "tokens", "insecure_ids")
+    __slots__ = (
+        "connection_id", "device_id", "routes", "bucket", "max_message_bytes", "tenant_id", "tokens", "insecure_ids", "max_json_depth",
+    )
 
     def __init__(
         self,
@@ -81,7 +83,9 @@ class Session:
         tenant_id: str | None = None,
         tokens: DeviceTokens | None = None,
         insecure_ids: bool = False,
+        max_json_depth: int = 32,
     ) -> None:
+        self.max_json_depth = max_json_depth
         self.connection_id = connection_id
         self.tokens = tokens
         """Verifies ``identify {"device_token"}`` and mints devices for ``identify {}`` (contract C1)."""
@@ -106,6 +110,13 @@ class Session:
             envelope = orjson.loads(message)
         except orjson.JSONDecodeError as exc:
             return self.rate_limited(None, None, now_s) or _fail(None, None, "invalid_json", f"message is not valid JSON: {exc}")
+        raw = message if isinstance(message, bytes) else message.encode()
+        # Depth is at most the number of opening brackets: the exact walk runs only for messages that could be too deep.
+        if raw.count(b"[") + raw.count(b"{") > self.max_json_depth and nested_deeper_than(envelope, self.max_json_depth):
+            return self.rate_limited(None, None, now_s) or _fail(
+                None, None, "invalid_json", f"message is nested deeper than {self.max_json_depth} levels",
+                {"reason": "too_deep", "max_depth": self.max_json_depth},
+            )
         if not isinstance(envelope, dict):
             return self.rate_limited(None, None, now_s) or _fail(
                 None, None, "invalid_json", "message must be a JSON object {\"event\", \"request_id\", \"data\"}"
@@ -204,6 +215,23 @@ class Session:
             event, request_id, "rate_limited", f"too many messages; retry in {retry_after_s:.3f} s",
             {"retry_after_s": max(round(retry_after_s, 3), 0.001)},
         )
+
+
+def nested_deeper_than(value: Any, max_depth: int) -> bool:
+    """Whether arrays/objects in ``value`` nest deeper than ``max_depth`` (iterative: no recursion limit)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > max_depth:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _fail(event: str | None, request_id: RequestId, code: str, message: str, details: dict[str, Any] | None = None) -> Reply:

@@ -63,8 +63,10 @@ CLOSE_LABELS = {
     CLOSE_TOKEN_EXPIRED: "token_expired",
 }
 CLOSE_TIMEOUT_S = 3.0
+JOIN_EVENT = "lobby.join"
+"""Its ``not_found`` answers are failed guesses of a join code, limited per device and per address."""
 _OPEN = State.OPEN
-_TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
+_TEXT, _BINARY, _CONT, _PING, _PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.PING, Opcode.PONG
 _FIN_TEXT, _FIN_BINARY = 0x81, 0x82
 """First byte of a final text / binary frame without extension bits."""
 
@@ -75,7 +77,7 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
     __slots__ = (
         "gateway", "server_state", "transport", "ws", "open", "max_buffer_bytes", "session", "calls", "fragments",
         "draining", "close_timer", "last_seen_s", "fragments_binary", "expiry_timer", "framing", "partial_header", "owed_bytes",
-        "profile",
+        "profile", "address",
     )
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any]) -> None:
@@ -102,6 +104,8 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
         """The start of a frame whose header has not fully arrived."""
         self.owed_bytes = 0
         """Bytes still to come of a frame handed to websockets."""
+        self.address: str | None = None
+        """The client's address (behind TRUSTED_PROXIES) while it counts against MAX_CONNECTIONS_PER_ADDRESS."""
         self.profile: ProfileConnection | RawRelayConnection | None = None
         """Set when the upgrade chose a profile path (``gateway.profiles``): it then handles every message."""
 
@@ -178,6 +182,13 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
                 if frame.fin:
                     message, self.fragments = b"".join(self.fragments), None
                     self._message(message, self.fragments_binary)
+            elif (opcode is _PING or opcode is _PONG) and self.session is not None and self.open:
+                # Control frames take a token like messages; out of tokens, a flooder is cut off (1008).
+                if self.session.bucket.take(asyncio.get_running_loop().time()):
+                    self.gateway.metrics.rate_limited.labels("control").inc()
+                    self.close(CLOSE_POLICY, "control frames over the rate limit", label="control_flood")
+                    self._abort_later()
+                    break
         self._flush()
 
     def eof_received(self) -> bool | None:
@@ -187,6 +198,12 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._not_open()
+        if self.address is not None:
+            counts = self.gateway.address_connections
+            counts[self.address] -= 1
+            if not counts[self.address]:
+                del counts[self.address]
+            self.address = None
         self.server_state.connections.discard(self)
         if self.close_timer is not None:
             self.close_timer.cancel()
@@ -238,10 +255,10 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
             self.ws.send_ping(b"")
             self._flush()
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str, label: str | None = None) -> None:
         if self.ws.state is not _OPEN:
             return
-        self.gateway.metrics.disconnects.labels(CLOSE_LABELS.get(code, str(code))).inc()
+        self.gateway.metrics.disconnects.labels(label or CLOSE_LABELS.get(code, str(code))).inc()
         if code != CLOSE_GOING_AWAY:
             with log_context(device_id=self.session.device_id if self.session else None, connection_id=self.connection_id):
                 logger.info("closing connection: %d %s", code, reason)
@@ -252,6 +269,11 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
 
     def _handshake(self, request: Request) -> None:
         ws = self.ws
+        gateway = self.gateway
+        if gateway.address_connections.get(self._client_address(request), 0) >= gateway.settings.max_connections_per_address:
+            gateway.metrics.rate_limited.labels("connections").inc()
+            self._refuse(429, "too_many_connections", f"at most {gateway.settings.max_connections_per_address} connections per address")
+            return
         target = urlsplit(request.path)
         stream_channel = self.gateway.settings.stream_channel
         query = parse_qs(target.query)
@@ -321,6 +343,8 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
             return
         gateway = self.gateway
         settings = gateway.settings
+        self.address = self._client_address(request)
+        gateway.address_connections[self.address] = gateway.address_connections.get(self.address, 0) + 1
         loop = asyncio.get_running_loop()
         self.session = Session(
             uuid.uuid4().hex,
@@ -331,12 +355,17 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
             tenant_id,
             gateway.device_tokens,
             settings.allow_insecure_device_ids,
+            settings.max_json_depth,
         )
         gateway.connections.add(self)
         if device_id is not None:
             self._identified(device_id)
         if expires_at_s is not None:
             self.expiry_timer = loop.call_later(max(0.0, expires_at_s - time.time()), self._token_expired)
+
+    def _client_address(self, request: Request) -> str:
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        return self.gateway.addresses.resolve(peer[0] if peer else "unknown", request.headers.get("X-Forwarded-For"))
 
     def _token_expired(self) -> None:
         """The connection's token ran out: tell the client why, then close with 4401."""
@@ -396,6 +425,8 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
             older.close(CLOSE_REPLACED, "replaced by a newer connection of this device")
 
     def _forward(self, forward: Forward) -> None:
+        if forward.event == JOIN_EVENT and self._join_refused(forward):
+            return
         limiter = self.gateway.tenant_limiter
         tenant_id = self.tenant_id
         if limiter is not None and tenant_id is not None:
@@ -434,7 +465,26 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
         latency.observe(time.monotonic() - started_s)
         done(key, answer)
 
+    def _join_refused(self, forward: Forward) -> bool:
+        """Too many failed joins from this device or address lately: answer ``rate_limited`` instead."""
+        failures = self.gateway.join_failures
+        now_s = time.monotonic()
+        wait_s = max(failures.retry_after(key, now_s) for key in self._join_keys())
+        if not wait_s:
+            return False
+        self.gateway.metrics.rate_limited.labels("join").inc()
+        details = {"retry_after_s": round(wait_s, 3), "scope": "join"}
+        self._send(error_envelope(forward.event, forward.request_id, error("rate_limited", f"too many failed joins; retry in {wait_s:.1f} s", details)))
+        return True
+
+    def _join_keys(self) -> tuple[str, str]:
+        return "device:" + (self.session.device_id or "" if self.session else ""), "address:" + (self.address or "")
+
     def _answer(self, forward: Forward, answer: dict[str, Any]) -> None:
+        if forward.event == JOIN_EVENT and "error" in answer and answer["error"].get("code") == "not_found":
+            now_s = time.monotonic()
+            for key in self._join_keys():
+                self.gateway.join_failures.record(key, now_s)
         self._call_done(forward)
         if "data" in answer:
             self._send(response_envelope(forward.event, forward.request_id, answer["data"]))
