@@ -2,12 +2,16 @@
 
 The microphones hear tests/webapp/fake_capture.py's file (the lobby's sweep through a known room), so the
 results screen must show that room's T30 and C80 (computed independently from the impulse response).
+The second microphone joins through the QR code on the host's screen (decoded from a screenshot with
+zxing-cpp); the first one reloads in the middle of the session and finds its place again.
 The test waits with page functions, which the CSP forbids (eval): contexts use `bypass_csp=True`.
-Screenshots of every screen at 390×844 go to the folder the test prints.
+Screenshots of every screen at 390×844 go to the folder the test prints (``SONALYZE_WEBAPP_SCREENSHOTS``
+to choose it).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -17,6 +21,9 @@ import pytest
 from tests.webapp.fake_capture import BANDS_HZ, band_truth, room_ir, write_capture_wav
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+#: Roles a control must have a name for (an unnamed one is unusable with a screen reader).
+NAMED_ROLES = ("button", "textbox", "combobox", "radio", "checkbox", "link", "spinbutton", "slider", "tab")
 
 
 def _shots(tmp_path: Path) -> Path:
@@ -29,13 +36,30 @@ def _shots(tmp_path: Path) -> Path:
 async def _open(context, url: str):
     page = context.pages[0]
     await page.goto(url)
-    await page.wait_for_selector("#conn[data-state=online]", timeout=20000)
+    await page.wait_for_selector("#conn[data-state=online]", timeout=30000)
     return page
 
 
 async def _name(page, name: str) -> None:
     await page.fill("#device-name", name)
     await page.click("#name-form button")
+
+
+async def _qr_link(page) -> str:
+    """The text of the QR code as a phone's camera sees it: decoded from a screenshot of the host's screen."""
+    import zxingcpp
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(await page.locator("#qr").screenshot()))
+    codes = zxingcpp.read_barcodes(image)
+    assert len(codes) == 1 and codes[0].format == zxingcpp.BarcodeFormat.QRCode, codes
+    return codes[0].text
+
+
+def _unnamed_controls(aria_yaml: str) -> list[str]:
+    """Lines of a Playwright ARIA snapshot that are interactive controls without an accessible name."""
+    pattern = re.compile(rf"^\s*- ({'|'.join(NAMED_ROLES)})(\s*\[[^\]]*\])*\s*:?\s*$")
+    return [line for line in aria_yaml.splitlines() if pattern.match(line)]
 
 
 async def test_whole_session_through_the_ui(webapp_backend, launch_browser, tmp_path):
@@ -50,14 +74,15 @@ async def test_whole_session_through_the_ui(webapp_backend, launch_browser, tmp_
     await host.wait_for_selector("#lobby-code:not(:empty)")
     code = (await host.text_content("#lobby-code")).strip()
     assert re.fullmatch(r"[A-Z0-9]{6}", code)
-    assert (await host.get_attribute("#join-link", "href")).endswith(f"/join/{code}")
-    assert await host.locator("#qr svg").count() == 1
+    link = await host.get_attribute("#join-link", "href")
+    assert link == f"{webapp_backend.url}/join/{code}"
+    assert await _qr_link(host) == link  # the QR code on the host's screen is the deep link
 
     mic1 = await _open(await launch_browser(fake_audio_wav=wav, bypass_csp=True), webapp_backend.url)
     await _name(mic1, "Mic one")
     await mic1.fill("#join-code", code.lower())
     await mic1.click("#join-form button")
-    mic2 = await _open(await launch_browser(fake_audio_wav=wav, bypass_csp=True), f"{webapp_backend.url}/join/{code}")  # the deep link
+    mic2 = await _open(await launch_browser(fake_audio_wav=wav, bypass_csp=True), await _qr_link(host))  # scanned
     for page in (mic1, mic2):
         await page.wait_for_function(f"document.querySelector('#lobby-code')?.textContent === '{code}'", timeout=20000)
 
@@ -69,20 +94,21 @@ async def test_whole_session_through_the_ui(webapp_backend, launch_browser, tmp_
             f"[...document.querySelectorAll('#participants select')][{index}]?.value === '{role}'", timeout=10000)
     await host.screenshot(path=shots / "02-lobby-host.png", full_page=True)
     await mic1.wait_for_function("[...document.querySelectorAll('#participants .badge')].filter(b => b.textContent === 'microphone').length === 2", timeout=10000)
+    await mic2.screenshot(path=shots / "03-lobby-guest.png", full_page=True)
 
     await host.click("[data-tab=room]")
     for i, value in enumerate(("6", "5", "3")):
         await host.fill(f"#dim-{i}", value)
     await host.fill("#dim-1", "-2")
     assert "above 0" in await host.text_content("#err-dimensions_m\\.1")  # explained in place
-    await host.screenshot(path=shots / "03-room-invalid.png", full_page=True)
+    await host.screenshot(path=shots / "04-room-invalid.png", full_page=True)
     await host.fill("#dim-1", "5")
     await host.click("#share-room")
     await host.wait_for_selector("#room-status:has-text('shared')", timeout=10000)
-    await host.screenshot(path=shots / "04-room.png", full_page=True)
+    await host.screenshot(path=shots / "05-room.png", full_page=True)
 
     await mic1.reload()  # a phone that reloads finds its lobby, its role and the shared room again
-    await mic1.wait_for_selector("#conn[data-state=online]", timeout=20000)
+    await mic1.wait_for_selector("#conn[data-state=online]", timeout=30000)
     await mic1.wait_for_function(f"document.querySelector('#lobby-code')?.textContent === '{code}'", timeout=20000)
     await mic1.click("[data-tab=room]")
     assert await mic1.input_value("#dim-0") == "6"
@@ -92,16 +118,21 @@ async def test_whole_session_through_the_ui(webapp_backend, launch_browser, tmp_
         await page.click("#arm")
         await page.wait_for_selector("#arm-state:has-text('Armed')", timeout=20000)
     assert await mic1.is_visible("#meter-box")
-    await mic1.screenshot(path=shots / "05-armed-mic.png", full_page=True)
+    await mic1.screenshot(path=shots / "06-armed-mic.png", full_page=True)
 
     await host.click("#start")
+    await mic1.reload()  # mid-session: it must find the session, ask to be armed again, and carry on
+    await mic1.wait_for_selector("#conn[data-state=online]", timeout=30000)
+    await mic1.wait_for_selector("#activity:has-text('tap')", timeout=60000)
+    await mic1.screenshot(path=shots / "07-rejoined-mic.png", full_page=True)
+    await mic1.click("#arm")
     await host.wait_for_selector("#step:has-text('quiet')", timeout=60000)
-    await host.screenshot(path=shots / "06-playing-host.png", full_page=True)
-    await mic2.screenshot(path=shots / "07-recording-mic.png", full_page=True)
+    await host.screenshot(path=shots / "08-playing-host.png", full_page=True)
+    await mic2.screenshot(path=shots / "09-recording-mic.png", full_page=True)
     for page in (host, mic1, mic2):
         await page.wait_for_function("document.querySelectorAll('#results-body table.metrics:not(.spread)').length === 2", timeout=180000)
-    await host.screenshot(path=shots / "08-results-host.png", full_page=True)
-    await mic1.screenshot(path=shots / "09-results-mic.png")
+    await host.screenshot(path=shots / "10-results-host.png", full_page=True)
+    await mic1.screenshot(path=shots / "11-results-mic.png")
 
     ir = room_ir()
     for pair in range(2):
@@ -118,6 +149,15 @@ async def test_whole_session_through_the_ui(webapp_backend, launch_browser, tmp_
         assert reason and reason in await section.locator("ol.reasons").text_content()
     assert BANDS_HZ[0] == 125
 
+    # a room was shared: measured against predicted comes by itself on the host's screen (one simulation
+    # per session); the others have the button
+    await host.wait_for_selector("#results-body svg[aria-label='T30 measured against predicted'], #results-body .prediction-error", timeout=150000)
+    assert await host.locator("#results-body .prediction-error").count() == 0, await host.text_content("#results-body .prediction-error")
+    assert await mic2.get_by_role("button", name="Predict from the shared room").is_visible()
+    await host.locator("#results-body svg[aria-label='T30 measured against predicted']").scroll_into_view_if_needed()
+    await host.screenshot(path=shots / "12-predicted-host.png")
+    assert not _unnamed_controls(await host.locator("body").aria_snapshot())
+
 
 async def test_denied_microphone_is_explained(webapp_backend, launch_browser, tmp_path):
     page = await _open(await launch_browser(extra_args=["--use-fake-device-for-media-stream"], bypass_csp=True), webapp_backend.url)
@@ -127,4 +167,37 @@ async def test_denied_microphone_is_explained(webapp_backend, launch_browser, tm
     await page.click("#arm")
     await page.wait_for_selector("#arm-error:not([hidden])", timeout=20000)
     assert "denied" in (await page.text_content("#arm-error")).lower()
-    await page.screenshot(path=_shots(tmp_path) / "10-denied.png", full_page=True)
+    assert await page.text_content("#arm") == "Arm this phone"  # not shown as armed
+    assert await page.is_disabled("#start")  # no roles yet: the reason is next to it
+    assert "speaker role" in await page.text_content("#start-help")
+    await page.screenshot(path=_shots(tmp_path) / "13-denied.png", full_page=True)
+
+
+async def test_keyboard_and_screen_reader_basics(webapp_backend, launch_browser, tmp_path):
+    """Every control has an accessible name, the focus order follows the screen, the app works by keyboard."""
+    page = await _open(await launch_browser(bypass_csp=True), webapp_backend.url)
+    assert not _unnamed_controls(await page.locator("body").aria_snapshot())
+    focused = []
+    for _ in range(6):
+        await page.keyboard.press("Tab")
+        focused.append(await page.evaluate("document.activeElement.id || document.activeElement.textContent.trim()"))
+    assert focused == ["device-name", "Save name", "lobby-name", "Create a lobby", "join-code", "Join"]
+
+    await page.get_by_role("textbox", name="Room or lobby name").fill("Keyboard room")
+    await page.get_by_role("textbox", name="Room or lobby name").press("Enter")  # the form submits
+    await page.wait_for_selector("#lobby-code:not(:empty)")
+    await page.get_by_role("button", name="Room", exact=True).focus()
+    await page.keyboard.press("Enter")
+    assert await page.get_by_role("button", name="Room", exact=True).get_attribute("aria-current") == "page"
+    assert await page.get_by_role("region", name="The room").is_visible()
+    await page.get_by_role("textbox", name="Length x (m)").fill("0")
+    invalid = page.locator("#dim-0[aria-invalid=true]")
+    assert await invalid.count() == 1  # the wrong field is marked for assistive technology too
+    described = await page.get_attribute("#dim-0", "aria-describedby")
+    assert described and "above 0" in await page.text_content(f"[id='{described}']")
+    for tab in ("Lobby", "Room", "Measure", "Results"):
+        await page.get_by_role("button", name=tab, exact=True).click()
+        assert not _unnamed_controls(await page.locator("body").aria_snapshot()), tab
+    await page.get_by_role("button", name="Lobby", exact=True).click()
+    assert await page.get_by_role("img", name="QR code of the join link").is_visible()
+    await page.screenshot(path=_shots(tmp_path) / "14-keyboard-lobby.png", full_page=True)

@@ -10,6 +10,7 @@ import { Connection } from "./wire.js";
 const $ = (id) => document.getElementById(id);
 const LOBBY_KEY = "sonalyze.lobby", NAME_KEY = "sonalyze.name";
 const COUNTDOWN_S = 3;
+const PREDICTION_TIMEOUT_MS = 120000; // a simulation with ray tracing takes seconds to tens of seconds
 
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
 const conn = new Connection(wsUrl);
@@ -33,6 +34,8 @@ const me = () => conn.deviceId;
 const isHost = () => state.lobby?.host_device_id === me();
 const myRole = () => state.lobby?.participants.find((p) => p.device_id === me())?.role ?? null;
 const label = (id) => (id === me() ? `${nameOf(state.lobby, id)} (you)` : nameOf(state.lobby, id));
+/** Armed for what this phone does: audio running, and the microphone open unless it only plays. */
+const armedForRole = () => audio.armed && (myRole() === "speaker" || audio.node !== null);
 
 function showError(id, message) {
   const node = $(id);
@@ -129,6 +132,7 @@ conn.on("measurement.results", (data) => {
   state.shownSession = data.session_id;
   renderResults();
   if (!audio.recording) selectTab("results");
+  if (state.lobby?.room && isHost()) predict({ again: false }); // one simulation per session: the host's; others ask with the button
 });
 
 function onSession(data, event) {
@@ -196,7 +200,7 @@ function reconcile() {
   if (!s) return;
   const key = `${s.session_id}:${s.speaker_index}`;
   if (state.local.turnKey !== key) state.local = freshTurn(key);
-  const local = { ...state.local, armed: audio.armed && (myRole() === "speaker" || audio.node !== null) };
+  const local = { ...state.local, armed: armedForRole() };
   for (const duty of duties(s, me(), local, isHost())) {
     if (running.has(duty)) continue;
     running.add(duty);
@@ -323,7 +327,7 @@ function selectTab(tab) {
   state.tab = tab;
   for (const button of document.querySelectorAll(".tab")) {
     const on = button.dataset.tab === tab;
-    button.setAttribute("aria-selected", String(on));
+    if (on) button.setAttribute("aria-current", "page"); else button.removeAttribute("aria-current");
     $(button.dataset.tab).hidden = !on;
   }
 }
@@ -549,8 +553,10 @@ function renderSession() {
   $("cancel").hidden = !isHost() || !active;
   $("start").textContent = view?.final ? "Measure again" : "Start the measurement";
   const roles = state.lobby.participants.map((p) => p.role);
+  const rolesMissing = !roles.includes("speaker") || !roles.includes("microphone");
+  $("start").disabled = rolesMissing;
   $("start-help").textContent = !isHost() ? (active ? "" : `The host (${nameOf(state.lobby, state.lobby.host_device_id)}) starts the measurement.`)
-    : !roles.includes("speaker") || !roles.includes("microphone") ? "Give at least one phone the speaker role and one the microphone role (Lobby tab) before starting." : "";
+    : rolesMissing ? "Give at least one phone the speaker role and one the microphone role (Lobby tab) before starting." : "";
   $("step").textContent = view ? view.label : "No measurement yet.";
   $("turn").textContent = view?.turn ?? "";
   $("session-devices").replaceChildren(...(view?.devices ?? []).map((d) => {
@@ -560,7 +566,7 @@ function renderSession() {
     return li;
   }));
   const role = myRole();
-  $("arm").textContent = audio.armed ? "Armed ✓ (tap to re-check)" : "Arm this phone";
+  $("arm").textContent = armedForRole() ? "Armed ✓ (tap to re-check)" : "Arm this phone";
   $("arm-help").textContent = role === "speaker"
     ? "Tap Arm: this phone plays the sweep. Turn its volume up, put it where the sound source should be and keep it still."
     : "Tap Arm on every phone: it wakes the audio, opens the microphone without any processing and keeps the screen on.";
@@ -588,6 +594,14 @@ function renderResults() {
     if (prediction) parts.push(predictionBlock(pairs, prediction));
   }
   body.replaceChildren(...parts);
+  requestAnimationFrame(() => {
+    for (const scroll of body.querySelectorAll(".table-scroll")) {
+      const title = scroll.previousElementSibling;
+      if (scroll.scrollWidth > scroll.clientWidth + 1 && !title.querySelector(".scroll-hint")) {
+        title.append(Object.assign(document.createElement("span"), { className: "scroll-hint", textContent: " (swipe the table sideways for every column)" }));
+      }
+    }
+  });
 }
 
 function pairBlock(pair) {
@@ -605,15 +619,9 @@ function pairBlock(pair) {
     section.append(p);
     return section;
   }
-  const scroll = document.createElement("div");
-  scroll.className = "table-scroll";
-  scroll.tabIndex = 0;
-  scroll.setAttribute("role", "region");
-  scroll.setAttribute("aria-label", `Metrics per octave band, microphone ${pair.micIndex + 1}`);
   const t = document.createElement("table");
   t.className = "metrics";
-  const caption = document.createElement("caption");
-  caption.textContent = `Metrics per octave band — ${label(pair.speaker)} to ${label(pair.microphone)}`;
+  const scroll = scrollingTable(t, `Metrics per octave band — ${label(pair.speaker)} to ${label(pair.microphone)}`, `table-${pair.speaker}-${pair.microphone}`);
   const head = document.createElement("tr");
   head.append(th("Band", "col"), ...table.rows[0].cells.map((c) => th(`${c.metric.label}${c.metric.unit ? ` (${c.metric.unit})` : ""}${c.metric.key === "sti" ? "¹" : ""}`, "col")));
   const thead = document.createElement("thead"); thead.append(head);
@@ -636,9 +644,8 @@ function pairBlock(pair) {
     }
     tbody.append(tr);
   }
-  t.append(caption, thead, tbody);
-  scroll.append(t);
-  section.append(scroll);
+  t.append(thead, tbody);
+  section.append(...scroll);
   const foot = document.createElement("p");
   foot.className = "help";
   foot.textContent = "¹ STI: the index (broadband row) and, per band, the modulation transfer index it is made of.";
@@ -662,6 +669,9 @@ function pairBlock(pair) {
   return section;
 }
 
+/** A band on a plot's axis: 125 … 1k … 8k. */
+const shortBand = (band) => (band >= 1000 ? `${band / 1000}k` : String(band));
+
 function th(text, scope) {
   const node = document.createElement("th");
   node.scope = scope;
@@ -673,17 +683,15 @@ function comparisonBlocks(pairs) {
   const valid = pairs.filter((p) => p.report && !p.report.error);
   if (!valid.length) return [];
   const bands = valid[0].report.bands_hz;
-  const cats = bands.map(bandLabel);
+  const cats = bands.map(shortBand);
   const blocks = [];
   for (const key of ["t30_s", "edt_s", "c80_db", "d50"]) {
     const m = METRICS.find((x) => x.key === key);
     const series = valid.map((p) => ({ label: `mic ${p.micIndex + 1}`, x: bands.map((_, i) => i), y: p.report[key].bands }));
-    blocks.push(linePlot(series, { title: `${m.label} per band across microphones`, xLabel: "octave band", yLabel: `${m.label}${m.unit ? ` (${m.unit})` : ""}`, xCategories: cats }));
+    blocks.push(linePlot(series, { title: `${m.label} per band across microphones`, xLabel: "octave band (Hz)", yLabel: `${m.label}${m.unit ? ` (${m.unit})` : ""}`, xCategories: cats }));
   }
   const table = document.createElement("table");
   table.className = "metrics spread";
-  const cap = document.createElement("caption");
-  cap.textContent = "Spread between positions (largest − smallest value across microphones)";
   const head = document.createElement("tr");
   head.append(th("Band", "col"), ...["T30 (s)", "EDT (s)", "C80 (dB)", "D50"].map((x) => th(x, "col")));
   const spreads = ["t30_s", "edt_s", "c80_db", "d50"].map((k) => spread(valid, k));
@@ -699,18 +707,32 @@ function comparisonBlocks(pairs) {
   });
   const thead = document.createElement("thead"); thead.append(head);
   const tbody = document.createElement("tbody"); tbody.append(...rows);
-  table.append(cap, thead, tbody);
-  const scroll = document.createElement("div");
-  scroll.className = "table-scroll"; scroll.tabIndex = 0; scroll.setAttribute("role", "region"); scroll.setAttribute("aria-label", "Spread between positions");
-  scroll.append(table);
-  blocks.push(scroll);
+  table.append(thead, tbody);
+  blocks.push(...scrollingTable(table, "Spread between positions (largest − smallest value across microphones)", `spread-${pairs[0].speaker}`));
   return blocks;
+}
+
+/** A title, then `table` in a keyboard-scrollable region named by it (wide tables scroll sideways on a
+ *  phone; the band column stays in view). */
+function scrollingTable(table, title, id) {
+  const heading = document.createElement("p");
+  heading.className = "table-title";
+  heading.id = `title-${id}`;
+  heading.textContent = title;
+  const scroll = document.createElement("div");
+  scroll.className = "table-scroll";
+  scroll.tabIndex = 0;
+  scroll.setAttribute("role", "region");
+  scroll.setAttribute("aria-labelledby", heading.id);
+  table.setAttribute("aria-labelledby", heading.id);
+  scroll.append(table);
+  return [heading, scroll];
 }
 
 function predictionBlock(pairs, prediction) {
   const div = document.createElement("div");
   if (prediction.error) {
-    div.className = "error";
+    div.className = "error prediction-error";
     div.textContent = `The prediction failed: ${prediction.error}`;
     return div;
   }
@@ -722,11 +744,14 @@ function predictionBlock(pairs, prediction) {
     if (predicted) series.push({ label: `predicted, mic ${p.micIndex + 1}`, x: bands.map((_, i) => i), y: predicted.t30_s.bands, dashed: true });
   });
   if (prediction.theory?.sabine_s) series.push({ label: "Sabine", x: bands.map((_, i) => i), y: prediction.theory.sabine_s, dashed: true });
-  div.append(linePlot(series, { title: "T30 measured against predicted", xLabel: "octave band", yLabel: "T30 (s)", xCategories: bands.map(bandLabel) }));
+  div.append(linePlot(series, { title: "T30 measured against predicted", xLabel: "octave band (Hz)", yLabel: "T30 (s)", xCategories: bands.map(shortBand) }));
   return div;
 }
 
-async function predict() {
+/** Measured against predicted: `simulation.run` on the shared room and positions, per speaker of the shown
+ *  session (`again`: also those already predicted). */
+const predicting = new Set();
+async function predict({ again }) {
   const session = state.sessions.get(state.shownSession);
   const room = state.lobby?.room;
   if (!session || !room) { $("results-status").textContent = "Describe and share the room first (Room tab): the prediction needs it."; return; }
@@ -735,10 +760,13 @@ async function predict() {
     const pos = (id) => room.devices?.[id]?.position_m;
     const microphones = entry.microphones.map(pos);
     const key = `${session.session_id}:${entry.speaker_index}`;
+    if (predicting.has(key) || (!again && state.predictions.has(key))) continue;
+    predicting.add(key);
     if (!pos(entry.speaker_device_id) || microphones.some((p) => !p)) { state.predictions.set(key, { error: "the shared room has no position for some devices" }); continue; }
     try {
-      state.predictions.set(key, await conn.request("simulation.run", { room: room.room, sources: [pos(entry.speaker_device_id)], microphones, sample_rate_hz: 48000 }));
-    } catch (error) { state.predictions.set(key, { error: describe(error) }); }
+      // 24 kHz: the lowest rate with every octave band (docs/simulation.md), a third less work than 48 kHz
+      state.predictions.set(key, await conn.request("simulation.run", { room: room.room, sources: [pos(entry.speaker_device_id)], microphones, sample_rate_hz: 24000 }, PREDICTION_TIMEOUT_MS));
+    } catch (error) { state.predictions.set(key, { error: describe(error) }); } finally { predicting.delete(key); }
   }
   $("results-status").textContent = "";
   renderResults();
@@ -855,7 +883,7 @@ $("cancel").addEventListener("click", async () => {
 });
 
 $("session-pick").addEventListener("change", () => { state.shownSession = $("session-pick").value; renderResults(); });
-$("predict").addEventListener("click", () => predict());
+$("predict").addEventListener("click", () => predict({ again: true }));
 $("export-json").addEventListener("click", () => {
   const sessions = [...state.sessions.values()].filter((s) => s.results?.length);
   download(`sonalyze-${state.lobby.code}.json`, "application/json", JSON.stringify({ lobby: state.lobby, sessions, predictions: Object.fromEntries(state.predictions) }, null, 1));

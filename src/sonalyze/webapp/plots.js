@@ -24,7 +24,7 @@ function niceTicks(lo, hi, count = 5) {
  * With xCategories the x values are indexes into them (octave bands).
  */
 export function linePlot(series, { title, xLabel, yLabel, xCategories = null, yRange = null }) {
-  const W = 360, H = 220, L = 48, R = 8, T = 24, B = 40;
+  const W = 360, H = 230, L = 52, R = 10, T = 28, B = 44;
   const figure = document.createElement("figure");
   figure.className = "plot";
   const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title });
@@ -35,14 +35,14 @@ export function linePlot(series, { title, xLabel, yLabel, xCategories = null, yR
   const y0 = yRange ? yLo : yLo - pad, y1 = yRange ? yHi : yHi + pad;
   const px = (x) => L + ((x - xLo) / (xHi - xLo || 1)) * (W - L - R);
   const py = (y) => T + (1 - (y - y0) / (y1 - y0 || 1)) * (H - T - B);
-  svg.append(el("text", { x: L, y: 15, class: "plot-title" }, title));
+  svg.append(el("text", { x: 4, y: 17, class: "plot-title" }, title));
   for (const t of niceTicks(y0, y1)) {
     svg.append(el("line", { x1: L, x2: W - R, y1: py(t), y2: py(t), class: "grid" }));
     svg.append(el("text", { x: L - 4, y: py(t) + 4, class: "tick", "text-anchor": "end" }, String(+t.toFixed(3))));
   }
   const xTicks = xCategories ? xCategories.map((_, i) => i) : niceTicks(xLo, xHi);
   for (const t of xTicks) {
-    svg.append(el("text", { x: px(t), y: H - B + 14, class: "tick", "text-anchor": "middle" }, xCategories ? xCategories[t] : String(+t.toFixed(3))));
+    svg.append(el("text", { x: px(t), y: H - B + 16, class: "tick", "text-anchor": "middle" }, xCategories ? xCategories[t] : String(+t.toFixed(3))));
   }
   svg.append(el("text", { x: (L + W - R) / 2, y: H - 6, class: "axis", "text-anchor": "middle" }, xLabel));
   svg.append(el("text", { x: 12, y: (T + H - B) / 2, class: "axis", "text-anchor": "middle", transform: `rotate(-90 12 ${(T + H - B) / 2})` }, yLabel));

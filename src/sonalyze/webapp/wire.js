@@ -125,10 +125,10 @@ export class Connection extends EventTarget {
     });
   }
 
-  /** A routed request: only once identified. */
-  request(event, data = {}) {
+  /** A routed request: only once identified (`timeoutMs`: how long to wait for the answer). */
+  request(event, data = {}, timeoutMs = 20000) {
     if (this.state !== "online") return Promise.reject(new GatewayError("offline", "not connected to the server yet"));
-    return this.send(event, data);
+    return this.send(event, data, timeoutMs);
   }
 
   /** HTTP through the gateway with the device credential (C1: X-Device-Token). */
