@@ -26,9 +26,11 @@ TESTS = [
     "tests/acoustics/test_decay.py",
     "tests/acoustics/test_issue_cases.py",
 ]
-#: (name, file under src/sonalyze/acoustics, original text, mutated text): each a bias of 1 % (or the issue's −59).
+#: (name, file under src/sonalyze/acoustics, original text, mutated text): each a bias of 1 % (or the issue's −58, −59).
+#: EDT, T20 and T30 share the one ``rt_s`` line; C50 and C80 the one clarity line.
 MUTATIONS = [
-    ("T = −59/slope (T +1.7 %)", "decay.py", "rt_s = -60.0 / slope", "rt_s = -59.0 / slope"),
+    ("T = −58/slope (T −3.3 %, the issue's)", "decay.py", "rt_s = -60.0 / slope", "rt_s = -58.0 / slope"),
+    ("T = −59/slope (T −1.7 %)", "decay.py", "rt_s = -60.0 / slope", "rt_s = -59.0 / slope"),
     ("T = −60.6/slope (T +1 %)", "decay.py", "rt_s = -60.0 / slope", "rt_s = -60.6 / slope"),
     ("T = −59.4/slope (T −1 %)", "decay.py", "rt_s = -60.0 / slope", "rt_s = -59.4 / slope"),
     ("C50/C80 +1 % (10.1·lg)", "energy.py", "return 10.0 * math.log10(early / late)", "return 10.1 * math.log10(early / late)"),

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sonalyze.common.logging import log_format
 from sonalyze.services import SERVICES
 
 if TYPE_CHECKING:
@@ -119,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         host = args.host or os.environ.get("HOST", "0.0.0.0")
         tls = _tls_files(parser, args)
+        try:
+            log_format()
+        except ValueError as exc:
+            parser.error(str(exc))
         if args.service and not args.services:
             from sonalyze.common.server import serve
 

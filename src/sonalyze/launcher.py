@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from sonalyze.common.logging import LogFormat, log_format
 from sonalyze.services import SERVICES, ServiceSpec
 from sonalyze.tls import TlsFiles, https_banner, lan_ipv4_addresses, lan_urls
 
@@ -61,9 +62,16 @@ def device_token_secret(data_dir: Path) -> str:
 
 
 def service_environment(
-    names: Sequence[str], *, data_dir: Path, ports: dict[str, int], token: str, base_env: dict[str, str]
+    names: Sequence[str],
+    *,
+    data_dir: Path,
+    ports: dict[str, int],
+    token: str,
+    base_env: dict[str, str],
+    log_format: LogFormat | None = None,
 ) -> dict[str, dict[str, str]]:
-    """The environment of each child: wiring and embedded defaults, then per-service overrides."""
+    """The environment of each child: wiring (with ``LOG_FORMAT`` when given) and embedded defaults, then
+    per-service overrides."""
     urls = {name: f"http://{INTERNAL_HOST}:{port}" for name, port in ports.items()}
     wiring = {
         "GATEWAY_URL": urls["gateway"],
@@ -72,6 +80,7 @@ def service_environment(
         "SIMULATION_URL": urls["simulation"],
         "STORAGE_URL": urls["storage"],
         "INTERNAL_AUTH_TOKEN": token,
+        **({"LOG_FORMAT": log_format} if log_format is not None else {}),
     }
     defaults = {
         "lobby": {"DATABASE_URL": f"sqlite+aiosqlite:///{data_dir / 'lobby.db'}"},
@@ -140,7 +149,8 @@ def run_services(
     token = os.environ.get("INTERNAL_AUTH_TOKEN") or secrets.token_urlsafe(32)
     base_env = {key: value for key, value in os.environ.items() if key not in TLS_ENVIRONMENT}
     wiring_ports = {**ports, "gateway": internal_port} if internal_port is not None else ports
-    envs = service_environment(names, data_dir=data_dir, ports=wiring_ports, token=token, base_env=base_env)
+    # The log format is decided here, on the terminal a person watches: a child's stderr may be a pipe.
+    envs = service_environment(names, data_dir=data_dir, ports=wiring_ports, token=token, base_env=base_env, log_format=log_format())
     if "gateway" in envs and not envs["gateway"].get("DEVICE_TOKEN_SECRET"):
         envs["gateway"]["DEVICE_TOKEN_SECRET"] = device_token_secret(data_dir)
     children: list[_Child] = []
