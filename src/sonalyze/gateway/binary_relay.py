@@ -2,7 +2,7 @@
 
 Frames are queued and a single flusher task publishes each batch in one pipeline: no task and no Redis
 round trip per frame. Past ``MAX_PENDING_BYTES`` waiting (Redis slower than the callers), frames are
-dropped and counted rather than held.
+dropped rather than held: logged when dropping starts, and how many when it ends.
 """
 
 from __future__ import annotations
@@ -23,12 +23,17 @@ class BinaryRelay:
         self._pending: list[tuple[str, bytes]] = []
         self._pending_bytes = 0
         self._flusher: asyncio.Task[None] | None = None
-        self.dropped = 0
+        self._dropping = 0  # frames dropped since the queue last had room
 
     def send(self, channel: str, data: bytes) -> None:
         if self._pending_bytes + len(data) > MAX_PENDING_BYTES:
-            self.dropped += 1
+            if not self._dropping:
+                logger.warning("binary relay: %d bytes wait for Redis; dropping frames", self._pending_bytes)
+            self._dropping += 1
             return
+        if self._dropping:
+            logger.warning("binary relay: %d frames were dropped while Redis was behind", self._dropping)
+            self._dropping = 0
         self._pending.append((channel, data))
         self._pending_bytes += len(data)
         if self._flusher is None or self._flusher.done():
@@ -45,7 +50,6 @@ class BinaryRelay:
             try:
                 await pipe.execute()
             except (RedisError, OSError) as exc:
-                self.dropped += len(batch)
                 logger.warning("binary relay: %d frames not published (redis): %s", len(batch), exc)
 
     async def close(self) -> None:

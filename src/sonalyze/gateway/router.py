@@ -128,10 +128,6 @@ class RoutingTable:
         """Every (pattern, upstream URL) pair, exact names first (for docs and start-up logs)."""
         return self._events.rows()
 
-    def channel_rows(self) -> list[tuple[str, str]]:
-        """Every (channel pattern, ``allow`` or authorizing upstream URL) pair."""
-        return self._channels.rows()
-
 
 class _PatternTable:
     """Exact names, then the longest ``prefix{sep}*``, then ``*``: the lookup shared by events and channels."""

@@ -31,7 +31,8 @@ _MAX_PIPELINE = 256
 
 class Broadcaster:
     """Queue pushes with :meth:`send` and channel changes with :meth:`subscription` (neither blocks);
-    workers deliver them to the gateway. ``delivered``, ``failed`` and ``dropped`` count both kinds."""
+    workers deliver them to the gateway. ``delivered`` and ``failed`` count both kinds (a request dropped
+    because its queue is full is logged)."""
 
     def __init__(self, gateway_url: str, token: str, *, queue_size: int, workers: int, timeout_s: float) -> None:
         parts = urlsplit(gateway_url) if gateway_url else None
@@ -45,7 +46,6 @@ class Broadcaster:
         self._tasks: list[asyncio.Task] = []
         self.delivered = 0
         self.failed = 0
-        self.dropped = 0
 
     async def start(self) -> None:
         if self._host is None:
@@ -85,7 +85,6 @@ class Broadcaster:
         try:
             self._queues[hash(order_key) % len(self._queues)].put_nowait(self._heads[path] + str(len(body)).encode() + b"\r\n\r\n" + body)
         except asyncio.QueueFull:
-            self.dropped += 1
             log.warning("gateway queue full: dropped %s for %d devices", what, device_count)
 
     async def _work(self, queue: asyncio.Queue[bytes]) -> None:
