@@ -10,13 +10,11 @@ participant key that does not fit becomes ``h-`` and 40 hex digits of its SHA-25
 
 from __future__ import annotations
 
-import hashlib
-import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sonalyze.lobby.session import SessionState
-from sonalyze.storage.models import ID_LENGTH
+from sonalyze.storage.ids import storage_id
 
 if TYPE_CHECKING:
     from sonalyze.lobby.store import LobbyRow
@@ -25,15 +23,6 @@ Record = dict[str, Any]
 
 MEASUREMENT_KIND = "sweep_session"
 """``kind`` of the measurement record of a lobby session (sweeps, every speaker with every microphone)."""
-
-_STORAGE_ID = re.compile(rf"[A-Za-z0-9_.:\-]{{1,{ID_LENGTH}}}")
-
-
-def storage_id(text: str) -> str:
-    """``text`` when storage accepts it as an id, else ``h-`` + 40 hex digits of its SHA-256 (deterministic)."""
-    if _STORAGE_ID.fullmatch(text):
-        return text
-    return "h-" + hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
 def utc_iso(time_s: float) -> str:

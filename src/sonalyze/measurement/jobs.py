@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sonalyze.acoustics.sweep import MAX_SWEEP_COUNT, SweepParams
 from sonalyze.common.errors import Conflict
+from sonalyze.storage.ids import ID_LENGTH, ID_PATTERN
 
 JOB_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 UPLOAD_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -86,7 +87,9 @@ class JobCreate(BaseModel):
     )
     lobby_id: str | None = Field(
         default=None,
-        pattern=r"^[A-Za-z0-9_.:\-]{1,64}$",
+        min_length=1,
+        max_length=ID_LENGTH,
+        pattern=ID_PATTERN,
         description="set by the lobby for a session's job: the lobby writes its storage measurement record",
     )
 

@@ -12,12 +12,11 @@ of the report to ``metrics``; an upload whose analysis failed keeps its ``{"erro
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Any
 
 from sonalyze.measurement.jobs import Job, JobStatus
-from sonalyze.storage.models import ID_LENGTH
+from sonalyze.storage.ids import storage_id
 
 Record = dict[str, Any]
 
@@ -29,8 +28,7 @@ _LOBBY_UPLOAD = re.compile(r"speaker-(\d+)_mic-(\d+)\.wav")
 
 
 def output_id(job_id: str, upload_name: str) -> str:
-    record_id = f"{job_id}:{upload_name}"
-    return record_id if len(record_id) <= ID_LENGTH else "h-" + hashlib.sha256(record_id.encode()).hexdigest()[:40]
+    return storage_id(f"{job_id}:{upload_name}")
 
 
 def output_record(job: Job, upload_name: str, result: dict[str, Any]) -> Record:

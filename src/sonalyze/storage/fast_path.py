@@ -18,7 +18,6 @@ text to the answer unparsed.
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,10 +33,10 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sonalyze.common.json import dumps, loads
+from sonalyze.storage.ids import is_record_id
 from sonalyze.storage.resources import RESOURCES, Resource
 
 T = TypeVar("T")
-_RECORD_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -236,7 +235,7 @@ class FastRecords:
             return None
         if len(parts) == 3 and method == "POST":
             return method, statements, None
-        if len(parts) == 4 and method in ("GET", "PUT") and _RECORD_ID.fullmatch(parts[3]):
+        if len(parts) == 4 and method in ("GET", "PUT") and is_record_id(parts[3]):
             return method, statements, parts[3]
         return None
 

@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-ID_LENGTH = 64
+from sonalyze.storage.ids import ID_LENGTH
 
 metadata = MetaData(
     naming_convention={

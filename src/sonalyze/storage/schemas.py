@@ -12,14 +12,34 @@ from typing import Annotated, Any
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic.fields import FieldInfo
 
-RecordId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+from sonalyze.storage.ids import ID_LENGTH, ID_PATTERN
+
+RecordId = Annotated[str, Field(min_length=1, max_length=ID_LENGTH, pattern=ID_PATTERN)]
 Status = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*$")]
 Label = Annotated[str, Field(min_length=1, max_length=200)]
 Json = dict[str, Any]
 
 
+def _without_nul(value: Any) -> Any:
+    """Refuse U+0000 in any text of a body, keys of its JSON objects too: PostgreSQL's ``text`` and
+    ``jsonb`` cannot hold it (the write would fail in the database, a 500, instead of a 422)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("text may not contain the NUL character (U+0000)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _without_nul(key)
+            _without_nul(item)
+    elif isinstance(value, list):
+        for item in value:
+            _without_nul(item)
+    return value
+
+
 class RecordFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    _no_nul = model_validator(mode="before")(classmethod(lambda cls, data: _without_nul(data)))
 
 
 class DeviceFields(RecordFields):
@@ -120,7 +140,7 @@ def update_schema(fields: type[RecordFields]) -> type[BaseModel]:
     return create_model(
         f"{name}Update",
         __config__=ConfigDict(extra="forbid"),
-        __validators__={"no_null_for_required": _no_null_for_required},
+        __validators__={"no_null_for_required": _no_null_for_required, "no_nul": model_validator(mode="before")(_without_nul)},
         **optional,
     )
 
