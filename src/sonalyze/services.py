@@ -24,7 +24,7 @@ SERVICES: dict[str, ServiceSpec] = {
             "sonalyze.gateway.main:create_app",
             8000,
             "/healthz",
-            {"ws": "sonalyze.gateway.ws_protocol:GatewayWebSocketProtocol"},
+            {"ws": "sonalyze.gateway.ws_protocol:GatewayWebSocketProtocol", "http": "sonalyze.gateway.http_protocol:GatewayHttpProtocol"},
         ),
         ServiceSpec(
             "lobby",

@@ -132,3 +132,40 @@ async def test_failed_joins_are_limited_per_device_and_per_address(joins) -> Non
         assert metric(server, 'gateway_rate_limited_total{scope="join"}') == 2.0
     finally:
         server.stop()
+
+
+async def test_partial_heads_silent_sockets_and_huge_headers_are_closed_within_the_header_timeout(joins) -> None:
+    timeout_s = 1.0
+    server = start_gateway(gateway_settings(joins, header_timeout_s=timeout_s, max_header_bytes=8192, max_header_count=50))
+    try:
+        partial, silent = [], []
+        for n in range(40):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(f"GET /ws?device_id=slow{n} HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\nX-Slow: ".encode())
+            partial.append((reader, writer))
+        for _ in range(20):
+            silent.append(await asyncio.open_connection("127.0.0.1", server.port))
+        started_s = time.monotonic()
+        answers = await asyncio.gather(*(asyncio.wait_for(reader.read(), 4 * timeout_s) for reader, _ in partial + silent))
+        elapsed_s = time.monotonic() - started_s
+        assert all(answer.startswith(b"HTTP/1.1 408") and b'"header_timeout"' in answer for answer in answers)
+        assert elapsed_s < 3 * timeout_s  # every one closed by the server (read() returned at EOF)
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Big: " + b"a" * 20_000)  # and more would follow
+        answer = await asyncio.wait_for(reader.read(), 4 * timeout_s)
+        assert answer.startswith(b"HTTP/1.1 431") and b'"headers_too_large"' in answer
+        many = "".join(f"X-H{n}: v\r\n" for n in range(60))
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(f"GET /healthz HTTP/1.1\r\nHost: gateway\r\n{many}\r\n".encode())
+        answer = await asyncio.wait_for(reader.read(), 4 * timeout_s)
+        assert answer.startswith(b"HTTP/1.1 431")
+
+        ok = httpx.get(server.url + "/healthz")  # ordinary requests pass, and a kept-alive client stays served
+        assert ok.status_code == 200
+        with httpx.Client(base_url=server.url) as kept:
+            assert kept.get("/healthz").status_code == 200
+            await asyncio.sleep(timeout_s * 1.5)
+            assert kept.get("/healthz").status_code == 200
+    finally:
+        server.stop()

@@ -196,3 +196,19 @@ async def test_insecure_mode_takes_the_claimed_id_for_development(reporting) -> 
         assert seen["device_id"] == "dev-phone"
     finally:
         server.stop()
+
+
+def test_v1_takes_the_jwt_as_query_token_with_auth_required(reporting) -> None:
+    import time
+
+    import jwt
+
+    server = start_gateway(gateway_settings(reporting, auth_required=True, jwt_secret="jwt-test-secret-of-32-bytes-or-more!"))
+    try:
+        token = jwt.encode({"device_id": "jwt-phone", "exp": int(time.time()) + 60}, "jwt-test-secret-of-32-bytes-or-more!", "HS256")
+        seen = httpx.get(server.url + f"/v1/jobs/x?token={token}&c=3", headers={"X-Device-Id": "spoof"}).json()
+        assert seen == {"device_id": "jwt-phone", "internal_token": TOKEN, "device_token": None, "query": "c=3"}
+        missing = httpx.get(server.url + "/v1/jobs/x")
+        assert (missing.status_code, missing.json()["error"]["code"]) == (401, "token_required")
+    finally:
+        server.stop()

@@ -197,7 +197,9 @@ async def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) 
             if client is not host:
                 await client.request("lobby.join", {"code": lobby["code"].lower()})
         progress("every device joined by code")
-        await host.request("lobby.room_snapshot", {"lobby_id": lobby_id, "room": room_snapshot(config.room)})
+        snapshot = room_snapshot(config.room)  # positions by name; the lobby knows the devices by id
+        snapshot["devices"] = {clients[name].device_id: place for name, place in snapshot["devices"].items()}
+        await host.request("lobby.room_snapshot", {"lobby_id": lobby_id, "room": snapshot})
         for name, client in clients.items():
             role = "speaker" if name in SPEAKERS else "microphone"
             await host.request("role.assign", {"lobby_id": lobby_id, "device_id": client.device_id, "role": role})

@@ -45,6 +45,8 @@ from sonalyze.gateway.webapp import mount_webapp
 from sonalyze.gateway.ws_protocol import CLOSE_TIMEOUT
 
 WS_PROTOCOL = "sonalyze.gateway.ws_protocol:GatewayWebSocketProtocol"
+HTTP_PROTOCOL = "sonalyze.gateway.http_protocol:GatewayHttpProtocol"
+"""Request heads bounded in time, size and count (uvicorn's ``http`` option; ``sonalyze serve gateway`` sets it)."""
 
 logger = logging.getLogger("sonalyze.gateway")
 
