@@ -12,7 +12,7 @@ import pytest
 from sonalyze.acoustics.sweep import SweepParams
 from sonalyze.measurement.jobs import Job
 from sonalyze.measurement.main import create_app
-from sonalyze.measurement.records import output_id, output_record
+from sonalyze.measurement.storage_records import output_id, output_record
 from sonalyze.measurement.settings import MeasurementSettings
 from sonalyze.storage.client import StorageClient
 from tests.integration.storage_reads import all_records, eventually, outbox_count

@@ -22,7 +22,7 @@ from sonalyze.common.internal_auth import Caller, internal_headers
 from sonalyze.measurement.access import JobAccess, require_device
 from sonalyze.common.logging import log_context
 from sonalyze.measurement.analysis import AnalysisTask, analyze_uploads, summarize
-from sonalyze.measurement import records
+from sonalyze.measurement import storage_records
 from sonalyze.measurement.jobs import (
     AnalysisSource,
     AnalyzeRequest,
@@ -136,7 +136,7 @@ class MeasurementService:
         sweep = await asyncio.to_thread(exponential_sweep, params)
         await asyncio.to_thread(self.store.create, job, sweep)
         if self.outbox is not None and job.lobby_id is None:
-            await self.outbox.enqueue("measurements", records.measurement_record(job), aggregate=job.job_id)
+            await self.outbox.enqueue("measurements", storage_records.measurement_record(job), aggregate=job.job_id)
         log.info("job created", extra={"job_id": job.job_id, "sample_rate_hz": job.sample_rate_hz})
         return job
 
@@ -325,8 +325,8 @@ class MeasurementService:
         """
         if self.outbox is None:
             return
-        puts = [("measurements", records.measurement_record(job))] if job.lobby_id is None else []
-        puts += [("analysis_outputs", records.output_record(job, name, result)) for name, result in results.items()]
+        puts = [("measurements", storage_records.measurement_record(job))] if job.lobby_id is None else []
+        puts += [("analysis_outputs", storage_records.output_record(job, name, result)) for name, result in results.items()]
         await self.outbox.enqueue_all(puts, aggregate=job.job_id)  # all of them or none
 
     def health(self) -> dict[str, Any]:

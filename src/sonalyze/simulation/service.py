@@ -18,7 +18,7 @@ from sonalyze.common.internal_auth import internal_headers
 from sonalyze.simulation.config import SimulationSettings
 from sonalyze.simulation.limits import check_limits
 from sonalyze.simulation.schemas import SimulateRequest
-from sonalyze.simulation.records import job_record, result_records
+from sonalyze.simulation.storage_records import job_record, result_records
 from sonalyze.simulation.store import JobStatus, SimulationStore
 from sonalyze.simulation.worker import SimulationResult, run_simulation
 from sonalyze.storage.client import StorageClient

@@ -42,7 +42,7 @@ def make_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
     return create_async_engine(url, pool_size=pool_size, max_overflow=0, **options)
 
 
-class Database:
+class StorageDatabase:
     """The storage service's engine and its two units of work.
 
     :meth:`transaction` commits (or rolls back) several statements together; :meth:`single` runs one

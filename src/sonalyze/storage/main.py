@@ -18,7 +18,7 @@ from sonalyze.common.internal_auth import InternalAuth, InternalAuthGuard
 from sonalyze.common.json import JSONResponse
 from sonalyze.storage import migrate
 from sonalyze.storage.body_limit import BodySizeLimit
-from sonalyze.storage.db import Database, make_engine
+from sonalyze.storage.db import StorageDatabase, make_engine
 from sonalyze.storage.fast_path import FastRecords, open_connections
 from sonalyze.storage.resources import RESOURCES
 from sonalyze.storage.routes import health_router, lookup_router, resource_router
@@ -60,7 +60,7 @@ def create_app(settings: StorageSettings | None = None) -> FastAPI:
             if settings.run_migrations:
                 await migrate.upgrade(engine)
                 logger.info("database migrated", extra={"database_url": shown_url, "revision": await migrate.current_revision(engine)})
-            app.state.database = Database(engine)
+            app.state.database = StorageDatabase(engine)
             app.state.fast_connections = open_connections(settings.database_url, size=settings.storage_db_pool_size)
             logger.info("storage ready", extra={"database_url": shown_url})
             yield

@@ -1,6 +1,6 @@
 """What the routes do with records: idempotent create/replace, partial update, delete, reads.
 
-Each operation owns its transactions through :meth:`Database.transaction` and turns database
+Each operation owns its transactions through :meth:`StorageDatabase.transaction` and turns database
 constraint failures into the service's errors: a different record under the same ``id`` or a taken
 unique key is 409 ``conflict``; a parent that does not exist is 422 ``missing_reference``.
 """
@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sonalyze.common.errors import Busy, Conflict, NotFound, SonalyzeError, Unprocessable
 from sonalyze.storage import repository
-from sonalyze.storage.db import Database
+from sonalyze.storage.db import StorageDatabase
 from sonalyze.storage.repository import Row
 from sonalyze.storage.resources import Resource
 
@@ -63,7 +63,7 @@ async def _explain(connection: AsyncConnection, *, resource: Resource, record_id
 
 
 async def write(
-    database: Database, *, resource: Resource, record_id: str, values: Row, replace: bool
+    database: StorageDatabase, *, resource: Resource, record_id: str, values: Row, replace: bool
 ) -> tuple[Row, WriteOutcome]:
     """Store ``values`` under ``record_id``: insert, or replay, or (``replace``) overwrite.
 
@@ -102,7 +102,7 @@ async def write(
             raise await _explain(connection, resource=resource, record_id=record_id, row=row) from None
 
 
-async def patch(database: Database, *, resource: Resource, record_id: str, changes: Row) -> Row:
+async def patch(database: StorageDatabase, *, resource: Resource, record_id: str, changes: Row) -> Row:
     """Change only the fields in ``changes``; 404 when there is no such record."""
     changes = _normalized(changes)
     try:
@@ -120,14 +120,14 @@ async def patch(database: Database, *, resource: Resource, record_id: str, chang
     return updated
 
 
-async def remove(database: Database, *, resource: Resource, record_id: str) -> None:
+async def remove(database: StorageDatabase, *, resource: Resource, record_id: str) -> None:
     async with database.single() as connection:
         deleted = await repository.delete_row(connection, resource=resource, record_id=record_id)
     if not deleted:
         raise _not_found(resource, record_id)
 
 
-async def read(database: Database, *, resource: Resource, record_id: str) -> Row:
+async def read(database: StorageDatabase, *, resource: Resource, record_id: str) -> Row:
     async with database.single() as connection:
         row = await repository.fetch(connection, resource=resource, record_id=record_id)
     if row is None:
@@ -135,7 +135,7 @@ async def read(database: Database, *, resource: Resource, record_id: str) -> Row
     return row
 
 
-async def read_lobby_by_code(database: Database, *, code: str) -> Row:
+async def read_lobby_by_code(database: StorageDatabase, *, code: str) -> Row:
     async with database.single() as connection:
         row = await repository.fetch_lobby_by_code(connection, code=code)
     if row is None:
@@ -144,7 +144,7 @@ async def read_lobby_by_code(database: Database, *, code: str) -> Row:
 
 
 async def list_page(
-    database: Database, *, resource: Resource, filters: Row, limit: int, offset: int
+    database: StorageDatabase, *, resource: Resource, filters: Row, limit: int, offset: int
 ) -> dict[str, Any]:
     async with database.single() as connection:
         items, next_offset = await repository.page(

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from sonalyze.common.errors import Unprocessable, error_body, from_validation_error
 from sonalyze.common.json import JSONResponse, loads
 from sonalyze.storage import records
-from sonalyze.storage.db import Database
+from sonalyze.storage.db import StorageDatabase
 from sonalyze.storage.records import WriteOutcome
 from sonalyze.storage.resources import RESOURCES, Resource
 from sonalyze.storage.schemas import Page, RecordId
@@ -28,7 +28,7 @@ _ERRORS = {
 }
 
 
-def _database(request: Request) -> Database:
+def _database(request: Request) -> StorageDatabase:
     return request.app.state.database
 
 
