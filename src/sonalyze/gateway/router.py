@@ -50,11 +50,7 @@ class RouteSpec(BaseModel):
     @field_validator("events")
     @classmethod
     def _patterns(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            body = pattern[:-2] if pattern.endswith(".*") else pattern
-            if pattern != "*" and (not body or "*" in body):
-                raise ValueError(f"pattern {pattern!r} must be an event name, 'prefix.*' or '*'")
-        return patterns
+        return _checked_patterns(patterns, ".", "pattern {!r} must be an event name, 'prefix.*' or '*'")
 
 
 ALLOW = "allow"
@@ -72,11 +68,16 @@ class ChannelRuleSpec(BaseModel):
     @field_validator("channels")
     @classmethod
     def _patterns(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            body = pattern[:-2] if pattern.endswith(":*") else pattern
-            if pattern != "*" and (not body or "*" in body):
-                raise ValueError(f"channel pattern {pattern!r} must be a channel name, 'prefix:*' or '*'")
-        return patterns
+        return _checked_patterns(patterns, ":", "channel pattern {!r} must be a channel name, 'prefix:*' or '*'")
+
+
+def _checked_patterns(patterns: list[str], separator: str, problem: str) -> list[str]:
+    """``patterns`` if each is a name, ``prefix{separator}*`` or ``*``; else ``problem`` (formatted) as a ValueError."""
+    for pattern in patterns:
+        body = pattern.removesuffix(separator + "*")
+        if pattern != "*" and (not body or "*" in body):
+            raise ValueError(problem.format(pattern))
+    return patterns
 
 
 class RoutesDocument(BaseModel):

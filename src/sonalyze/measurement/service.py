@@ -45,8 +45,7 @@ from sonalyze.measurement.uploads import (
     receive_multipart,
     receive_raw,
 )
-from sonalyze.storage.client import StorageClient
-from sonalyze.storage.outbox import Outbox
+from sonalyze.storage.outbox import writer_outbox
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +73,7 @@ class MeasurementService:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._analyses: dict[str, asyncio.Task[None]] = {}
         self._warm_up: asyncio.Task[None] | None = None
-        self.outbox: Outbox | None = None
-        if settings.storage_url:
-            storage = StorageClient(settings.storage_url, headers=internal_headers(settings.internal_auth_token))
-            self.outbox = Outbox(settings.outbox_url(), storage)
+        self.outbox = writer_outbox(settings.storage_url, settings.internal_auth_token, settings.database_url, settings.data_dir)
 
     # -- lifecycle -------------------------------------------------------------------------------
 

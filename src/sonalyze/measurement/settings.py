@@ -50,9 +50,6 @@ class MeasurementSettings(InternalAuthSettings, BaseSettings):
         description="the storage outbox's database (SQLAlchemy async URL); empty: DATA_DIR/outbox.db",
     )
 
-    def outbox_url(self) -> str:
-        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'outbox.db'}"
-
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)

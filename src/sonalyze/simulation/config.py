@@ -42,9 +42,6 @@ class SimulationSettings(InternalAuthSettings, BaseSettings):
     database_url: str = Field("", validation_alias="DATABASE_URL")
     """The outbox's database (SQLAlchemy async URL); empty: ``{data_dir}/outbox.db``."""
 
-    def outbox_url(self) -> str:
-        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'outbox.db'}"
-
     def limits(self) -> Limits:
         return Limits(
             max_order=self.max_order,

@@ -14,15 +14,13 @@ from pydantic import ValidationError
 
 from sonalyze.common.cpu_pool import DEFAULT_PRELOAD, CpuPool
 from sonalyze.common.errors import Busy, SonalyzeError, from_validation_error
-from sonalyze.common.internal_auth import internal_headers
 from sonalyze.simulation.config import SimulationSettings
 from sonalyze.simulation.limits import check_limits
 from sonalyze.simulation.schemas import SimulateRequest
 from sonalyze.simulation.storage_records import job_record, result_records
 from sonalyze.simulation.store import JobStatus, SimulationStore
 from sonalyze.simulation.worker import SimulationResult, run_simulation
-from sonalyze.storage.client import StorageClient
-from sonalyze.storage.outbox import Outbox
+from sonalyze.storage.outbox import writer_outbox
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +47,7 @@ class SimulationService:
         self.store = SimulationStore(settings.data_dir)
         self.pool = CpuPool(settings.workers, settings.queue, preload=PRELOAD)
         self._warm_up: asyncio.Task[None] | None = None
-        self.outbox: Outbox | None = None
-        if settings.storage_url:
-            storage = StorageClient(settings.storage_url, headers=internal_headers(settings.internal_auth_token))
-            self.outbox = Outbox(settings.outbox_url(), storage)
+        self.outbox = writer_outbox(settings.storage_url, settings.internal_auth_token, settings.database_url, settings.data_dir)
 
     async def start(self) -> None:
         """Start the storage outbox and (in the background) the workers; fail simulations left running."""

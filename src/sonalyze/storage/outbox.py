@@ -26,6 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -48,6 +49,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+from sonalyze.common.internal_auth import internal_headers
 from sonalyze.common.json import dumps, loads
 from sonalyze.storage.client import Record, StorageClient, StorageError, StorageUnavailable, check_resource, record_id_of
 from sonalyze.storage.db import make_engine
@@ -332,3 +334,12 @@ class Outbox:
 
 def _wake_after_commit(session: AsyncSession, wake: asyncio.Event) -> None:
     event.listen(session.sync_session, "after_commit", lambda _session: wake.set(), once=True)
+
+
+def writer_outbox(storage_url: str, internal_auth_token: str, database_url: str, data_dir: Path) -> Outbox | None:
+    """The outbox of a writer service (measurement, simulation): its rows in ``database_url``, else in
+    ``data_dir/outbox.db``; None without ``storage_url`` (nothing is sent to storage)."""
+    if not storage_url:
+        return None
+    storage = StorageClient(storage_url, headers=internal_headers(internal_auth_token))
+    return Outbox(database_url or f"sqlite+aiosqlite:///{data_dir.resolve() / 'outbox.db'}", storage)
