@@ -226,13 +226,15 @@ def reverberation_time(
     range_db: tuple[float, float] = T30_RANGE_DB,
     *,
     dynamic_range_db: float | None = None,
+    max_nonlinearity_permille: float | None = NONLINEARITY_LIMIT_PERMILLE,
 ) -> DecayFit:
     """Reverberation time from the EDC over ``range_db`` (ISO 3382-1 §A.2.3): T = −60 dB / slope.
 
     ``range_db=(0, -10)`` gives EDT, ``(-5, -25)`` T20, ``(-5, -35)`` T30. With ``dynamic_range_db``
     (e.g. `Truncation.dynamic_range_db`), the value is flagged invalid when it is below the span of
     the range + 15 dB (ISO 3382-1 §5.3.3). T20 and T30 (ranges starting below 0 dB) are flagged
-    invalid when ξ > 10 ‰ (ISO 3382-2 Annex B.2); EDT, which includes the direct sound's bend, is not.
+    invalid when ξ > ``max_nonlinearity_permille`` (10 ‰, ISO 3382-2 Annex B.2; None: reported only);
+    EDT, which includes the direct sound's bend, is not.
     """
     top_db, bottom_db = range_db
     name = {EDT_RANGE_DB: "EDT", T20_RANGE_DB: "T20", T30_RANGE_DB: "T30"}.get(tuple(range_db), "T")
@@ -257,7 +259,7 @@ def reverberation_time(
     if dynamic_range_db is not None and dynamic_range_db < needed_db:
         reason = f"dynamic range {dynamic_range_db:.0f} dB < {needed_db:.0f} dB needed for {name}"
         return DecayFit(rt_s, r, False, reason, codes.INSUFFICIENT_DYNAMIC_RANGE, xi)
-    if top_db < 0.0 and xi > NONLINEARITY_LIMIT_PERMILLE:
-        reason = f"decay not straight: non-linearity ξ {xi:.1f} ‰ > {NONLINEARITY_LIMIT_PERMILLE:g} ‰ for {name}"
+    if top_db < 0.0 and max_nonlinearity_permille is not None and xi > max_nonlinearity_permille:
+        reason = f"decay not straight: non-linearity ξ {xi:.1f} ‰ > {max_nonlinearity_permille:g} ‰ for {name}"
         return DecayFit(rt_s, r, False, reason, codes.NONLINEAR_DECAY, xi)
     return DecayFit(rt_s, r, True, None, None, xi)

@@ -162,6 +162,7 @@ def analyze_impulse_response(
     speech_levels_db: Sequence[float] | None = None,
     noise_levels_db: Sequence[float] | None = None,
     calibration_db: float | None = None,
+    max_nonlinearity_permille: float | None = decay.NONLINEARITY_LIMIT_PERMILLE,
 ) -> dict[str, Any]:
     """Every ISO 3382-1 / IEC 60268-16 metric of a 1-D impulse response, as a JSON-ready dict.
 
@@ -174,6 +175,8 @@ def analyze_impulse_response(
     the recording device) the speech levels become absolute and masking and the reception threshold
     apply. Raises ValueError for an empty, silent, non-finite or too short IR, an fs below 8 kHz, or
     levels not given as 7 finite numbers (or noise levels without speech levels).
+    ``max_nonlinearity_permille``: T20/T30 with a larger ξ are refused (ISO 3382-2 Annex B); None reports
+    ξ without refusing (a simulation, whose bent decay is the model's, not a measurement's flaw).
     """
     fs_hz = float(fs_hz)
     if not math.isfinite(fs_hz) or fs_hz < MIN_FS_HZ:
@@ -226,7 +229,9 @@ def analyze_impulse_response(
         curves[key] = edc_db
         fits = {}
         for name, range_db in T_METRICS.items():
-            fit = decay.reverberation_time(edc_db, fs_hz, range_db, dynamic_range_db=dr_db)
+            fit = decay.reverberation_time(
+                edc_db, fs_hz, range_db, dynamic_range_db=dr_db, max_nonlinearity_permille=max_nonlinearity_permille
+            )
             fits[name] = fit
             t_metrics[name].set(key, fit.rt_s if fit.valid else None, fit.reason, fit.code)
             t_metrics[name].correlation[key] = _json_float(fit.correlation)
