@@ -53,6 +53,14 @@ def test_rest_refusals_have_codes_and_statuses(http: httpx.Client):
         (http.post(f"/lobbies/{lobby_id}/roles", json={"device_id": "host", "role": "speaker"}, headers=_as("x")), 403, "forbidden"),
         (http.post(f"/lobbies/{lobby_id}/start", headers=_as("host")), 409, "conflict"),
         (http.get(f"/lobbies/{lobby_id}/events", params={"limit": 5000}, headers=_as("host")), 422, "validation_error"),
+        # found by fuzzing: were 500s (a path id of spaces is empty once trimmed; a seq beyond the column)
+        (http.get("/lobbies/%20%09", headers=_as("host")), 422, "validation_error"),
+        (http.post("/lobbies/%20/leave", headers=_as("host")), 422, "validation_error"),
+        (http.post("/lobbies/%20/roles", json={"device_id": "host", "role": None}, headers=_as("host")), 422, "validation_error"),
+        (http.post("/lobbies/%20/start", headers=_as("host")), 422, "validation_error"),
+        (http.get("/lobbies/%20/events", headers=_as("host")), 422, "validation_error"),
+        (http.get(f"/lobbies/{lobby_id}/events", params={"since": 2**31}, headers=_as("host")), 422, "validation_error"),
+        (http.get(f"/lobbies/{lobby_id}/events", params={"since": 2**70}, headers=_as("host")), 422, "validation_error"),
     ]
     for response, status, code in cases:
         assert (response.status_code, response.json()["error"]["code"]) == (status, code), response.text

@@ -101,6 +101,12 @@ def test_create_job_with_parameters_and_refusals(http):
         assert refused["details"] == {"sample_rate_hz": fs_hz, "min_hz": 8000, "max_hz": 192000}
     for fs_hz in (8000, 192000):
         assert http.post("/v1/jobs", json={"sample_rate_hz": fs_hz}).status_code == 201
+    # found by fuzzing: a sample rate beyond 64 bits echoed in details was a 500; a start frequency of
+    # 5e-324 Hz overflowed log(f_end/f_start) into a sweep of NaN
+    huge = _error(http.post("/v1/jobs", json={"sample_rate_hz": -(2**72)}), 422, "unsupported_sample_rate")
+    assert huge["details"]["sample_rate_hz"] == -(2**72)
+    _error(http.post("/v1/jobs", json={"sweep": {"f_start_hz": 5e-324}}), 422, "validation_error")
+    _error(http.post("/v1/jobs", json={"sweep": {"f_start_hz": 0.99}}), 422, "validation_error")
 
 
 def test_unknown_jobs_are_404(http):

@@ -122,6 +122,16 @@ async def test_malformed_json_and_non_finite_numbers_are_422(api):
     _error(await api.post("/v1/devices", content=b'{"attributes": {"gain_db": Infinity}}'), 422, "validation_error")
 
 
+async def test_nul_characters_are_422_on_every_backend(api):
+    """PostgreSQL's text and jsonb cannot hold U+0000: refused before the database (found by fuzzing)."""
+    for body in ({"model": "a\x00b"}, {"attributes": {"k\x00": 1}}, {"attributes": {"k": ["\x00"]}}):
+        _error(await api.post("/v1/devices", json=body), 422, "validation_error")
+        _error(await api.put("/v1/devices/nul-device", json=body), 422, "validation_error")
+    device = await create(api, "devices")
+    _error(await api.patch(f"/v1/devices/{device['id']}", json={"attributes": {"deep": {"x": "\x00"}}}), 422, "validation_error")
+    assert (await api.get("/v1/devices/nul-device")).status_code == 404  # nothing was written
+
+
 async def test_patch_refuses_null_for_required_fields_and_unknown_fields(api):
     lobby = await create(api, "lobbies")
     error = _error(await api.patch(f"/v1/lobbies/{lobby['id']}", json={"code": None}), 422, "validation_error")

@@ -7,11 +7,11 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import httpx
 from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from sonalyze.common.errors import Forbidden, error_body, from_validation_error, install_error_handlers
 from sonalyze.common.handle import EventContext, EventHandlers, HandleRequest
@@ -21,6 +21,7 @@ from sonalyze.lobby.broadcast import Broadcaster
 from sonalyze.lobby.config import LobbySettings
 from sonalyze.lobby.measurement_client import MeasurementClient
 from sonalyze.lobby.schemas import (
+    MAX_SEQ,
     AssignRole,
     AuthorizeSubscribe,
     CreateLobby,
@@ -90,6 +91,17 @@ for _signal in Signal:
 
 DeviceId = Annotated[str, Header(alias="X-Device-Id", min_length=1, max_length=128, description="the calling device")]
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _valid(model: type[ModelT], **values: Any) -> ModelT:
+    """``model`` from path and query values; what it refuses is a 422 ``validation_error`` (a path
+    parameter of only spaces passes the router and is empty once trimmed)."""
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from exc
+
 rest = APIRouter()
 
 
@@ -111,22 +123,22 @@ async def join_lobby(request: Request, device_id: DeviceId, body: JoinLobby) -> 
 
 @rest.get("/lobbies/{lobby_id}")
 async def get_lobby(request: Request, device_id: DeviceId, lobby_id: str) -> dict[str, Any]:
-    return await _lobbies(request).get(device_id, GetLobby(lobby_id=lobby_id))
+    return await _lobbies(request).get(device_id, _valid(GetLobby, lobby_id=lobby_id))
 
 
 @rest.post("/lobbies/{lobby_id}/leave")
 async def leave_lobby(request: Request, device_id: DeviceId, lobby_id: str) -> dict[str, Any]:
-    return await _lobbies(request).leave(device_id, LobbyRef(lobby_id=lobby_id))
+    return await _lobbies(request).leave(device_id, _valid(LobbyRef, lobby_id=lobby_id))
 
 
 @rest.post("/lobbies/{lobby_id}/roles")
 async def assign_role(request: Request, device_id: DeviceId, lobby_id: str, body: RoleBody) -> dict[str, Any]:
-    return await _lobbies(request).assign_role(device_id, AssignRole(lobby_id=lobby_id, device_id=body.device_id, role=body.role))
+    return await _lobbies(request).assign_role(device_id, _valid(AssignRole, lobby_id=lobby_id, device_id=body.device_id, role=body.role))
 
 
 @rest.post("/lobbies/{lobby_id}/start")
 async def start_lobby(request: Request, device_id: DeviceId, lobby_id: str) -> dict[str, Any]:
-    return await _lobbies(request).start(device_id, LobbyRef(lobby_id=lobby_id))
+    return await _lobbies(request).start(device_id, _valid(LobbyRef, lobby_id=lobby_id))
 
 
 @rest.get("/lobbies/{lobby_id}/events")
@@ -134,10 +146,10 @@ async def lobby_events(
     request: Request,
     device_id: DeviceId,
     lobby_id: str,
-    since: Annotated[int, Query(ge=0)] = 0,
+    since: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    return await _lobbies(request).events(device_id, ListEvents(lobby_id=lobby_id, since=since, limit=limit))
+    return await _lobbies(request).events(device_id, _valid(ListEvents, lobby_id=lobby_id, since=since, limit=limit))
 
 
 @rest.get("/internal/lobbies/{lobby_id}/jobs/{job_id}/access")

@@ -14,6 +14,8 @@ from sonalyze.rooms import RoomSnapshot
 Id = str
 
 DEVICE_NAME_MAX_CHARS = 40
+MAX_SEQ = 2**31 - 1
+"""The largest event ``seq`` (a 32-bit integer column); a larger ``since`` is refused, not sent to the database."""
 
 # Bidirectional embeddings, overrides and isolates reorder the text shown after them (a name could
 # make the next participant's name read backwards); U+2028/9 break lines.
@@ -97,7 +99,7 @@ class ShareRoom(_In):
 
 class ListEvents(_In):
     lobby_id: Id = Field(min_length=1, max_length=64)
-    since: int = Field(0, ge=0)
+    since: int = Field(0, ge=0, le=MAX_SEQ)
     limit: int = Field(100, ge=1, le=1000)
 
 

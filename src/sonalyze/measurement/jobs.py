@@ -67,7 +67,7 @@ class SweepSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    f_start_hz: float = Field(default=20.0, gt=0)
+    f_start_hz: float = Field(default=20.0, ge=1.0, description="≥ 1 Hz: lower makes log(f_end/f_start) overflow")
     f_end_hz: float | None = Field(default=None, gt=0, description="default: 20 kHz or 0.45·fs, whichever is lower")
     duration_s: float = Field(default=5.0, ge=0.5, le=30.0)
     silence_before_s: float = Field(default=0.5, ge=0.0, le=10.0)
