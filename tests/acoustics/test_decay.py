@@ -126,3 +126,40 @@ def test_rejects_impossible_input():
     for bad in (np.array([]), np.zeros(100), np.array([1.0, np.nan, 0.5])):
         with pytest.raises(ValueError):
             decay.lundeby_truncation(bad, FS_HZ)
+
+
+def test_double_slope_decay_is_refused_as_nonlinear():
+    """ISO 3382-2 Annex B: a decay that is two lines (early T 0.3 s, then a late T 2 s from −20 dB on) has
+    ξ > 10 ‰ over the T30 range and no single T; with the gate off the value and ξ are reported."""
+    early = decaying_multisine(0.3, FS_HZ, 3.0, seed=15)
+    late = 0.1 * decaying_multisine(2.0, FS_HZ, 3.0, seed=16)  # −20 dB, slower
+    ir = early + late
+    result = analyze_impulse_response(ir, FS_HZ, include_curves=False)
+    xi = result["t30_s"]["nonlinearity_permille"]["broadband"]
+    assert xi > decay.NONLINEARITY_LIMIT_PERMILLE
+    assert result["t30_s"]["broadband"] is None and result["t30_s"]["codes"]["broadband"] == "nonlinear_decay"
+    assert "ξ" in result["t30_s"]["reasons"]["broadband"]
+    assert result["curvature_percent"]["codes"]["broadband"] == "depends_on_refused"
+    ungated = analyze_impulse_response(ir, FS_HZ, include_curves=False, max_nonlinearity_permille=None)
+    assert ungated["t30_s"]["broadband"] is not None and ungated["t30_s"]["nonlinearity_permille"]["broadband"] == xi
+    # a single exponential stays far below the limit
+    straight = analyze_impulse_response(early, FS_HZ, include_curves=False)
+    assert straight["t30_s"]["nonlinearity_permille"]["broadband"] < 1.0
+
+
+def test_noise_only_band_is_never_integrated():
+    """Where a band holds only noise (the source gave nothing there), no decay is found: refused, not the
+    tens of seconds that integrating raw noise gives (issue 14: EDT 8 kHz 16.1 s for 0.016 s)."""
+    rng = np.random.default_rng(17)
+    ir = decaying_multisine([0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 1e-3], FS_HZ, 2.0, seed=17)  # 8 kHz: gone at once
+    ir += 1e-3 * rng.standard_normal(ir.size)
+    trunc = decay.lundeby_truncation(np.random.default_rng(18).standard_normal(FS_HZ), FS_HZ)
+    assert not trunc.decay_found
+    with pytest.raises(ValueError, match="no decay"):
+        decay.schroeder_curve_db(np.ones(10), FS_HZ, trunc)
+    result = analyze_impulse_response(ir, FS_HZ, include_curves=False)
+    for key in ("edt_s", "t20_s", "t30_s", "c50_db", "d50"):
+        assert result[key]["bands"][6] is None, (key, result[key]["bands"][6])
+        assert result[key]["codes"]["8000"] in {"no_decay_above_noise", "band_level_too_low"}
+    assert result["sti"]["value"] is None and result["sti"]["code"] in {"no_decay_above_noise", "band_level_too_low"}
+    assert_allclose(result["t30_s"]["bands"][1:6], 0.5, rtol=0.05)
