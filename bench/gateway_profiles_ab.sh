@@ -7,7 +7,8 @@
 set -e
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-OUT=bench/gateway_profiles_ab.jsonl
+OUT=${OUT:-bench/gateway_profiles_ab.jsonl}
+export MAX_CONNECTIONS_PER_ADDRESS=${MAX_CONNECTIONS_PER_ADDRESS:-100000}  # every load client is 127.0.0.1
 : "${BEFORE_SRC:?set BEFORE_SRC to a copy of the previous src/}"
 : "${AFTER_SRC:?set AFTER_SRC to a copy of this src/}"
 export ALLOW_INSECURE_DEVICE_IDS=true  # the load generator connects as /ws?device_id=... (contract C1's development mode)

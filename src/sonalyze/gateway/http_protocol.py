@@ -18,8 +18,10 @@ import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from sonalyze.gateway.config import GatewaySettings
 from sonalyze.gateway.models import error
 
+_DEFAULT_SETTINGS = GatewaySettings.model_construct()
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
@@ -30,7 +32,8 @@ class _Refused(Exception):
 class GatewayHttpProtocol(HttpToolsProtocol):
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        settings = app_state["gateway"].settings
+        gateway = app_state.get("gateway")  # absent on a listener without the lifespan (the --https loopback one)
+        settings = gateway.settings if gateway is not None else _DEFAULT_SETTINGS
         self.header_timeout_s: float = settings.header_timeout_s
         self.max_header_bytes: int = settings.max_header_bytes
         self.max_header_count: int = settings.max_header_count
