@@ -803,7 +803,7 @@ $("create-form").addEventListener("submit", async (e) => {
 $("join-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const code = $("join-code").value.trim();
-  if (!code) { showError("join-error", "Type the 6-character code shown on the host's screen."); return; }
+  if (!code) { showError("join-error", "Type the 8-character code shown on the host's screen."); return; }
   join(code);
 });
 
