@@ -24,7 +24,11 @@ SERVICES: dict[str, ServiceSpec] = {
             "sonalyze.gateway.main:create_app",
             8000,
             "/healthz",
-            {"ws": "sonalyze.gateway.ws_protocol:GatewayWebSocketProtocol", "http": "sonalyze.gateway.http_protocol:GatewayHttpProtocol"},
+            {
+                "ws": "sonalyze.gateway.ws_protocol:GatewayWebSocketProtocol",
+                "http": "sonalyze.gateway.http_protocol:GatewayHttpProtocol",
+                "proxy_headers": False,  # X-Forwarded-For only from TRUSTED_PROXIES (gateway.client_address)
+            },
         ),
         ServiceSpec(
             "lobby",

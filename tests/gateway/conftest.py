@@ -13,7 +13,8 @@ from starlette.responses import PlainTextResponse, Response
 
 from sonalyze.common.json import JSONResponse
 from sonalyze.gateway.config import GatewaySettings
-from sonalyze.gateway.main import HTTP_PROTOCOL, WS_PROTOCOL, create_app
+from sonalyze.gateway.main import create_app
+from sonalyze.services import SERVICES
 from tests.support.servers import ThreadedServer, free_port
 
 TOKEN = "test-internal-token"
@@ -83,7 +84,7 @@ def gateway_settings(upstreams: dict[str, ThreadedServer], **overrides: Any) -> 
 
 
 def start_gateway(settings: GatewaySettings) -> ThreadedServer:
-    return ThreadedServer(create_app(settings), ws=WS_PROTOCOL, http=HTTP_PROTOCOL).start()
+    return ThreadedServer(create_app(settings), **SERVICES["gateway"].uvicorn_options).start()
 
 
 @pytest.fixture(scope="module")

@@ -175,7 +175,8 @@ async def fuzz(port: int, rounds: int, seed: int, cases_per_round: int = 4, quie
 
 def main() -> None:
     from sonalyze.gateway.config import GatewaySettings
-    from sonalyze.gateway.main import HTTP_PROTOCOL, WS_PROTOCOL, create_app
+    from sonalyze.gateway.main import create_app
+    from sonalyze.services import SERVICES
     from tests.support.servers import ThreadedServer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -186,7 +187,7 @@ def main() -> None:
         lobby_url="http://127.0.0.1:9", internal_auth_token="fuzz", allow_insecure_device_ids=True,
         rate_limit_rps=10_000.0, rate_limit_burst=10_000, max_connections_per_address=10_000,
     )
-    with ThreadedServer(create_app(settings), ws=WS_PROTOCOL, http=HTTP_PROTOCOL) as server:
+    with ThreadedServer(create_app(settings), **SERVICES["gateway"].uvicorn_options) as server:
         started_s = time.monotonic()
         report = asyncio.run(fuzz(server.port, args.rounds, args.seed))
     print(json.dumps({**report.__dict__, "seconds": round(time.monotonic() - started_s, 1)}, indent=1))

@@ -169,3 +169,19 @@ async def test_partial_heads_silent_sockets_and_huge_headers_are_closed_within_t
             assert kept.get("/healthz").status_code == 200
     finally:
         server.stop()
+
+
+def test_the_proxy_rate_limit_keys_on_forwarded_for_only_behind_trusted_proxies(joins) -> None:
+    def statuses(server: ThreadedServer, forwarded: list[str]) -> list[int]:
+        return [httpx.get(server.url + "/v1/jobs/x", headers={"X-Forwarded-For": hop}).status_code for hop in forwarded]
+
+    direct = start_gateway(gateway_settings(joins, rate_limit_rps=0.01, rate_limit_burst=1))
+    try:
+        assert statuses(direct, ["10.0.0.1", "10.0.0.2"]) == [404, 429]  # a client cannot pick its own bucket
+    finally:
+        direct.stop()
+    behind = start_gateway(gateway_settings(joins, rate_limit_rps=0.01, rate_limit_burst=1, trusted_proxies="127.0.0.1/32"))
+    try:
+        assert statuses(behind, ["10.0.0.1", "10.0.0.2", "10.0.0.1", "10.0.0.3, 127.0.0.1"]) == [404, 404, 429, 404]
+    finally:
+        behind.stop()

@@ -7,14 +7,12 @@ runs for every upgraded connection when started with ``ws=WS_PROTOCOL`` (``sonal
 from __future__ import annotations
 
 import logging
-import math
 import os
 import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel
@@ -26,7 +24,7 @@ from sonalyze.gateway.auth import AuthError, TokenVerifier, bearer_token
 from sonalyze.gateway.binary_relay import BinaryRelay
 from sonalyze.gateway.client_address import ClientAddresses, parse_networks
 from sonalyze.gateway.device_tokens import DeviceTokens
-from sonalyze.gateway.broker import Broker, create_broker
+from sonalyze.gateway.broker import create_broker
 from sonalyze.gateway.config import GatewaySettings
 from sonalyze.gateway.connection_manager import ConnectionManager
 from sonalyze.gateway.heartbeat import Heartbeat
@@ -38,54 +36,16 @@ from sonalyze.gateway.proxy import proxy, resolve_proxy
 from sonalyze.gateway.proxy_table import install_proxy_table
 from sonalyze.gateway.registry import ConnectionRegistry
 from sonalyze.gateway.rate_limit import FailureWindow, KeyedRateLimiter
-from sonalyze.gateway.router import RoutingTable, load_routing_table
+from sonalyze.gateway.router import load_routing_table
+from sonalyze.gateway.state import Gateway
 from sonalyze.gateway.stream_source import JetStreamSource
 from sonalyze.gateway.tenant_limit import TenantRateLimiter
 from sonalyze.gateway.webapp import mount_webapp
 from sonalyze.gateway.ws_protocol import CLOSE_TIMEOUT
 
 WS_PROTOCOL = "sonalyze.gateway.ws_protocol:GatewayWebSocketProtocol"
-HTTP_PROTOCOL = "sonalyze.gateway.http_protocol:GatewayHttpProtocol"
-"""Request heads bounded in time, size and count (uvicorn's ``http`` option; ``sonalyze serve gateway`` sets it)."""
 
 logger = logging.getLogger("sonalyze.gateway")
-
-
-@dataclass
-class Gateway:
-    """Everything a running gateway shares between its HTTP routes and its WebSocket connections."""
-
-    settings: GatewaySettings
-    routes: RoutingTable
-    upstream_names: dict[str, str]
-    """Service name to base URL (the upstream latency metric's labels)."""
-    connections: ConnectionManager
-    broker: Broker
-    metrics: GatewayMetrics
-    upstream: UpstreamClient
-    proxy_limiter: KeyedRateLimiter
-    verifier: TokenVerifier | None
-    binary_relay: BinaryRelay | None
-    tenant_limiter: TenantRateLimiter | None
-    """Set with ``TENANT_RATE_LIMIT``: routed events and proxied requests of each tenant, shared in Redis."""
-    """Set with ``BINARY_RELAY_URL``: binary frames go raw to a Redis channel."""
-    """Set when ``AUTH_REQUIRED``: checks the JWT of every connection and proxied request."""
-    gateway_id: str
-    """This instance's name in the connection registry."""
-    device_tokens: DeviceTokens
-    """Issues and verifies device credentials (contract C1)."""
-    addresses: ClientAddresses
-    """Client addresses behind TRUSTED_PROXIES (rate limits and caps are keyed on them)."""
-    mint_limiter: KeyedRateLimiter
-    """``POST /v1/devices`` per client address."""
-    join_failures: FailureWindow
-    """Failed ``lobby.join`` attempts per device and per address (MAX_FAILED_JOINS in FAILED_JOIN_WINDOW_S)."""
-    registry: ConnectionRegistry | None = None
-    stream_source: JetStreamSource | None = None
-    address_connections: dict[str, int] = field(default_factory=dict)
-    """Open WebSocket connections per client address (MAX_CONNECTIONS_PER_ADDRESS)."""
-    profiles: Profiles | None = None
-    """Set with a profiles document (GATEWAY_PROFILES[_FILE]): its WebSocket paths and seed metrics."""
 
 
 def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
@@ -217,10 +177,8 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
         retry_after_s = gateway.mint_limiter.take(client_host, time.monotonic())
         if retry_after_s:
             gateway.metrics.rate_limited.labels("devices").inc()
-            raise RateLimited(
-                f"too many new devices from {client_host}; retry in {retry_after_s:.1f} s",
-                details={"retry_after_s": round(retry_after_s, 3)},
-                headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))},
+            raise RateLimited.retry_after(
+                f"too many new devices from {client_host}; retry in {retry_after_s:.1f} s", retry_after_s
             )
         device_id, device_token = gateway.device_tokens.mint()
         return {"device_id": device_id, "device_token": device_token}
@@ -239,19 +197,15 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
             tenant_wait_s = await gateway.tenant_limiter.take(tenant_id)
             if tenant_wait_s:
                 gateway.metrics.rate_limited.labels("tenant").inc()
-                raise RateLimited(
-                    f"tenant {tenant_id!r} is over its rate limit; retry in {tenant_wait_s:.1f} s",
-                    details={"retry_after_s": round(tenant_wait_s, 3)},
-                    headers={"Retry-After": str(max(1, math.ceil(tenant_wait_s)))},
+                raise RateLimited.retry_after(
+                    f"tenant {tenant_id!r} is over its rate limit; retry in {tenant_wait_s:.1f} s", tenant_wait_s
                 )
         client_host = client_address(gateway, request)
         retry_after_s = gateway.proxy_limiter.take(client_host, time.monotonic())
         if retry_after_s:
             gateway.metrics.rate_limited.labels("proxy").inc()
-            raise RateLimited(
-                f"too many requests from {client_host}; retry in {retry_after_s:.3f} s",
-                details={"retry_after_s": round(retry_after_s, 3)},
-                headers={"Retry-After": str(max(1, int(retry_after_s + 0.999)))},
+            raise RateLimited.retry_after(
+                f"too many requests from {client_host}; retry in {retry_after_s:.3f} s", retry_after_s
             )
         return await proxy(request, url, gateway.upstream, device_id)
 
