@@ -157,3 +157,16 @@ async def test_the_proxy_needs_a_token_too(auth_gateway) -> None:
     assert (missing.status_code, missing.json()["error"]["code"]) == (401, "token_required")
     assert (expired.status_code, expired.json()["error"]["code"]) == (401, "token_expired")
     assert good.status_code != 401  # through to the (stub) upstream
+
+
+async def test_the_stream_endpoint_honours_auth_required(upstreams) -> None:
+    server = start_gateway(gateway_settings(upstreams, auth_required=True, jwt_secret=SECRET, stream_channel="levels"))
+    try:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(server.ws_url + "/ws/stream")
+        assert refused.value.response.status_code == 401
+        assert json.loads(refused.value.response.body)["error"]["code"] == "token_required"
+        async with connect(server.ws_url + f"/ws/stream?token={hs256()}") as ws:
+            await ws.ping()
+    finally:
+        server.stop()
