@@ -22,6 +22,7 @@ it into an ``error`` envelope for the client.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -89,6 +90,14 @@ class Unprocessable(SonalyzeError):
 
 class RateLimited(SonalyzeError):
     code, status_code = "rate_limited", 429
+
+    @classmethod
+    def retry_after(cls, message: str, retry_after_s: float) -> RateLimited:
+        """429 with ``details.retry_after_s`` (to the millisecond) and ``Retry-After`` in whole seconds,
+        rounded up, at least 1 (RFC 9110 §10.2.3)."""
+        return cls(
+            message, details={"retry_after_s": round(retry_after_s, 3)}, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))}
+        )
 
 
 class UpstreamUnavailable(SonalyzeError):

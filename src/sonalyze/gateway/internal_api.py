@@ -23,7 +23,7 @@ from sonalyze.common.errors import Forbidden, SonalyzeError, Unauthorized, from_
 from sonalyze.gateway.models import BroadcastRequest, SubscriptionsRequest, event_envelope
 
 if TYPE_CHECKING:
-    from sonalyze.gateway.main import Gateway
+    from sonalyze.gateway.state import Gateway
 
 BROADCAST_PATH = "/internal/broadcast"
 SUBSCRIPTIONS_PATH = "/internal/subscriptions"

@@ -37,7 +37,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import parse_qs
 
 import orjson
@@ -52,10 +52,26 @@ from sonalyze.gateway.router import RoutingError, _parse_document
 
 if TYPE_CHECKING:
     from websockets.http11 import Request
+    from websockets.server import ServerProtocol
 
-    from sonalyze.gateway.ws_protocol import GatewayWebSocketProtocol
+    from sonalyze.gateway.session import Session
 
 logger = logging.getLogger("sonalyze.gateway.profiles")
+
+
+class ProfileSocket(Protocol):
+    """What a profile uses of the connection it serves (``ws_protocol.GatewayWebSocketProtocol``, which
+    imports this module: named here by what it must offer, not by its class)."""
+
+    open: bool
+    transport: asyncio.Transport | None
+    ws: ServerProtocol
+    session: Session | None
+    profile: ProfileConnection | RawRelayConnection | None
+
+    def _accept(self, request: Request, device_id: str | None, tenant_id: str | None = None, expires_at_s: float | None = None) -> None: ...
+
+    def _flush(self) -> None: ...
 
 PARAM_VALUE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 """What a path parameter's value may be: it names Redis channels and keys, so no ``:``, ``*`` or spaces."""
@@ -344,10 +360,10 @@ class ProfileConnection:
     events_channel: str | None
     params: dict[str, str] = field(default_factory=dict)
 
-    def receive(self, connection: "GatewayWebSocketProtocol", message: bytes, binary: bool) -> None:
+    def receive(self, connection: ProfileSocket, message: bytes, binary: bool) -> None:
         self.profile.receive(connection, self, message, binary)
 
-    def closed(self, connection: "GatewayWebSocketProtocol") -> None:
+    def closed(self, connection: ProfileSocket) -> None:
         self.profile.closed(connection, self)
 
 
@@ -357,10 +373,10 @@ class RawRelayConnection:
 
     __slots__ = ()
 
-    def receive(self, connection: "GatewayWebSocketProtocol", message: bytes, binary: bool) -> None:
+    def receive(self, connection: ProfileSocket, message: bytes, binary: bool) -> None:
         return None
 
-    def closed(self, connection: "GatewayWebSocketProtocol") -> None:
+    def closed(self, connection: ProfileSocket) -> None:
         return None
 
 
@@ -390,7 +406,7 @@ class TypedJsonProfile:
 
     # the upgrade
 
-    def handshake(self, connection: "GatewayWebSocketProtocol", request: "Request", params: dict[str, str], query: str) -> None:
+    def handshake(self, connection: ProfileSocket, request: "Request", params: dict[str, str], query: str) -> None:
         identity = params[self.identity_param]
         token = parse_qs(query).get("token", [None])[0] or bearer_token(request.headers.get("Authorization"))
         tenant_id = None
@@ -406,7 +422,7 @@ class TypedJsonProfile:
             tenant_id = claims.tenant_id
         asyncio.get_running_loop().create_task(self._open(connection, request, params, identity, tenant_id))
 
-    async def _open(self, connection: "GatewayWebSocketProtocol", request: "Request", params: dict[str, str], identity: str, tenant_id: str | None) -> None:
+    async def _open(self, connection: ProfileSocket, request: "Request", params: dict[str, str], identity: str, tenant_id: str | None) -> None:
         from redis.exceptions import RedisError
 
         spec = self.spec
@@ -436,14 +452,14 @@ class TypedJsonProfile:
             self.feed.leave(events_channel, connection)
         connection._flush()
 
-    def closed(self, connection: "GatewayWebSocketProtocol", state: ProfileConnection) -> None:
+    def closed(self, connection: ProfileSocket, state: ProfileConnection) -> None:
         if self.feed is not None and state.events_channel is not None:
             self.feed.leave(state.events_channel, connection)
         self.metrics.ws_connections.labels("disconnected").inc()
 
     # messages
 
-    def receive(self, connection: "GatewayWebSocketProtocol", state: ProfileConnection, message: bytes, binary: bool) -> None:
+    def receive(self, connection: ProfileSocket, state: ProfileConnection, message: bytes, binary: bool) -> None:
         session = connection.session
         assert session is not None
         retry_after_s = session.bucket.take(asyncio.get_running_loop().time())
@@ -502,12 +518,12 @@ class TypedJsonProfile:
         await self.redis.aclose()
 
 
-def send(connection: "GatewayWebSocketProtocol", payload: bytes) -> None:
+def send(connection: ProfileSocket, payload: bytes) -> None:
     if connection.open:
         connection.transport.write(text_frame(payload))
 
 
-def refuse(connection: "GatewayWebSocketProtocol", status: int, message: str) -> None:
+def refuse(connection: ProfileSocket, status: int, message: str) -> None:
     """Answer the upgrade with ``status`` and seed 002's HTTP error body ``{"detail": message}``."""
     response = connection.ws.reject(status, orjson.dumps({"detail": message}).decode())
     del response.headers["Content-Type"]
@@ -522,7 +538,7 @@ class Profiles:
         self.metrics = SeedMetrics(registry)
         self.websocket = [TypedJsonProfile(spec, settings, self.metrics) for spec in document.websocket]
 
-    def handshake(self, connection: "GatewayWebSocketProtocol", request: "Request", path: str, query: str) -> bool:
+    def handshake(self, connection: ProfileSocket, request: "Request", path: str, query: str) -> bool:
         """Serve the upgrade when a profile's path fits (True), else leave it to the caller (False)."""
         for profile in self.websocket:
             params = profile.template.match(path)

@@ -11,7 +11,6 @@ request is counted in ``gateway_requests_total{method, endpoint=<prefix>}`` and 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 
@@ -50,10 +49,8 @@ def _handler(row: HttpRouteSpec, base_url: str, client_address: Callable[[object
         retry_after_s = gateway.proxy_limiter.take(client_host, time.monotonic())
         if retry_after_s:
             gateway.metrics.rate_limited.labels("proxy").inc()
-            raise RateLimited(
-                f"too many requests from {client_host}; retry in {retry_after_s:.3f} s",
-                details={"retry_after_s": round(retry_after_s, 3)},
-                headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))},
+            raise RateLimited.retry_after(
+                f"too many requests from {client_host}; retry in {retry_after_s:.3f} s", retry_after_s
             )
         raw_path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
         response = await proxy(request, base_url + raw_path[prefix_chars:], gateway.upstream, None)

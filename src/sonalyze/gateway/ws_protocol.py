@@ -43,7 +43,7 @@ from sonalyze.gateway.session import (
 from sonalyze.gateway.tenant_limit import TenantRateLimiter
 
 if TYPE_CHECKING:
-    from sonalyze.gateway.main import Gateway
+    from sonalyze.gateway.state import Gateway
     from sonalyze.gateway.profiles import ProfileConnection, RawRelayConnection
 
 logger = logging.getLogger("sonalyze.gateway.ws")
