@@ -54,6 +54,8 @@ MIN_PEAK_TO_NOISE_DB = 10.0
 #: refused: a source rolling off inside it (white 0 dB, pink −1.5 dB, single random room responses
 #: up to ±5 dB at 125/250 Hz; a 4th-order high-pass at 150 Hz gives +6 dB in the 125 Hz band).
 MAX_BAND_TILT_DB = 6.0
+#: … and only when the band's energy is this far (dB) below the next band's: a roll-off, not a mode.
+MIN_STEP_BELOW_UPPER_DB = 3.0
 T_METRICS = {"edt_s": decay.EDT_RANGE_DB, "t20_s": decay.T20_RANGE_DB, "t30_s": decay.T30_RANGE_DB}
 ENERGY_METRICS = ("c50_db", "c80_db", "d50", "centre_time_s", "drr_db")
 
@@ -112,19 +114,24 @@ def _energy_metric(metric: _Metric, key: str, compute, refusal: str | None) -> N
 
 
 def _band_refusal(
-    key: str, truncation: decay.Truncation, leakage: dict[str, float], tilt: dict[str, float]
+    key: str,
+    truncation: decay.Truncation,
+    leakage: dict[str, float],
+    tilt: dict[str, float],
+    below_upper_db: dict[str, float],
 ) -> tuple[str, str] | None:
     """``(code, reason)`` when nothing may be computed from a band (or the broadband IR), else None.
 
     * `codes.BAND_LEVEL_TOO_LOW`: more than `MAX_LEAKAGE` of the band's filtered energy comes from outside
       its edges (`bands.leakage_fraction`), the IR's power density in the band's lower half is more
-      than `MAX_BAND_TILT_DB` below the upper half's (the source rolls off inside the band: its own
-      transient, not the room, shapes the band's early energy), or its peak is less than
+      than `MAX_BAND_TILT_DB` below the upper half's while the band's energy is more than
+      `MIN_STEP_BELOW_UPPER_DB` below the next band's (the source rolls off inside the band: its own
+      transient, not the room, shapes the band's early energy; ``below_upper_db``), or its peak is less than
       `MIN_PEAK_TO_NOISE_DB` above the noise: the source gave too little level in the band
       (ISO 3382-1 §5.3).
     * `codes.NO_DECAY_ABOVE_NOISE`: Lundeby's iteration found no decay above the noise floor.
     """
-    if tilt.get(key, 0.0) > MAX_BAND_TILT_DB:
+    if tilt.get(key, 0.0) > MAX_BAND_TILT_DB and below_upper_db.get(key, 0.0) > MIN_STEP_BELOW_UPPER_DB:
         return codes.BAND_LEVEL_TOO_LOW, (
             f"band level too low: the spectrum in the lower half of the band is {tilt[key]:.1f} dB below the "
             f"upper half (more than {MAX_BAND_TILT_DB:g} dB): the source rolls off inside this band"
@@ -201,6 +208,12 @@ def analyze_impulse_response(
     signals: dict[str, np.ndarray] = {str(b): h for b, h in band_irs.items()}
     leakage = {str(b): v for b, v in leakage_by_band.items()}
     tilt = {str(b): v for b, v in tilt_by_band.items()}
+    band_energy_db = {str(b): 10.0 * math.log10(float(np.sum(h**2)) or 1e-300) for b, h in band_irs.items()}
+    below_upper_db = {
+        str(b): band_energy_db[str(u)] - band_energy_db[str(b)]
+        for b, u in zip(OCTAVE_BANDS_HZ, OCTAVE_BANDS_HZ[1:])
+        if str(b) in band_energy_db and str(u) in band_energy_db
+    }
     band_refusals: dict[str, tuple[str, str]] = {}
     for band in OCTAVE_BANDS_HZ:
         if str(band) not in signals:
@@ -218,7 +231,7 @@ def analyze_impulse_response(
         truncations[key] = truncation
         dr_db = truncation.dynamic_range_db
         dynamic_range.set(key, dr_db, "no noise floor found in the impulse response (noise-free)", codes.NO_NOISE_FLOOR)
-        refusal = _band_refusal(key, truncation, leakage, tilt)
+        refusal = _band_refusal(key, truncation, leakage, tilt, below_upper_db)
         if refusal is not None:
             band_refusals[key] = refusal
             for metric in (*t_metrics.values(), *e_metrics.values(), curvature):
