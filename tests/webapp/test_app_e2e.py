@@ -4,6 +4,8 @@ The microphones hear tests/webapp/fake_capture.py's file (the lobby's sweep thro
 results screen must show that room's T30 and C80 (computed independently from the impulse response).
 The second microphone joins through the QR code on the host's screen (decoded from a screenshot with
 zxing-cpp); the first one reloads in the middle of the session and finds its place again.
+Where PulseAudio is installed a fourth test routes the speaker page's real output into the microphone
+pages (a null sink and its monitor remapped as the default source of a private daemon).
 The test waits with page functions, which the CSP forbids (eval): contexts use `bypass_csp=True`.
 Screenshots of every screen at 390×844 go to the folder the test prints (``SONALYZE_WEBAPP_SCREENSHOTS``
 to choose it).
@@ -14,10 +16,14 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.support.infra import skip_unless_required
 from tests.webapp.fake_capture import BANDS_HZ, band_truth, room_ir, write_capture_wav
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -201,3 +207,81 @@ async def test_keyboard_and_screen_reader_basics(webapp_backend, launch_browser,
     await page.get_by_role("button", name="Lobby", exact=True).click()
     assert await page.get_by_role("img", name="QR code of the join link").is_visible()
     await page.screenshot(path=_shots(tmp_path) / "14-keyboard-lobby.png", full_page=True)
+
+
+@pytest.fixture
+def pulse_loop(tmp_path):
+    """A private PulseAudio daemon whose only sink is a null sink and whose default source is that sink's
+    monitor remapped as a microphone: what any page plays, every page records. Yields ``PULSE_SERVER``."""
+    if shutil.which("pulseaudio") is None:
+        skip_unless_required("PulseAudio is not installed (apt-get install pulseaudio)")
+    runtime = tmp_path / "pulse"
+    runtime.mkdir()
+    socket = runtime / "native"
+    env = {**os.environ, "HOME": str(runtime), "XDG_RUNTIME_DIR": str(runtime), "PULSE_RUNTIME_PATH": str(runtime), "PULSE_STATE_PATH": str(runtime)}
+    daemon = subprocess.Popen(
+        ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--disable-shm=yes", "--log-target=stderr",
+         "-L", f"module-native-protocol-unix socket={socket} auth-anonymous=1",
+         "-L", "module-null-sink sink_name=loop rate=48000",
+         "-L", "module-remap-source master=loop.monitor source_name=loopmic"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = f"unix:{socket}"
+    try:
+        deadline = time.monotonic() + 20
+        while subprocess.run(["pactl", "info"], env={**env, "PULSE_SERVER": server}, capture_output=True).returncode != 0:
+            assert daemon.poll() is None and time.monotonic() < deadline, daemon.stderr.read().decode() if daemon.poll() is not None else "pulseaudio did not start"
+            time.sleep(0.2)
+        yield server
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=10)
+
+
+async def test_speaker_output_reaches_the_microphones_through_pulseaudio(webapp_backend, launch_browser, pulse_loop, tmp_path):
+    """The real play-and-record loop: the speaker page's output goes to a null sink whose monitor is the
+    microphone pages' input, so the sweep's playback and timing are the browsers' own. The loop has no
+    room: each microphone's analysis must find the whole sweep (a table, not an error), with a response
+    far above the noise and nothing to decay (T30 refused, with its reason)."""
+    shots = _shots(tmp_path)
+    env = {**os.environ, "PULSE_SERVER": pulse_loop}
+    phones = []
+    for _ in range(3):
+        context = await launch_browser(mute_audio=False, extra_args=["--use-fake-ui-for-media-stream"], env=env, bypass_csp=True)
+        phones.append(await _open(context, webapp_backend.url))
+    host, *mics = phones
+    await host.click("#create-form button")
+    await host.wait_for_selector("#lobby-code:not(:empty)")
+    code = (await host.text_content("#lobby-code")).strip()
+    for mic in mics:
+        await mic.fill("#join-code", code)
+        await mic.click("#join-form button")
+    await host.wait_for_function("document.querySelectorAll('#participants select').length === 3", timeout=20000)
+    for index, role in enumerate(("speaker", "microphone", "microphone")):
+        await host.locator("#participants select").nth(index).select_option(role)
+        await host.wait_for_function(f"[...document.querySelectorAll('#participants select')][{index}]?.value === '{role}'", timeout=10000)
+    for mic in mics:
+        await mic.wait_for_function("[...document.querySelectorAll('#participants .badge')].filter(b => b.textContent === 'microphone').length === 2", timeout=10000)
+    for page in phones:
+        await page.click("[data-tab=measure]")
+        await page.click("#arm")
+        await page.wait_for_selector("#arm-state:has-text('Armed')", timeout=20000)
+    await host.click("#start")
+    try:
+        for page in phones:
+            await page.wait_for_function("document.querySelectorAll('#results-body section.pair').length === 2", timeout=180000)
+    except Exception:
+        for k, page in enumerate(phones):
+            await page.click("[data-tab=measure]")
+            await page.screenshot(path=shots / f"15-pulse-loop-failed-{k}.png", full_page=True)
+        print(webapp_backend.log_text()[-4000:])
+        for wav in Path(webapp_backend.data_dir).rglob("speaker-*_mic-*.wav"):  # the recordings, to look at
+            shutil.copy(wav, shots / f"pulse-{wav.parent.name}-{wav.name}")
+        raise
+    await host.screenshot(path=shots / "15-pulse-loop-results.png", full_page=True)
+    for pair in range(2):
+        section = host.locator("#results-body section.pair").nth(pair)
+        assert await section.locator("p.error").count() == 0, await section.text_content()
+        assert await section.locator("table.metrics").count() == 1
+        t30 = section.locator("td[data-metric=T30][data-band='1000']")
+        assert (await t30.text_content()).startswith("refused")  # a wire has no reverberation
+        assert await t30.get_attribute("data-reason")

@@ -5,6 +5,8 @@ import { FrameAssembler } from "./frames.js";
 import { encodeWavFloat32 } from "./wav.js";
 
 const PROCESSING = ["echoCancellation", "noiseSuppression", "autoGainControl"];
+/** Waited after the sweep file's end before saying it was played (output buffers the browser does not report). */
+const TAIL_MARGIN_S = 0.5;
 
 /** Why the microphone could not be opened, in words a person can act on. */
 export function microphoneProblem(error) {
@@ -46,7 +48,10 @@ export class AudioEngine {
       // iOS: the playback session ignores the silent switch and uses the loudspeaker, not the earpiece.
       try { navigator.audioSession.type = microphone ? "play-and-record" : "playback"; } catch { /* not settable here */ }
     }
-    this.ctx ??= new AudioContext({ latencyHint: "interactive" });
+    // "playback": the largest output buffers. Nothing here needs low latency (the recording window is
+    // seconds long, the sweep is scheduled on the context's clock); small buffers drop out under load,
+    // and a dropout in the sweep is refused by the analysis as an impulsive noise.
+    this.ctx ??= new AudioContext({ latencyHint: "playback" });
     await this.ctx.resume();
     if (microphone && !this.stream) {
       if (!navigator.mediaDevices?.getUserMedia) throw new Error(microphoneProblem(null));
@@ -124,7 +129,9 @@ export class AudioEngine {
     return this.sweep;
   }
 
-  /** Plays the sweep `leadS` seconds from now; `onTick(secondsLeft)` counts down; resolves when it ended. */
+  /** Plays the sweep `leadS` seconds from now; `onTick(secondsLeft)` counts down; resolves when the sound
+   *  has left the loudspeaker: the buffer's end plus the output path's latency (Bluetooth, a sound server)
+   *  and `TAIL_MARGIN_S`, so the microphones are not told to stop while the sweep's end is still on its way. */
   play(leadS, onTick) {
     const source = this.ctx.createBufferSource();
     source.buffer = this.sweep;
@@ -135,7 +142,11 @@ export class AudioEngine {
       const tick = setInterval(() => onTick(when - this.ctx.currentTime), 200);
       const guard = setTimeout(() => { clearInterval(tick); reject(new Error("the audio output did not advance (is the audio device working?)")); },
         (leadS + this.sweep.duration + 10) * 1000);
-      source.onended = () => { clearInterval(tick); clearTimeout(guard); resolve({ when }); };
+      source.onended = () => {
+        clearInterval(tick); clearTimeout(guard);
+        const latencyS = (this.ctx.outputLatency || 0) + (this.ctx.baseLatency || 0);
+        setTimeout(() => resolve({ when }), (latencyS + TAIL_MARGIN_S) * 1000);
+      };
     });
   }
 
