@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sonalyze.lobby.errors import BadRequest, Forbidden, SessionMismatch, WrongDevice, WrongStep
-from sonalyze.lobby.session import (
+from sonalyze.lobby.session_machine import (
     STEP_TRANSITIONS,
     TERMINAL_STEPS,
     Analyze,

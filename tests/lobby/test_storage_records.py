@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from sonalyze.lobby import migrations, store
 from sonalyze.lobby.main import create_app
-from sonalyze.lobby.records import device_record, measurement_record, participant_record, storage_id
-from sonalyze.lobby.session import SessionState, SessionStep
+from sonalyze.lobby.storage_records import device_record, measurement_record, participant_record, storage_id
+from sonalyze.lobby.session_machine import SessionState, SessionStep
 from sonalyze.lobby.store import Database
 from sonalyze.storage.client import StorageClient
 from sonalyze.storage.outbox import outbox_metadata, outbox_table

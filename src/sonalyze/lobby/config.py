@@ -7,7 +7,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sonalyze.common.internal_auth import InternalAuthSettings
 from sonalyze.lobby.service import JoinLimit
-from sonalyze.lobby.session import StepTimeouts
+from sonalyze.lobby.session_machine import StepTimeouts
 
 
 class LobbySettings(InternalAuthSettings, BaseSettings):

@@ -35,8 +35,8 @@ from sonalyze.lobby.schemas import (
     ShareRoom,
 )
 from sonalyze.lobby.service import LobbyService
-from sonalyze.lobby.session import Signal
-from sonalyze.lobby.sessions import SessionCoordinator
+from sonalyze.lobby.session_machine import Signal
+from sonalyze.lobby.session_coordinator import SessionCoordinator
 from sonalyze.lobby.store import Database
 from sonalyze.storage.client import StorageClient
 

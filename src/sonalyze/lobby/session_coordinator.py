@@ -1,6 +1,6 @@
 """The shell around the pure session machine: load, apply, save (optimistic version), run the effects.
 
-* Each signal is one transaction: read the session row, apply :mod:`sonalyze.lobby.session`, write it
+* Each signal is one transaction: read the session row, apply :mod:`sonalyze.lobby.session_machine`, write it
   back only if its ``version`` did not move (else retry), and collect the pushes.
 * ``Analyze`` effects run in background tasks after the commit; their answer is fed back in.
 * A timer loop fails sessions whose step deadline passed. Deadlines and the ``analyzing`` step live in
@@ -25,7 +25,7 @@ from sonalyze.lobby.lifecycle import LobbyStatus, Role, check_transition
 from sonalyze.lobby.measurement_client import MeasurementClient
 from sonalyze.lobby.schemas import LobbyRef, SessionRef, SessionSignal
 from sonalyze.lobby.service import LobbyService, Pushes, record
-from sonalyze.lobby.session import (
+from sonalyze.lobby.session_machine import (
     Analyze,
     Ended,
     Push,
@@ -42,9 +42,9 @@ from sonalyze.lobby.session import (
     new_session,
     session_view,
 )
-from sonalyze.lobby.store import LobbyRow, ParticipantRow
+from sonalyze.lobby.rows import LobbyRow, ParticipantRow
 
-log = logging.getLogger("sonalyze.lobby.sessions")
+log = logging.getLogger("sonalyze.lobby.session_coordinator")
 
 _SAVE_ATTEMPTS = 5
 

@@ -15,7 +15,7 @@ One session measures every speaker of a lobby in turn with every microphone. For
                                         or completed       push measurement.session_completed
 
 Any step can end in ``failed`` (``measurement.error``, a step timeout, a session device leaving, a failed
-analysis) or ``cancelled`` (host). The shell (:mod:`sonalyze.lobby.sessions`) persists the state, runs the
+analysis) or ``cancelled`` (host). The shell (:mod:`sonalyze.lobby.session_coordinator`) persists the state, runs the
 effects and feeds timeouts and analysis results back in.
 """
 

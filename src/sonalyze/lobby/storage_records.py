@@ -11,13 +11,11 @@ participant key that does not fit becomes ``h-`` and 40 hex digits of its SHA-25
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sonalyze.lobby.session import SessionState
+from sonalyze.lobby.rows import LobbyRow
+from sonalyze.lobby.session_machine import SessionState
 from sonalyze.storage.ids import storage_id
-
-if TYPE_CHECKING:
-    from sonalyze.lobby.store import LobbyRow
 
 Record = dict[str, Any]
 

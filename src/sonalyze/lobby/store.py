@@ -37,8 +37,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sonalyze.lobby import migrations
 from sonalyze.lobby.lifecycle import LobbyStatus
 from sonalyze.lobby.models import events, join_failures, lobbies, participants, sessions
-from sonalyze.lobby.records import device_record, lobby_record, measurement_record, participant_record
-from sonalyze.lobby.session import TERMINAL_STEPS, SessionState
+from sonalyze.lobby.rows import LobbyRow, ParticipantRow, SessionRow
+from sonalyze.lobby.storage_records import device_record, lobby_record, measurement_record, participant_record
+from sonalyze.lobby.session_machine import TERMINAL_STEPS, SessionState
 from sonalyze.storage.client import StorageClient
 from sonalyze.storage.db import make_engine
 from sonalyze.storage.outbox import Outbox, outbox_table, put_row
@@ -174,35 +175,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- rows
-
-
-@dataclass(frozen=True, slots=True)
-class LobbyRow:
-    id: str
-    code: str
-    name: str | None
-    status: LobbyStatus
-    host_device_id: str | None
-    room: dict[str, Any] | None
-    last_seq: int
-    session_id: str | None
-    created_s: float
-    updated_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class ParticipantRow:
-    device_id: str
-    role: str | None
-    joined_seq: int
-    name: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRow:
-    state: SessionState
-    version: int
-    lobby_id: str
 
 
 def _lobby(row: Any) -> LobbyRow | None:
