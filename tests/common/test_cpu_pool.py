@@ -6,6 +6,7 @@ import asyncio
 import os
 from pathlib import Path
 
+import psutil
 import pytest
 
 from sonalyze.common.cpu_pool import CpuPool, TaskFailed, TaskTimeout, WorkerCrashed
@@ -82,9 +83,12 @@ async def test_event_loop_stays_free_while_a_task_runs(pool, tmp_path):
 
 
 async def test_busy_beyond_workers_plus_queue(pool, tmp_path):
-    signal = tmp_path / "go"
-    tasks = [asyncio.create_task(pool.run(wait_for_file, str(signal), timeout_s=60)) for _ in range(3)]
-    while pool.running + pool.queued < 3:
+    signal, started = tmp_path / "go", []
+    tasks = [
+        asyncio.create_task(pool.run(wait_for_file, str(signal), timeout_s=60, on_progress=lambda _f, t: started.append(t)))
+        for _ in range(3)
+    ]
+    while pool.running + pool.queued < 3 or len(started) < 2:
         await asyncio.sleep(0.01)
     assert (pool.running, pool.queued) == (2, 1)
     with pytest.raises(Busy) as caught:
@@ -148,10 +152,19 @@ async def test_close_stops_running_tasks_and_refuses_new_ones(tmp_path):
         await pool.run(sum_of_squares, 2)
 
 
-async def test_warm_up_starts_the_workers_and_tasks_reuse_them(pool):
+async def test_warm_up_starts_the_workers_and_tasks_reuse_them(pool, tmp_path):
     await pool.warm_up()
-    warm_pids = {pid for pid in await asyncio.gather(pool.run(own_pid), pool.run(own_pid))}
-    assert len(warm_pids) == 2 and os.getpid() not in warm_pids
+    started = {child.pid for child in psutil.Process().children(recursive=True)}  # the fork server and its workers
+    signal, pids = tmp_path / "go", []
+    both = [
+        asyncio.create_task(pool.run(wait_for_file, str(signal), timeout_s=60, on_progress=lambda _f, t: pids.append(int(t))))
+        for _ in range(2)
+    ]
+    while len(pids) < 2:  # both running at once: one on each worker
+        await asyncio.sleep(0.01)
+    signal.touch()
+    warm_pids = set(await asyncio.gather(*both))
+    assert len(warm_pids) == 2 and warm_pids <= started and os.getpid() not in warm_pids
     later_pids = {await pool.run(own_pid) for _ in range(6)}
     assert later_pids <= warm_pids  # no process started per task
 
