@@ -200,13 +200,7 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
                 raise RateLimited.retry_after(
                     f"tenant {tenant_id!r} is over its rate limit; retry in {tenant_wait_s:.1f} s", tenant_wait_s
                 )
-        client_host = client_address(gateway, request)
-        retry_after_s = gateway.proxy_limiter.take(client_host, time.monotonic())
-        if retry_after_s:
-            gateway.metrics.rate_limited.labels("proxy").inc()
-            raise RateLimited.retry_after(
-                f"too many requests from {client_host}; retry in {retry_after_s:.3f} s", retry_after_s
-            )
+        gateway.take_proxy_token(client_address(gateway, request))
         return await proxy(request, url, gateway.upstream, device_id)
 
     if settings.stream_channel:

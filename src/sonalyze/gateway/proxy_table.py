@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping
 from fastapi import FastAPI, Request
 from starlette.responses import StreamingResponse
 
-from sonalyze.common.errors import RateLimited
 from sonalyze.gateway.profiles import HttpRouteSpec, PathTemplate, ProfilesDocument
 from sonalyze.gateway.proxy import proxy
 from sonalyze.gateway.router import _upstream_url
@@ -45,13 +44,7 @@ def _handler(row: HttpRouteSpec, base_url: str, client_address: Callable[[object
         seed = gateway.profiles.metrics
         started_s = time.perf_counter()
         seed.requests.labels(request.method, row.prefix).inc()
-        client_host = client_address(gateway, request)
-        retry_after_s = gateway.proxy_limiter.take(client_host, time.monotonic())
-        if retry_after_s:
-            gateway.metrics.rate_limited.labels("proxy").inc()
-            raise RateLimited.retry_after(
-                f"too many requests from {client_host}; retry in {retry_after_s:.3f} s", retry_after_s
-            )
+        gateway.take_proxy_token(client_address(gateway, request))
         raw_path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
         response = await proxy(request, base_url + raw_path[prefix_chars:], gateway.upstream, None)
         seed.request_duration.observe(time.perf_counter() - started_s)

@@ -6,8 +6,11 @@ application (``main``) that builds it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from sonalyze.common.errors import RateLimited
 
 if TYPE_CHECKING:
     from sonalyze.gateway.auth import TokenVerifier
@@ -62,3 +65,11 @@ class Gateway:
     """Open WebSocket connections per client address (MAX_CONNECTIONS_PER_ADDRESS)."""
     profiles: Profiles | None = None
     """Set with a profiles document (GATEWAY_PROFILES[_FILE]): its WebSocket paths and seed metrics."""
+
+    def take_proxy_token(self, client_host: str) -> None:
+        """The proxy's rate limit per client address (``/v1`` and the profiles' HTTP routes): ``RateLimited``
+        when ``client_host`` is over it."""
+        retry_after_s = self.proxy_limiter.take(client_host, time.monotonic())
+        if retry_after_s:
+            self.metrics.rate_limited.labels("proxy").inc()
+            raise RateLimited.retry_after(f"too many requests from {client_host}; retry in {retry_after_s:.3f} s", retry_after_s)
