@@ -65,6 +65,8 @@ def start_gateway(port: int, broker_url: str, prefix: str) -> subprocess.Popen:
     env = {
         **os.environ,
         "INTERNAL_AUTH_TOKEN": TOKEN,
+        "ALLOW_INSECURE_DEVICE_IDS": "1",  # the load generator names its devices (no device tokens)
+        "MAX_CONNECTIONS_PER_ADDRESS": "1000000",  # every client comes from 127.0.0.1
         "RATE_LIMIT_RPS": "1000000000",
         "RATE_LIMIT_BURST": "1000000000",
         "BROKER_URL": broker_url,
@@ -237,8 +239,12 @@ async def broker_bench(url: str, targets_n: int, messages: int, without_hiredis:
     subscriber.join(30)
     await node.close()
     latencies_ns = sorted(latencies_ns[1:])
+    from redis.asyncio.connection import DefaultParser
+
     return {
         "targets": targets_n, "messages": messages, "hiredis": not without_hiredis,
+        "broker_code": sys.modules[type(node).__module__].__doc__.splitlines()[0][:60],
+        "redis_py_parser": DefaultParser.__name__,
         "publications_per_s": round(messages / elapsed_s),
         "subscriber_user_us_per_message": round(sub_user_s / messages * 1e6, 1),
         "subscriber_total_us_per_message": round((sub_user_s + sub_system_s) / messages * 1e6, 1),
