@@ -7,6 +7,7 @@ import json
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from websockets.asyncio.client import connect
 
@@ -42,13 +43,18 @@ async def next_push(ws, event: str) -> dict:
         ws.pushes.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
 
 
-async def drain(ws, wait_s: float = 0.4) -> None:
-    """Collect into ``ws.pushes`` whatever arrives until ``wait_s`` passes with nothing."""
-    while True:
-        try:
-            ws.pushes.append(json.loads(await asyncio.wait_for(ws.recv(), wait_s)))
-        except TimeoutError:
-            return
+async def drain_to_marker(publisher, *sockets) -> None:
+    """Collect into ``ws.pushes`` what reaches each socket before a marker ``publisher`` (the gateway the
+    chat service pushes through) publishes to all now: one node's publications cross the bus in order, so
+    whatever it published earlier has arrived by then or never will. A signal, not a wait."""
+    marker = f"marker-{uuid.uuid4().hex[:8]}"
+    async with httpx.AsyncClient() as client:
+        body = {"event": marker, "data": {}, "targets": {"all": True}}
+        headers = {"X-Internal-Token": publisher.env["INTERNAL_AUTH_TOKEN"]}
+        assert (await client.post(publisher.url + "/internal/broadcast", json=body, headers=headers)).status_code == 200
+    for ws in sockets:
+        while (message := json.loads(await asyncio.wait_for(ws.recv(), 10)))["event"] != marker:
+            ws.pushes.append(message)
 
 
 async def test_room_events_reach_members_on_both_instances_and_history_is_kept(cluster) -> None:
@@ -82,8 +88,7 @@ async def test_room_events_reach_members_on_both_instances_and_history_is_kept(c
         assert left["data"] == {"room_id": "lobby", "device_id": "bob", "members": 1}
         await call(alice, "chat.send", {"room_id": "lobby", "text": "bob is gone"})
         assert (await next_push(alice, "room.message"))["data"]["text"] == "bob is gone"
-        for ws in (bob, carol):
-            await drain(ws)
+        await drain_to_marker(g1, alice, bob, carol)
         assert [m for m in bob.pushes if m["event"] == "room.message"] == []
         assert carol.pushes == []
 
