@@ -2,7 +2,9 @@
 
 Each mutation is applied, one at a time, to a temporary copy of ``src/sonalyze`` (the working tree is
 never touched), and the acoustics tests run against that copy (``PYTHONPATH`` first, ahead of the
-editable install). A mutation is *caught* when pytest fails. Prints a Markdown table.
+editable install). The tests run from a copy taken at the same time, so that edits to the tree during
+the run cannot fail a test for another reason. A mutation is *caught* when pytest fails. Prints a
+Markdown table.
 
     .venv/bin/python bench/acoustics_mutation.py [--tests tests/acoustics/test_pyrato.py ...]
 """
@@ -44,11 +46,12 @@ MUTATIONS = [
 
 
 def run(tests: list[str], src: Path) -> tuple[int, str, float]:
-    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1")
+    """pytest on ``tests`` of the copy beside ``src`` (its ``tests`` folder and ``pyproject.toml``)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), str(src.parent)]), OMP_NUM_THREADS="1")
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", *tests],
-        cwd=ROOT, env=env, capture_output=True, text=True,
+        cwd=src.parent, env=env, capture_output=True, text=True,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("FAILED") or " passed" in ln or " failed" in ln]
     return proc.returncode, (lines[0] if lines else proc.stdout[-200:]), time.perf_counter() - t0
@@ -61,6 +64,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="acoustics-mutation-") as tmp:
         src = Path(tmp) / "src"
         shutil.copytree(ROOT / "src" / "sonalyze", src / "sonalyze", ignore=shutil.ignore_patterns("__pycache__", "webapp"))
+        shutil.copytree(ROOT / "tests", Path(tmp) / "tests", ignore=shutil.ignore_patterns("__pycache__", "node_modules"))
+        shutil.copy(ROOT / "pyproject.toml", Path(tmp) / "pyproject.toml")
         code, line, seconds = run(args.tests, src)
         print(f"Tests: {' '.join(args.tests)}\n")
         print("| mutation | result | first failure | s |")
