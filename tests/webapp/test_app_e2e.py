@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from sonalyze.lobby.codes import CODE_ALPHABET, CODE_LENGTH
 from tests.support.infra import skip_unless_required
 from tests.webapp.fake_capture import BANDS_HZ, band_truth, room_ir, write_capture_wav
 
@@ -79,7 +80,7 @@ async def test_whole_session_through_the_ui(webapp_backend, launch_browser, tmp_
     await host.click("#create-form button")
     await host.wait_for_selector("#lobby-code:not(:empty)")
     code = (await host.text_content("#lobby-code")).strip()
-    assert re.fullmatch(r"[A-Z0-9]{6}", code)
+    assert re.fullmatch(f"[{CODE_ALPHABET}]{{{CODE_LENGTH}}}", code)  # the lobby's code as it is, readable aloud
     link = await host.get_attribute("#join-link", "href")
     assert link == f"{webapp_backend.url}/join/{code}"
     assert await _qr_link(host) == link  # the QR code on the host's screen is the deep link
