@@ -125,9 +125,9 @@ def record(params: SweepParams, room_ir: np.ndarray, chain: Chain) -> np.ndarray
 
 
 def _resample(y: np.ndarray, up: int, down: int) -> np.ndarray:
-    """Band-limited resampling by up/down with large factors (FFT, on a padded copy)."""
-    n_out = int(round(y.size * up / down))
-    return signal.resample(y, n_out)
+    """Band-limited resampling by exactly up/down (polyphase, Kaiser-windowed; an FFT resampling of an
+    arbitrary length can take a minute when the length has large prime factors)."""
+    return signal.resample_poly(y, up, down)
 
 
 def _door_slam(n: int, at: int, level_db: float, fs_hz: int, rng: np.random.Generator) -> np.ndarray:

@@ -1,16 +1,30 @@
 """Recording checks (sonalyze.acoustics.recording) and the capture facts (measurement.uploads/analysis)."""
 
 import base64
+import functools
 import json
 
 import numpy as np
 import pytest
 
-from sonalyze.acoustics.recording import correct_clock, estimate_clock_ppm, tail_check
+from sonalyze.acoustics.recording import (
+    CLOCK_TOLERANCE_PPM,
+    CLOCK_TRACK_ERROR_PPM,
+    RecordingRefused,
+    check_recording,
+    correct_clock,
+    estimate_clock_ppm,
+    tail_check,
+    track_clock_ppm,
+)
+from sonalyze.acoustics.deconvolution import deconvolve_recording
 from sonalyze.acoustics.sweep import SweepParams, exponential_sweep
 from sonalyze.common.errors import BadRequest
 from sonalyze.measurement.analysis import capture_flags
 from sonalyze.measurement.uploads import parse_capture_facts
+
+from .conftest import record as conftest_record
+from .phone_chain import Chain, pyroomacoustics_room, record, synthetic_room
 
 PARAMS = SweepParams(duration_s=2.0, silence_before_s=0.2, silence_after_s=1.0)
 
@@ -28,20 +42,117 @@ def test_repeated_sweeps_layout():
         SweepParams(sweep_count=6).validate()
 
 
+# Phone-chain rooms for the clock (tests/acoustics/phone_chain.py): band-wise synthetic decays of 0.2, 2.2 and
+# 6 s (a direct sound 15–25 dB below the reverberation, the hardest case for any timing) and a
+# pyroomacoustics shoebox; silence after the sweep ≈ the longest T. The 6 s room at 40 dB SNR: at 20 dB
+# its deconvolved impulse stands < 25 dB out of the noise and the deconvolution finds no sweep at all.
+CLOCK_ROOMS = {
+    "0.2s": ([0.3, 0.25, 0.22, 0.2, 0.2, 0.2, 0.2], 1.0),
+    "2.2s": ([2.6, 2.4, 2.3, 2.2, 2.0, 1.7, 1.4], 3.0),
+    "6s": ([6.5, 6.2, 6.0, 5.8, 5.0, 4.0, 3.0], 7.0),
+    "shoebox": (None, 1.5),
+}
+#: Measured spread of the repetition-spacing estimate over this set: ≤ 0.9 ppm (fractional lags of the
+#: cross-correlation peak over a 4–10 s period); the tolerance is that, rounded up to the code's own bound.
+REPETITION_TOLERANCE_PPM = CLOCK_TOLERANCE_PPM["repetition_spacing"]
+
+
+@functools.cache
+def _clock_room(name: str, fs_hz: int) -> np.ndarray:
+    rt_s = CLOCK_ROOMS[name][0]
+    return pyroomacoustics_room(fs_hz) if rt_s is None else synthetic_room(rt_s, fs_hz, seed=3)
+
+
+def _clock_params(name: str, fs_hz: int = 48000, sweep_count: int = 1) -> SweepParams:
+    return SweepParams(
+        fs_hz=fs_hz, duration_s=3.0, silence_before_s=0.3, silence_after_s=CLOCK_ROOMS[name][1],
+        f_end_hz=min(20000.0, 0.45 * fs_hz), sweep_count=sweep_count,
+    )
+
+
+@pytest.mark.parametrize(
+    ("ppm", "room_name", "snr_db"),
+    [(0, "0.2s", 20), (50, "2.2s", 60), (-50, "6s", 40), (1000, "shoebox", 60), (-1000, "0.2s", 60),
+     (2000, "2.2s", 20), (-2000, "shoebox", 20)],
+)
+def test_clock_from_repeated_sweeps(ppm, room_name, snr_db):
+    """Two sweeps through the phone loudspeaker into the room, recorded ``ppm`` fast: the spacing of the
+    repetitions gives the offset within the measured spread, and it is corrected (±2000 ppm included)."""
+    params = _clock_params(room_name, sweep_count=2)
+    x = record(params, _clock_room(room_name, 48000), Chain(clock_ppm=ppm, snr_db=snr_db, seed=snr_db + abs(ppm)))
+    check = check_recording(x, params)
+    assert check.clock_method == "repetition_spacing"
+    assert check.clock_offset_ppm == pytest.approx(ppm, abs=REPETITION_TOLERANCE_PPM)
+    assert check.used == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("true_hz", "labelled_hz", "room_name", "snr_db"),
+    [(44100, 48000, "0.2s", 20), (44100, 48000, "2.2s", 60), (44100, 48000, "6s", 40), (44100, 48000, "shoebox", 60),
+     (48000, 44100, "2.2s", 20), (48000, 44100, "shoebox", 60)],
+)
+def test_mislabelled_rate_refused_with_the_true_rate(true_hz, labelled_hz, room_name, snr_db):
+    """One sweep, recorded at ``true_hz`` in a file labelled ``labelled_hz``: refused from the sweep's
+    track (its error ≤ `CLOCK_TRACK_ERROR_PPM`, measured) with the likely rate named."""
+    params = _clock_params(room_name, labelled_hz)
+    x = record(params, _clock_room(room_name, labelled_hz), Chain(mislabelled_from_hz=true_hz, snr_db=snr_db, seed=snr_db))
+    with pytest.raises(RecordingRefused) as refused:
+        check_recording(x, params)
+    assert refused.value.code == "sample_rate_mismatch"
+    assert f"{true_hz} Hz audio labelled {labelled_hz} Hz" in refused.value.message
+    assert refused.value.recording["clock_offset_ppm"] == pytest.approx((true_hz / labelled_hz - 1) * 1e6, abs=CLOCK_TRACK_ERROR_PPM)
+
+
+@pytest.mark.parametrize(
+    ("ppm", "room_name", "snr_db"),
+    [(0, "0.2s", 60), (0, "2.2s", 20), (0, "6s", 60), (0, "shoebox", 20), (1000, "2.2s", 60), (-1000, "6s", 40),
+     (2000, "0.2s", 20), (-2000, "shoebox", 60)],
+)
+def test_single_sweep_never_refused_and_never_confidently_wrong(ppm, room_name, snr_db):
+    """One sweep within ±2000 ppm: never refused; the sweep's track is within its measured error; the
+    reported offset is within the band method's tolerance or null with the reason (these rooms' direct
+    sound is too weak for its arrivals to agree)."""
+    params = _clock_params(room_name)
+    x = record(params, _clock_room(room_name, 48000), Chain(clock_ppm=ppm, snr_db=snr_db, seed=snr_db + abs(ppm) + 1))
+    assert track_clock_ppm(x, params) == pytest.approx(ppm, abs=CLOCK_TRACK_ERROR_PPM)
+    section = check_recording(x, params).section()
+    if section["clock_offset_ppm"] is None:
+        assert section["clock_offset_method"] is None and "sweep_count" in section["clock_offset_reason"]
+    else:
+        assert section["clock_offset_ppm"] == pytest.approx(ppm, abs=CLOCK_TOLERANCE_PPM["band_arrivals"])
+
+
+def test_clean_fixture_clock(sweep_params, room_ir):
+    """The shared clean recording (test_report's end-to-end case, once estimated at −3025 ppm): ~0 from the
+    track, and no false correction or refusal."""
+    x, _ = conftest_record(sweep_params, room_ir, seed=44, noise_db=-50.0)
+    assert track_clock_ppm(x, sweep_params) == pytest.approx(0.0, abs=CLOCK_TRACK_ERROR_PPM)
+    ppm = check_recording(x, sweep_params).clock_offset_ppm
+    assert ppm is None or abs(ppm) < CLOCK_TOLERANCE_PPM["band_arrivals"]
+
+
+def _band_clock(x: np.ndarray, params: SweepParams) -> float | None:
+    h_all = deconvolve_recording(x, params)
+    return estimate_clock_ppm(h_all, int(np.argmax(h_all[: x.size] ** 2)), params)
+
+
 @pytest.mark.parametrize("ppm", [0.0, 300.0, -1500.0])
 def test_clock_estimate_of_a_resampled_sweep(ppm):
-    """A sweep resampled by 1 + ppm·1e-6 (FFT resampling, independent of the estimator) is found within 20 ppm."""
+    """A sweep resampled by 1 + ppm·1e-6 (FFT resampling, independent of the estimator) is found within 20 ppm
+    by the band arrivals (the direct sound alone: they agree)."""
     from scipy import signal
 
     x = exponential_sweep(PARAMS)
     stretched = signal.resample(x, int(round(x.size * (1 + ppm * 1e-6)))) if ppm else x
-    assert estimate_clock_ppm(stretched, PARAMS) == pytest.approx(ppm, abs=20.0)
+    assert _band_clock(stretched, PARAMS) == pytest.approx(ppm, abs=20.0)
+    assert track_clock_ppm(stretched, PARAMS) == pytest.approx(ppm, abs=CLOCK_TRACK_ERROR_PPM)
     if ppm:
-        assert estimate_clock_ppm(correct_clock(stretched, ppm), PARAMS) == pytest.approx(0.0, abs=20.0)
+        assert _band_clock(correct_clock(stretched, ppm), PARAMS) == pytest.approx(0.0, abs=20.0)
 
 
 def test_clock_estimate_of_noise_is_none():
-    assert estimate_clock_ppm(np.random.default_rng(0).standard_normal(4 * 48000), PARAMS) is None
+    noise = np.random.default_rng(0).standard_normal(4 * 48000)
+    assert _band_clock(noise, PARAMS) is None
 
 
 def test_tail_check_of_a_cut_and_of_a_complete_decay():

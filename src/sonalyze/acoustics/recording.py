@@ -1,13 +1,13 @@
 """Checks of a sweep recording before its impulse response is trusted; repeated sweeps.
 
-* **Clock** (what REW's timing reference is for; see docs/acoustics.md): an exponential sweep maps time
-  to frequency (f₁·(f₂/f₁)^(t/T), Farina 2000), so deconvolving the recording in octave bands (700 Hz up
-  to the sweep's end, Hann-weighted) gives one arrival per band, at the time the sweep passed it. A
-  recording whose clock runs at ρ times the sweep's stretches the sweep: the bands' first arrivals come
-  at lags c + (ρ − 1)·t₀(f) after the reference's, t₀(f) = T·ln(f/f₁)/ln(f₂/f₁), so the robust
-  (Theil–Sen) slope of lag against t₀ is ρ − 1 (within ±40 ppm in the phone-chain tests). Offsets up to
-  `MAX_CORRECTED_PPM` are corrected by resampling; beyond, the recording is refused
-  (``sample_rate_mismatch``: a 44.1 kHz recording labelled 48 kHz is 8.1 % slow).
+* **Clock** (an exponential sweep maps time to frequency, f₁·(f₂/f₁)^(t/T), Farina 2000): a recording whose
+  clock runs at ρ times the sweep's puts frequency f at c + (ρ − 1)·t₀(f) after the reference,
+  t₀(f) = T·ln(f/f₁)/ln(f₂/f₁). Three measures (`check_recording`): the sweep's track over the short-time
+  spectrum (`track_clock_ppm`, ± `CLOCK_TRACK_ERROR_PPM`: refuses gross mismatches, ``sample_rate_mismatch``
+  — a 44.1 kHz recording labelled 48 kHz is −8.1 %); with repeated sweeps their spacing
+  (`repetition_clock_ppm`, within a ppm); with one sweep the octave bands' first arrivals
+  (`estimate_clock_ppm`, only when they agree, else unknown). Offsets up to `MAX_CORRECTED_PPM` are
+  corrected by resampling; beyond, the recording is refused.
 * **Impulsive noise** (Farina 2007, "Advancements in impulse response measurements by sine sweeps",
   AES 122nd Convention: an impulse during a sweep spreads over the deconvolved response as a
   time-reversed sweep): the recording minus the sweep convolved with the estimated response, in
@@ -56,6 +56,29 @@ CLOCK_MIN_PEAK_DB = 20.0
 CLOCK_MIN_BANDS = 4
 #: Widest 95 % interval of the Theil–Sen slope (ρ − 1) for an estimate to be used (else unknown: null).
 CLOCK_MAX_SPREAD = 2e-3
+#: Margin of the analysed segment around the first impulse, beyond the largest correctable shift, s.
+CLOCK_SEGMENT_MARGIN_S = 0.05
+#: Coarse clock track (`track_clock_ppm`): STFT frames and hop, samples at 48 kHz (scaled with the rate);
+#: bins from this frequency up to `CLOCK_TRACK_HIGHEST_NYQUIST` of the Nyquist frequency.
+CLOCK_TRACK_FRAME_S = 0.02
+CLOCK_TRACK_LOWEST_HZ = 2500.0
+CLOCK_TRACK_HIGHEST_NYQUIST = 0.8
+#: A bin's onset: its power first within this of its maximum, and this far above its median (the noise), dB.
+CLOCK_TRACK_BELOW_MAX_DB = 20.0
+CLOCK_TRACK_ABOVE_MEDIAN_DB = 10.0
+#: Largest error of the coarse track measured on the phone-chain set (rooms 0.2–6 s, SNR 20–60 dB, a
+#: pyroomacoustics shoebox; docs/acoustics.md), ppm; beyond `CLOCK_GROSS_PPM` (more than twice that) the
+#: recording is refused from the track alone (a 44.1 kHz recording labelled 48 kHz is −81 250 ppm).
+CLOCK_TRACK_ERROR_PPM = 13000.0
+CLOCK_GROSS_PPM = 30000.0
+#: Largest error of each precise method on the phone-chain set (docs/acoustics.md), ppm: a recording is
+#: refused only when its offset is beyond `MAX_CORRECTED_PPM` by more than that.
+CLOCK_TOLERANCE_PPM = {"repetition_spacing": 3.0, "band_arrivals": 60.0}
+CLOCK_UNKNOWN = (
+    "not measured: the octave bands' arrivals disagree (a reverberant room or a weak direct sound) and the "
+    "recording holds one sweep; within ±3 % (the sweep's track) and not corrected — record 2–3 sweeps "
+    "(sweep_count) to measure and correct it"
+)
 #: Residual frames and the running-median span they are compared with, s.
 RESIDUAL_FRAME_S = 0.01
 RESIDUAL_MEDIAN_S = 1.0
@@ -114,12 +137,16 @@ class RecordingCheck:
     #: metric name → {band key: reason} of the values the recording cannot support
     refused: dict[str, dict[str, str]] = field(default_factory=dict)
     refusals: list[dict[str, str]] = field(default_factory=list)
+    clock_method: str | None = None
+    clock_reason: str | None = None
 
     def section(self, *, flags: list[str] | None = None, capture: dict[str, Any] | None = None) -> dict[str, Any]:
         """The report's ``recording`` object (contract C3)."""
         keys = [str(b) for b in OCTAVE_BANDS_HZ]
         return {
             "clock_offset_ppm": _round(self.clock_offset_ppm, 1),
+            "clock_offset_method": self.clock_method,
+            "clock_offset_reason": self.clock_reason,
             "sweeps": {"requested": self.requested, "used": len(self.used), "rejected": list(self.rejected)},
             "peak_to_noise_db": {
                 "bands": [_round(self.peak_to_noise_db.get(k), 2) for k in keys],
@@ -153,21 +180,22 @@ def _clock_bands_hz(params: SweepParams) -> list[tuple[float, float]]:
     return bands
 
 
-def estimate_clock_ppm(x: np.ndarray, params: SweepParams) -> float | None:
-    """How fast the recording's clock runs against the sweep's, ppm (+: more samples per sweep second).
+def estimate_clock_ppm(h_all: np.ndarray, peak: int, params: SweepParams) -> float | None:
+    """How fast the recording's clock runs against the sweep's, ppm (+: more samples per sweep second),
+    from the recording deconvolved with the labelled sweep (``h_all``, the first sweep's impulse at
+    ``peak``; only the segment that can hold arrivals within ±`MAX_CORRECTED_PPM` is analysed).
 
-    Band-wise deconvolution (module docstring, Hann-weighted octave bands): the lag of each band's first
+    Band-wise (module docstring, Hann-weighted octave bands): the lag of each band's first
     arrival (the first envelope maximum after the envelope comes within 20 dB of the band's strongest
     impulse, as ISO 3382-1 A.2.1 finds an onset — the direct sound, not the band's loudest reflection)
     against the time t₀ the sweep passed the band centre; the robust
     (Theil–Sen) slope is ρ − 1. None when fewer than `CLOCK_MIN_BANDS` bands hold a clear impulse.
     """
     fs_hz = params.fs_hz
-    n_sweep = params.sweep_length_samples
-    if x.size < n_sweep:
-        return None
-    n_fft = sp_fft.next_fast_len(x.size + n_sweep - 1, real=True)
-    spectrum = sp_fft.rfft(x, n_fft) * inverse_spectrum(params, n_fft)
+    half = int((2 * MAX_CORRECTED_PPM * 1e-6 * params.duration_s + CLOCK_SEGMENT_MARGIN_S) * fs_hz)
+    segment = np.take(h_all, np.arange(peak - half, peak + half), mode="wrap")
+    n_fft = sp_fft.next_fast_len(segment.size, real=True)
+    spectrum = sp_fft.rfft(segment, n_fft)
     bin_hz = fs_hz / n_fft
     log_ratio = math.log(params.f_end_hz / params.f_start_hz)
     t0_samples, lags = [], []
@@ -177,7 +205,7 @@ def estimate_clock_ppm(x: np.ndarray, params: SweepParams) -> float | None:
         weights = np.hanning(k1 - k0 + 2)[1:-1]  # no sidelobes: the −20 dB point is the direct sound's
         envelope = np.abs(sp_fft.ifft(spectrum[k0:k1] * weights, m)) ** 2  # baseband, n_fft/m samples a step
         step = n_fft / m
-        valid = envelope[: int(x.size / step)]
+        valid = envelope[: int(segment.size / step)]
         if valid.size < 8:
             continue
         top = float(valid.max())
@@ -202,6 +230,49 @@ def estimate_clock_ppm(x: np.ndarray, params: SweepParams) -> float | None:
     if fit.high_slope - fit.low_slope > CLOCK_MAX_SPREAD:  # the bands disagree: no reliable estimate
         return None
     return float(fit.slope * 1e6)
+
+
+def track_clock_ppm(x: np.ndarray, params: SweepParams) -> float | None:
+    """Coarse clock offset (ppm, ± `CLOCK_TRACK_ERROR_PPM`) from when the sweep reaches each frequency.
+
+    The exponential sweep reaches f at t₀(f) = L·ln(f/f₁), L = T/ln(f₂/f₁) (Farina 2000); read at the
+    labelled rate, a recording whose clock runs ρ times the sweep's shows it at c + ρ·L·ln f′ (f′ = f/ρ:
+    the constant joins c), so the slope of the onset time against ln f′ is ρ·L whatever the start. Per
+    STFT bin the onset is the first frame within `CLOCK_TRACK_BELOW_MAX_DB` of the bin's maximum and
+    `CLOCK_TRACK_ABOVE_MEDIAN_DB` above its median (interpolated in dB between frames): nothing reaches a
+    bin before the sweep does — reverberation and the −30 dB harmonics of lower frequencies come later or
+    stay below — so a room cannot pull the onset early, only its build-up late (a few ms, about the same
+    in every bin). Bins from `CLOCK_TRACK_LOWEST_HZ` up, where the sweep crosses a bin within a fraction of
+    a frame (below, the onset lags the bin centre by a frequency-dependent share of the crossing).
+    Theil–Sen slope over ≤ 200 bins. None when the recording is shorter than a frame or no bin qualifies.
+    """
+    fs_hz = params.fs_hz
+    frame = 1 << max(6, math.ceil(math.log2(CLOCK_TRACK_FRAME_S * fs_hz)))
+    hop = frame // 4
+    if x.size < 4 * frame:
+        return None
+    rate_s = params.duration_s / math.log(params.f_end_hz / params.f_start_hz)
+    f_hz = sp_fft.rfftfreq(frame, 1.0 / fs_hz)
+    top_hz = min(CLOCK_TRACK_HIGHEST_NYQUIST * fs_hz / 2, params.f_end_hz / math.exp(params.fade_s / rate_s))
+    bins = np.flatnonzero((f_hz >= CLOCK_TRACK_LOWEST_HZ) & (f_hz <= top_hz))
+    if bins.size < 8:
+        return None
+    frames = np.lib.stride_tricks.sliding_window_view(x, frame)[::hop]
+    power = np.abs(sp_fft.rfft(frames * np.hanning(frame), axis=1)[:, bins]) ** 2 + 1e-300
+    threshold = np.maximum(
+        power.max(axis=0) * 10 ** (-CLOCK_TRACK_BELOW_MAX_DB / 10),
+        np.median(power, axis=0) * 10 ** (CLOCK_TRACK_ABOVE_MEDIAN_DB / 10),
+    )
+    first = np.argmax(power >= threshold, axis=0)
+    columns = np.arange(bins.size)
+    before = np.maximum(first - 1, 0)
+    level_before, level_at = 10 * np.log10(power[before, columns]), 10 * np.log10(power[first, columns])
+    rise = level_at - level_before
+    fraction = np.where((first > 0) & (rise > 0), (10 * np.log10(threshold) - level_before) / np.where(rise > 0, rise, 1.0), 1.0)
+    onset_samples = (before + fraction) * hop + frame / 2
+    pick = np.arange(0, bins.size, max(1, bins.size // 200))
+    slope = stats.theilslopes(onset_samples[pick], np.log(f_hz[bins][pick])).slope
+    return float((slope / (rate_s * fs_hz) - 1.0) * 1e6)
 
 
 def correct_clock(x: np.ndarray, ppm: float) -> np.ndarray:
@@ -342,6 +413,58 @@ def tail_check(h: np.ndarray, fs_hz: float) -> TailCheck:
 # -- the whole check --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Clock:
+    """The clock offset used (ppm, None when unknown), how it was measured, and why it is unknown."""
+
+    ppm: float | None
+    method: str | None
+    reason: str | None = None
+
+
+def repetition_clock_ppm(lags: dict[int, float], period: int) -> float | None:
+    """Clock offset (ppm) from where repetitions landed: ``lags[k]`` samples after ``k`` periods behind
+    the first (the synchronous average's own alignment, Farina): the least-squares slope of lag against
+    k·period (Theil–Sen with three or more: one disturbed repetition cannot move it). Independent of the room and the loudspeaker (the same response repeats), to a fraction of a
+    ppm over a period of seconds. None with fewer than two repetitions."""
+    if len(lags) < 2:
+        return None
+    k = np.asarray(sorted(lags), dtype=float)
+    lag = np.asarray([lags[int(i)] for i in k])
+    slope = (lag[1] - lag[0]) / period if k.size == 2 else stats.theilslopes(lag, k * period).slope  # a slammed one
+    return float(slope * 1e6)
+
+
+def _responses(
+    x: np.ndarray, params: SweepParams, ir_length_s: float | None
+) -> tuple[np.ndarray, int, list[int], list[np.ndarray], dict[int, float], int]:
+    """Deconvolution of ``x`` and its repetitions: ``(h_all, peak, starts, irs, lags, n_ir)`` — each
+    repetition's response window, aligned on the first to a fraction of a sample, and that alignment's
+    lag (samples) per repetition index."""
+    h_all = deconvolve_recording(x, params)
+    peak = strongest_peak(h_all, x.size, params, check_start=False)  # an impulse is told first
+    period = params.period_samples
+    requested = int(params.sweep_count)
+    if requested > 1:
+        peak = _first_repetition(h_all[: x.size] ** 2, peak, period, requested, int(0.005 * params.fs_hz))
+    start, n_ir = ir_window(h_all, x.size, params, peak, ir_length_s)
+    starts = [start + k * period for k in range(requested)]
+    starts = [s for s in starts if s + params.sweep_length_samples + n_ir <= x.size]  # repetitions held whole
+    irs = [h_all[s : s + n_ir] for s in starts]
+    compare = min(n_ir, int(AGREEMENT_S * params.fs_hz))
+    lags = {0: 0.0} if len(irs) > 1 else {}
+    for k in range(1, len(irs)):
+        lags[k] = _fractional_lag(irs[0][:compare], irs[k][:compare])
+        irs[k] = _shift(irs[k], lags[k])
+    return h_all, peak, starts, irs, lags, n_ir
+
+
+_IMPULSE_MESSAGE = (
+    "an impulsive noise (a knock, a door, a cough) happened during the sweep (in every repetition): it would "
+    "spread over the whole impulse response; record again in quiet"
+)
+
+
 def check_recording(
     x: np.ndarray,
     params: SweepParams,
@@ -357,24 +480,34 @@ def check_recording(
     """
     params.validate()
     requested = int(params.sweep_count)
-    ppm = estimate_clock_ppm(x, params)
-    if ppm is not None and abs(ppm) > MAX_CORRECTED_PPM:
-        message = _mismatch_message(ppm, declared_fs_hz or params.fs_hz)
-        raise RecordingRefused("sample_rate_mismatch", message, empty_section(requested, ppm))
-    if ppm is not None and abs(ppm) >= MIN_CORRECTED_PPM:
-        x = correct_clock(x, ppm)
-    h_all = deconvolve_recording(x, params)
-    peak = strongest_peak(h_all, x.size, params, check_start=False)  # an impulse is told first
-    period = params.period_samples
-    if requested > 1:
-        peak = _first_repetition(h_all[: x.size] ** 2, peak, period, requested, int(0.005 * params.fs_hz))
-    start, n_ir = ir_window(h_all, x.size, params, peak, ir_length_s)
-    starts = [start + k * period for k in range(requested)]
-    starts = [s for s in starts if s + params.sweep_length_samples + n_ir <= x.size]  # repetitions held whole
-    irs = [h_all[s : s + n_ir] for s in starts]
+    declared_hz = declared_fs_hz or params.fs_hz
+    coarse = track_clock_ppm(x, params)
+    gross = coarse is not None and abs(coarse) > CLOCK_GROSS_PPM
+    try:
+        h_all, peak, starts, irs, lags, n_ir = _responses(x, params, ir_length_s)
+    except ValueError:
+        if not gross:
+            raise
+        h_all = None
+    if gross:  # unless an impulse bent the sweep's track (it reaches every bin at once)
+        if h_all is not None and all(impulse_excess_db(x, h, s, params) > IMPULSE_EXCESS_DB for s, h in zip(starts, irs)):
+            raise RecordingRefused("impulsive_noise", _IMPULSE_MESSAGE, empty_section(requested))
+        raise RecordingRefused("sample_rate_mismatch", _mismatch_message(coarse, declared_hz), empty_section(requested, coarse))
+    spacing = repetition_clock_ppm(lags, params.period_samples)
+    bands = estimate_clock_ppm(h_all, peak, params) if spacing is None else None
+    if spacing is not None:
+        clock = Clock(spacing, "repetition_spacing")
+    elif bands is not None:
+        clock = Clock(bands, "band_arrivals")
+    else:
+        clock = Clock(None, None, CLOCK_UNKNOWN)
+    if clock.ppm is not None and abs(clock.ppm) - CLOCK_TOLERANCE_PPM[clock.method] > MAX_CORRECTED_PPM:
+        raise RecordingRefused("sample_rate_mismatch", _mismatch_message(clock.ppm, declared_hz), empty_section(requested, clock.ppm))
+    if clock.ppm is not None and abs(clock.ppm) >= MIN_CORRECTED_PPM:
+        x = correct_clock(x, clock.ppm)
+        h_all, peak, starts, irs, lags, n_ir = _responses(x, params, ir_length_s)
+    ppm = clock.ppm
     compare = min(n_ir, int(AGREEMENT_S * params.fs_hz))
-    for k in range(1, len(irs)):
-        irs[k] = _shift(irs[k], _fractional_lag(irs[0][:compare], irs[k][:compare]))
     rejected = [k for k, (s, h) in enumerate(zip(starts, irs)) if impulse_excess_db(x, h, s, params) > IMPULSE_EXCESS_DB]
     kept = [k for k in range(len(irs)) if k not in rejected]
     if len(kept) >= 3:
@@ -389,18 +522,13 @@ def check_recording(
                 kept.remove(k)
     rejected.sort()
     if not kept:
-        message = (
-            "an impulsive noise (a knock, a door, a cough) happened during the sweep"
-            + (" in every repetition" if requested > 1 else "")
-            + ": it would spread over the whole impulse response; record again in quiet"
-        )
         section = empty_section(requested, ppm)
         section["sweeps"]["rejected"] = rejected
-        raise RecordingRefused("impulsive_noise", message, section)
+        raise RecordingRefused("impulsive_noise", _IMPULSE_MESSAGE, section)
     if starts_after_sweep(h_all, x.size, peak, params):
         raise ValueError(STARTS_AFTER_SWEEP)
     ir = np.mean([irs[k] for k in kept], axis=0)
-    check = RecordingCheck(ir, ppm, requested, kept, rejected, {})
+    check = RecordingCheck(ir, ppm, requested, kept, rejected, {}, clock_method=clock.method, clock_reason=clock.reason)
     _truncation(check, params.fs_hz)
     return check
 
