@@ -282,11 +282,12 @@ def test_streamed_body_over_the_limit_is_refused_before_it_ends(server, settings
         head = _read_response_head(sock)
     assert head.startswith(b"HTTP/1.1 413"), head[:200]
     assert sent < 2 * limit
-    uploads_dir = settings.data_dir / "jobs" / job["job_id"] / "uploads"
+    incoming = settings.data_dir / ".incoming"  # where uploads stream before they are published
     deadline = time.monotonic() + 10
-    while list(uploads_dir.iterdir()) and time.monotonic() < deadline:
+    while list(incoming.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert list(uploads_dir.iterdir()) == []
+    assert list(incoming.iterdir()) == []
+    assert not (settings.data_dir / "jobs" / job["job_id"] / "uploads").exists()
     assert service_http.get(f"{server.url}/v1/jobs/{job['job_id']}").json()["status"] == "created"
 
 
@@ -369,14 +370,14 @@ def test_jobs_survive_a_restart_and_interrupted_analyses_fail(tmp_path, ir_wav):
             http.post(f"/v1/jobs/{cut}/uploads/ir{index}", content=ir_wav)
         assert http.post(f"/v1/jobs/{cut}/analyze", json={"source": "impulse_response"}).status_code == 202
     # The server stopped during the analysis; a crash could also leave a half-written upload behind.
-    job_dir = settings.data_dir / "jobs" / kept["job_id"]
-    (job_dir / "uploads" / ".incoming-deadbeef.part").write_bytes(b"half")
+    leftover = settings.data_dir / ".incoming" / "deadbeef.part"
+    leftover.write_bytes(b"half")
     with ThreadedServer(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=60, headers=SERVICE_HEADERS) as http:
         assert http.get(f"/v1/jobs/{kept['job_id']}").json() == kept
         assert http.get(kept["audio_url"]).status_code == 200
         interrupted = http.get(f"/v1/jobs/{cut}").json()
         assert interrupted["status"] == "failed" and interrupted["error"]["code"] == "interrupted"
-        assert not (job_dir / "uploads" / ".incoming-deadbeef.part").exists()
+        assert not leftover.exists()
         # Failed is not final: the same uploads can be analyzed again.
         again = http.post(f"/v1/jobs/{cut}/analyze", json={"source": "impulse_response"})
         assert again.status_code == 202

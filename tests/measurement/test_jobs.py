@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
+from datetime import UTC, datetime
+
 import pytest
+
+from sonalyze.common.blobs import LocalBlobStore
 
 from sonalyze.common.errors import BadRequest, Conflict
 from sonalyze.measurement.analysis import summarize
 from sonalyze.measurement.jobs import ALLOWED_TRANSITIONS, Job, JobCreate, JobStatus
-from sonalyze.measurement.store import JobStore
+from sonalyze.measurement.store import JobStore, sweep_key, upload_key
 from sonalyze.measurement.uploads import check_upload_name
+from sonalyze.storage.db import make_engine
 
 EXPECTED = {
     ("created", "uploading"),
@@ -100,20 +104,94 @@ def test_summary_averages_valid_values_and_lists_failures():
     assert summarize({"bad": results["bad"]}) == {"uploads": [], "failed_uploads": ["bad"]}
 
 
-def test_store_writes_atomically_and_refuses_unsafe_ids(tmp_path):
-    store = JobStore(tmp_path)
+async def _store(database_url, tmp_path, runner="replica-a") -> JobStore:
+    store = JobStore(make_engine(database_url), LocalBlobStore(tmp_path / "blobs"), runner=runner)
+    await store.migrate()
+    return store
+
+
+async def test_store_round_trip_versions_and_unsafe_ids(database_url, tmp_path):
+    store = await _store(database_url, tmp_path)
+    other = JobStore(store.engine, store.blobs, runner="replica-b")  # a second replica, same database
+    try:
+        await store.migrate()  # idempotent (every replica migrates at start-up)
+        job = _job()
+        sweep = tmp_path / "sweep.wav"
+        sweep.write_bytes(b"RIFF-sweep")
+        await store.create(job, sweep)
+        assert store.blobs.local_path(sweep_key(job.job_id)).read_bytes() == b"RIFF-sweep"
+        mine, theirs = await store.load(job.job_id), await other.load(job.job_id)
+        assert mine.model_dump() == job.model_dump() == theirs.model_dump() and mine.version == 1
+        mine.move_to(JobStatus.UPLOADING, "upload")
+        await store.save(mine)
+        theirs.move_to(JobStatus.UPLOADING, "upload")
+        with pytest.raises(Conflict) as refused:  # read before the other replica's save: it must not win
+            await other.save(theirs)
+        assert refused.value.details == {"reason": "concurrent_update"}
+        assert (await other.load(job.job_id)).status is JobStatus.UPLOADING
+        for bad in ("../../etc", "0" * 32, job.job_id + "\n", job.job_id.upper()):
+            assert await store.load(bad) is None
+    finally:
+        await store.engine.dispose()
+
+
+async def test_interrupted_analyses_are_the_runners_own(database_url, tmp_path):
+    store = await _store(database_url, tmp_path)
+    other = JobStore(store.engine, store.blobs, runner="replica-b")
+    try:
+        sweep = tmp_path / "sweep.wav"
+        sweep.write_bytes(b"x")
+        jobs = {}
+        for owner in (store, other):
+            job = _job()
+            await owner.create(job, sweep)
+            job.move_to(JobStatus.UPLOADING, "upload")
+            job.move_to(JobStatus.ANALYZING, "analyze")
+            await owner.save(job)
+            jobs[owner.runner] = job.job_id
+        assert [job.job_id for job in await store.interrupted()] == [jobs["replica-a"]]
+        assert [job.job_id for job in await other.interrupted()] == [jobs["replica-b"]]
+    finally:
+        await store.engine.dispose()
+
+
+async def test_expired_jobs_and_their_audio_are_deleted(database_url, tmp_path):
+    store = await _store(database_url, tmp_path)
+    try:
+        sweep = tmp_path / "sweep.wav"
+        sweep.write_bytes(b"x")
+        old, running, recent = _job(), _job(), _job()
+        for job in (old, running, recent):
+            await store.create(job, sweep)
+        store.blobs.put_file(upload_key(old.job_id, "mic-1"), sweep)
+        running.move_to(JobStatus.UPLOADING, "upload")
+        running.move_to(JobStatus.ANALYZING, "analyze")
+        await store.save(running)
+        cutoff_s = max(old.updated_at, running.updated_at).timestamp() + 1.0
+        recent.updated_at = datetime.fromtimestamp(cutoff_s + 60.0, UTC)
+        await store.save(recent)
+        assert await store.delete_expired(cutoff_s) == [old.job_id]  # an analysis in progress is never deleted
+        assert await store.load(old.job_id) is None
+        assert store.blobs.local_path(sweep_key(old.job_id)) is None
+        assert store.blobs.local_path(upload_key(old.job_id, "mic-1")) is None
+        assert not (tmp_path / "blobs" / "jobs" / old.job_id).exists()
+        assert await store.load(running.job_id) is not None and await store.load(recent.job_id) is not None
+        assert store.blobs.local_path(sweep_key(recent.job_id)) is not None
+        assert await store.delete_expired(cutoff_s) == []
+    finally:
+        await store.engine.dispose()
+
+
+async def test_jobs_of_the_former_folder_layout_are_imported_once(tmp_path):
     job = _job()
-    store.create(job, np.zeros(job.sweep_params.total_samples))
-    job.status = JobStatus.UPLOADING
-    store.save(job)
-    assert store.load(job.job_id) == job
     job_dir = tmp_path / "jobs" / job.job_id
-    assert sorted(path.name for path in job_dir.iterdir()) == ["job.json", "sweep.wav", "uploads"]
-    assert list(store.job_ids()) == [job.job_id]
-    (job_dir / ".job-x.part").write_text("{")
-    (job_dir / "uploads" / ".incoming-y.part").write_text("half")
-    assert store.remove_partials(job.job_id) == 2
-    assert store.load("../../etc") is None and store.load("0" * 32) is None
-    assert store.load(job.job_id + "\n") is None
-    with pytest.raises(ValueError):
-        store.job_dir("../" + job.job_id)
+    job_dir.mkdir(parents=True)
+    (job_dir / "job.json").write_text(job.model_dump_json())
+    store = await _store(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}", tmp_path)
+    try:
+        assert await store.import_job_files(tmp_path) == 1
+        assert await store.import_job_files(tmp_path) == 0
+        loaded = await store.load(job.job_id)
+        assert loaded.model_dump() == job.model_dump() and loaded.version == 1
+    finally:
+        await store.engine.dispose()

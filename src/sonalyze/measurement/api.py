@@ -58,7 +58,7 @@ def http_router() -> APIRouter:
     @router.api_route("/v1/jobs/{job_id}/sweep.wav", methods=["GET", "HEAD"])
     async def download_sweep(job_id: str, service: Service, caller: CallerOf) -> FileResponse:
         job = await service.get_job(job_id, caller)
-        return FileResponse(service.sweep_path(job), media_type="audio/wav", filename=f"sweep-{job_id}.wav")
+        return FileResponse(await service.sweep_path(job), media_type="audio/wav", filename=f"sweep-{job_id}.wav")
 
     @router.post("/v1/jobs/{job_id}/uploads/{name:path}", status_code=201)
     async def upload(job_id: str, name: str, request: Request, service: Service, caller: CallerOf) -> JSONResponse:

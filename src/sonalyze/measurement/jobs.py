@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from sonalyze.acoustics.sweep import MAX_SWEEP_COUNT, SweepParams
 from sonalyze.common.errors import Conflict
@@ -152,7 +152,7 @@ class JobError(BaseModel):
 
 
 class Job(BaseModel):
-    """What ``job.json`` holds. ``results`` maps upload name to the acoustics report (or an error)."""
+    """A job (the ``body`` of its database row). ``results`` maps upload name to the acoustics report (or an error)."""
 
     job_id: str
     status: JobStatus
@@ -169,6 +169,16 @@ class Job(BaseModel):
     """The lobby whose session created the job; None for a standalone job."""
     owner_device_id: str | None = None
     """The device that created a standalone job (the only device that may reach it)."""
+    _version: int = PrivateAttr(default=0)
+
+    @property
+    def version(self) -> int:
+        """The database row's version this copy was read at (`sonalyze.measurement.store`)."""
+        return self._version
+
+    @version.setter
+    def version(self, value: int) -> None:
+        self._version = value
 
     @classmethod
     def create(cls, params: SweepParams, *, lobby_id: str | None = None, owner_device_id: str | None = None) -> Job:

@@ -1,7 +1,8 @@
 """The measurement service's operations, shared by the HTTP routes and the gateway events.
 
-The files are the truth: a job is read from ``job.json``, changed under that job's lock and saved
-before the change is answered. Only jobs being analyzed stay in memory (their progress changes all the
+The database is the truth (`sonalyze.measurement.store`): a job is read from its row, changed under
+that job's lock and saved (version-checked, so replicas cannot overwrite each other) before the change
+is answered; its audio is in the blob store every replica reaches. Only jobs being analyzed stay in memory (their progress changes all the
 time). Analyses run in the CPU pool as background tasks; :meth:`MeasurementService._analysis_finished` is the
 one place where an analysis ends (with results or an error).
 """
@@ -10,12 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from sonalyze.acoustics.sweep import exponential_sweep
+import soundfile
+
+from sonalyze.acoustics.sweep import SweepParams, exponential_sweep
+from sonalyze.common.blobs import PARTIAL_SUFFIX, blob_store
 from sonalyze.common.cpu_pool import DEFAULT_PRELOAD, CpuPool
 from sonalyze.common.errors import BadRequest, Busy, Conflict, Forbidden, NotFound, SonalyzeError, Unprocessable
 from sonalyze.common.internal_auth import Caller, internal_headers
@@ -30,12 +36,13 @@ from sonalyze.measurement.jobs import (
     JobCreate,
     JobError,
     JobStatus,
+    SWEEP_FILE_FORMAT,
     Progress,
     Upload,
     utc_now,
 )
 from sonalyze.measurement.settings import MeasurementSettings
-from sonalyze.measurement.store import JobStore, commit_file
+from sonalyze.measurement.store import JobStore, sweep_key, upload_key
 from sonalyze.measurement.uploads import (
     check_declared_length,
     check_sample_rate,
@@ -45,6 +52,7 @@ from sonalyze.measurement.uploads import (
     receive_multipart,
     receive_raw,
 )
+from sonalyze.storage.db import make_engine
 from sonalyze.storage.outbox import writer_outbox
 
 log = logging.getLogger(__name__)
@@ -56,7 +64,8 @@ FINAL_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED})
 class MeasurementService:
     def __init__(self, settings: MeasurementSettings) -> None:
         self.settings = settings
-        self.store = JobStore(settings.data_dir)
+        blobs = blob_store(settings.blob_url, settings.data_dir, endpoint_url=settings.s3_endpoint_url)
+        self.store = JobStore(make_engine(settings.jobs_database_url), blobs, runner=settings.replica_id)
         self.pool = CpuPool(
             settings.analysis_workers,
             settings.analysis_queue,
@@ -73,36 +82,48 @@ class MeasurementService:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._analyses: dict[str, asyncio.Task[None]] = {}
         self._warm_up: asyncio.Task[None] | None = None
+        self._cleanup: asyncio.Task[None] | None = None
         self.outbox = writer_outbox(settings.storage_url, settings.internal_auth_token, settings.database_url, settings.data_dir)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """At start-up: start the storage outbox, warm the analysis workers up (in the background) and
-        recover the jobs on disk."""
+        """At start-up: migrate the job database, start the storage outbox, warm the analysis workers up
+        (in the background), fail this replica's interrupted analyses, start the retention cleanup."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.migrate()
+        if not self.settings.blob_url:
+            await self.store.import_job_files(self.settings.data_dir)
         if self.outbox is not None:
-            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
             await self.outbox.start()
         self._warm_up = asyncio.create_task(self.pool.warm_up())
-        await self._recover()
-
-    async def _recover(self) -> None:
-        """Drop half-written files, fail the analyses a previous process did not finish."""
-
-        def scan() -> list[Job]:
-            interrupted = []
-            for job_id in self.store.job_ids():
-                self.store.remove_partials(job_id)
-                job = self.store.load(job_id)
-                if job is not None and job.status is JobStatus.ANALYZING:
-                    interrupted.append(job)
-            return interrupted
-
-        for job in await asyncio.to_thread(scan):
+        for job in await self.store.interrupted():
             error = JobError(code="interrupted", message="the service stopped during the analysis; run it again")
             await self._analysis_finished(job, error=error)
+        if self.settings.retention_days > 0:
+            self._cleanup = asyncio.create_task(self._cleanup_loop(), name="measurement-cleanup")
+
+    async def delete_expired(self, now_s: float) -> list[str]:
+        """Delete the jobs (and their audio) unchanged for ``MEASUREMENT_RETENTION_DAYS`` before ``now_s``;
+        their storage records stay. The ids deleted."""
+        before_s = now_s - self.settings.retention_days * 86400.0
+        deleted = await self.store.delete_expired(before_s)
+        if deleted:
+            log.info("expired jobs deleted", extra={"jobs": len(deleted)})
+        return deleted
+
+    async def _cleanup_loop(self) -> None:
+        while True:
+            try:
+                await self.delete_expired(time.time())
+            except Exception:
+                log.exception("deleting expired jobs failed; trying again later")
+            await asyncio.sleep(self.settings.cleanup_interval_s)
 
     async def close(self) -> None:
+        if self._cleanup is not None:
+            self._cleanup.cancel()
+            await asyncio.gather(self._cleanup, return_exceptions=True)
         if self._warm_up is not None:
             await asyncio.gather(self._warm_up, return_exceptions=True)
         for task in list(self._analyses.values()):
@@ -113,6 +134,7 @@ class MeasurementService:
         if self.outbox is not None:
             await self.outbox.stop()
             await self.outbox.client.aclose()
+        await self.store.engine.dispose()
 
     # -- jobs ------------------------------------------------------------------------------------
 
@@ -129,8 +151,12 @@ class MeasurementService:
         except ValueError as exc:
             raise Unprocessable(str(exc), code="invalid_sweep") from exc
         job = Job.create(params, lobby_id=request.lobby_id, owner_device_id=caller.device_id)
-        sweep = await asyncio.to_thread(exponential_sweep, params)
-        await asyncio.to_thread(self.store.create, job, sweep)
+        sweep_file = self._temp_path()
+        try:
+            await asyncio.to_thread(_write_sweep, sweep_file, params, job.sample_rate_hz)
+            await self.store.create(job, sweep_file)
+        finally:
+            sweep_file.unlink(missing_ok=True)
         if self.outbox is not None and job.lobby_id is None:
             await self.outbox.enqueue("measurements", storage_records.measurement_record(job), aggregate=job.job_id)
         log.info("job created", extra={"job_id": job.job_id, "sample_rate_hz": job.sample_rate_hz})
@@ -143,14 +169,21 @@ class MeasurementService:
         return job
 
     async def _load(self, job_id: str) -> Job:
-        """The live job while it is analyzed (its progress moves), else the job as saved on disk."""
-        job = self._analyzing.get(job_id) or await asyncio.to_thread(self.store.load, job_id)
+        """The live job while it is analyzed here (its progress moves), else the job as saved."""
+        job = self._analyzing.get(job_id) or await self.store.load(job_id)
         if job is None:
             raise NotFound(f"no job {job_id!r}", details={"job_id": job_id})
         return job
 
-    def sweep_path(self, job: Job) -> Path:
-        return self.store.sweep_path(job.job_id)
+    async def sweep_path(self, job: Job) -> Path:
+        """A local file holding the job's sweep (the blob itself, or this replica's cached copy)."""
+        path = await asyncio.to_thread(self.store.blobs.local_path, sweep_key(job.job_id))
+        if path is None:
+            raise NotFound(f"job {job.job_id} has no sweep", details={"job_id": job.job_id})
+        return path
+
+    def _temp_path(self) -> Path:
+        return self.store.blobs.temp_dir() / f"{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
 
     def _lock(self, job_id: str) -> asyncio.Lock:
         """The job's lock; it lives as long as someone holds or awaits it."""
@@ -161,7 +194,7 @@ class MeasurementService:
 
     async def _save(self, job: Job) -> None:
         job.updated_at = utc_now()
-        await asyncio.to_thread(self.store.save, job)
+        await self.store.save(job)
 
     # -- uploads ---------------------------------------------------------------------------------
 
@@ -185,7 +218,7 @@ class MeasurementService:
         self._check_can_upload(job, name)
         limit = self.settings.max_upload_bytes
         check_declared_length(content_length, limit)
-        partial = self.store.partial_path(job_id)
+        partial = self._temp_path()
         try:
             with open(partial, "wb") as out:
                 if content_type and content_type.lower().startswith("multipart/form-data"):
@@ -197,7 +230,7 @@ class MeasurementService:
                 job = await self._load(job_id)
                 self._check_can_upload(job, name)
                 job.move_to(JobStatus.UPLOADING, "upload")
-                await asyncio.to_thread(commit_file, partial, self.store.upload_path(job_id, name))
+                await asyncio.to_thread(self.store.blobs.put_file, upload_key(job_id, name), partial)
                 upload = Upload(name=name, uploaded_at=utc_now(), capture=capture, **facts.model_dump())
                 job.uploads.append(upload)
                 await self._save(job)
@@ -231,6 +264,7 @@ class MeasurementService:
                     f"{len(self._analyses)} analyses are running or waiting; try again later",
                     headers={"Retry-After": str(self.pool.retry_after_s())},
                 )
+            paths = [await asyncio.to_thread(self.store.blobs.local_path, upload_key(job_id, name)) for name in names]
             job.move_to(JobStatus.ANALYZING, "analyze")
             job.error = None
             job.progress = Progress(fraction=0.0, message="waiting for a worker")
@@ -239,7 +273,7 @@ class MeasurementService:
             task = AnalysisTask(
                 source=request.source,
                 sweep=job.sweep_params,
-                uploads=tuple((name, self.store.upload_path(job_id, name)) for name in names),
+                uploads=tuple(zip(names, paths, strict=True)),
                 captures=tuple(job.upload(name).capture for name in names),
             )
             self._analyses[job_id] = asyncio.create_task(self._run_analysis(job, task), name=f"analysis-{job_id}")
@@ -337,3 +371,8 @@ class MeasurementService:
             },
         }
 
+
+def _write_sweep(path: Path, params: SweepParams, fs_hz: int) -> None:
+    """The sweep file (`SWEEP_FILE_FORMAT`) at ``path``."""
+    sweep = exponential_sweep(params)
+    soundfile.write(path, sweep, fs_hz, subtype=SWEEP_FILE_FORMAT["subtype"], format="WAV")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from pydantic import Field
@@ -16,7 +17,7 @@ class MeasurementSettings(InternalAuthSettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MEASUREMENT_", extra="ignore")
 
     data_dir: Path = Field(
-        default=Path("sonalyze-data/measurement"), description="jobs, sweeps and uploads live under DATA_DIR/jobs/"
+        default=Path("sonalyze-data/measurement"), description="the embedded job database, audio (without BLOB_URL) and the outbox"
     )
     max_upload_mb: float = Field(default=50.0, gt=0, description="largest accepted upload request body, MiB")
     analysis_workers: int = Field(default=1, ge=1, le=64, description="analyses running at once (one process each)")
@@ -47,8 +48,28 @@ class MeasurementSettings(InternalAuthSettings, BaseSettings):
     database_url: str = Field(
         default="",
         validation_alias="DATABASE_URL",
-        description="the storage outbox's database (SQLAlchemy async URL); empty: DATA_DIR/outbox.db",
+        description="jobs and the storage outbox (SQLAlchemy async URL); empty: DATA_DIR/measurement.db, DATA_DIR/outbox.db",
     )
+    blob_url: str = Field(
+        default="",
+        validation_alias="BLOB_URL",
+        description="sweeps and uploads: empty (DATA_DIR), file:///path or s3://bucket/prefix (sonalyze.common.blobs)",
+    )
+    s3_endpoint_url: str = Field(
+        default="", validation_alias="S3_ENDPOINT_URL", description="an S3-compatible server; empty: AWS"
+    )
+    replica_id: str = Field(
+        default_factory=socket.gethostname,
+        description="names this replica's running analyses (default: the host name; set it for replicas sharing a host)",
+    )
+    retention_days: float = Field(
+        default=30.0, ge=0, description="a job and its audio are deleted this long after its last change; 0: kept"
+    )
+    cleanup_interval_s: float = Field(default=3600.0, gt=0, description="how often expired jobs are deleted")
+
+    @property
+    def jobs_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'measurement.db'}"
 
     @property
     def max_upload_bytes(self) -> int:

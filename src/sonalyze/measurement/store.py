@@ -1,90 +1,153 @@
-"""Jobs on disk, durable without a database.
+"""Jobs in the database, their audio in the blob store: every replica sees every job.
 
-    DATA_DIR/jobs/{job_id}/job.json          the job, replaced atomically (temp + fsync + os.replace)
-    DATA_DIR/jobs/{job_id}/sweep.wav         the sweep to play, written once at creation
-    DATA_DIR/jobs/{job_id}/uploads/{name}    each upload, streamed to a ``.part`` file then renamed
+    measurement_jobs (job_id, status, version, runner, updated_s, body)   the job as JSON, one row
+    blob jobs/{job_id}/sweep.wav          the sweep to play, written once at creation
+    blob jobs/{job_id}/uploads/{name}     each upload, published once complete (`sonalyze.common.blobs`)
 
-Nothing is ever visible under a final name before it is complete; leftover ``.part`` files from a
-crash are removed at start-up. All methods are blocking: call them through ``asyncio.to_thread``.
+SQLite (``DATA_DIR/measurement.db``) is the embedded default, PostgreSQL the shared one (``DATABASE_URL``);
+the schema is migrated with Alembic at start-up (``sonalyze.measurement.migrations``). A save checks the
+``version`` it loaded (optimistic concurrency): two replicas changing one job at once cannot both win,
+the later one gets ``409 conflict`` (``reason: concurrent_update``). ``runner`` names the replica running
+an analysis, so a restarted replica fails its own interrupted analyses and no other's.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
+import asyncio
 from pathlib import Path
 
-import numpy as np
-import soundfile
+from sqlalchemy import JSON, Column, Float, Integer, MetaData, String, Table, delete, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sonalyze.common.durable import fsync_dir
-from sonalyze.measurement.jobs import JOB_ID_PATTERN, SWEEP_FILE_FORMAT, Job
+from sonalyze.common.blobs import BlobStore
+from sonalyze.common.errors import Conflict
+from sonalyze.measurement import migrations
+from sonalyze.measurement.jobs import JOB_ID_PATTERN, Job, JobStatus
 
-PARTIAL_SUFFIX = ".part"
+metadata = MetaData()
+jobs_table = Table(
+    "measurement_jobs",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("status", String(16), nullable=False, index=True),
+    Column("version", Integer, nullable=False),
+    Column("runner", String(200)),
+    Column("updated_s", Float, nullable=False, index=True),
+    Column("body", JSON, nullable=False),
+)
+_MIGRATION_LOCK_KEY = 0x4D_45_41_53_55_52_45  # any constant shared by every measurement replica
 
 
-def commit_file(temp_path: Path, final_path: Path) -> None:
-    """Make a fully written ``temp_path`` durable and visible as ``final_path`` in one step."""
-    with open(temp_path, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temp_path, final_path)
-    fsync_dir(final_path.parent)
+def sweep_key(job_id: str) -> str:
+    return f"jobs/{job_id}/sweep.wav"
+
+
+def upload_key(job_id: str, name: str) -> str:
+    return f"jobs/{job_id}/uploads/{name}"
 
 
 class JobStore:
-    def __init__(self, data_dir: Path) -> None:
-        self.jobs_dir = data_dir / "jobs"
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, engine: AsyncEngine, blobs: BlobStore, *, runner: str) -> None:
+        self.engine = engine
+        self.blobs = blobs
+        self.runner = runner
 
-    def job_dir(self, job_id: str) -> Path:
-        if not JOB_ID_PATTERN.fullmatch(job_id):  # never build a path from an unchecked id
-            raise ValueError(f"invalid job id {job_id!r}")
-        return self.jobs_dir / job_id
+    async def migrate(self) -> None:
+        async with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+            await connection.run_sync(migrations.upgrade)
 
-    def sweep_path(self, job_id: str) -> Path:
-        return self.job_dir(job_id) / "sweep.wav"
+    def _row(self, job: Job, version: int) -> dict:
+        return {
+            "status": job.status.value,
+            "version": version,
+            "runner": self.runner if job.status is JobStatus.ANALYZING else None,
+            "updated_s": job.updated_at.timestamp(),
+            "body": job.model_dump(mode="json"),
+        }
 
-    def upload_path(self, job_id: str, name: str) -> Path:
-        return self.job_dir(job_id) / "uploads" / name
+    async def create(self, job: Job, sweep_file: Path) -> None:
+        """Publish the sweep, then insert the job: a job that exists always has its sweep."""
+        await asyncio.to_thread(self.blobs.put_file, sweep_key(job.job_id), sweep_file)
+        async with self.engine.begin() as connection:
+            await connection.execute(insert(jobs_table).values(job_id=job.job_id, **self._row(job, 1)))
+        job.version = 1
 
-    def partial_path(self, job_id: str) -> Path:
-        """A fresh temporary file name beside the uploads (same file system, so the rename is atomic)."""
-        return self.job_dir(job_id) / "uploads" / f".incoming-{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
+    async def save(self, job: Job) -> None:
+        """Write ``job`` if nobody changed it since this replica read it; else 409 ``concurrent_update``."""
+        seen = job.version
+        condition = (jobs_table.c.job_id == job.job_id) & (jobs_table.c.version == seen)
+        async with self.engine.begin() as connection:
+            result = await connection.execute(update(jobs_table).where(condition).values(**self._row(job, seen + 1)))
+        if result.rowcount != 1:
+            raise Conflict(
+                f"job {job.job_id} was changed meanwhile (by another replica); try again",
+                details={"reason": "concurrent_update"},
+            )
+        job.version = seen + 1
 
-    def create(self, job: Job, sweep: np.ndarray) -> None:
-        """Write the sweep WAV, then ``job.json``: a job that exists always has its sweep."""
-        job_dir = self.job_dir(job.job_id)
-        (job_dir / "uploads").mkdir(parents=True)
-        temp_path = job_dir / f".sweep-{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
-        soundfile.write(temp_path, sweep, job.sample_rate_hz, subtype=SWEEP_FILE_FORMAT["subtype"], format="WAV")
-        commit_file(temp_path, self.sweep_path(job.job_id))
-        self.save(job)
-
-    def save(self, job: Job) -> None:
-        job_dir = self.job_dir(job.job_id)
-        temp_path = job_dir / f".job-{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
-        temp_path.write_bytes(job.model_dump_json().encode())
-        commit_file(temp_path, job_dir / "job.json")
-
-    def load(self, job_id: str) -> Job | None:
+    async def load(self, job_id: str) -> Job | None:
         if not JOB_ID_PATTERN.fullmatch(job_id):
             return None
-        try:
-            text = (self.jobs_dir / job_id / "job.json").read_bytes()
-        except FileNotFoundError:
+        async with self.engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    select(jobs_table.c.version, jobs_table.c.body).where(jobs_table.c.job_id == job_id)
+                )
+            ).first()
+        if row is None:
             return None
-        return Job.model_validate_json(text)
+        return _job(row)
 
-    def job_ids(self) -> Iterator[str]:
-        for entry in self.jobs_dir.iterdir():
-            if JOB_ID_PATTERN.fullmatch(entry.name) and (entry / "job.json").is_file():
-                yield entry.name
+    async def interrupted(self) -> list[Job]:
+        """The jobs this replica (``runner``) was analyzing when it stopped."""
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                select(jobs_table.c.job_id, jobs_table.c.version, jobs_table.c.body).where(
+                    (jobs_table.c.status == JobStatus.ANALYZING.value) & (jobs_table.c.runner == self.runner)
+                )
+            )
+            return [_job(row) for row in rows]
 
-    def remove_partials(self, job_id: str) -> int:
-        """Delete leftover temporary files of ``job_id`` (after a crash); how many there were."""
-        job_dir = self.job_dir(job_id)
-        leftovers = [*job_dir.glob(f".*{PARTIAL_SUFFIX}"), *(job_dir / "uploads").glob(f".*{PARTIAL_SUFFIX}")]
-        for path in leftovers:
-            path.unlink(missing_ok=True)
-        return len(leftovers)
+    async def delete_expired(self, before_s: float) -> list[str]:
+        """Delete the jobs last changed before ``before_s`` (Unix time) that are not being analyzed, and
+        their audio; their ids. Rows go first: a job never exists without its sweep."""
+        async with self.engine.begin() as connection:
+            ids = list(
+                (
+                    await connection.execute(
+                        select(jobs_table.c.job_id).where(
+                            (jobs_table.c.updated_s < before_s) & (jobs_table.c.status != JobStatus.ANALYZING.value)
+                        )
+                    )
+                ).scalars()
+            )
+            if ids:
+                await connection.execute(delete(jobs_table).where(jobs_table.c.job_id.in_(ids)))
+        for job_id in ids:
+            await asyncio.to_thread(self.blobs.delete_prefix, f"jobs/{job_id}")
+        return ids
+
+    async def import_job_files(self, data_dir: Path) -> int:
+        """Insert the jobs of the former on-disk layout (``DATA_DIR/jobs/{id}/job.json``) not yet in the
+        database; their audio already sits at the folder store's keys. How many were imported."""
+        jobs_dir = data_dir / "jobs"
+        if not jobs_dir.is_dir():
+            return 0
+        files = [path for path in jobs_dir.glob("*/job.json") if JOB_ID_PATTERN.fullmatch(path.parent.name)]
+        imported = 0
+        for path in files:
+            job = Job.model_validate_json(await asyncio.to_thread(path.read_bytes))
+            async with self.engine.begin() as connection:
+                exists = await connection.execute(select(jobs_table.c.job_id).where(jobs_table.c.job_id == job.job_id))
+                if exists.first() is None:
+                    await connection.execute(insert(jobs_table).values(job_id=job.job_id, **self._row(job, 1)))
+                    imported += 1
+        return imported
+
+
+def _job(row) -> Job:
+    job = Job.model_validate(row.body)
+    job.version = row.version
+    return job
