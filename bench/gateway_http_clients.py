@@ -1,6 +1,7 @@
-"""CPU per /gateway/handle call of the gateway's HTTP client vs httpx, against the stub upstream.
+"""CPU per /gateway/handle call, side by side in one run: the gateway's HTTP client, aiohttp, httpx.
 
-Both run in this process (pinned to core 0), the stub upstream on core 1; 10 concurrent callers.
+All run in this process (pinned to core 0), the stub upstream on core 1; 10 concurrent callers, one
+pooled keep-alive client each. aiohttp is the next well-kept library down from the own client (issue 16);
 httpx is measured twice: as installed (httpcore retries ``import sniffio`` on every request when sniffio
 is absent, as here) and with that import satisfied.
 
@@ -54,9 +55,10 @@ async def main(url: str) -> list[dict]:
     ours = UpstreamClient(10.0)
 
     async def ours_call() -> None:
-        assert "data" in await ours.handle(url, BODY)
+        status, content = await ours.post_json(url + "/gateway/handle", orjson.dumps(BODY))
+        assert status == 200 and "data" in orjson.loads(content)
 
-    results.append(await measure("sonalyze UpstreamClient.handle (coroutine)", ours_call))
+    results.append(await measure("sonalyze UpstreamClient.post_json (coroutine)", ours_call))
 
     async def ours_callback_call() -> None:
         answered = asyncio.get_running_loop().create_future()
@@ -65,6 +67,17 @@ async def main(url: str) -> list[dict]:
 
     results.append(await measure("sonalyze UpstreamClient.call (callbacks, as the gateway uses it)", ours_callback_call))
     await ours.aclose()
+
+    import aiohttp
+
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), timeout=aiohttp.ClientTimeout(total=10.0))
+
+    async def aiohttp_call() -> None:
+        async with session.post(url + "/gateway/handle", data=orjson.dumps(BODY), headers={"content-type": "application/json"}) as answer:
+            assert answer.status == 200 and "data" in orjson.loads(await answer.read())
+
+    results.append(await measure(f"aiohttp {aiohttp.__version__} ClientSession.post", aiohttp_call))
+    await session.close()
 
     for label in ("httpx (as installed)", "httpx (sniffio importable)"):
         if "sniffio importable" in label:

@@ -134,7 +134,8 @@ async def test_interim_answers_are_skipped_and_never_taken_as_the_answer(hostile
             assert status == 200 and json.loads(content) == {"id": rid, "connection": 1}
             assert headers.get(b"x-final") == b"yes" and b"link" not in headers  # no merged interim headers
         for n in range(3):  # the awaited path, then the callback path, on the same connection
-            assert await client.handle(hostile.url, {"event": f"e{n}"}) == {"data": {"event": f"e{n}", "connection": 1}}
+            status, content = await client.post_json(f"{hostile.url}/gateway/handle", b"{\"event\": \"e%d\"}" % n)
+            assert (status, json.loads(content)) == (200, {"data": {"event": f"e{n}", "connection": 1}})
         done: asyncio.Future = asyncio.get_running_loop().create_future()
         client.call(hostile.url, {"event": "cb"}, done.set_result)
         assert await asyncio.wait_for(done, 5) == {"data": {"event": "cb", "connection": 1}}

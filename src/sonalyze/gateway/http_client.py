@@ -46,7 +46,7 @@ class _Stray(Exception):
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection carrying one exchange at a time."""
+    """One keep-alive connection carrying one exchange at a time (its ``listener``)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pool: _Pool) -> None:
         self.loop = loop
@@ -57,8 +57,6 @@ class _Connection(asyncio.Protocol):
         self.listener: _Exchange | None = None
         self.can_write = asyncio.Event()
         self.can_write.set()
-        self.body_event = asyncio.Event()
-        """Set when body bytes arrive or the answer ends (awaited exchanges clear it before waiting)."""
         self.expecting = False
         """A request was sent and its final answer has not ended: only then may a message begin."""
         self.poisoned = False
@@ -68,12 +66,10 @@ class _Connection(asyncio.Protocol):
         self.notify = False
         """The answer ended inside ``feed_data``: its listener is told once the parser has returned."""
         self.active_s = loop.time()
-        """When a byte last went either way: an upload's answer times out on inactivity, not duration."""
-        self._reset(False)
+        """When a byte last went either way: a streamed exchange times out on inactivity, not duration."""
+        self._reset()
 
-    def _reset(self, awaited: bool) -> None:
-        self.headers_ready: asyncio.Future[None] | None = self.loop.create_future() if awaited else None
-        """Only for an awaited exchange: a callback exchange (``listener``) needs no future."""
+    def _reset(self) -> None:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: deque[bytes] = deque()
@@ -135,17 +131,18 @@ class _Connection(asyncio.Protocol):
             self.headers = []
             return
         self.status = status
-        if self.headers_ready is not None and not self.headers_ready.done():
-            self.headers_ready.set_result(None)
+        if self.listener is not None:
+            self.listener.headers()
         if self.head:
             self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
         self.buffered += len(body)
-        self.body_event.set()
         if self.buffered > _READ_HIGH_WATER:
             self.transport.pause_reading()  # type: ignore[union-attr]
+        if self.listener is not None:
+            self.listener.wake()
 
     def on_message_complete(self) -> None:
         if self.interim:
@@ -154,7 +151,6 @@ class _Connection(asyncio.Protocol):
         self.complete = True
         self.expecting = False
         self.keep_alive = self.parser.should_keep_alive()  # the parser forgets it once reset for the next answer
-        self.body_event.set()
         if self.listener is not None:
             self.notify = True
 
@@ -163,18 +159,15 @@ class _Connection(asyncio.Protocol):
     def _fail(self, exc: Exception) -> None:
         if self.listener is not None:
             self.listener.lost(exc)
-        elif self.headers_ready is not None and not self.headers_ready.done():
-            self.headers_ready.set_exception(exc)
-        self.body_event.set()
 
     def usable(self) -> bool:
         return not self.closed and not self.poisoned and not self.transport.is_closing()  # type: ignore[union-attr]
 
-    def start(self, head: bytes, is_head_request: bool, has_body: bool = False, awaited: bool = True) -> None:
-        """Send a request head (and a small body); ``awaited``: a coroutine waits for ``headers_ready``."""
+    def start(self, head: bytes, is_head_request: bool, has_body: bool) -> None:
+        """Send a request head (with a small body, or the body follows: ``has_body``)."""
         if not self.usable():
             raise _Lost("connection closed before the request was sent")
-        self._reset(awaited)
+        self._reset()
         self.head = is_head_request
         self.request_sent = not has_body
         self.expecting = True
@@ -201,19 +194,18 @@ Waiter = Callable[["_Connection | None"], bool]
 
 
 class _Pool:
-    """Keep-alive connections to one origin: at most ``max_connections`` open; callers beyond that wait.
+    """Keep-alive connections to one origin: at most ``max_connections`` open; exchanges beyond that wait.
 
     Waiting is first come, first served and O(1): a waiter that gave up stays in the queue and is
     skipped when its turn comes, so a backlog (a burst beyond ``max_connections``) drains at the cost of
     ordinary calls.
     """
 
-    def __init__(self, host: str, port: int, host_header: bytes, max_connections: int, timeout_s: float) -> None:
+    def __init__(self, host: str, port: int, host_header: bytes, max_connections: int) -> None:
         self.host = host
         self.port = port
         self.host_header = host_header
         self.max_connections = max_connections
-        self.timeout_s = timeout_s
         self.open = 0
         self.idle: list[_Connection] = []
         self.waiters: deque[Waiter] = deque()
@@ -225,43 +217,16 @@ class _Pool:
                 return connection
         return None
 
-    async def acquire(self) -> tuple[_Connection, bool]:
-        """A connection for one exchange, and whether it was used before."""
-        loop = asyncio.get_running_loop()
-        while True:
-            connection = self.take_idle()
-            if connection is not None:
-                return connection, True
-            if self.open < self.max_connections:
-                break
-            waiter: asyncio.Future[_Connection | None] = loop.create_future()
-            self.waiters.append(partial(_hand_to_future, waiter))
-            try:
-                handed = await asyncio.wait_for(waiter, self.timeout_s)
-            except TimeoutError as exc:
-                raise UpstreamTimeout(f"all {self.max_connections} connections to {self.host}:{self.port} stayed busy") from exc
-            if handed is not None and handed.usable():
-                return handed, True
-        self.open += 1
-        try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(loop, self), self.host, self.port), self.timeout_s
-            )
-        except BaseException as exc:
-            self.open -= 1
-            self._wake(None)
-            if isinstance(exc, TimeoutError):
-                raise UpstreamTimeout(f"no connection to {self.host}:{self.port} within {self.timeout_s:g} s") from exc
-            if isinstance(exc, OSError):
-                raise UpstreamUnavailable(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from exc
-            raise
-        return connection, False
-
     def release(self, connection: _Connection) -> None:
         """Back to the pool after an exchange (closed instead when it cannot carry another)."""
         if not connection.reusable():
             self.discard(connection)
-        elif not self._wake(connection):
+        else:
+            self.offer(connection)
+
+    def offer(self, connection: _Connection) -> None:
+        """A connection free for the next exchange: the first waiter's, else idle."""
+        if not self.wake(connection):
             self.idle.append(connection)
 
     def discard(self, connection: _Connection) -> None:
@@ -272,14 +237,14 @@ class _Pool:
         self.open -= 1
         if connection in self.idle:
             self.idle.remove(connection)
-        self._wake(None)  # a waiter may open a new connection now
+        self.wake(None)  # a waiter may open a new connection now
 
     def close(self) -> None:
         for connection in self.idle:
             connection.transport.close()  # type: ignore[union-attr]
         self.idle.clear()
 
-    def _wake(self, connection: _Connection | None) -> bool:
+    def wake(self, connection: _Connection | None) -> bool:
         waiters = self.waiters
         while waiters:
             if waiters.popleft()(connection):
@@ -287,25 +252,17 @@ class _Pool:
         return False
 
 
-def _hand_to_future(waiter: asyncio.Future[_Connection | None], connection: _Connection | None) -> bool:
-    if waiter.done():
-        return False  # timed out or cancelled
-    waiter.set_result(connection)
-    return True
-
-
 class StreamedResponse:
     """An upstream answer whose body is read as it arrives (``aiter_body``); always ``aclose()`` it."""
 
-    def __init__(self, client: UpstreamClient, connection: _Connection, writer: asyncio.Task[None] | None) -> None:
+    def __init__(self, exchange: _Exchange, connection: _Connection) -> None:
         self.status_code = connection.status
         self.headers = connection.headers
-        self._client = client
+        self._exchange = exchange
         self._connection = connection
-        self._writer = writer
 
     async def aiter_body(self) -> AsyncIterator[bytes]:
-        connection = self._connection
+        connection, exchange = self._connection, self._exchange
         while True:
             chunk = connection.take_chunk()
             if chunk is not None:
@@ -313,18 +270,12 @@ class StreamedResponse:
                 continue
             if connection.complete:
                 return
-            if connection.closed:
-                raise UpstreamUnavailable("upstream closed the connection mid-answer")
-            connection.body_event.clear()
-            try:
-                await asyncio.wait_for(connection.body_event.wait(), self._client.timeout_s)
-            except TimeoutError as exc:
-                raise UpstreamTimeout(f"upstream sent nothing for {self._client.timeout_s:g} s") from exc
+            if exchange.failure is not None:
+                raise exchange.failure
+            await exchange.next_bytes()
 
     async def aclose(self) -> None:
-        if self._writer is not None and not self._writer.done():
-            self._writer.cancel()
-        self._connection.pool.release(self._connection)
+        self._exchange.close()
 
 
 class UpstreamClient:
@@ -342,31 +293,14 @@ class UpstreamClient:
     def call(self, base_url: str, body: dict[str, Any], done: Callable[[dict[str, Any]], None]) -> Callable[[], Any]:
         """Start ``POST {base_url}/gateway/handle``; ``done`` later gets ``{"data": ...}`` or ``{"error": {...}}``.
 
-        The exchange runs on protocol callbacks alone, no task, on an idle pooled connection (the usual
-        case) or, with every connection busy, on the next one freed; only opening a new connection takes a
-        task. Returns a function that cancels the call (``done`` is then never called).
+        Runs on callbacks alone, no task, on an idle pooled connection (the usual case) or, with every
+        connection busy, on the next one freed; only opening a new connection takes a task. Returns a
+        function that cancels the call (``done`` is then never called).
         """
-        payload = orjson.dumps(body)
-        pool, head = self._post_head(base_url + "/gateway/handle", payload)
-        exchange = _Exchange(self, pool, base_url, (head, payload), done)
+        pool, head = self._post_head(base_url + "/gateway/handle", orjson.dumps(body))
+        exchange = _Exchange(self, pool, head, partial(_handle_answer, base_url, self.timeout_s, done))
         exchange.submit()
         return exchange.cancel
-
-    async def handle(self, base_url: str, body: dict[str, Any]) -> dict[str, Any]:
-        """``POST {base_url}/gateway/handle``; always ``{"data": ...}`` or ``{"error": {...}}``."""
-        return await self._handle_payload(base_url, orjson.dumps(body))
-
-    async def _call_async(self, base_url: str, payload: bytes, done: Callable[[dict[str, Any]], None]) -> None:
-        done(await self._handle_payload(base_url, payload))
-
-    async def _handle_payload(self, base_url: str, payload: bytes) -> dict[str, Any]:
-        try:
-            status, content = await self.post_json(base_url + "/gateway/handle", payload)
-        except UpstreamTimeout:
-            return timeout_error(base_url, self.timeout_s)
-        except UpstreamUnavailable as exc:
-            return unavailable_error(base_url, exc.message)
-        return contract_answer(base_url, status, content)
 
     def _post_head(self, url: str, payload: bytes) -> tuple[_Pool, bytes]:
         target = self._post_heads.get(url)
@@ -380,35 +314,10 @@ class UpstreamClient:
         return pool, b"%s%d\r\n\r\n%s" % (prefix, len(payload), payload)
 
     async def post_json(self, url: str, payload: bytes) -> tuple[int, bytes]:
-        """POST a JSON body and read the whole (small) answer: (status, body)."""
+        """POST a JSON body and read the whole (small) answer: (status, body). The same exchange as
+        :meth:`call`, awaited."""
         pool, head = self._post_head(url, payload)
-        for attempt in (0, 1):
-            connection, reused = await pool.acquire()
-            try:
-                connection.start(head, False)
-                await self._wait_headers(connection)
-                chunks = []
-                while not connection.complete:
-                    if connection.closed:
-                        raise _Lost("connection closed mid-answer")
-                    connection.body_event.clear()
-                    await self._wait(connection.body_event.wait())
-                    while (chunk := connection.take_chunk()) is not None:
-                        chunks.append(chunk)
-                while (chunk := connection.take_chunk()) is not None:
-                    chunks.append(chunk)
-            except _Lost as exc:
-                pool.discard(connection)
-                if reused and attempt == 0 and not connection.received_any:
-                    continue  # a pooled connection the upstream had already closed: retry once on a fresh one
-                raise UpstreamUnavailable(str(exc)) from exc
-            except BaseException:
-                pool.discard(connection)
-                raise
-            status = connection.status
-            pool.release(connection)
-            return status, b"".join(chunks)
-        raise AssertionError("unreachable")
+        return await self._await(_Exchange(self, pool, head))  # type: ignore[return-value]
 
     async def open_stream(
         self, method: str, url: str, headers: list[tuple[bytes, bytes]], content: AsyncIterable[bytes] | None
@@ -428,21 +337,8 @@ class UpstreamClient:
         if chunked:
             lines.append(b"transfer-encoding: chunked\r\n")
         lines.append(b"\r\n")
-        connection, _ = await pool.acquire()
-        writer = None
-        try:
-            connection.start(b"".join(lines), method == "HEAD", content is not None)
-            if content is not None:
-                writer = asyncio.get_running_loop().create_task(self._write_body(connection, content, chunked))
-            await self._wait_first(connection, writer)
-        except BaseException as exc:
-            if writer is not None:
-                writer.cancel()
-            pool.discard(connection)
-            if isinstance(exc, _Lost):
-                raise UpstreamUnavailable(str(exc)) from exc
-            raise
-        return StreamedResponse(self, connection, writer)
+        exchange = _Exchange(self, pool, b"".join(lines), stream=True, content=content, chunked=chunked, is_head=method == "HEAD")
+        return StreamedResponse(exchange, await self._await(exchange))  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
         self.deadlines.close()
@@ -451,58 +347,36 @@ class UpstreamClient:
 
     # internals
 
+    async def _await(self, exchange: _Exchange) -> tuple[int, bytes] | _Connection:
+        """Run ``exchange`` and wait for its outcome; cancelling the wait cancels the exchange."""
+        outcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        exchange.done = partial(_settle, outcome)
+        exchange.submit()
+        try:
+            result = await outcome
+        except BaseException:
+            exchange.cancel()
+            raise
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
     def _split(self, url: str) -> tuple[_Pool, bytes]:
         parts = urlsplit(url)
         pool = self._pools.get(parts.netloc)
         if pool is None:
             if parts.scheme != "http" or not parts.hostname:
                 raise UpstreamUnavailable(f"cannot reach {url!r}: upstreams are plain http:// URLs")
-            pool = self._pools[parts.netloc] = _Pool(
-                parts.hostname, parts.port or 80, parts.netloc.encode(), self.max_connections_per_origin, self.timeout_s
-            )
+            pool = self._pools[parts.netloc] = _Pool(parts.hostname, parts.port or 80, parts.netloc.encode(), self.max_connections_per_origin)
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
         return pool, path.encode("latin-1")
 
-    async def _wait(self, awaitable: Any) -> None:
-        try:
-            await asyncio.wait_for(awaitable, self.timeout_s)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"upstream did not answer within {self.timeout_s:g} s") from exc
-
-    async def _wait_headers(self, connection: _Connection) -> None:
-        """Wait for the answer's head until nothing went either way for ``timeout_s`` (a slow upload that
-        keeps sending does not time out)."""
-        future = connection.headers_ready
-        assert future is not None
-        idle = _IdleTimer(connection, future, self.timeout_s)
-        try:
-            await future
-        finally:
-            idle.cancel()
-
-    async def _wait_first(self, connection: _Connection, writer: asyncio.Task[None] | None) -> None:
-        """Wait for the answer's headers; a failing body upload ends the wait too."""
-        if writer is None:
-            try:
-                await self._wait_headers(connection)
-            except _Lost as exc:
-                raise UpstreamUnavailable(str(exc)) from exc
-            return
-        loop = asyncio.get_running_loop()
-        headers = loop.create_task(self._wait_headers(connection))
-        try:
-            await asyncio.wait((headers, writer), return_when=asyncio.FIRST_COMPLETED)
-            if not headers.done() and writer.exception() is not None:
-                raise writer.exception()  # type: ignore[misc]
-            await headers
-        except _Lost as exc:
-            raise UpstreamUnavailable(str(exc)) from exc
-        finally:
-            headers.cancel()
-
-    async def _write_body(self, connection: _Connection, content: AsyncIterable[bytes], chunked: bool) -> None:
+    @staticmethod
+    async def _write_body(connection: _Connection, content: AsyncIterable[bytes], chunked: bool) -> None:
+        """Upload ``content`` as it comes; a peer that stops reading stalls it (its exchange then times
+        out on inactivity and drops the connection, which ends this)."""
         transport = connection.transport
         assert transport is not None
         async for chunk in content:
@@ -515,133 +389,261 @@ class UpstreamClient:
             else:
                 transport.write(chunk)
             connection.active_s = connection.loop.time()
-            if not connection.can_write.is_set():
-                await self._wait(connection.can_write.wait())
+            await connection.can_write.wait()
         if chunked and not connection.closed:
             transport.write(_CHUNK_END)
         connection.request_sent = True
 
 
-class _Exchange:
-    """One ``/gateway/handle`` call driven by callbacks: the pool's and its connection's.
+Outcome = tuple[int, bytes] | _Connection | BaseException
+"""What an exchange hands to ``done``: a whole answer (status, body), a streamed answer's connection
+(its headers arrived), or the failure (:class:`UpstreamTimeout`, :class:`UpstreamUnavailable`, or what
+reading the upload raised)."""
 
-    Its timeout counts from :meth:`submit` (waiting for a busy pool included) and is kept by the
-    client's :class:`_Deadlines`.
+
+def _ignore(outcome: Any) -> None:
+    return None
+
+
+class _Exchange:
+    """One request and its answer: the one engine behind :meth:`UpstreamClient.call`, ``post_json`` and
+    ``open_stream``, driven by the pool's and its connection's callbacks.
+
+    Getting a connection: an idle pooled one, else a new one when the pool has room (the only task: the
+    connect), else a place in the pool's queue. Timeout: one per exchange, kept by the client's
+    :class:`_Deadlines`, counted from :meth:`submit` (queueing and connecting included); a streamed
+    exchange's counts from the last byte that went either way. Retry: a request held whole in its head
+    (no streamed body) whose reused connection closed before any byte came back is sent once more —
+    the upstream had closed the idle connection.
     """
 
-    __slots__ = ("client", "pool", "base_url", "head", "payload", "connection", "done", "retry", "waiting")
+    __slots__ = (
+        "client", "pool", "head", "content", "chunked", "is_head", "done", "connection", "waiting",
+        "connecting", "writer", "retried", "reused", "stream", "failure", "waker",
+    )
 
     def __init__(
-        self, client: UpstreamClient, pool: _Pool, base_url: str, request: tuple[bytes, bytes], done: Callable[[dict[str, Any]], None]
+        self,
+        client: UpstreamClient,
+        pool: _Pool,
+        head: bytes,
+        done: Callable[[Outcome], None] = _ignore,
+        *,
+        stream: bool = False,
+        content: AsyncIterable[bytes] | None = None,
+        chunked: bool = False,
+        is_head: bool = False,
     ) -> None:
         self.client = client
         self.pool = pool
-        self.base_url = base_url
-        self.head, self.payload = request
-        self.connection: _Connection | None = None
+        self.head = head
+        self.content = content
+        self.chunked = chunked
+        self.is_head = is_head
         self.done = done
-        self.retry: asyncio.Task[None] | None = None
+        self.stream = stream
+        """``open_stream``: ``done`` gets the connection once the headers are in; the body is read later."""
+        self.connection: _Connection | None = None
         self.waiting = False
         """In the pool's queue for a connection."""
+        self.connecting: asyncio.Task[None] | None = None
+        self.writer: asyncio.Task[None] | None = None
+        self.retried = False
+        self.reused = False
+        self.failure: BaseException | None = None
+        """A streamed answer's failure after its headers (read by :meth:`StreamedResponse.aiter_body`)."""
+        self.waker: asyncio.Future[None] | None = None
 
     def submit(self) -> None:
-        """Send on an idle connection, or wait for one; a pool with room opens a new one (in a task)."""
-        pool = self.pool
         loop = asyncio.get_running_loop()
         self.client.deadlines.add(self, loop)
+        self._acquire(loop)
+
+    def _acquire(self, loop: asyncio.AbstractEventLoop) -> None:
+        pool = self.pool
         connection = pool.take_idle()
-        if connection is not None and self._start(connection):
+        if connection is not None and self._start(connection, True):
             return
         if pool.open < pool.max_connections:
-            self._run_as_task(loop)
+            pool.open += 1
+            self.connecting = loop.create_task(self._connect(loop))
         else:
             self.waiting = True
             pool.waiters.append(self.take)
 
     def take(self, connection: _Connection | None) -> bool:
-        """The pool's turn for this call (a :data:`Waiter`): a freed connection, or room for a new one."""
+        """The pool's turn for this exchange (a :data:`Waiter`): a freed connection, or room for a new one."""
         if not self.waiting:
             return False  # timed out or cancelled while waiting
         self.waiting = False
-        if connection is None or not self._start(connection):
-            self._run_as_task(asyncio.get_running_loop())
+        if connection is None or not self._start(connection, True):
+            self._acquire(asyncio.get_running_loop())
         return True
 
-    def _start(self, connection: _Connection) -> bool:
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
+        pool = self.pool
+        try:
+            _, connection = await loop.create_connection(lambda: _Connection(loop, pool), pool.host, pool.port)
+        except BaseException as exc:
+            pool.open -= 1
+            pool.wake(None)
+            if not isinstance(exc, OSError):
+                raise  # cancelled: timed out or given up
+            self._end(UpstreamUnavailable(f"cannot connect to {pool.host}:{pool.port}: {exc.strerror or exc}"))
+            return
+        self.connecting = None
+        if self.done is _ignore:
+            pool.offer(connection)  # given up meanwhile
+        elif not self._start(connection, False):
+            self._end(UpstreamUnavailable(f"{pool.host}:{pool.port} closed a new connection at once"))
+
+    def _start(self, connection: _Connection, reused: bool) -> bool:
         """Send the request; False when the connection turned out closed (nothing was sent)."""
         try:
-            connection.start(self.head, False, awaited=False)
+            connection.start(self.head, self.is_head, self.content is not None)
         except _Lost:
             self.pool.discard(connection)
             return False
         connection.listener = self
         self.connection = connection
+        self.reused = reused
+        if self.content is not None:
+            self.writer = connection.loop.create_task(UpstreamClient._write_body(connection, self.content, self.chunked))
+            self.writer.add_done_callback(self._written)
         return True
 
-    def _run_as_task(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The awaited path (opens a connection, retries once on a stale one), with its own timeouts."""
-        self.client.deadlines.discard(self)
-        self.retry = loop.create_task(self.client._call_async(self.base_url, self.payload, self._finish))
+    def _written(self, writer: asyncio.Task[None]) -> None:
+        if not writer.cancelled() and writer.exception() is not None and self.done is not _ignore and self.stream:
+            self.pool.discard(self._detach())
+            self._end(writer.exception())  # type: ignore[arg-type]
+
+    # the connection's callbacks
+
+    def headers(self) -> None:
+        if self.stream:
+            self._settle(self.connection)  # type: ignore[arg-type]  # stays registered: the body may time out
+
+    def wake(self) -> None:
+        if self.waker is not None and not self.waker.done():
+            self.waker.set_result(None)
 
     def complete(self) -> None:
+        if self.stream:
+            self.client.deadlines.discard(self)
+            self.wake()
+            return
         connection = self._detach()
         status, body = connection.status, b"".join(connection.chunks)
         connection.chunks.clear()
-        self.pool.release(connection)  # may start the next waiting call on it at once
-        self._finish(contract_answer(self.base_url, status, body))
+        self.pool.release(connection)  # may start the next waiting exchange on it at once
+        self._end((status, body))
 
     def lost(self, exc: Exception) -> None:
-        connection = self._detach()
+        connection = self.connection
+        assert connection is not None
+        connection.listener = self.connection = None
         self.pool.discard(connection)
-        if not connection.received_any:
-            # a pooled connection the upstream had already closed: retry once on a fresh one
-            self._run_as_task(connection.loop)
+        if self.reused and not self.retried and not connection.received_any and self.content is None:
+            self.retried = True  # still registered: the retry keeps the first attempt's deadline
+            self._acquire(connection.loop)
             return
-        self._finish(unavailable_error(self.base_url, str(exc)))
+        self._fail(UpstreamUnavailable(str(exc)))
+
+    # the caller's and the deadline's
+
+    async def next_bytes(self) -> None:
+        """Wait until a streamed answer's body grows, ends or fails."""
+        self.waker = asyncio.get_running_loop().create_future()
+        await self.waker
 
     def cancel(self) -> None:
-        """Forget the answer; a call in flight still completes, so its connection goes back to the pool."""
-        if self.retry is not None:
-            self.retry.cancel()
+        """Forget the answer; a call in flight still completes, so its connection goes back to the pool
+        (a streamed one is dropped)."""
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.client.deadlines.discard(self)
         if self.waiting:
             self.waiting = False
             self.client.deadlines.discard(self)
+        if self.stream and self.connection is not None:
+            self.close()
         self.done = _ignore
+
+    def close(self) -> None:
+        """A streamed exchange is over: its connection goes back to the pool (or is dropped)."""
+        if self.writer is not None and not self.writer.done():
+            self.writer.cancel()
+        if self.connection is not None:
+            self.pool.release(self._detach())
 
     def expired(self) -> None:
         """No answer within the timeout (called by :class:`_Deadlines`)."""
+        self.client.deadlines.discard(self)
         if self.waiting:
             self.waiting = False
-            self.client.deadlines.discard(self)
-        else:
-            self.pool.discard(self._detach())
-        self._finish(timeout_error(self.base_url, self.client.timeout_s))
+        elif self.connecting is not None:
+            self.connecting.cancel()
+        elif self.connection is not None:
+            connection = self.connection
+            connection.listener = self.connection = None
+            self.pool.discard(connection)
+        self._fail(UpstreamTimeout(f"upstream sent nothing for {self.client.timeout_s:g} s"))
+
+    # internals
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.done is _ignore and self.stream:
+            self.failure = exc  # after the headers: the body reader raises it
+            self.wake()
+        self._end(exc)
+
+    def _settle(self, outcome: Outcome) -> None:
+        done, self.done = self.done, _ignore
+        try:
+            done(outcome)
+        except Exception:
+            logger.exception("handling an upstream answer failed")
+
+    def _end(self, outcome: Outcome) -> None:
+        self.client.deadlines.discard(self)
+        self._settle(outcome)
 
     def _detach(self) -> _Connection:
         connection = self.connection
         assert connection is not None
-        connection.listener = None
+        connection.listener = self.connection = None
         self.client.deadlines.discard(self)
         return connection
 
-    def _finish(self, answer: dict[str, Any]) -> None:
-        try:
-            self.done(answer)
-        except Exception:
-            logger.exception("handling an upstream answer failed")
+    def due_s(self, started_s: float, timeout_s: float) -> float:
+        connection = self.connection
+        if self.stream and connection is not None:
+            return max(started_s, connection.active_s) + timeout_s
+        return started_s + timeout_s
 
 
-def _ignore(answer: dict[str, Any]) -> None:
-    return None
+def _settle(future: asyncio.Future[Any], outcome: Outcome) -> None:
+    if not future.done():
+        future.set_result(outcome)
+
+
+def _handle_answer(base_url: str, timeout_s: float, done: Callable[[dict[str, Any]], None], outcome: Outcome) -> None:
+    """A ``/gateway/handle`` outcome as the gateway's answer."""
+    if isinstance(outcome, UpstreamTimeout):
+        done(timeout_error(base_url, timeout_s))
+    elif isinstance(outcome, UpstreamUnavailable):
+        done(unavailable_error(base_url, outcome.message))
+    else:
+        status, body = outcome  # type: ignore[misc]
+        done(contract_answer(base_url, status, body))
 
 
 class _Deadlines:
-    """The timeouts of callback exchanges: one timer for all of them instead of a ``call_later`` per call.
+    """The one timeout mechanism: one timer for every exchange in flight instead of a timer per exchange.
 
-    Every exchange has the same timeout, so the oldest one in flight always expires first: the exchanges
-    are kept in start order (a dict), and the one timer is set for the oldest one's deadline. An exchange
-    that completes only leaves the dict; when the timer fires it expires what is due and is set again for
-    the new oldest, so under steady load it fires about once per timeout, not once per call.
+    The exchanges are kept in start order (a dict); the timer is set for the earliest deadline. When it
+    fires it expires what is due and is set again for the next deadline, so under steady load it fires
+    about once per timeout, not once per exchange.
     """
 
     __slots__ = ("timeout_s", "_started_s", "_timer", "_loop")
@@ -670,17 +672,13 @@ class _Deadlines:
         loop = self._loop
         assert loop is not None
         self._timer = None
-        due_s = loop.time() - self.timeout_s
-        expired = []
-        for exchange, started_s in self._started_s.items():
-            if started_s > due_s:
-                break
-            expired.append(exchange)
+        now_s, timeout_s = loop.time(), self.timeout_s
+        expired = [exchange for exchange, started_s in self._started_s.items() if exchange.due_s(started_s, timeout_s) <= now_s]
         for exchange in expired:
             exchange.expired()  # discards itself
         if self._started_s:
-            oldest_s = next(iter(self._started_s.values()))
-            self._timer = loop.call_at(oldest_s + self.timeout_s, self._expire_due)
+            next_s = min(exchange.due_s(started_s, timeout_s) for exchange, started_s in self._started_s.items())
+            self._timer = loop.call_at(next_s, self._expire_due)
 
 
 def timeout_error(base_url: str, timeout_s: float) -> dict[str, Any]:
@@ -689,28 +687,6 @@ def timeout_error(base_url: str, timeout_s: float) -> dict[str, Any]:
 
 def unavailable_error(base_url: str, reason: str) -> dict[str, Any]:
     return {"error": error("upstream_unavailable", f"{base_url} is unreachable: {reason}")}
-
-
-class _IdleTimer:
-    """Fails ``future`` with :class:`UpstreamTimeout` once ``connection`` saw no byte for ``timeout_s``."""
-
-    __slots__ = ("connection", "future", "timeout_s", "handle")
-
-    def __init__(self, connection: _Connection, future: asyncio.Future[None], timeout_s: float) -> None:
-        self.connection, self.future, self.timeout_s = connection, future, timeout_s
-        self.handle = connection.loop.call_at(connection.active_s + timeout_s, self._check)
-
-    def _check(self) -> None:
-        if self.future.done():
-            return
-        due_s = self.connection.active_s + self.timeout_s
-        if self.connection.loop.time() < due_s:
-            self.handle = self.connection.loop.call_at(due_s, self._check)
-            return
-        self.future.set_exception(UpstreamTimeout(f"upstream sent nothing and took nothing for {self.timeout_s:g} s"))
-
-    def cancel(self) -> None:
-        self.handle.cancel()
 
 
 def contract_answer(base_url: str, status_code: int, content: bytes) -> dict[str, Any]:
