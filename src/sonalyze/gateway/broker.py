@@ -15,10 +15,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import orjson
+
+if TYPE_CHECKING:
+    from sonalyze.gateway.push_history import PushHistory
 
 logger = logging.getLogger("sonalyze.gateway.broker")
 
@@ -104,13 +107,17 @@ class MemoryBroker:
     name = "memory"
     connected = True
 
-    def __init__(self, deliver: Deliver) -> None:
+    def __init__(self, deliver: Deliver, history: PushHistory | None = None) -> None:
         self._deliver = deliver
+        self.history = history
+        """Gives every message its position and keeps it for resuming devices (None: no positions)."""
 
     async def start(self) -> None:
         return None
 
     async def publish(self, targets: Any, payload: bytes) -> tuple[int, int]:
+        if self.history is not None and payload:  # an empty payload is a membership change
+            payload = self.history.append(targets, payload)
         return self._deliver(targets, payload)
 
     async def close(self) -> None:
@@ -121,11 +128,14 @@ class BrokerURLError(ValueError):
     """A ``BROKER_URL`` whose scheme no broker implements."""
 
 
-def create_broker(url: str, prefix: str, deliver: Deliver) -> Broker:
-    """The broker for ``url``; ``prefix`` names the channel/subject so several clusters share one bus."""
+def create_broker(url: str, prefix: str, deliver: Deliver, history: PushHistory | None = None) -> Broker:
+    """The broker for ``url``; ``prefix`` names the channel/subject so several clusters share one bus.
+
+    ``history`` positions and keeps the pushes of ``memory://`` (the cluster brokers do not keep one yet).
+    """
     scheme = urlsplit(url).scheme
     if scheme == "memory":
-        return MemoryBroker(deliver)
+        return MemoryBroker(deliver, history)
     if scheme in ("redis", "rediss"):
         from sonalyze.gateway.broker_redis import RedisBroker
 

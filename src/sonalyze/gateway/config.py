@@ -61,6 +61,10 @@ class GatewaySettings(BaseSettings):
 
     broker_url: str = "memory://"
     """Where broadcasts are published: ``memory://`` (one process), ``redis://host:port/db``, ``nats://host:port``."""
+    push_history_max: int = Field(10_000, ge=0)
+    push_history_age_s: float = Field(300.0, gt=0)
+    """Pushes kept for devices that resume (``"pos"`` in each push, the ``resume`` event): at most this many,
+    none older; ``PUSH_HISTORY_MAX=0`` turns positions and resuming off. ``memory://`` only for now."""
     gateway_broker_prefix: str = "gateway:"
     """Prefix of the bus channel / subject (``{prefix}broadcast``) and of the registry keys: one per cluster."""
     gateway_id: str = ""

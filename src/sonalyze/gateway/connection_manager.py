@@ -129,6 +129,10 @@ class ConnectionManager:
         }
         return devices, rooms
 
+    def channels_of(self, connection: Connection) -> frozenset[str]:
+        """The channels ``connection`` is subscribed to."""
+        return frozenset(self._subscriptions.get(connection, ()))
+
     def _leave_all(self, connection: Connection) -> None:
         for channel in tuple(self._subscriptions.get(connection, ())):
             self.unsubscribe(connection, channel)

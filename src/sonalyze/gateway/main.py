@@ -24,7 +24,7 @@ from sonalyze.gateway.auth import AuthError, TokenVerifier, bearer_token
 from sonalyze.gateway.binary_relay import BinaryRelay
 from sonalyze.gateway.client_address import ClientAddresses, parse_networks
 from sonalyze.gateway.device_tokens import DeviceTokens
-from sonalyze.gateway.broker import create_broker
+from sonalyze.gateway.broker import MemoryBroker, create_broker
 from sonalyze.gateway.config import GatewaySettings
 from sonalyze.gateway.connection_manager import ConnectionManager
 from sonalyze.gateway.heartbeat import Heartbeat
@@ -34,6 +34,7 @@ from sonalyze.gateway.metrics import GatewayMetrics
 from sonalyze.gateway.profiles import Profiles, load_profiles
 from sonalyze.gateway.proxy import proxy, resolve_proxy
 from sonalyze.gateway.proxy_table import install_proxy_table
+from sonalyze.gateway.push_history import PushHistory
 from sonalyze.gateway.registry import ConnectionRegistry
 from sonalyze.gateway.rate_limit import FailureWindow, KeyedRateLimiter
 from sonalyze.gateway.router import load_routing_table
@@ -63,7 +64,8 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
         retained = frozenset({settings.stream_channel}) if settings.stream_channel else frozenset()
         connections = ConnectionManager(settings.max_connections_per_device, retained)
         metrics = GatewayMetrics()
-        broker = create_broker(settings.broker_url, settings.gateway_broker_prefix, metrics.counting(connections.deliver_to))
+        history = PushHistory(settings.push_history_max, settings.push_history_age_s) if settings.push_history_max else None
+        broker = create_broker(settings.broker_url, settings.gateway_broker_prefix, metrics.counting(connections.deliver_to), history)
         metrics.watch(lambda: connections.open_count, lambda: connections.device_count, broker.name, lambda: broker.connected)
         gateway = Gateway(
             settings=settings,
@@ -85,6 +87,7 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
             addresses=addresses,
             mint_limiter=KeyedRateLimiter(settings.device_mint_rps, settings.device_mint_burst),
             join_failures=FailureWindow(settings.max_failed_joins, settings.failed_join_window_s),
+            history=history if isinstance(broker, MemoryBroker) else None,
         )
         app.state.gateway = gateway
         if profiles_document is not None:

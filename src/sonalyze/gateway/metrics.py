@@ -40,6 +40,8 @@ class GatewayMetrics:
         self.rate_limited = Counter("gateway_rate_limited_total", "Refused for rate, by scope", ["scope"], registry=registry)
         self.disconnects = Counter("gateway_disconnects_total", "Connections closed by the gateway, by reason", ["reason"], registry=registry)
         self.broker_connected = Gauge("gateway_broker_connected", "1 while the broker reaches the other instances", ["kind"], registry=registry)
+        self.resumes = Counter("gateway_resumes_total", "Resumes by outcome (replayed or resync_required)", ["outcome"], registry=registry)
+        self.replayed = Counter("gateway_replayed_pushes_total", "Kept pushes written to resuming connections", registry=registry)
         self._events: set[str] = set()
         self._events_in_by_label: dict[tuple[str, str], Any] = {}
         """``events_in`` children by (event label, result): ``labels()`` costs more than the increment."""

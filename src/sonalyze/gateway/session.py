@@ -51,12 +51,31 @@ class Subscription(NamedTuple):
     authorizer: str
 
 
-Outcome = Reply | Identified | Forward | Subscription
+class Resume(NamedTuple):
+    """Replay what the device missed after ``offset`` of history ``epoch`` (or tell it to resynchronize)."""
+
+    epoch: str
+    offset: int
+    request_id: RequestId
+
+
+Outcome = Reply | Identified | Forward | Subscription | Resume
 """Named tuples: immutable, and built in a third of a frozen dataclass's time (one per message)."""
 
 SUBSCRIPTION_EVENTS = ("subscribe", "unsubscribe")
 AUTHORIZE_SUBSCRIBE_EVENT = "gateway.authorize_subscribe"
 """The event an upstream named by a channel rule gets to decide on a ``subscribe``."""
+
+
+RESUME_EVENT = "resume"
+
+
+def parse_position(data: dict[str, Any]) -> tuple[str, int] | None:
+    """``{"epoch", "offset"}`` as a client sends it back (the ``pos`` of the last push it saw), or None."""
+    epoch, offset = data.get("epoch"), data.get("offset")
+    if not isinstance(epoch, str) or not 0 < len(epoch) <= 64 or type(offset) is not int or offset < 0:
+        return None
+    return epoch, offset
 
 
 def device_id_problem(device_id: object) -> str | None:
@@ -150,6 +169,11 @@ class Session:
             return _fail(event, request_id, "not_identified", "identify first: connect with ?device_token= or send an identify event")
         if event in SUBSCRIPTION_EVENTS:
             return self._subscription(event, data, request_id)
+        if event == RESUME_EVENT:
+            position = parse_position(data)
+            if position is None:
+                return _fail(event, request_id, "invalid_data", "data must be {\"epoch\": string, \"offset\": integer >= 0}")
+            return Resume(*position, request_id)
         upstream_url = self.routes.resolve(event)
         if upstream_url is None:
             return _fail(event, request_id, "unknown_event", f"no service handles the event {event!r}")

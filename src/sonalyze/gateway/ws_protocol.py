@@ -27,8 +27,9 @@ from sonalyze.common.logging import log_context
 from sonalyze.gateway.auth import AuthError, bearer_token
 from sonalyze.gateway.binary_relay import BinaryRelay
 from sonalyze.gateway.frames import apply_mask, client_frame_header, text_frame
-from sonalyze.gateway.models import error, error_envelope, response_envelope
+from sonalyze.gateway.models import error, error_envelope, event_envelope, response_envelope
 from sonalyze.gateway.profiles import RAW_RELAY
+from sonalyze.gateway.push_history import meant_for
 from sonalyze.gateway.rate_limit import TokenBucket
 from sonalyze.gateway.router import ALLOW
 from sonalyze.gateway.session import (
@@ -36,9 +37,11 @@ from sonalyze.gateway.session import (
     Forward,
     Identified,
     Reply,
+    Resume,
     Session,
     Subscription,
     device_id_problem,
+    parse_position,
 )
 from sonalyze.gateway.tenant_limit import TenantRateLimiter
 
@@ -77,7 +80,7 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
     __slots__ = (
         "gateway", "server_state", "transport", "ws", "open", "max_buffer_bytes", "session", "calls", "fragments",
         "draining", "close_timer", "last_seen_s", "fragments_binary", "expiry_timer", "framing", "partial_header", "owed_bytes",
-        "profile", "address",
+        "profile", "address", "live_from",
     )
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any]) -> None:
@@ -107,6 +110,9 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
         self.address: str | None = None
         """The client's address (behind TRUSTED_PROXIES) while it counts against MAX_CONNECTIONS_PER_ADDRESS."""
         self.profile: ProfileConnection | RawRelayConnection | None = None
+        self.live_from = 0
+        """The history's offset when the connection was identified: later pushes reached it live, so a
+        ``resume`` replays up to here only."""
         """Set when the upgrade chose a profile path (``gateway.profiles``): it then handles every message."""
 
     # asyncio.Protocol
@@ -302,6 +308,13 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
         if device_id is not None and (problem := device_id_problem(device_id)) is not None:
             ws.send_response(ws.reject(400, problem + "\n"))
             return
+        resume_from = None
+        if (resume := query.get("resume", [None])[0]) is not None:
+            epoch, _, offset = resume.rpartition(":")
+            resume_from = parse_position({"epoch": epoch, "offset": int(offset) if offset.isascii() and offset.isdigit() and len(offset) <= 18 else None})
+            if resume_from is None or device_id is None and verifier is None and "device_token" not in query:
+                self._refuse(400, "invalid_resume", "?resume= is EPOCH:OFFSET (the pos of the last push) with the device named on connect")
+                return
         tenant_id = expires_at_s = None
         if verifier is None:
             device_token = query.get("device_token", [None])[0]
@@ -332,6 +345,9 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
                 return
             device_id, tenant_id, expires_at_s = identity.device_id, identity.tenant_id, identity.expires_at_s
         self._accept(request, device_id, tenant_id, expires_at_s)
+        if resume_from is not None and self.open:
+            self._flush()  # the 101 response before the replay
+            self._resume(Resume(*resume_from, None), answer=False)
 
     def _accept(self, request: Request, device_id: str | None, tenant_id: str | None = None, expires_at_s: float | None = None) -> None:
         ws = self.ws
@@ -416,13 +432,48 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
             self._send(outcome.envelope)
         elif type(outcome) is Subscription:
             self._subscription(outcome)
+        elif type(outcome) is Resume:
+            self._resume(outcome, answer=True)
         else:
             assert type(outcome) is Reply
             self._send(outcome.envelope)
 
     def _identified(self, device_id: str) -> None:
+        if self.gateway.history is not None:
+            self.live_from = self.gateway.history.offset
         for older in self.gateway.connections.identify(self, device_id):
             older.close(CLOSE_REPLACED, "replaced by a newer connection of this device")
+
+    def _resume(self, resume: Resume, answer: bool) -> None:
+        """Write every kept push for this device after the client's position, up to where live delivery began
+        (all in one turn of the loop: no live push comes in between); without history that reaches back
+        that far, a ``resync_required`` event. With ``answer`` (a ``resume`` event, not ``?resume=``) the
+        request is answered with ``{"replayed", "resync_required", "pos"}``."""
+        history = self.gateway.history
+        device_id = self.session.device_id if self.session is not None else None
+        entries = history.after(resume.epoch, resume.offset) if history is not None and device_id is not None else None
+        replayed = 0
+        if entries is None:
+            position = {"epoch": history.epoch, "offset": self.live_from} if history is not None else None
+            self.gateway.metrics.resumes.labels("resync_required").inc()
+            self._push(event_envelope("resync_required", {"pos": position, "reason": "history" if history else "no_history"}))
+        else:
+            payloads = meant_for(
+                (entry for entry in entries if entry.offset <= self.live_from), device_id, self.gateway.connections.channels_of(self)
+            )
+            for payload in payloads:
+                self.transport.write(text_frame(payload))
+            replayed = len(payloads)
+            self.gateway.metrics.resumes.labels("replayed").inc()
+            self.gateway.metrics.replayed.inc(replayed)
+        if answer:
+            position = {"epoch": history.epoch, "offset": self.live_from} if history is not None else None
+            self._send(response_envelope("resume", resume.request_id, {"replayed": replayed, "resync_required": entries is None, "pos": position}))
+
+    def _push(self, envelope: dict[str, Any]) -> None:
+        """Send one gateway-made push (not a reply to a request)."""
+        if self.open:
+            self.transport.write(text_frame(orjson.dumps(envelope)))
 
     def _forward(self, forward: Forward) -> None:
         if forward.event == JOIN_EVENT and self._join_refused(forward):
