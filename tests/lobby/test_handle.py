@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
+
 from sonalyze.lobby.codes import CODE_ALPHABET
 from tests.lobby.clients import Handle
+from tests.lobby.conftest import full_stack
+from tests.support.servers import SERVICE_HEADERS
 
 SHOEBOX = {
     "type": "shoebox",
@@ -196,3 +200,28 @@ async def test_concurrent_signals_are_all_recorded(handle: Handle):
     await handle.call("measurement.speaker_audio_ready", sid, "spk")
     await asyncio.gather(*(handle.call("measurement.recording_started", sid, m) for m in mics))
     assert (await handle.call("measurement.session_status", sid, "spk"))["step"] == "playing"
+
+
+async def test_session_jobs_carry_the_sweep_count(database_url, tmp_path):
+    """Contract C3: ``measurement.create_session`` passes ``sweep_count`` (1–5) to the job it creates at the
+    real measurement service; without it the lobby's SWEEP_COUNT (here 2) is used; 0 and 6 are refused."""
+    with full_stack(database_url, tmp_path, with_gateway=False, sweep_count=2) as running:
+        async with (
+            httpx.AsyncClient(base_url=running.lobby.url, timeout=30, headers=SERVICE_HEADERS) as lobby_http,
+            httpx.AsyncClient(base_url=running.measurement.url, timeout=30, headers=SERVICE_HEADERS) as measurement,
+        ):
+            handle = Handle(lobby_http)
+            lobby = await _lobby_of(handle, "host", "spk", "mic")
+            ref = {"lobby_id": lobby["lobby_id"]}
+            await handle.call("role.assign", {**ref, "device_id": "spk", "role": "speaker"}, "host")
+            await handle.call("role.assign", {**ref, "device_id": "mic", "role": "microphone"}, "host")
+            await handle.call("lobby.start", ref, "host")
+            for bad in (0, 6, "three"):
+                assert (await handle.refused("measurement.create_session", {**ref, "sweep_count": bad}, "host"))["code"] == "bad_request"
+            for asked, expected in ((3, 3), (None, 2)):
+                data = ref if asked is None else {**ref, "sweep_count": asked}
+                session = await handle.call("measurement.create_session", data, "host")
+                job = (await measurement.get(f"/v1/jobs/{session['job_id']}")).json()
+                assert job["sweep"]["sweep_count"] == expected
+                await handle.call("measurement.cancel_session", {"session_id": session["session_id"]}, "host")
+                await handle.call("lobby.start", ref, "host")

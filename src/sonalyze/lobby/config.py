@@ -29,6 +29,7 @@ class LobbySettings(InternalAuthSettings, BaseSettings):
     http_timeout_s: float = Field(10.0, gt=0)
     sweep_duration_s: float = Field(3.0, gt=0, description="sweep length asked of the measurement service per job")
     sample_rate_hz: int = Field(48_000, gt=0)
+    sweep_count: int = Field(1, ge=1, le=5, description="sweeps per job unless measurement.create_session asks (contract C3)")
     join_failure_limit: int = Field(10, ge=1, description="failed lookups by join code per device and window before rate_limited")
     join_failure_window_s: float = Field(600.0, gt=0, description="the window of JOIN_FAILURE_LIMIT")
 

@@ -25,6 +25,7 @@ from sonalyze.lobby.schemas import (
     AssignRole,
     AuthorizeSubscribe,
     CreateLobby,
+    CreateSession,
     GetLobby,
     JoinLobby,
     ListEvents,
@@ -62,7 +63,7 @@ _OPERATIONS: dict[str, tuple[str, str, type]] = {
     "lobby.events": ("lobbies", "events", ListEvents),
     "role.assign": ("lobbies", "assign_role", AssignRole),
     "gateway.authorize_subscribe": ("lobbies", "authorize_subscribe", AuthorizeSubscribe),
-    "measurement.create_session": ("sessions", "create", LobbyRef),
+    "measurement.create_session": ("sessions", "create", CreateSession),
     "measurement.session_status": ("sessions", "status", SessionRef),
 }
 
@@ -273,6 +274,7 @@ def create_app(
             timeouts=settings.step_timeouts,
             sample_rate_hz=settings.sample_rate_hz,
             sweep_duration_s=settings.sweep_duration_s,
+            sweep_count=settings.sweep_count,
         )
         await sessions.resume()
         timer = asyncio.create_task(_timer_loop(app, settings), name="lobby-timers")

@@ -48,13 +48,19 @@ class MeasurementClient:
             )
         return response
 
-    async def create_job(self, *, sample_rate_hz: int, sweep_duration_s: float, lobby_id: str | None = None) -> dict[str, Any]:
+    async def create_job(
+        self, *, sample_rate_hz: int, sweep_duration_s: float, sweep_count: int = 1, lobby_id: str | None = None
+    ) -> dict[str, Any]:
         """``POST /v1/jobs``: a job with its sweep; the answer holds ``job_id``.
 
         ``lobby_id`` marks the job as a lobby session's: the lobby writes its storage ``measurements``
         record, the measurement service only the ``analysis_outputs``.
         """
-        body: dict[str, Any] = {"sample_rate_hz": sample_rate_hz, "sweep": {"duration_s": sweep_duration_s}}
+        body: dict[str, Any] = {
+            "sample_rate_hz": sample_rate_hz,
+            "sweep": {"duration_s": sweep_duration_s},
+            "sweep_count": sweep_count,
+        }
         if lobby_id is not None:
             body["lobby_id"] = lobby_id
         job = (await self._request("POST", "/v1/jobs", json=body)).json()

@@ -62,6 +62,13 @@ class LobbyRef(_In):
     lobby_id: Id = Field(min_length=1, max_length=64)
 
 
+class CreateSession(LobbyRef):
+    """``measurement.create_session``: ``sweep_count`` (1–5) sweeps in the session's job, averaged by the
+    analysis (contract C3); absent: the lobby's ``SWEEP_COUNT``."""
+
+    sweep_count: int | None = Field(None, ge=1, le=5)
+
+
 class AuthorizeSubscribe(_In):
     """``gateway.authorize_subscribe`` (asked by the gateway when a device subscribes to a channel)."""
 

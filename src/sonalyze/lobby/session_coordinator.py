@@ -23,7 +23,7 @@ from sonalyze.lobby import store
 from sonalyze.lobby.errors import Conflict, Forbidden, NotFound, SessionMismatch
 from sonalyze.lobby.lifecycle import LobbyStatus, Role, check_transition
 from sonalyze.lobby.measurement_client import MeasurementClient
-from sonalyze.lobby.schemas import LobbyRef, SessionRef, SessionSignal
+from sonalyze.lobby.schemas import CreateSession, SessionRef, SessionSignal
 from sonalyze.lobby.service import LobbyService, Pushes, record
 from sonalyze.lobby.session_machine import (
     Analyze,
@@ -62,6 +62,7 @@ class SessionCoordinator:
         timeouts: StepTimeouts,
         sample_rate_hz: int,
         sweep_duration_s: float,
+        sweep_count: int = 1,
     ) -> None:
         self.lobbies = lobbies
         self.db = lobbies.db
@@ -69,20 +70,25 @@ class SessionCoordinator:
         self.timeouts = timeouts
         self.sample_rate_hz = sample_rate_hz
         self.sweep_duration_s = sweep_duration_s
+        self.sweep_count = sweep_count
         self._tasks: set[asyncio.Task] = set()
         lobbies.on_device_left = self._device_left
 
     # ------------------------------------------------------------------------------------------- requests
 
-    async def create(self, device_id: str, body: LobbyRef) -> dict[str, Any]:
-        """Host only, lobby ``measuring``, no session running: ask for a job, fix speakers and microphones."""
+    async def create(self, device_id: str, body: CreateSession) -> dict[str, Any]:
+        """Host only, lobby ``measuring``, no session running: ask for a job (``body.sweep_count`` sweeps, else
+        the lobby's), fix speakers and microphones."""
 
         def check(conn: Connection) -> None:
             self._check_can_create(conn, *_lobby(conn, body.lobby_id), device_id)
 
         await self.db.read(check)
         job = await self.measurement.create_job(
-            sample_rate_hz=self.sample_rate_hz, sweep_duration_s=self.sweep_duration_s, lobby_id=body.lobby_id
+            sample_rate_hz=self.sample_rate_hz,
+            sweep_duration_s=self.sweep_duration_s,
+            sweep_count=body.sweep_count or self.sweep_count,
+            lobby_id=body.lobby_id,
         )
 
         def work(conn: Connection, pushes: Pushes, now_s: float) -> dict[str, Any]:
