@@ -146,3 +146,48 @@ async def test_http_calls_carry_the_device_token(gateway):
         assert answer.json() == {"device_id": client.device_id}
     anonymous = httpx.get(gateway.url + "/v1/jobs/whoami", headers={"X-Device-Id": "someone-else"})
     assert anonymous.json() == {"device_id": None}  # a client's own X-Device-Id never passes
+
+
+async def test_a_dropped_connection_resumes_with_every_missed_push_once_and_in_order(gateway):
+    async with SonalyzeClient(gateway.url, backoff_initial_s=1.0, backoff_max_s=1.0) as client:
+        phone = client.device_id
+        assert await asyncio.to_thread(_broadcast, gateway.url, phone, {"n": -1}) == 1
+        assert (await client.next_event("lobby.updated")).data == {"n": -1}
+        client._ws.transport.abort()  # the phone loses its network: the gateway sees the connection end
+        while client.connected:
+            await asyncio.sleep(0.01)
+        for n in range(50):
+            await asyncio.to_thread(_broadcast, gateway.url, phone, {"n": n})
+        await client.wait_connected(timeout_s=30)
+        assert await asyncio.to_thread(_broadcast, gateway.url, phone, {"n": 50}) == 1
+        seen = []
+        while not seen or seen[-1] != 50:
+            seen.append((await client.next_event("lobby.updated")).data["n"])
+        assert seen == list(range(51))
+        assert client.pending_events() == []
+        assert (client.reconnects, client.resyncs) == (1, 0)
+        metrics = (await client.http("GET", "/metrics", headers={"X-Internal-Token": TOKEN})).text
+        replayed = [line for line in metrics.splitlines() if line.startswith("gateway_replayed_pushes_total ")]
+        assert replayed and float(replayed[0].split()[1]) > 0  # some pushes came by replay, not live
+
+
+async def test_a_restarted_gateway_tells_the_client_to_resync_and_the_hook_reloads(gateway):
+    reloaded = asyncio.Event()
+
+    async def reload() -> None:
+        reloaded.set()
+
+    async with SonalyzeClient(gateway.url, backoff_initial_s=0.05, backoff_max_s=0.5, on_resync=reload) as client:
+        phone = client.device_id
+        assert await asyncio.to_thread(_broadcast, gateway.url, phone, {"n": 0}) == 1
+        await client.next_event("lobby.updated")
+        old_epoch = client.position["epoch"]
+        await asyncio.to_thread(gateway.kill)
+        await asyncio.to_thread(gateway.start)  # memory://: the history is gone with the process
+        await asyncio.wait_for(reloaded.wait(), 30)
+        assert client.resyncs == 1
+        assert client.position["epoch"] != old_epoch and client.position["offset"] == 0
+        assert (await client.next_event("resync_required")).data["reason"] == "history"
+        assert await asyncio.to_thread(_broadcast, gateway.url, phone, {"n": 1}) == 1
+        assert (await client.next_event("lobby.updated")).data == {"n": 1}
+        assert client.position == {"epoch": client.position["epoch"], "offset": 1}

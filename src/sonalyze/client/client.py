@@ -17,7 +17,7 @@ import itertools
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,12 +55,14 @@ class PushedEvent:
     data: dict[str, Any]
 
 
-def _ws_url(gateway_url: str, device_id: str | None, device_token: str | None) -> str:
+def _ws_url(gateway_url: str, device_id: str | None, device_token: str | None, position: dict[str, Any] | None = None) -> str:
     parts = urlsplit(gateway_url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
     query = [f"device_id={quote(device_id, safe='')}"] if device_id is not None else []
     if device_token is not None:
         query.append(f"device_token={quote(device_token, safe='')}")
+    if position is not None and query:  # resuming needs the device named on connect
+        query.append(f"resume={quote(position['epoch'], safe='')}:{position['offset']}")
     return urlunsplit((scheme, parts.netloc, "/ws", "&".join(query), ""))
 
 
@@ -78,6 +80,12 @@ class SonalyzeClient:
     with ``next_event()`` (the first matching one) or ``async for event in client.events()``. When the
     connection drops, waiting requests fail with :class:`ConnectionLost` and the client reconnects with
     exponential back-off (with jitter) until ``close()``; pushed events keep flowing after a reconnect.
+
+    Resuming (gateway issue 18): the client keeps the position (``pos``) of the last push it saw and
+    reconnects with ``?resume=``, so the gateway first replays every push it missed, in order and once
+    (a push at or below the kept position is dropped, should one come twice). When the gateway's history
+    no longer reaches back that far it sends ``resync_required``: the client then calls ``on_resync``
+    (reload the state: ``lobby.get``, ``measurement.session_status``); the event is also queued.
     """
 
     def __init__(
@@ -92,6 +100,7 @@ class SonalyzeClient:
         backoff_max_s: float = 5.0,
         request_timeout_s: float = 30.0,
         http_timeout_s: float = 60.0,
+        on_resync: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.credentials_path = credentials_path
         if device_token is None and credentials_path is not None and credentials_path.exists():
@@ -117,6 +126,11 @@ class SonalyzeClient:
         self._events_changed = asyncio.Condition()
         self._request_ids = itertools.count(1)
         self.reconnects = 0
+        self.position: dict[str, Any] | None = None
+        """``{"epoch", "offset"}`` of the last push seen: where a reconnect resumes."""
+        self.on_resync = on_resync
+        self.resyncs = 0
+        self._resync_tasks: set[asyncio.Task] = set()
 
     async def __aenter__(self) -> "SonalyzeClient":
         await self.connect()
@@ -131,7 +145,7 @@ class SonalyzeClient:
 
     @property
     def _ws_url(self) -> str:
-        return _ws_url(self.gateway_url, self.device_id, self.device_token)
+        return _ws_url(self.gateway_url, self.device_id, self.device_token, self.position)
 
     async def connect(self) -> None:
         """Open the WebSocket and start reading; without credentials, get a new device first (``identify {}``)."""
@@ -263,6 +277,8 @@ class SonalyzeClient:
     async def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "event":
+            if not self._advance(message):
+                return  # seen already
             async with self._events_changed:
                 self._events.append(PushedEvent(message.get("event", ""), message.get("data") or {}))
                 self._events_changed.notify_all()
@@ -278,6 +294,27 @@ class SonalyzeClient:
             future.set_exception(
                 GatewayError(error.get("code", "unknown"), error.get("message", ""), error.get("details"), event)
             )
+
+    def _advance(self, message: dict[str, Any]) -> bool:
+        """Keep a push's position (False when it is at or below the kept one: a duplicate); on
+        ``resync_required``, take the gateway's position and start ``on_resync``."""
+        position = message.get("pos")
+        if message.get("event") == "resync_required":
+            position = (message.get("data") or {}).get("pos")
+            self.position = position if isinstance(position, dict) else None
+            self.resyncs += 1
+            if self.on_resync is not None:
+                task = asyncio.create_task(self.on_resync(), name=f"sonalyze-client-resync-{self.device_id}")
+                self._resync_tasks.add(task)
+                task.add_done_callback(self._resync_tasks.discard)
+            return True
+        if not isinstance(position, dict):
+            return True
+        kept = self.position
+        if kept is not None and kept.get("epoch") == position.get("epoch") and position.get("offset", 0) <= kept.get("offset", 0):
+            return False
+        self.position = position
+        return True
 
     def _fail_pending(self) -> None:
         for event, future in list(self._pending.values()):
