@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,6 +43,15 @@ def shoebox_request(
         "ray_tracing": False,
         **options,
     }
+
+
+def kept_jobs(settings: SimulationSettings) -> list[dict[str, Any]]:
+    """The simulations the embedded database holds, read with sqlite3 (not through the service's store)."""
+    path = settings.data_dir / "simulation.db"
+    if not path.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return [json.loads(job) for (job,) in connection.execute("SELECT job FROM simulations")]
 
 
 def make_settings(tmp_path, **overrides: Any) -> SimulationSettings:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from sonalyze.simulation.main import create_app
-from tests.simulation.conftest import flat, make_settings, shoebox_request
+from tests.simulation.conftest import flat, kept_jobs, make_settings, shoebox_request
 from tests.support.servers import INTERNAL_TOKEN, ThreadedServer, service_http
 
 
@@ -83,7 +83,7 @@ def test_bad_input_is_refused_with_the_field(refusing_server, body, code, field,
     assert words in fields[field]
     assert words in error["message"]
     # nothing was simulated or kept
-    assert not any((settings.data_dir / "simulations").iterdir())
+    assert kept_jobs(settings) == []
 
 
 def test_the_event_refuses_like_the_http_endpoint(refusing_server) -> None:
@@ -105,4 +105,4 @@ def test_limits_come_from_the_environment(monkeypatch, tmp_path) -> None:
         error = service_http.post(server.url + "/simulate", json=body).json()["error"]
     assert error["code"] == "limit_exceeded"
     assert {e["field"] for e in error["details"]["errors"]} == {"max_order", "microphones"}
-    assert (tmp_path / "env-data" / "simulations").is_dir()
+    assert (tmp_path / "env-data" / "simulation.db").is_file()

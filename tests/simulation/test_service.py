@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 import time
 
 import httpx
@@ -14,8 +13,9 @@ import pytest
 import soundfile
 
 from sonalyze.simulation.main import create_app
-from sonalyze.simulation.store import JobStatus, SimulationStore
-from tests.simulation.conftest import flat, make_settings, shoebox_request
+from sonalyze.simulation.service import SimulationService
+from sonalyze.simulation.store import JobStatus
+from tests.simulation.conftest import flat, kept_jobs, make_settings, shoebox_request
 from tests.support.servers import SERVICE_HEADERS, ThreadedServer, service_http
 
 #: A simulation that takes a few seconds on one core (48 kHz ray tracing in a reverberant room).
@@ -71,15 +71,21 @@ def test_results_survive_a_restart_and_interrupted_jobs_are_failed(tmp_path) -> 
     with ThreadedServer(create_app(settings)) as server:
         result = service_http.post(server.url + "/simulate", json=shoebox_request(), timeout=60).json()
     # a job left running by a process that died
-    store = SimulationStore(settings.data_dir)
-    store.create({"id": "a" * 32, "status": JobStatus.RUNNING.value, "created_at": "2026-01-01T00:00:00Z", "request": {}})
+    service = SimulationService(settings)
+
+    async def left_running() -> None:
+        job = {"id": "a" * 32, "status": JobStatus.RUNNING.value, "created_at": "2026-01-01T00:00:00Z", "request": {}}
+        await service.store.migrate()
+        await service.store.create(job, now_s=time.time())
+        await service.store.engine.dispose()
+
+    asyncio.run(left_running())
     with ThreadedServer(create_app(settings)) as server:
         again = service_http.get(f"{server.url}/simulations/{result['id']}").json()
         assert again["pairs"] == result["pairs"]
         interrupted = service_http.get(f"{server.url}/simulations/{'a' * 32}").json()
         assert interrupted["status"] == "failed" and interrupted["error"]["code"] == "interrupted"
-    leftovers = [p for p in (settings.data_dir / "simulations").rglob("*.tmp")]
-    assert leftovers == []
+    assert list((settings.data_dir / ".incoming").iterdir()) == []  # no half-written RIR left
 
 
 async def test_busy_while_running_and_health_still_answers(tmp_path) -> None:
@@ -102,7 +108,7 @@ async def test_busy_while_running_and_health_still_answers(tmp_path) -> None:
             finished = await long_run
             assert finished.status_code == 200, finished.text
     # a refused request leaves no job behind; the long one is kept
-    jobs = [json.loads(p.read_text()) for p in (settings.data_dir / "simulations").glob("*/job.json")]
+    jobs = kept_jobs(settings)
     assert [job["status"] for job in jobs] == ["succeeded"]
 
 
@@ -112,8 +118,7 @@ def test_a_simulation_past_the_timeout_is_stopped(tmp_path) -> None:
         response = service_http.post(server.url + "/simulate", json=SLOW, timeout=60)
         assert response.status_code == 504
         assert response.json()["error"]["code"] == "timeout"
-        [job_file] = (settings.data_dir / "simulations").glob("*/job.json")
-        job = json.loads(job_file.read_text())
+        [job] = kept_jobs(settings)
         assert job["status"] == "failed" and job["error"]["code"] == "timeout"
         assert service_http.get(server.url + "/health").json()["workers"]["running"] == 0
 

@@ -154,6 +154,16 @@ class S3BlobStore:
         return count
 
 
+def put_bytes(store: BlobStore, key: str, data: bytes) -> None:
+    """Publish a small blob held in memory (a simulated RIR) through a temporary file."""
+    temp = store.temp_dir() / f"{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
+    try:
+        temp.write_bytes(data)
+        store.put_file(key, temp)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
 def blob_store(blob_url: str, data_dir: Path, *, endpoint_url: str | None = None) -> BlobStore:
     """The store ``blob_url`` names: empty → the folder ``data_dir``; ``file:///path``; ``s3://bucket/prefix``."""
     if not blob_url:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from sqlalchemy import JSON, Column, Float, Integer, MetaData, String, Table, delete, insert, select, text, update
+from sqlalchemy import JSON, Column, Float, Integer, MetaData, String, Table, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sonalyze.common import migrations
 from sonalyze.common.blobs import BlobStore
 from sonalyze.common.errors import Conflict
-from sonalyze.measurement import migrations
 from sonalyze.measurement.jobs import JOB_ID_PATTERN, Job, JobStatus
 
 metadata = MetaData()
@@ -35,7 +35,7 @@ jobs_table = Table(
     Column("updated_s", Float, nullable=False, index=True),
     Column("body", JSON, nullable=False),
 )
-_MIGRATION_LOCK_KEY = 0x4D_45_41_53_55_52_45  # any constant shared by every measurement replica
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def sweep_key(job_id: str) -> str:
@@ -53,10 +53,7 @@ class JobStore:
         self.runner = runner
 
     async def migrate(self) -> None:
-        async with self.engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
-            await connection.run_sync(migrations.upgrade)
+        await migrations.upgrade(self.engine, MIGRATIONS_DIR)
 
     def _row(self, job: Job, version: int) -> dict:
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from pydantic import Field
@@ -18,7 +19,7 @@ class SimulationSettings(InternalAuthSettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SIMULATION_", case_sensitive=False, extra="ignore", populate_by_name=True)
 
     data_dir: Path = Path("./simulation-data")
-    """Where jobs, results and RIR WAV files are kept (SIMULATION_DATA_DIR)."""
+    """The embedded database, RIR files (without BLOB_URL) and the outbox (SIMULATION_DATA_DIR)."""
     workers: int = Field(1, ge=1)
     """Simulations running at once, one process each."""
     queue: int = Field(4, ge=0)
@@ -40,7 +41,21 @@ class SimulationSettings(InternalAuthSettings, BaseSettings):
     storage_url: str = Field("", validation_alias="STORAGE_URL")
     """The storage service; when set, every finished simulation is sent there through an outbox."""
     database_url: str = Field("", validation_alias="DATABASE_URL")
-    """The outbox's database (SQLAlchemy async URL); empty: ``{data_dir}/outbox.db``."""
+    """Simulations and the outbox (SQLAlchemy async URL); empty: ``{data_dir}/simulation.db``, ``{data_dir}/outbox.db``."""
+    blob_url: str = Field("", validation_alias="BLOB_URL")
+    """RIR files: empty (``data_dir``), ``file:///path`` or ``s3://bucket/prefix`` (`sonalyze.common.blobs`)."""
+    s3_endpoint_url: str = Field("", validation_alias="S3_ENDPOINT_URL")
+    """An S3-compatible server; empty: AWS."""
+    replica_id: str = Field(default_factory=socket.gethostname)
+    """Names this replica's running simulations (SIMULATION_REPLICA_ID; default the host name)."""
+    retention_days: float = Field(30.0, ge=0)
+    """A finished simulation and its RIRs are deleted this long after it finished; 0: kept (SIMULATION_RETENTION_DAYS)."""
+    cleanup_interval_s: float = Field(3600.0, gt=0)
+    """How often expired simulations are deleted."""
+
+    @property
+    def simulations_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'simulation.db'}"
 
     def limits(self) -> Limits:
         return Limits(

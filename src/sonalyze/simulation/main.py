@@ -74,7 +74,7 @@ def create_app(settings: SimulationSettings | None = None) -> FastAPI:
 
     @app.get("/simulations/{simulation_id}/rir/{source}/{microphone}.wav")
     async def get_rir(simulation_id: str, source: int, microphone: int, request: Request) -> FileResponse:
-        path = _service(request.app).store.rir_path(simulation_id, source, microphone)
+        path = await _service(request.app).store.rir_path(simulation_id, source, microphone)
         return FileResponse(path, media_type="audio/wav", filename=f"rir_{simulation_id}_{source}_{microphone}.wav")
 
     return app

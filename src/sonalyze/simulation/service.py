@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sonalyze.common.blobs import blob_store
 from sonalyze.common.cpu_pool import DEFAULT_PRELOAD, CpuPool
 from sonalyze.common.errors import Busy, SonalyzeError, from_validation_error
 from sonalyze.simulation.config import SimulationSettings
@@ -20,6 +21,7 @@ from sonalyze.simulation.schemas import SimulateRequest
 from sonalyze.simulation.storage_records import job_record, result_records
 from sonalyze.simulation.store import JobStatus, SimulationStore
 from sonalyze.simulation.worker import SimulationResult, run_simulation
+from sonalyze.storage.db import make_engine
 from sonalyze.storage.outbox import writer_outbox
 
 log = logging.getLogger(__name__)
@@ -44,28 +46,55 @@ class SimulationService:
     def __init__(self, settings: SimulationSettings) -> None:
         self.settings = settings
         self.limits = settings.limits()
-        self.store = SimulationStore(settings.data_dir)
+        blobs = blob_store(settings.blob_url, settings.data_dir, endpoint_url=settings.s3_endpoint_url)
+        self.store = SimulationStore(make_engine(settings.simulations_database_url), blobs, runner=settings.replica_id)
         self.pool = CpuPool(settings.workers, settings.queue, preload=PRELOAD)
         self._warm_up: asyncio.Task[None] | None = None
+        self._cleanup: asyncio.Task[None] | None = None
         self.outbox = writer_outbox(settings.storage_url, settings.internal_auth_token, settings.database_url, settings.data_dir)
 
     async def start(self) -> None:
-        """Start the storage outbox and (in the background) the workers; fail simulations left running."""
+        """Migrate the database, start the storage outbox and (in the background) the workers; fail this
+        replica's simulations left running; start the retention cleanup."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.migrate()
         if self.outbox is not None:
             await self.outbox.start()
         self._warm_up = asyncio.create_task(self.pool.warm_up())
         error = {"code": "interrupted", "message": "the service stopped before the simulation finished"}
-        for simulation_id in await asyncio.to_thread(self.store.running_ids):
+        for simulation_id in await self.store.running_ids():
             log.warning("simulation %s was interrupted", simulation_id)
             await self._finish(simulation_id, status=JobStatus.FAILED, error=error)
+        if self.settings.retention_days > 0:
+            self._cleanup = asyncio.create_task(self._cleanup_loop(), name="simulation-cleanup")
+
+    async def delete_expired(self, now_s: float) -> list[str]:
+        """Delete the simulations (and their RIRs) finished ``SIMULATION_RETENTION_DAYS`` before ``now_s``;
+        their storage records stay. The ids deleted."""
+        deleted = await self.store.delete_expired(now_s - self.settings.retention_days * 86400.0)
+        if deleted:
+            log.info("expired simulations deleted", extra={"simulations": len(deleted)})
+        return deleted
+
+    async def _cleanup_loop(self) -> None:
+        while True:
+            try:
+                await self.delete_expired(time.time())
+            except Exception:
+                log.exception("deleting expired simulations failed; trying again later")
+            await asyncio.sleep(self.settings.cleanup_interval_s)
 
     async def close(self) -> None:
+        if self._cleanup is not None:
+            self._cleanup.cancel()
+            await asyncio.gather(self._cleanup, return_exceptions=True)
         if self._warm_up is not None:
             await asyncio.gather(self._warm_up, return_exceptions=True)
         await self.pool.close()
         if self.outbox is not None:
             await self.outbox.stop()
             await self.outbox.client.aclose()
+        await self.store.engine.dispose()
 
     async def _finish(
         self,
@@ -77,8 +106,8 @@ class SimulationService:
         error: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Record a finished simulation: kept files first, then (if configured) the storage outbox."""
-        job = await asyncio.to_thread(
-            self.store.finish, simulation_id, status=status, finished_at=utc_now(), result=result, rirs=rirs or (), error=error
+        job = await self.store.finish(
+            simulation_id, status=status, finished_at=utc_now(), now_s=time.time(), result=result, rirs=rirs or (), error=error
         )
         if self.outbox is not None:
             records = [("simulation_jobs", job_record(job, result))]
@@ -99,8 +128,7 @@ class SimulationService:
         }
 
     async def get(self, simulation_id: str) -> dict[str, Any]:
-        job = await asyncio.to_thread(self.store.job, simulation_id)
-        result = await asyncio.to_thread(self.store.result, simulation_id)
+        job, result = await self.store.job_and_result(simulation_id)
         return {**job, **(result or {})}
 
     async def run(self, request: SimulateRequest) -> dict[str, Any]:
@@ -108,7 +136,7 @@ class SimulationService:
         check_limits(request, self.limits)
         simulation_id = uuid.uuid4().hex
         job = {"id": simulation_id, "status": JobStatus.RUNNING.value, "created_at": utc_now(), "request": request.model_dump(mode="json")}
-        await asyncio.to_thread(self.store.create, job)
+        await self.store.create(job, now_s=time.time())
         started = time.perf_counter()
         try:
             simulated: SimulationResult = await self.pool.run(
@@ -119,7 +147,7 @@ class SimulationService:
                 timeout_s=self.settings.timeout_s,
             )
         except Busy:
-            await asyncio.to_thread(self.store.discard, simulation_id)  # refused: nothing is kept
+            await self.store.discard(simulation_id)  # refused: nothing is kept
             raise
         except SonalyzeError as exc:  # timeout, crashed worker
             await self._finish(simulation_id, status=JobStatus.FAILED, error=exc.to_body()["error"])

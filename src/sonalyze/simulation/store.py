@@ -1,35 +1,48 @@
-"""Simulation jobs and results kept as files: JSON written atomically, RIRs as 32-bit float WAV.
+"""Simulations in the database, their RIRs in the blob store: every replica sees every simulation.
 
-    {data_dir}/simulations/{id}/job.json        the job: request, status, times, error
-    {data_dir}/simulations/{id}/result.json     the result (``simulation_results``), once succeeded
-    {data_dir}/simulations/{id}/rir/{s}_{m}.wav one RIR per source–microphone pair
+    simulations (simulation_id, status, runner, updated_s, job, result)   one row per simulation
+    blob simulations/{id}/rir/{s}_{m}.wav                                  one RIR per source–microphone pair
 
-Every write goes to a temporary file in the same folder, is flushed to disk, then renamed over the
-target (``os.replace`` is atomic on POSIX), so a reader or a crash never sees half a file; the folders
-are synced after the renames, so what ``create`` and ``finish`` wrote is on disk when they return. The
-methods are blocking: the service calls them through ``asyncio.to_thread``.
+SQLite (``DATA_DIR/simulation.db``) is the embedded default, PostgreSQL the shared one (``DATABASE_URL``);
+the schema is migrated with Alembic at start-up (``sonalyze.simulation.migrations``). ``finish`` publishes
+the RIRs first, then sets the result and the status in one ``UPDATE ... WHERE status = 'running'``: a
+simulation finishes once, and a reader never sees a result whose RIRs are missing. ``runner`` names the
+replica running it, so a restarted replica fails its own interrupted simulations and no other's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import io
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile
+from sqlalchemy import JSON, Column, Float, MetaData, String, Table, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sonalyze.common.durable import fsync_dir
+from sonalyze.common import migrations
+from sonalyze.common.blobs import BlobStore, put_bytes
 from sonalyze.common.errors import Conflict, NotFound
-from sonalyze.common.json import dumps, loads
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+metadata = MetaData()
+simulations_table = Table(
+    "simulations",
+    metadata,
+    Column("simulation_id", String(32), primary_key=True),
+    Column("status", String(16), nullable=False, index=True),
+    Column("runner", String(200)),
+    Column("updated_s", Float, nullable=False, index=True),
+    Column("job", JSON, nullable=False),
+    Column("result", JSON),
+)
 
 
 class JobStatus(enum.StrEnum):
@@ -57,86 +70,123 @@ def wav_bytes(rir: np.ndarray, fs_hz: int) -> bytes:
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def rir_key(simulation_id: str, source: int, microphone: int) -> str:
+    return f"simulations/{simulation_id}/rir/{source}_{microphone}.wav"
+
+
+def _check_id(simulation_id: str) -> str:
+    if not _ID.match(simulation_id):
+        raise NotFound(f"no simulation {simulation_id!r}")
+    return simulation_id
 
 
 class SimulationStore:
-    """Jobs, results and RIR files under one folder (blocking I/O)."""
+    """Jobs and results in the database, RIR files in the blob store."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.root = Path(data_dir) / "simulations"
-        self.root.mkdir(parents=True, exist_ok=True)
+    def __init__(self, engine: AsyncEngine, blobs: BlobStore, *, runner: str) -> None:
+        self.engine = engine
+        self.blobs = blobs
+        self.runner = runner
 
-    def _dir(self, simulation_id: str) -> Path:
-        if not _ID.match(simulation_id):
-            raise NotFound(f"no simulation {simulation_id!r}")
-        return self.root / simulation_id
+    async def migrate(self) -> None:
+        await migrations.upgrade(self.engine, MIGRATIONS_DIR)
 
-    def create(self, job: dict[str, Any]) -> None:
+    async def create(self, job: dict[str, Any], *, now_s: float) -> None:
         """Record a new job (``id``, ``status`` running, ``request``, ``created_at``)."""
-        _write_atomic(self._dir(job["id"]) / "job.json", dumps(job))
-        fsync_dir(self.root)
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                insert(simulations_table).values(
+                    simulation_id=_check_id(job["id"]), status=job["status"], runner=self.runner, updated_s=now_s, job=job
+                )
+            )
 
-    def discard(self, simulation_id: str) -> None:
+    async def discard(self, simulation_id: str) -> None:
         """Forget a job that never ran (its request was refused)."""
-        shutil.rmtree(self._dir(simulation_id), ignore_errors=True)
+        async with self.engine.begin() as connection:
+            await connection.execute(delete(simulations_table).where(simulations_table.c.simulation_id == simulation_id))
 
-    def job(self, simulation_id: str) -> dict[str, Any]:
-        path = self._dir(simulation_id) / "job.json"
-        try:
-            return loads(path.read_bytes())
-        except FileNotFoundError:
-            raise NotFound(f"no simulation {simulation_id!r}") from None
+    async def _row(self, simulation_id: str):
+        async with self.engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    select(simulations_table.c.job, simulations_table.c.result).where(
+                        simulations_table.c.simulation_id == _check_id(simulation_id)
+                    )
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"no simulation {simulation_id!r}")
+        return row
 
-    def result(self, simulation_id: str) -> dict[str, Any] | None:
-        try:
-            return loads((self._dir(simulation_id) / "result.json").read_bytes())
-        except FileNotFoundError:
-            return None
+    async def job(self, simulation_id: str) -> dict[str, Any]:
+        return (await self._row(simulation_id)).job
 
-    def rir_path(self, simulation_id: str, source: int, microphone: int) -> Path:
-        path = self._dir(simulation_id) / "rir" / f"{source}_{microphone}.wav"
-        if not path.is_file():
+    async def job_and_result(self, simulation_id: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        row = await self._row(simulation_id)
+        return row.job, row.result
+
+    async def rir_path(self, simulation_id: str, source: int, microphone: int) -> Path:
+        path = await asyncio.to_thread(self.blobs.local_path, rir_key(_check_id(simulation_id), source, microphone))
+        if path is None:
             raise NotFound(f"simulation {simulation_id!r} has no RIR for source {source} and microphone {microphone}")
         return path
 
-    def finish(
+    async def finish(
         self,
         simulation_id: str,
         *,
         status: JobStatus,
         finished_at: str,
+        now_s: float,
         result: dict[str, Any] | None = None,
         rirs: Iterable[tuple[int, int, bytes]] = (),
         error: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The one place a finished simulation is recorded: RIRs, then the result, then the job status."""
-        job = self.job(simulation_id)
+        """The one place a finished simulation is recorded: RIRs, then the result and the job status."""
+        job = await self.job(simulation_id)
         check_transition(JobStatus(job["status"]), status)
-        folder = self._dir(simulation_id)
-        rirs = list(rirs)
         for source, microphone, data in rirs:
-            _write_atomic(folder / "rir" / f"{source}_{microphone}.wav", data)
-        if rirs:
-            fsync_dir(folder / "rir")
-        if result is not None:
-            _write_atomic(folder / "result.json", dumps(result))
+            await asyncio.to_thread(put_bytes, self.blobs, rir_key(simulation_id, source, microphone), data)
         job = {**job, "status": status.value, "finished_at": finished_at, "error": error}
-        _write_atomic(folder / "job.json", dumps(job))
-        fsync_dir(folder)  # on disk, with the folder itself (synced at create), before anyone is told
+        async with self.engine.begin() as connection:
+            changed = await connection.execute(
+                update(simulations_table)
+                .where(
+                    (simulations_table.c.simulation_id == simulation_id)
+                    & (simulations_table.c.status == JobStatus.RUNNING.value)
+                )
+                .values(status=status.value, runner=None, updated_s=now_s, job=job, result=result)
+            )
+        if changed.rowcount != 1:  # another replica finished it meanwhile
+            check_transition(JobStatus((await self.job(simulation_id))["status"]), status)
         return job
 
-    def running_ids(self) -> list[str]:
-        """Jobs still marked running (at start-up: left by a previous process)."""
-        return [path.parent.name for path in self.root.glob("*/job.json") if loads(path.read_bytes()).get("status") == JobStatus.RUNNING]
+    async def running_ids(self) -> list[str]:
+        """This replica's jobs still marked running (at start-up: left by a previous process)."""
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                select(simulations_table.c.simulation_id).where(
+                    (simulations_table.c.status == JobStatus.RUNNING.value)
+                    & (simulations_table.c.runner == self.runner)
+                )
+            )
+            return list(rows.scalars())
+
+    async def delete_expired(self, before_s: float) -> list[str]:
+        """Delete the finished simulations last changed before ``before_s`` (Unix time) and their RIRs."""
+        async with self.engine.begin() as connection:
+            ids = list(
+                (
+                    await connection.execute(
+                        select(simulations_table.c.simulation_id).where(
+                            (simulations_table.c.updated_s < before_s)
+                            & (simulations_table.c.status != JobStatus.RUNNING.value)
+                        )
+                    )
+                ).scalars()
+            )
+            if ids:
+                await connection.execute(delete(simulations_table).where(simulations_table.c.simulation_id.in_(ids)))
+        for simulation_id in ids:
+            await asyncio.to_thread(self.blobs.delete_prefix, f"simulations/{simulation_id}")
+        return ids

@@ -1,4 +1,4 @@
-"""Alembic environment: always given a live connection by :func:`sonalyze.measurement.migrations.upgrade`."""
+"""Alembic environment: always given a live connection by :func:`sonalyze.common.migrations.upgrade`."""
 
 from __future__ import annotations
 

@@ -1,0 +1,18 @@
+"""Alembic environment: always given a live connection by :func:`sonalyze.common.migrations.upgrade`."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from sonalyze.simulation.migrations import VERSION_TABLE
+from sonalyze.simulation.store import metadata
+
+connection = context.config.attributes["connection"]
+context.configure(
+    connection=connection,
+    target_metadata=metadata,
+    version_table=VERSION_TABLE,
+    render_as_batch=connection.dialect.name == "sqlite",
+)
+with context.begin_transaction():
+    context.run_migrations()
