@@ -241,8 +241,8 @@ def pulse_loop(tmp_path):
 async def test_speaker_output_reaches_the_microphones_through_pulseaudio(webapp_backend, launch_browser, pulse_loop, tmp_path):
     """The real play-and-record loop: the speaker page's output goes to a null sink whose monitor is the
     microphone pages' input, so the sweep's playback and timing are the browsers' own. The loop has no
-    room: each microphone's analysis must find the whole sweep (a table, not an error), with a response
-    far above the noise and nothing to decay (T30 refused, with its reason)."""
+    room: each microphone's analysis must find the whole sweep (a table, not an error: no dropout, the
+    recording window holds it) and, with nothing to decay, refuse T30 with its reason."""
     shots = _shots(tmp_path)
     env = {**os.environ, "PULSE_SERVER": pulse_loop}
     phones = []
