@@ -24,7 +24,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway_bench import free_port, start_upstream  # noqa: E402
 
-from sonalyze.gateway.http_client import UpstreamClient  # noqa: E402
+from sonalyze.common.http_client import UpstreamClient  # noqa: E402
 
 BODY = {"event": "lobby.get", "data": {"lobby_id": "abc"}, "device_id": "d", "request_id": "1", "connection_id": "c"}
 CALLERS, CALLS = 10, 1000

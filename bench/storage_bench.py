@@ -1,7 +1,7 @@
 """Storage write/read throughput for analysis outputs of realistic size, on a fresh PostgreSQL database.
 
     .venv/bin/python bench/storage_bench.py [--writes 20000] [--reads 20000] [--concurrency 32]
-                                            [--server-cpu 0] [--client-cpu 1] [--client raw|httpx]
+                                            [--server-cpu 0] [--client-cpu 1] [--client upstream|httpx]
                                             [--source DIR]
 
 Starts ``sonalyze serve storage`` as a child process (pinned with ``taskset`` to ``--server-cpu``)
@@ -12,9 +12,9 @@ keep-alive HTTP/1.1 connections, one request in flight on each, from this proces
 the server, of its PostgreSQL backends and of the load generator; drops the database afterwards.
 ``--source DIR`` serves the package from ``DIR/src`` instead (an older version, to compare).
 
-``--client raw`` (default) is the minimal HTTP/1.1 client below: httpx spends ~5 ms of CPU per
-request of this size here and would measure itself rather than the service (``--client httpx``
-shows it).
+``--client upstream`` (default) is the services' own HTTP client
+(:class:`sonalyze.common.http_client.UpstreamClient`): httpx spends ~5 ms of CPU per request of this
+size here and would measure itself rather than the service (``--client httpx`` shows it).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,7 +37,8 @@ import asyncpg
 import httpx
 import orjson
 import psutil
-from sonalyze.common.internal_auth import internal_headers  # noqa: E402
+from sonalyze.common.http_client import UpstreamClient
+from sonalyze.common.internal_auth import internal_headers
 BENCH_TOKEN = "bench-internal-token"
 
 ADMIN_URL = os.environ.get("SONALYZE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -92,30 +94,26 @@ def _percentile_ms(latencies_s: list[float], q: float) -> float:
     return 1000 * ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-class RawConnection:
-    """One keep-alive HTTP/1.1 connection: write a request, read status, headers and a Content-Length body."""
+class UpstreamConnection:
+    """One request in flight on a shared :class:`UpstreamClient` (its pool holds one connection per worker)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, port: int) -> RawConnection:
-        return cls(*await asyncio.open_connection("127.0.0.1", port))
+    def __init__(self, client: UpstreamClient, base_url: str) -> None:
+        self.client, self.base_url = client, base_url
+        self.headers = [(name.encode(), value.encode()) for name, value in internal_headers(BENCH_TOKEN).items()]
 
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-        auth = "".join(f"{name}: {value}\r\n" for name, value in internal_headers(BENCH_TOKEN).items())
-        head = f"{method} {path} HTTP/1.1\r\nhost: storage\r\n{auth}content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
-        self.writer.write(head.encode() + body)
-        status = int((await self.reader.readuntil(b"\r\n")).split(b" ", 2)[1])
-        length = 0
-        while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
-            name, _, value = line.partition(b":")
-            if name.lower() == b"content-length":
-                length = int(value)
-        return status, await self.reader.readexactly(length)
+        async def content() -> AsyncIterator[bytes]:
+            yield body
+
+        headers = [*self.headers, (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        response = await self.client.open_stream(method, self.base_url + path, headers, content() if body else None)
+        try:
+            return response.status_code, b"".join([chunk async for chunk in response.aiter_body()])
+        finally:
+            await response.aclose()
 
     def close(self) -> None:
-        self.writer.close()
+        pass
 
 
 class HttpxConnection:
@@ -217,8 +215,9 @@ async def main(args: argparse.Namespace) -> None:
             bodies = [orjson.dumps(analysis_output(measurement["id"], rng)) for _ in range(args.warmup + args.writes)]
             print(f"payload: {sum(map(len, bodies)) / len(bodies) / 1024:.1f} KiB JSON per analysis output")
             print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-            if args.client == "raw":
-                connections = [await RawConnection.open(port) for _ in range(args.concurrency)]
+            if args.client == "upstream":
+                upstream = UpstreamClient(60.0, max_connections_per_origin=args.concurrency)
+                connections = [UpstreamConnection(upstream, f"http://127.0.0.1:{port}") for _ in range(args.concurrency)]
             else:
                 limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
                 shared = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=60, headers=internal_headers(BENCH_TOKEN))
@@ -254,7 +253,7 @@ if __name__ == "__main__":
     parser.add_argument("--reads", type=int, default=20_000)
     parser.add_argument("--warmup", type=int, default=500, help="writes before measuring")
     parser.add_argument("--concurrency", type=int, default=32, help="connections, one request in flight each")
-    parser.add_argument("--client", choices=["raw", "httpx"], default="raw")
+    parser.add_argument("--client", choices=["upstream", "httpx"], default="upstream")
     parser.add_argument("--pool", type=int, default=10, help="STORAGE_DB_POOL_SIZE of the server (its default: 10)")
     parser.add_argument("--source", help="serve the sonalyze package from DIR/src (for before/after comparisons)")
     parser.add_argument("--server-cpu", type=int, default=0, help="pin the server to this CPU (taskset); -1: no pinning")

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from sonalyze.common.errors import UpstreamTimeout, UpstreamUnavailable
-from sonalyze.gateway.http_client import UpstreamClient
+from sonalyze.common.http_client import UpstreamClient
 
 
 def _answer(status: str, body: bytes, extra: str = "") -> bytes:

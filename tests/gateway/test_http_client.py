@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from sonalyze.gateway.http_client import UpstreamClient
+from sonalyze.common.http_client import UpstreamClient
 
 
 def body(event: str, request_id: str, **data: Any) -> dict[str, Any]:

@@ -1,10 +1,11 @@
-"""The gateway's one pooled HTTP/1.1 client to its upstreams: routed events and the streamed proxy.
+"""The one pooled HTTP/1.1 client between the services: the gateway's routed events and streamed proxy,
+the lobby's pushes to the gateway.
 
 A small client over asyncio protocols and httptools' response parser (the parser uvicorn uses), with
 keep-alive connections pooled per origin (at most ``max_connections_per_origin``; callers beyond wait).
-It exists because httpx costs over 1 ms of CPU per request here against ~20 µs for this client
-(``bench/gateway_http_clients.py``, results in bench/gateway.md): more than ten times the gateway's whole
-budget for a routed event. A ``/gateway/handle`` call on an idle pooled connection runs on protocol
+It exists because the libraries cost more than the gateway's whole budget for a routed event (80 µs of
+CPU): measured side by side per call, this client ~20 µs, aiohttp ~150 µs, httpx over 1 ms
+(``bench/gateway_http_clients.py``, results in bench/gateway.md "One HTTP client"). A ``/gateway/handle`` call on an idle pooled connection runs on protocol
 callbacks alone (:meth:`UpstreamClient.call`), without a task.
 Bodies stream both ways with flow control: an upload is written as it arrives, a download is read
 only as fast as it is consumed.
@@ -28,10 +29,9 @@ from urllib.parse import urlsplit
 import httptools
 import orjson
 
-from sonalyze.common.errors import UpstreamTimeout, UpstreamUnavailable
-from sonalyze.gateway.models import error
+from sonalyze.common.errors import UpstreamTimeout, UpstreamUnavailable, error_body
 
-logger = logging.getLogger("sonalyze.gateway.http_client")
+logger = logging.getLogger("sonalyze.common.http_client")
 
 _READ_HIGH_WATER = 256 * 1024
 _CHUNK_END = b"0\r\n\r\n"
@@ -482,11 +482,15 @@ class _Exchange:
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
         pool = self.pool
+        connection = _Connection(loop, pool)
         try:
-            _, connection = await loop.create_connection(lambda: _Connection(loop, pool), pool.host, pool.port)
+            await loop.create_connection(lambda: connection, pool.host, pool.port)
         except BaseException as exc:
-            pool.open -= 1
-            pool.wake(None)
+            if connection.transport is not None:  # cancelled just after connecting: its loss frees the slot
+                connection.transport.close()
+            else:
+                pool.open -= 1
+                pool.wake(None)
             if not isinstance(exc, OSError):
                 raise  # cancelled: timed out or given up
             self._end(UpstreamUnavailable(f"cannot connect to {pool.host}:{pool.port}: {exc.strerror or exc}"))
@@ -675,28 +679,30 @@ class _Deadlines:
         now_s, timeout_s = loop.time(), self.timeout_s
         expired = [exchange for exchange, started_s in self._started_s.items() if exchange.due_s(started_s, timeout_s) <= now_s]
         for exchange in expired:
-            exchange.expired()  # discards itself
+            exchange.expired()  # discards itself; its caller may start another exchange (add) meanwhile
         if self._started_s:
+            if self._timer is not None:
+                self._timer.cancel()
             next_s = min(exchange.due_s(started_s, timeout_s) for exchange, started_s in self._started_s.items())
             self._timer = loop.call_at(next_s, self._expire_due)
 
 
 def timeout_error(base_url: str, timeout_s: float) -> dict[str, Any]:
-    return {"error": error("upstream_timeout", f"{base_url} did not answer within {timeout_s:g} s")}
+    return error_body("upstream_timeout", f"{base_url} did not answer within {timeout_s:g} s")
 
 
 def unavailable_error(base_url: str, reason: str) -> dict[str, Any]:
-    return {"error": error("upstream_unavailable", f"{base_url} is unreachable: {reason}")}
+    return error_body("upstream_unavailable", f"{base_url} is unreachable: {reason}")
 
 
 def contract_answer(base_url: str, status_code: int, content: bytes) -> dict[str, Any]:
     """Check an upstream's answer against the ``/gateway/handle`` contract (pure)."""
     if status_code != 200:
-        return {"error": error("upstream_error", f"{base_url} answered HTTP {status_code}", {"status": status_code})}
+        return error_body("upstream_error", f"{base_url} answered HTTP {status_code}", {"status": status_code})
     try:
         answer = orjson.loads(content)
     except orjson.JSONDecodeError:
-        return {"error": error("upstream_error", f"{base_url} answered something that is not JSON")}
+        return error_body("upstream_error", f"{base_url} answered something that is not JSON")
     if isinstance(answer, dict):
         if "data" in answer and "error" not in answer:
             return {"data": answer["data"]}
@@ -707,4 +713,4 @@ def contract_answer(base_url: str, status_code: int, content: bytes) -> dict[str
             and isinstance(upstream_error.get("message"), str)
         ):
             return {"error": upstream_error}
-    return {"error": error("upstream_error", f"{base_url} answered neither {{\"data\"}} nor {{\"error\": {{code, message}}}}")}
+    return error_body("upstream_error", f"{base_url} answered neither {{\"data\"}} nor {{\"error\": {{code, message}}}}")

@@ -28,7 +28,7 @@ from sonalyze.gateway.broker import MemoryBroker, create_broker
 from sonalyze.gateway.config import GatewaySettings
 from sonalyze.gateway.connection_manager import ConnectionManager
 from sonalyze.gateway.heartbeat import Heartbeat
-from sonalyze.gateway.http_client import UpstreamClient
+from sonalyze.common.http_client import UpstreamClient
 from sonalyze.gateway.internal_api import InternalAPIFastPath, check_internal_token
 from sonalyze.gateway.metrics import GatewayMetrics
 from sonalyze.gateway.profiles import Profiles, load_profiles

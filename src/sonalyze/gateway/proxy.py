@@ -11,7 +11,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from sonalyze.gateway.http_client import UpstreamClient
+from sonalyze.common.http_client import UpstreamClient
 
 
 @dataclass(frozen=True, slots=True)

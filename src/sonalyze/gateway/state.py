@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from sonalyze.gateway.config import GatewaySettings
     from sonalyze.gateway.connection_manager import ConnectionManager
     from sonalyze.gateway.device_tokens import DeviceTokens
-    from sonalyze.gateway.http_client import UpstreamClient
+    from sonalyze.common.http_client import UpstreamClient
     from sonalyze.gateway.metrics import GatewayMetrics
     from sonalyze.gateway.profiles import Profiles
     from sonalyze.gateway.push_history import PushHistory
