@@ -84,6 +84,30 @@ async def test_resume_event_replays_only_up_to_where_live_delivery_began(upstrea
         server.stop()
 
 
+async def test_identify_with_resume_replays_right_after_its_answer(upstreams) -> None:
+    server = start_gateway(gateway_settings(upstreams))
+    try:
+        async with httpx.AsyncClient() as client:
+            async with connect(server.ws_url + "/ws?device_id=a") as ws:
+                await publish(client, server.url, 0, {"device_ids": ["a"]})
+                epoch = (await pushes_until_marker(ws, 0))[0]["pos"]["epoch"]
+            for n in range(1, 6):
+                await publish(client, server.url, n, {"device_ids": ["a"] if n != 3 else ["b"]})
+            async with connect(server.ws_url + "/ws") as ws:
+                await ws.send(json.dumps({"event": "identify", "request_id": 1, "data": {"device_id": "a", "resume": {"epoch": epoch, "offset": 1}}}))
+                answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                await publish(client, server.url, 6, {"device_ids": ["a"]})
+                replay = await pushes_until_marker(ws, 6)
+                assert await nothing_arrived(ws)
+                await ws.send(json.dumps({"event": "identify", "request_id": 2, "data": {"device_id": "a", "resume": {"epoch": epoch}}}))
+                refused = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert answer["event"] == "identify" and answer["data"]["device_id"] == "a"
+        assert [(m["data"]["n"], m["pos"]["offset"]) for m in replay] == [(1, 2), (2, 3), (4, 5), (5, 6), (6, 7)]
+        assert refused["error"]["code"] == "invalid_data"
+    finally:
+        server.stop()
+
+
 async def test_a_position_older_than_the_history_or_of_another_epoch_gets_resync_required(upstreams) -> None:
     server = start_gateway(gateway_settings(upstreams, push_history_max=4))
     try:

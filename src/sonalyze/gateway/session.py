@@ -27,10 +27,12 @@ class Reply(NamedTuple):
 
 
 class Identified(NamedTuple):
-    """The connection now belongs to ``device_id``: register it, then send ``envelope``."""
+    """The connection now belongs to ``device_id``: register it, send ``envelope``, then replay from
+    ``resume`` (epoch, offset) when the client gave one."""
 
     device_id: str
     envelope: dict[str, Any]
+    resume: tuple[str, int] | None = None
 
 
 class Forward(NamedTuple):
@@ -186,6 +188,11 @@ class Session:
         token = data.get("device_token")
         claimed = data.get("device_id")
         issued: str | None = None
+        resume = None
+        if data.get("resume") is not None:
+            resume = parse_position(data["resume"]) if isinstance(data["resume"], dict) else None
+            if resume is None:
+                return _fail("identify", request_id, "invalid_data", "data.resume must be {\"epoch\": string, \"offset\": integer >= 0}")
         if claimed is not None and (problem := device_id_problem(claimed)) is not None:
             return _fail("identify", request_id, "invalid_data", problem)
         if token is not None:
@@ -217,7 +224,7 @@ class Session:
         if issued is not None:
             answer_data["device_token"] = issued
             answer_data["issued"] = True
-        return Identified(device_id, response_envelope("identify", request_id, answer_data))
+        return Identified(device_id, response_envelope("identify", request_id, answer_data), resume)
 
     def _subscription(self, event: str, data: dict[str, Any], request_id: RequestId) -> Outcome:
         channel = data.get("channel")

@@ -110,9 +110,9 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
         self.address: str | None = None
         """The client's address (behind TRUSTED_PROXIES) while it counts against MAX_CONNECTIONS_PER_ADDRESS."""
         self.profile: ProfileConnection | RawRelayConnection | None = None
-        self.live_from = 0
-        """The history's offset when the connection was identified: later pushes reached it live, so a
-        ``resume`` replays up to here only."""
+        self.live_from = -1
+        """The history's offset when the connection was first identified (-1: not yet): later pushes
+        reached it live, so a resume replays up to here only."""
         """Set when the upgrade chose a profile path (``gateway.profiles``): it then handles every message."""
 
     # asyncio.Protocol
@@ -430,6 +430,8 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
         elif type(outcome) is Identified:
             self._identified(outcome.device_id)
             self._send(outcome.envelope)
+            if outcome.resume is not None:
+                self._resume(Resume(*outcome.resume, None), answer=False)
         elif type(outcome) is Subscription:
             self._subscription(outcome)
         elif type(outcome) is Resume:
@@ -439,7 +441,7 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
             self._send(outcome.envelope)
 
     def _identified(self, device_id: str) -> None:
-        if self.gateway.history is not None:
+        if self.gateway.history is not None and self.live_from < 0:
             self.live_from = self.gateway.history.offset
         for older in self.gateway.connections.identify(self, device_id):
             older.close(CLOSE_REPLACED, "replaced by a newer connection of this device")

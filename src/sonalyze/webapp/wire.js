@@ -1,7 +1,9 @@
 // The gateway connection (README "The wire protocol", contract C1): identifies with the device token
 // kept in localStorage (minting one with identify {} on first use), reconnects with back-off, sends
 // pings so a dead socket (screen lock, network switch) is noticed, and emits "ready" after every
-// (re)identification so the app resumes its lobby and session.
+// (re)identification so the app resumes its lobby and session. It keeps the position ("pos") of the last
+// push and identifies with it, so the gateway first replays what it missed (docs/gateway.md, "Positions
+// and resuming"); a resync_required push means it could not, and the app's resume on "ready" reloads.
 import { backoffMs } from "./session-model.js";
 
 const KEY = "sonalyze.device";
@@ -26,6 +28,7 @@ export class Connection extends EventTarget {
     this.timer = null;
     this.pingTimer = null;
     this.pushHandlers = new Map();
+    this.position = null; // {epoch, offset} of the last push seen
     window.addEventListener("online", () => this.reconnectNow());
     document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible") this.reconnectNow(); });
   }
@@ -68,7 +71,8 @@ export class Connection extends EventTarget {
   async identify() {
     let answer;
     if (this.token) {
-      try { answer = await this.send("identify", { device_token: this.token }); } catch (error) {
+      const resume = this.position ? { resume: this.position } : {};
+      try { answer = await this.send("identify", { device_token: this.token, ...resume }); } catch (error) {
         if (error.code !== "invalid_device_token" && error.code !== "invalid_data") throw error;
         this.token = null; // a token this gateway no longer accepts: become a new device
       }
@@ -104,6 +108,10 @@ export class Connection extends EventTarget {
     let message;
     try { message = JSON.parse(raw); } catch { return; }
     if (message.type === "event") {
+      const pos = message.event === "resync_required" ? message.data?.pos : message.pos;
+      const kept = this.position;
+      if (message.event !== "resync_required" && pos && kept && pos.epoch === kept.epoch && pos.offset <= kept.offset) return; // seen
+      if (pos !== undefined) this.position = pos;
       for (const handler of this.pushHandlers.get(message.event) ?? []) handler(message.data ?? {}, message.event);
       for (const handler of this.pushHandlers.get("*") ?? []) handler(message.data ?? {}, message.event);
       return;
