@@ -165,6 +165,8 @@ async def run(args: argparse.Namespace) -> dict:
         "gateway",
         port=gateway_port,
         env={"LOBBY_URL": lobby.url, "INTERNAL_AUTH_TOKEN": TOKEN, "RATE_LIMIT_RPS": "100000", "RATE_LIMIT_BURST": "100000", **quiet,
+             "ALLOW_INSECURE_DEVICE_IDS": "1",  # the load generator names its devices (no device tokens)
+             "MAX_CONNECTIONS_PER_ADDRESS": "1000000",  # every device connects from 127.0.0.1
              # every device connects before the measured part and this client answers no pings: none are sent
              "HEARTBEAT_INTERVAL_SEC": "3600", "CONNECTION_TIMEOUT_SEC": "7200"},
     )

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from starlette.datastructures import URL
 from starlette.responses import RedirectResponse
 
+from sonalyze.common.asgi import read_body, send_error, send_json
 from sonalyze.common.errors import Forbidden, SonalyzeError, Unauthorized, from_validation_error
 from sonalyze.gateway.models import BroadcastRequest, SubscriptionsRequest, event_envelope
 
@@ -88,21 +89,18 @@ class InternalAPIFastPath:
             else:
                 await self.app(scope, receive, send)
             return
-        headers = [(b"content-type", b"application/json")]
         try:
             if scope["method"] != "POST":
                 raise SonalyzeError("Method Not Allowed", code="method_not_allowed", status_code=405, headers={"Allow": "POST"})
             check_internal_token(self._token, _header(scope, _TOKEN_HEADER))
-            raw_body = await _read_body(receive)
+            raw_body = await read_body(receive)
             if raw_body is None:
                 return  # the client went away
-            status, body = 200, orjson.dumps(await handler(self.app.state.gateway, raw_body))
+            answer = await handler(self.app.state.gateway, raw_body)
         except SonalyzeError as exc:
-            status, body = exc.status_code, orjson.dumps(exc.to_body())
-            headers += [(name.lower().encode(), value.encode()) for name, value in (exc.headers or {}).items()]
-        headers.append((b"content-length", b"%d" % len(body)))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+            await send_error(send, exc)
+            return
+        await send_json(send, 200, orjson.dumps(answer))
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -111,17 +109,3 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
-
-
-async def _read_body(receive: Callable) -> bytes | None:
-    message = await receive()
-    body = message.get("body", b"")
-    if not message.get("more_body"):
-        return body if message["type"] == "http.request" else None
-    chunks = [body]
-    while message.get("more_body"):
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunks.append(message.get("body", b""))
-    return b"".join(chunks)

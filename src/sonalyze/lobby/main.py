@@ -13,6 +13,7 @@ import httpx
 from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
 from pydantic import BaseModel, ValidationError
 
+from sonalyze.common.asgi import read_body, send_json
 from sonalyze.common.errors import Forbidden, error_body, from_validation_error, install_error_handlers
 from sonalyze.common.handle import EventContext, EventHandlers, HandleRequest
 from sonalyze.common.internal_auth import InternalAuth, InternalAuthGuard, caller_of, internal_headers
@@ -193,16 +194,10 @@ class GatewayHandleFastPath:
         if scope["type"] != "http" or scope["path"] != "/gateway/handle" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        status, body = await self._answer(b"".join(chunks))
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        raw = await read_body(receive)
+        if raw is None:
+            return  # the client went away
+        await send_json(send, *await self._answer(raw))
 
     async def _answer(self, raw: bytes) -> tuple[int, bytes]:
         try:

@@ -32,12 +32,12 @@ from sqlalchemy.engine import make_url
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sonalyze.common.asgi import read_body, send_json
 from sonalyze.common.json import dumps, loads
 from sonalyze.storage.ids import is_record_id
 from sonalyze.storage.resources import RESOURCES, Resource
 
 T = TypeVar("T")
-_JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 @dataclass(frozen=True)
@@ -244,14 +244,10 @@ class FastRecords:
         declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
         if declared is None or not declared.isdigit() or int(declared) > self.max_body_bytes:
             return None
-        chunks = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                raise ClientDisconnect
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        body = await read_body(receive)
+        if body is None:
+            raise ClientDisconnect
+        return body
 
     @staticmethod
     def _validated(model: type[BaseModel], body: bytes) -> BaseModel:
@@ -285,7 +281,7 @@ class FastRecords:
                 await connections.use(lambda connection: connection.execute(statements.insert, *arguments))
             except Exception:  # noqa: BLE001 - a taken id, a missing parent, a database error: the routes explain it
                 raise _HandOver from None
-        await _answer(send, 201, orjson.dumps(row))
+        await send_json(send, 201, orjson.dumps(row))
 
     @staticmethod
     async def _read(connections: Connections, statements: _Statements, record_id: str, send: Send) -> None:
@@ -295,7 +291,7 @@ class FastRecords:
             raise _HandOver from None
         if found is None:
             raise _HandOver
-        await _answer(send, 200, orjson.dumps(dict(zip(statements.columns, found, strict=True))))
+        await send_json(send, 200, orjson.dumps(dict(zip(statements.columns, found, strict=True))))
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -306,9 +302,3 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return pending.pop() if pending else await receive()
 
     return replayed
-
-
-async def _answer(send: Send, status: int, content: bytes) -> None:
-    headers = [*_JSON_HEADERS, (b"content-length", str(len(content)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": content})
