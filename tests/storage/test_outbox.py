@@ -237,3 +237,66 @@ async def test_storage_crash_during_a_measurement_session_loses_and_doubles_noth
         await outbox.stop()
         await client.aclose()
         await asyncio.to_thread(storage.stop)
+
+
+class _RecordingClient(StorageClient):
+    """The real client, noting when each PUT left and when storage answered (shared list, two replicas)."""
+
+    def __init__(self, url: str, sends: list[tuple[str, str, float, float]]) -> None:
+        super().__init__(url, timeout_s=10, headers=SERVICE_HEADERS)
+        self.sends = sends
+
+    async def put(self, resource, record):
+        started_s = time.monotonic()
+        answer = await super().put(resource, record)
+        self.sends.append((record["id"], record["name"], started_s, time.monotonic()))
+        return answer
+
+
+async def test_two_replicas_on_one_outbox_send_each_row_once_and_keep_each_aggregates_order(storage, database_url):
+    sends: list[tuple[str, str, float, float]] = []
+    replicas = [
+        Outbox(database_url, _RecordingClient(storage.url, sends), retry_base_s=0.05, poll_interval_s=0.05, max_in_flight=4)
+        for _ in range(2)
+    ]
+    writer = replicas[0]
+    await writer.create_table()
+    devices, versions = 6, 8
+    for version in range(versions):  # interleaved, as writers enqueue: v0 of every device, then v1, ...
+        for device in range(devices):
+            await writer.enqueue("devices", {"id": f"dev-{device}", "name": f"v{version}"}, aggregate=f"dev-{device}")
+    try:
+        for replica in replicas:
+            await replica.start()
+        await replicas[1].flush(timeout_s=60)
+    finally:
+        for replica in replicas:
+            await replica.stop()
+            await replica.client.aclose()
+    assert len(sends) == devices * versions  # no row sent twice
+    for device in range(devices):
+        mine = sorted((s for s in sends if s[0] == f"dev-{device}"), key=lambda s: s[2])
+        assert [name for _, name, _, _ in mine] == [f"v{v}" for v in range(versions)]
+        assert all(later[2] >= earlier[3] for earlier, later in zip(mine, mine[1:]))  # one after the other
+    async with StorageClient(storage.url, timeout_s=10, headers=SERVICE_HEADERS) as reader:
+        for device in range(devices):
+            assert (await reader.get("devices", f"dev-{device}"))["name"] == f"v{versions - 1}"
+
+
+async def test_a_dead_replicas_claim_is_taken_over_after_the_lease(storage, tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'writer.db'}"
+    sends: list[tuple[str, str, float, float]] = []
+    dead = Outbox(url, _RecordingClient(storage.url, sends), lease_s=0.5)
+    alive = Outbox(url, _RecordingClient(storage.url, sends), lease_s=0.5, poll_interval_s=0.05)
+    try:
+        await dead.create_table()
+        await dead.enqueue("devices", {"id": "dev-x", "name": "v0"})
+        assert [row["seq"] for row in await dead._claim(await dead._due_heads())] == [1]  # then it "dies"
+        assert await alive._claim(await alive._due_heads()) == []  # the lease holds
+        await asyncio.sleep(0.6)
+        assert await alive.deliver_once() == 1
+        assert [(record_id, name) for record_id, name, _, _ in sends] == [("dev-x", "v0")]
+    finally:
+        for outbox in (dead, alive):
+            await outbox.stop()
+            await outbox.client.aclose()

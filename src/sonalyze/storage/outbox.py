@@ -12,7 +12,12 @@ Delivery is ``PUT /v1/{resource}/{id}`` (or ``DELETE``), idempotent on the stora
 sent twice (storage stored it but the answer was lost) is stored once. Rows leave the outbox only
 after storage acknowledged them. Records of one ``aggregate`` (by default the record itself; pass the
 lobby id to keep a lobby's records in order) are delivered one after the other in enqueue order;
-different aggregates go in parallel. Failures that can heal (storage down, 5xx, 408/429, a parent
+different aggregates go in parallel. Several replicas may deliver from one database: a replica first
+claims a row with a lease (``claimed_by``, ``claimed_until_s``: one compare-and-set ``UPDATE``, atomic on
+PostgreSQL and SQLite), so two replicas never send the same row, and an aggregate's next row is not due
+before its head was acknowledged, so the order holds across replicas too. A replica that dies holding a
+claim leaves it to the others once the lease (``lease_s``, longer than a storage call can take) runs out.
+Failures that can heal (storage down, 5xx, 408/429, a parent
 not there yet: ``missing_reference``) are retried with capped exponential back-off and jitter, forever;
 other rejections (422 invalid record, 409 conflict) are kept as ``dead`` rows with the error and logged.
 """
@@ -25,6 +30,7 @@ import enum
 import logging
 import random
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,7 +50,10 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
+    or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -73,6 +82,8 @@ outbox_table = Table(
     Column("next_attempt_s", Float, nullable=False),
     Column("last_error", Text),
     Column("created_s", Float, nullable=False),
+    Column("claimed_by", String(64)),
+    Column("claimed_until_s", Float),
     Index("ix_storage_outbox_state_aggregate_seq", "state", "aggregate", "seq"),
 )
 
@@ -137,6 +148,7 @@ class Outbox:
         poll_interval_s: float = 1.0,
         retry_base_s: float = 0.2,
         retry_max_s: float = 30.0,
+        lease_s: float = 60.0,
     ) -> None:
         self._owns_engine = isinstance(database, str)
         self.engine = make_engine(database) if isinstance(database, str) else database
@@ -145,14 +157,17 @@ class Outbox:
         self.poll_interval_s = poll_interval_s
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
+        self.lease_s = lease_s
+        self.owner = uuid.uuid4().hex
+        """Names this outbox's claims (one per process: a restarted replica does not reuse a dead one's)."""
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def create_table(self) -> None:
-        """Create the outbox table if missing (``start`` does it too)."""
+        """Create the outbox table if missing, add the claim columns to an older one (``start`` does it too)."""
         async with self.engine.begin() as connection:
-            await connection.run_sync(outbox_metadata.create_all)
+            await connection.run_sync(_create_or_add_claim_columns)
 
     async def enqueue(
         self,
@@ -241,7 +256,7 @@ class Outbox:
             return int((await connection.execute(statement)).scalar_one())
 
     async def _due_heads(self) -> list[Mapping[str, Any]]:
-        """The oldest pending row of each aggregate, if its retry time has come."""
+        """The oldest pending row of each aggregate, if its retry time has come and no live claim holds it."""
         inner = outbox_table.alias("earlier")
         first_seq = (
             select(func.min(inner.c.seq))
@@ -254,6 +269,7 @@ class Outbox:
                 outbox_table.c.state == RowState.PENDING.value,
                 outbox_table.c.seq == first_seq,
                 outbox_table.c.next_attempt_s <= time.time(),
+                _unclaimed(time.time()),
             )
             .order_by(outbox_table.c.seq)
             .limit(self.batch_size)
@@ -271,9 +287,24 @@ class Outbox:
             return self.poll_interval_s
         return min(self.poll_interval_s, max(0.0, earliest_s - time.time()))
 
+    async def _claim(self, heads: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """The heads this outbox could claim (compare-and-set: a row another replica claimed first is skipped)."""
+        claimed = []
+        now_s = time.time()
+        async with self.engine.begin() as connection:
+            for row in heads:
+                result = await connection.execute(
+                    update(outbox_table)
+                    .where(outbox_table.c.seq == row["seq"], outbox_table.c.state == RowState.PENDING.value, _unclaimed(now_s))
+                    .values(claimed_by=self.owner, claimed_until_s=now_s + self.lease_s)
+                )
+                if result.rowcount == 1:
+                    claimed.append(row)
+        return claimed
+
     async def deliver_once(self) -> int:
-        """One pass over the due heads; returns how many storage acknowledged."""
-        heads = await self._due_heads()
+        """One pass over the due heads this outbox could claim; returns how many storage acknowledged."""
+        heads = await self._claim(await self._due_heads())
         results = await asyncio.gather(*(self._deliver(row) for row in heads))
         return sum(results)
 
@@ -304,7 +335,10 @@ class Outbox:
         where = outbox_table.c.seq == row["seq"]
         if exc.retryable:
             delay_s = retry_delay_s(attempts, base_s=self.retry_base_s, max_s=self.retry_max_s, jitter=random.random())
-            values = {"attempts": attempts, "next_attempt_s": time.time() + delay_s, "last_error": exc.message}
+            values = {
+                "attempts": attempts, "next_attempt_s": time.time() + delay_s, "last_error": exc.message,
+                "claimed_by": None, "claimed_until_s": None,
+            }
             log = logger.warning if attempts in (1, 10, 100) else logger.debug
             log("storage delivery failed; will retry", extra={**about, "attempts": attempts, "retry_in_s": round(delay_s, 3)})
         else:
@@ -330,6 +364,22 @@ class Outbox:
                 wait_s = self.poll_interval_s
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait_s)
+
+
+def _unclaimed(now_s: float):
+    """No replica holds a live claim on the row."""
+    return or_(outbox_table.c.claimed_until_s.is_(None), outbox_table.c.claimed_until_s < now_s)
+
+
+def _create_or_add_claim_columns(connection) -> None:
+    """``create_all``, and for a table made before the claim columns existed, add them (several replicas
+    may start at once: on PostgreSQL ``IF NOT EXISTS``; SQLite has a single writer process)."""
+    outbox_metadata.create_all(connection)
+    present = {column["name"] for column in inspect(connection).get_columns(outbox_table.name)}
+    guard = "IF NOT EXISTS " if connection.dialect.name == "postgresql" else ""
+    for name, kind in (("claimed_by", "VARCHAR(64)"), ("claimed_until_s", "FLOAT")):
+        if name not in present:
+            connection.execute(text(f"ALTER TABLE {outbox_table.name} ADD COLUMN {guard}{name} {kind}"))
 
 
 def _wake_after_commit(session: AsyncSession, wake: asyncio.Event) -> None:
