@@ -125,10 +125,12 @@ KNOWN_FAILURES = {
     "with its reason) and −1000 ppm stays uncorrected, which shifts the 250 Hz band ≈ 1.6 ms against the "
     "broadband onset: C50 250 Hz 0.70 for 1.78 dB, D50 0.54 for 0.60. With two sweeps "
     "(medium-clock-1000ppm-2-sweeps) the offset is measured within 1 ppm, corrected, and every value passes",
-    "medium-snr20": "energy parameters with 20 dB SNR (C50 −2.6 for +1.0 dB): acoustics-decay's noise "
-    "handling and validity gates (issue 14 items 1–2)",
-    "shoebox-snr40": "125 Hz C50/D50 under the loudspeaker's roll-off: acoustics-decay's class-1 filters and "
-    "band-level check (issue 14 item 3)",
+    "medium-snr20": "20 dB SNR: EDT +7–12 % (250 Hz–4 kHz) and C50 3–4 dB low in every band (1 kHz −2.22 for +1.73 "
+    "dB), clock 0 ppm (nothing corrected) — the decay's noise handling and energy gates (acoustics-decay, issue 14 "
+    "items 1–2)",
+    "shoebox-snr40": "EDT 1000 Hz 0.463 s for 0.738 s (−37 %), every other value within its JND, clock 0 ppm "
+    "(nothing corrected); cause not established (the 0…−10 dB range of this shoebox is its first ≈ 0.1 s, direct "
+    "sound and first reflections through the loudspeaker's 900 Hz resonance) — acoustics-decay's EDT gate",
 }
 
 
