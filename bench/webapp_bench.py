@@ -9,6 +9,14 @@ network is idle: response headers and bodies as received (the WebSocket's frames
 "Compression off" is the same load with the browser asking ``Accept-Encoding: identity``. A reload in the
 same profile then shows what a repeat visit costs (revalidation, ``304`` without bodies). Target: first
 load ≤ 250 KB.
+
+Then one whole session through the UI with one speaker and three microphones (Chromium's fake microphone
+fed tests/webapp/fake_capture.py's file), measuring (targets of issue 13):
+- from the last microphone's upload (its ``POST`` answered: ``fetch`` wrapped in the page) to the results
+  table on every screen (a MutationObserver in each page): ``Date.now()`` of one machine, ≤ 1.5 s;
+- long tasks (``PerformanceObserver`` ``longtask``, > 50 ms) on each page while it records or plays
+  (from "Recording" / the countdown to the upload / "Sweep played"): none, for 60 fps.
+``--session-runs N`` repeats the session in the same lobby.
 """
 
 from __future__ import annotations
@@ -89,10 +97,104 @@ async def load(url: str, profile: str, identity: bool) -> dict:
     return {"first": first, "repeat": repeat}
 
 
+RESULTS_TARGET_S = 1.5
+#: Stamps in the page (an init script, before the app runs): when the results table appears, long tasks,
+#: and when this phone starts/stops recording or playing (from the app's own status lines).
+PROBE = """
+window.__probe = {results: null, longtasks: [], busy: [], uploaded: null, sessionsBefore: 0};
+const fetch0 = window.fetch;
+window.fetch = async (input, init) => {
+  const response = await fetch0(input, init);
+  if (init?.method === "POST" && String(input).includes("/uploads/")) window.__probe.uploaded = Date.now();
+  return response;
+};
+new PerformanceObserver((list) => { for (const e of list.getEntries()) window.__probe.longtasks.push([e.startTime, e.duration]); })
+  .observe({type: "longtask", buffered: true});
+new MutationObserver(() => {
+  const p = window.__probe;
+  const sessions = document.querySelectorAll("#session-pick option").length;  // a new session's results
+  if (p.results === null && sessions > p.sessionsBefore && document.querySelector("#results-body table.metrics")) p.results = Date.now();
+  const activity = document.getElementById("activity")?.textContent ?? "";
+  const countdown = document.getElementById("countdown")?.textContent ?? "";
+  const open = p.busy.length && p.busy[p.busy.length - 1].length === 1;
+  if (!open && (activity.startsWith("Recording") || countdown.startsWith("Sweep in"))) p.busy.push([performance.now()]);
+  if (open && (activity.startsWith("Uploading") || activity.startsWith("Sweep played"))) p.busy[p.busy.length - 1].push(performance.now());
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+
+
+async def session(url: str, data_dir: Path, runs: int) -> list[dict]:
+    """One speaker and three microphones through the UI, ``runs`` sessions in one lobby."""
+    from tests.webapp.fake_capture import write_capture_wav
+    from tests.webapp.conftest import fake_microphone_args
+
+    wav = data_dir / "room.wav"
+    write_capture_wav(wav)
+    out = []
+    async with async_playwright() as playwright:
+        contexts, pages = [], []
+        for k in range(4):
+            context = await playwright.chromium.launch_persistent_context(
+                str(data_dir / f"phone-{k}"), executable_path=shutil.which("chromium"), headless=True,
+                args=[*CHROMIUM_ARGS, *fake_microphone_args(wav)], viewport={"width": 390, "height": 844}, bypass_csp=True)
+            await context.add_init_script(PROBE)
+            contexts.append(context)
+            page = context.pages[0]
+            await page.goto(url + "/")
+            await page.wait_for_selector("#conn[data-state=online]", timeout=30000)
+            pages.append(page)
+        host, mics = pages[0], pages[1:]
+        await host.click("#create-form button")
+        await host.wait_for_selector("#lobby-code:not(:empty)")
+        code = (await host.text_content("#lobby-code")).strip()
+        for mic in mics:
+            await mic.fill("#join-code", code)
+            await mic.click("#join-form button")
+        await host.wait_for_function("document.querySelectorAll('#participants select').length === 4", timeout=30000)
+        for index, role in enumerate(("speaker", "microphone", "microphone", "microphone")):
+            await host.locator("#participants select").nth(index).select_option(role)
+            await host.wait_for_function(f"[...document.querySelectorAll('#participants select')][{index}]?.value === '{role}'")
+        for mic in mics:
+            await mic.wait_for_function("[...document.querySelectorAll('#participants .badge')].filter(b => b.textContent === 'microphone').length === 3")
+        for page in pages:
+            await page.click("[data-tab=measure]")
+            await page.click("#arm")
+            await page.wait_for_selector("#arm-state:has-text('Armed')", timeout=30000)
+        for run in range(runs):
+            for page in pages:
+                await page.evaluate("Object.assign(window.__probe, {results: null, longtasks: [], busy: [], uploaded: null, "
+                                    "sessionsBefore: document.querySelectorAll('#session-pick option').length})")
+            await host.click("#start")
+            for page in pages:
+                await page.wait_for_function(
+                    "window.__probe.results !== null && document.querySelectorAll('#results-body section.pair').length === 3", timeout=240000)
+            probes = [await page.evaluate("window.__probe") for page in pages]
+            uploads = [probe["uploaded"] for probe in probes[1:]]
+            assert all(uploads), uploads
+            last_upload_s = max(uploads) / 1000
+            per_screen = [probe["results"] / 1000 - last_upload_s for probe in probes]
+            long_tasks = [
+                [round(duration, 1) for start, duration in probe["longtasks"]
+                 if any(len(span) == 2 and span[0] <= start <= span[1] for span in probe["busy"])]
+                for probe in probes
+            ]
+            out.append({"upload_to_results_s": round(max(per_screen), 3), "per_screen_s": [round(x, 3) for x in per_screen],
+                        "long_tasks": sum(len(x) for x in long_tasks), "long_task_ms_per_page": long_tasks,
+                        "longest_task_ms": max((max(x) for x in long_tasks if x), default=0),
+                        "busy_spans_s": [[round((b - a) / 1000, 2) for a, b in (s for s in probe["busy"] if len(s) == 2)] for probe in probes]})
+            for page in pages:
+                await page.click("[data-tab=measure]")
+            await host.wait_for_selector("#start:has-text('Measure again')", state="visible", timeout=60000)
+        for context in contexts:
+            await context.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-port", type=int, default=9600)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "webapp_results.jsonl")
+    parser.add_argument("--session-runs", type=int, default=3, help="sessions of 1 speaker + 3 microphones (0: none)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as data_dir:
         process = start_backend(args.base_port, data_dir)
@@ -101,6 +203,7 @@ def main() -> None:
             results = {}
             for mode, identity in (("gzip", False), ("identity", True)):
                 results[mode] = asyncio.run(load(url, str(Path(data_dir) / f"profile-{mode}"), identity))
+            sessions = asyncio.run(session(url, Path(data_dir), args.session_runs)) if args.session_runs else []
         finally:
             process.send_signal(2)
             process.wait(timeout=60)
@@ -122,6 +225,11 @@ def main() -> None:
               f"reload {repeat:,} B (statuses {statuses})")
     verdict = "within" if record["gzip"]["first_load_bytes"] <= TARGET_BYTES else "OVER"
     print(f"target {TARGET_BYTES:,} B: {verdict}")
+    record["sessions"] = sessions
+    for k, run in enumerate(sessions):
+        print(f"session {k + 1}: last upload → results on every screen {run['upload_to_results_s']:.2f} s "
+              f"(per screen {', '.join(f'{x:.2f}' for x in run['per_screen_s'])}; target {RESULTS_TARGET_S} s); "
+              f"long tasks while recording/playing: {run['long_tasks']} (longest {run['longest_task_ms']} ms)")
     with args.out.open("a") as out:
         out.write(json.dumps(record) + "\n")
 
