@@ -166,8 +166,14 @@ class SessionCoordinator:
 
     # ------------------------------------------------------------------------------------------- the shell
 
-    async def _update(self, session_id: str, apply: Callable[..., Transition], *, lobby_id: str | None = None) -> SessionState:
-        """Load, apply, save if the version did not move (else apply again), then push and analyze."""
+    async def _update(
+        self, session_id: str, apply: Callable[..., Transition], *, lobby_id: str | None = None, skip_locked: bool = False
+    ) -> SessionState:
+        """Load, apply, save if the version did not move (else apply again), then push and analyze.
+
+        ``skip_locked`` (the deadline timer): when another transaction holds the lobby (another replica's
+        timer or a signal), change nothing now; the next tick looks at the session again.
+        """
 
         def work(conn: Connection, pushes: Pushes, now_s: float) -> tuple[SessionState, list[Analyze]]:
             row = store.get_session(conn, session_id)
@@ -177,7 +183,12 @@ class SessionCoordinator:
                 raise SessionMismatch("the session belongs to another lobby", details={"lobby_id": row.lobby_id})
             # Lock the lobby row (as every lobby operation does: one lock order, no deadlock), then read
             # the session again: signals of one lobby take turns instead of retrying on the version.
-            lobby, members = _lobby(conn, row.lobby_id, lock=True)
+            if skip_locked:
+                if store.claim_lobby(conn, row.lobby_id) is None:
+                    return row.state, []
+                lobby, members = _lobby(conn, row.lobby_id)
+            else:
+                lobby, members = _lobby(conn, row.lobby_id, lock=True)
             row = store.get_session(conn, session_id)
             transition = apply(row.state, lobby, members, now_s)
             if not transition.changed:
@@ -247,14 +258,18 @@ class SessionCoordinator:
             log.exception("could not record the analysis of session %s", session_id)
 
     async def check_deadlines(self) -> int:
-        """Fail every session whose step deadline has passed; returns how many were due."""
+        """Fail every session whose step deadline has passed; returns how many were due.
+
+        Several replicas run this on one database: each session is failed once (its lobby row is claimed
+        with ``SKIP LOCKED``, then the session is read again, and a finished step does not time out).
+        """
         due = await self.db.read(lambda conn: store.due_sessions(conn, now_s=self.lobbies.clock()))
 
         def apply(state: SessionState, _lobby: LobbyRow, _members: list[ParticipantRow], now_s: float) -> Transition:
             return handle_timeout(state, now_s=now_s, timeouts=self.timeouts)
 
         for session_id in due:
-            await self._update(session_id, apply)
+            await self._update(session_id, apply, skip_locked=True)
         return len(due)
 
     async def resume(self) -> None:

@@ -237,6 +237,7 @@ _LOBBY_BY_ID = select(lobbies).where(lobbies.c.id == _b("lobby_id"))
 _NOT_CLOSED = lobbies.c.status != literal_column(f"'{LobbyStatus.CLOSED.value}'")
 _LOBBY_BY_CODE = select(lobbies).where(lobbies.c.code == _b("code"), _NOT_CLOSED)
 _LOBBY_BY_ID_LOCKED = Statement(_LOBBY_BY_ID.with_for_update())
+_LOBBY_BY_ID_CLAIMED = Statement(_LOBBY_BY_ID.with_for_update(skip_locked=True))
 _LOBBY_BY_CODE_LOCKED = Statement(_LOBBY_BY_CODE.with_for_update())
 _LOBBY_BY_ID = Statement(_LOBBY_BY_ID)
 _LOBBY_BY_CODE = Statement(_LOBBY_BY_CODE)
@@ -314,6 +315,15 @@ def get_lobby(conn: Connection, lobby_id: str, *, lock: bool = False) -> LobbyRo
     """``lock``: hold the row until the transaction ends (PostgreSQL ``FOR UPDATE``; SQLite has one writer)."""
     query = _LOBBY_BY_ID_LOCKED if lock and conn.dialect.name != "sqlite" else _LOBBY_BY_ID
     return _lobby(query.first(conn, {"lobby_id": lobby_id}))
+
+
+def claim_lobby(conn: Connection, lobby_id: str) -> LobbyRow | None:
+    """The lobby row locked until the transaction ends, or None when another transaction holds it
+    (PostgreSQL ``FOR UPDATE SKIP LOCKED``: a replica's timer passes over a lobby another replica is
+    working on; SQLite has one writer, so the row is always had)."""
+    if conn.dialect.name == "sqlite":
+        return get_lobby(conn, lobby_id)
+    return _lobby(_LOBBY_BY_ID_CLAIMED.first(conn, {"lobby_id": lobby_id}))
 
 
 def get_lobby_by_code(conn: Connection, code: str, *, lock: bool = False) -> LobbyRow | None:
