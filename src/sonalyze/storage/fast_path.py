@@ -18,10 +18,8 @@ text to the answer unparsed.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -34,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sonalyze.common.asgi import read_body, send_json
 from sonalyze.common.json import dumps, loads
+from sonalyze.storage import records
 from sonalyze.storage.ids import is_record_id
 from sonalyze.storage.resources import RESOURCES, Resource
 
@@ -189,10 +188,6 @@ def open_connections(database_url: str, *, size: int) -> Connections | None:
     return Connections(url.set(drivername="postgresql").render_as_string(hide_password=False), size=size)
 
 
-def _utc(value: Any) -> Any:
-    return value.astimezone(UTC) if isinstance(value, datetime) else value
-
-
 class FastRecords:
     """ASGI middleware: ``POST /v1/{name}``, ``PUT`` and ``GET /v1/{name}/{id}`` on asyncpg when it can.
 
@@ -263,12 +258,11 @@ class FastRecords:
         record = self._validated(resource.create, body)
         if put and record.id not in (None, record_id):
             raise _HandOver
-        now = datetime.now(UTC)
-        values: dict[str, Any] = {"id": record_id or record.id or str(uuid.uuid4())}
-        for field in resource.fields:
-            value = getattr(record, field)
-            values[field] = dumps(value) if field in statements.json_columns else _utc(value)  # JSON null for None
-        values["created_at"] = values["updated_at"] = now
+        values = records.new_row(
+            record_id or records.new_record_id(record.id), {field: getattr(record, field) for field in resource.fields}
+        )
+        for column in statements.json_columns:  # asyncpg takes JSON as text: None is JSON null, as SQLAlchemy's JSON
+            values[column] = dumps(values[column])
         arguments = [values[column] for column in statements.columns]
         row = {
             column: orjson.Fragment(value) if column in statements.json_columns else value

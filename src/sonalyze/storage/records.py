@@ -8,6 +8,7 @@ unique key is 409 ``conflict``; a parent that does not exist is 422 ``missing_re
 from __future__ import annotations
 
 import enum
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +43,17 @@ def _normalized(values: Row) -> Row:
     return {key: _utc(value) for key, value in values.items()}
 
 
+def new_record_id(given: str | None) -> str:
+    """A new record's id: the client's, else a random UUID (RFC 9562 §5.4, version 4)."""
+    return given or str(uuid.uuid4())
+
+
+def new_row(record_id: str, values: Row) -> Row:
+    """The row a write inserts: ``values`` with datetimes in UTC, its ``id``, ``created_at`` = ``updated_at`` = now."""
+    now = datetime.now(UTC)
+    return {"id": record_id, **_normalized(values), "created_at": now, "updated_at": now}
+
+
 def _differences(resource: Resource, stored: Row, values: Row) -> list[str]:
     return [field for field in resource.fields if stored[field] != values[field]]
 
@@ -70,9 +82,9 @@ async def write(
     The same content again is an idempotent replay (nothing written). Different content under an
     existing ``id`` replaces it when ``replace`` (``PUT``), else it is a 409 ``conflict`` (``POST``).
     """
-    values = _normalized(values)
-    now = datetime.now(UTC)
-    row = {"id": record_id, **values, "created_at": now, "updated_at": now}
+    row = new_row(record_id, values)
+    values = {field: row[field] for field in values}
+    now = row["updated_at"]
     try:
         async with database.single() as connection:
             await repository.insert_row(connection, resource=resource, row=row)

@@ -4,7 +4,6 @@ This module avoids ``from __future__ import annotations``: FastAPI reads the per
 (``resource.list_query``) from the signatures of the functions built in the factory.
 """
 
-import uuid
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response
@@ -74,7 +73,7 @@ def resource_router(resource: Resource) -> APIRouter:
     )
     async def create(request: Request) -> Response:
         body = await _parse_body(request, resource.create)
-        record_id = body.id or str(uuid.uuid4())
+        record_id = records.new_record_id(body.id)
         row, outcome = await records.write(
             _database(request), resource=resource, record_id=record_id, values=_values(resource, body), replace=False
         )
