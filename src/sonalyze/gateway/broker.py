@@ -86,6 +86,9 @@ class Broker(Protocol):
         """Whether publications reach the other nodes right now (always True for memory)."""
         ...
 
+    history: Any
+    """What resuming connections replay from (``epoch``, ``offset``, ``replay()``), or None."""
+
     async def start(self) -> None:
         """Connect and subscribe (in the background: an unreachable bus does not stop the gateway)."""
         ...
@@ -128,18 +131,24 @@ class BrokerURLError(ValueError):
     """A ``BROKER_URL`` whose scheme no broker implements."""
 
 
-def create_broker(url: str, prefix: str, deliver: Deliver, history: PushHistory | None = None) -> Broker:
+def create_broker(
+    url: str, prefix: str, deliver: Deliver, history_max: int = 0, history_age_s: float = 300.0, queue_max: int = 10_000
+) -> Broker:
     """The broker for ``url``; ``prefix`` names the channel/subject so several clusters share one bus.
 
-    ``history`` positions and keeps the pushes of ``memory://`` (the cluster brokers do not keep one yet).
+    With ``history_max`` > 0 pushes get positions and are kept (at most that many, none older than
+    ``history_age_s``): in memory for ``memory://``, in a Redis stream for ``redis://`` (which also
+    queues up to ``queue_max`` publications while Redis is down); NATS keeps none yet.
     """
     scheme = urlsplit(url).scheme
     if scheme == "memory":
-        return MemoryBroker(deliver, history)
+        from sonalyze.gateway.push_history import PushHistory
+
+        return MemoryBroker(deliver, PushHistory(history_max, history_age_s) if history_max else None)
     if scheme in ("redis", "rediss"):
         from sonalyze.gateway.broker_redis import RedisBroker
 
-        return RedisBroker(url, prefix + "broadcast", deliver)
+        return RedisBroker(url, prefix + "broadcast", deliver, history_max, history_age_s, queue_max)
     if scheme in ("nats", "tls"):
         from sonalyze.gateway.broker_nats import NatsBroker
 

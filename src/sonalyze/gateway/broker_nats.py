@@ -23,6 +23,8 @@ CONNECT_RETRY_S = 0.5
 
 class NatsBroker:
     name = "nats"
+    history = None
+    """No push history on NATS yet (issue 18): resumes answer ``resync_required``."""
 
     def __init__(self, url: str, subject: str, deliver: Deliver) -> None:
         self._url = url

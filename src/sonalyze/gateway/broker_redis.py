@@ -5,6 +5,19 @@ Two plain connections speak RESP through hiredis's C parser instead of redis-py'
 ``PUBLISH`` commands and matches the replies in order, and a subscriber whose ``data_received`` hands each
 message to local delivery at once, with no task or await in between (bench/gateway_scale.md: the cost
 per message and instance). Pub/sub channels are server-wide: the URL's database number does not matter.
+
+With a push history (issue 18, ``PUSH_HISTORY_MAX`` > 0) a message is published by a Lua script that, in
+one atomic step, gives it the cluster's next offset (``INCR``), appends it to a Redis stream (``XADD``
+with ``MAXLEN ~`` and an age bound by ``XTRIM MINID ~``) and ``PUBLISH``es it with its position: every
+node sees publications in offset order and stamps ``"pos"`` into the envelope. The epoch is a key of its
+own, set by the first publication after the history was lost. A node keeps the last offset it delivered;
+a resuming connection gets the stream's entries up to there (``XREVRANGE``).
+
+While Redis is unreachable a node delivers its publications locally at once and queues them (at most
+``PUSH_OUTAGE_QUEUE_MAX``); when Redis is back they are published in order, the other nodes' devices get
+them through the bus and the stream, and this node skips the ones it delivered already. Each node numbers
+its publications and the script drops a number it has seen: a publication that reached a frozen Redis
+(SIGSTOP) and is queued again after the timeout is appended once.
 """
 
 from __future__ import annotations
@@ -12,14 +25,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import hiredis
+import orjson
 
-from sonalyze.gateway.broker import Deliver, deliver_publication, encode_publication
+from sonalyze.gateway.broker import Deliver, Targets, deliver_publication, encode_publication
+from sonalyze.gateway.push_history import Entry
 
 logger = logging.getLogger("sonalyze.gateway.broker")
 
@@ -100,16 +116,70 @@ async def open_resp_connection(url: str, on_message: Callable[[bytes], None] | N
     return connection
 
 
+PUBLISH_SCRIPT = b"""
+local last = tonumber(redis.call('HGET', KEYS[5], ARGV[5]) or '0')
+if tonumber(ARGV[6]) <= last then return 0 end
+redis.call('HSET', KEYS[5], ARGV[5], ARGV[6])
+redis.call('PEXPIRE', KEYS[5], ARGV[7])
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('SET', KEYS[3], epoch)
+  redis.call('DEL', KEYS[4], KEYS[1])
+end
+local offset = redis.call('INCR', KEYS[4])
+local message = 'H ' .. epoch .. ' ' .. offset .. ' ' .. ARGV[5] .. ' ' .. ARGV[6] .. '\\n' .. ARGV[1]
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'm', message)
+local now = redis.call('TIME')
+local oldest_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[3])
+if oldest_ms > 0 then redis.call('XTRIM', KEYS[1], 'MINID', '~', oldest_ms) end
+redis.call('PUBLISH', KEYS[2], message)
+return offset
+"""
+"""KEYS: stream, channel, epoch, offset, publisher numbers; ARGV: targets+payload, max entries, max age ms,
+a new epoch, node, its publication number, how long numbers are kept (ms). Returns the offset (0: a
+number seen before)."""
+REPLAY_PAGE = 1000
+
+
 class RedisBroker:
     name = "redis"
 
-    def __init__(self, url: str, channel: str, deliver: Deliver) -> None:
+    def __init__(
+        self, url: str, channel: str, deliver: Deliver, history_max: int = 0, history_age_s: float = 300.0, queue_max: int = 10_000
+    ) -> None:
         self._url = url
         self._channel = channel.encode()
         self._deliver = deliver
         self._publisher: RespConnection | None = None
         """Set while both connections are up (and the subscription confirmed)."""
         self._listener: asyncio.Task[None] | None = None
+        self.history = self if history_max else None
+        """Itself when it keeps a push history (what ``Gateway.history`` resumes from)."""
+        self._history_max = b"%d" % history_max
+        self._history_age_ms = b"%d" % round(history_age_s * 1000)
+        self._numbers_ttl_ms = b"%d" % max(round(history_age_s * 2000), 3_600_000)
+        self._keys = [channel.encode() + suffix for suffix in (b":stream", b"", b":epoch", b":offset", b":numbers")]
+        self._script_sha: bytes | None = None
+        self.node = uuid.uuid4().hex[:12]
+        self._node = self.node.encode()
+        self._number = 0
+        """This node's last publication number."""
+        self._local: set[int] = set()
+        """Numbers of this node's publications delivered locally while Redis was down (skipped when they come back)."""
+        self.queue: deque[tuple[int, bytes, bool]] = deque()
+        """Publications waiting for Redis: (number, bus message, delivered locally already); in order."""
+        self.queue_max = queue_max
+        self.queue_dropped = 0
+        self._flusher: asyncio.Task[None] | None = None
+        self.epoch: str | None = None
+        self._epoch_bytes = b""
+        self._pos_prefix = b""
+        self.offset = 0
+        """The last offset this node delivered: connections identified now get later pushes live."""
+        self._held: list[bytes] | None = None
+        """Bus messages that arrive while catching up from the stream (delivered after it)."""
+        self._caught_up_once = False
 
     @property
     def connected(self) -> bool:
@@ -119,6 +189,8 @@ class RedisBroker:
         self._listener = asyncio.get_running_loop().create_task(self._connect_and_listen(), name="gateway-redis-broker")
 
     async def publish(self, targets: Any, payload: bytes) -> tuple[int | None, int | None]:
+        if self.history is not None:
+            return await self._publish_kept(targets, payload)
         publisher = self._publisher
         if publisher is not None:
             try:
@@ -129,6 +201,111 @@ class RedisBroker:
                 self._down(exc)
                 publisher.close()  # the listener reconnects
         return self._deliver(targets, payload)  # the bus is down: this node's devices still get it
+
+    async def _publish_kept(self, targets: Any, payload: bytes) -> tuple[int | None, int | None]:
+        """Through the script (in order behind anything queued); Redis down: deliver here and queue."""
+        self._number += 1
+        number = self._number
+        message = encode_publication(targets, payload)
+        publisher = self._publisher
+        if publisher is not None and not self.queue and self._script_sha is not None:
+            try:
+                async with asyncio.timeout(REPLY_TIMEOUT_S):
+                    await self._send(publisher, number, message, bool(payload))
+                return None, None
+            except REDIS_ERRORS as exc:
+                self._down(exc)
+                publisher.close()  # the listener reconnects
+        if self._publisher is not None and self.queue:  # connected, still sending the queue: keep the order
+            self._enqueue(number, message, False)
+            return None, None
+        self._local.add(number)
+        self._enqueue(number, message, True)
+        return self._deliver(targets, payload)  # the bus is down: this node's devices get it now
+
+    def _send(self, publisher: RespConnection, number: int, message: bytes, kept: bool) -> asyncio.Future[Any]:
+        if not kept:  # a membership change: in order on the same connection, no position
+            return publisher.command("PUBLISH", self._keys[1], b"M %s %d\n%s" % (self._node, number, message))
+        return publisher.command(
+            "EVALSHA", self._script_sha, b"5", *self._keys, message, self._history_max, self._history_age_ms,
+            uuid.uuid4().hex[:16], self._node, b"%d" % number, self._numbers_ttl_ms,
+        )
+
+    def _enqueue(self, number: int, message: bytes, delivered: bool) -> None:
+        if len(self.queue) >= self.queue_max:
+            dropped, _, _ = self.queue.popleft()
+            self._local.discard(dropped)
+            self.queue_dropped += 1
+            logger.warning("outage queue full (%d): dropped the oldest publication", self.queue_max)
+        self.queue.append((number, message, delivered))
+
+    async def _flush_queue(self, publisher: RespConnection) -> None:
+        """Publish what was queued while Redis was down, in order; stops (keeping the rest) on an error."""
+        while self.queue and self._publisher is publisher:
+            number, message, _ = self.queue[0]
+            payload = message.partition(b"\n")[2]
+            try:
+                async with asyncio.timeout(REPLY_TIMEOUT_S):
+                    await self._send(publisher, number, message, bool(payload))
+            except REDIS_ERRORS as exc:
+                self._down(exc)
+                publisher.close()
+                return
+            if self.queue and self.queue[0][0] == number:
+                self.queue.popleft()
+        if self.queue:
+            logger.info("outage queue: %d publications wait for the next connection", len(self.queue))
+
+    async def replay(self, epoch: object, after: object, upto: int) -> list[Entry] | None:
+        """The stream's publications after offset ``after`` up to ``upto``, oldest first; None when the
+        stream does not reach back that far (or Redis cannot be asked)."""
+        if epoch != self.epoch or type(after) is not int or after < 0:
+            return None
+        if after >= upto:
+            return []  # nothing this node delivered since: what follows comes live
+        publisher = self._publisher
+        read = await self._read_after(publisher, after) if publisher is not None else None
+        if read is None:
+            return None
+        return [
+            Entry(offset, 0.0, Targets.decode(rest.partition(b"\n")[0]), self._stamp(rest.partition(b"\n")[2], b"%d" % offset))
+            for offset, _, _, rest in read
+            if offset <= upto
+        ]
+
+    async def _read_after(self, publisher: RespConnection, after: int) -> list[tuple[int, bytes, int, bytes]] | None:
+        """Every stream entry after offset ``after``, oldest first, as (offset, node, number, targets and
+        payload); None when the stream does not reach back that far or Redis fails."""
+        found: list[tuple[int, bytes, int, bytes]] = []
+        cursor = b"+"
+        oldest = None
+        try:
+            while True:
+                async with asyncio.timeout(REPLY_TIMEOUT_S):
+                    page = await publisher.command("XREVRANGE", self._keys[0], cursor, b"-", b"COUNT", b"%d" % REPLAY_PAGE)
+                for _, fields in page:
+                    head, _, rest = fields[1].partition(b"\n")
+                    _, entry_epoch, offset_bytes, node, number = head.split(b" ")
+                    if entry_epoch != self._epoch_bytes:
+                        return None
+                    offset = int(offset_bytes)
+                    if offset <= after:
+                        found.reverse()
+                        return found
+                    oldest = offset
+                    found.append((offset, node, int(number), rest))
+                if len(page) < REPLAY_PAGE:
+                    if oldest is None or oldest == after + 1:
+                        found.reverse()
+                        return found
+                    return None
+                cursor = b"(" + page[-1][0]
+        except REDIS_ERRORS as exc:
+            logger.warning("reading the redis stream failed: %s", exc)
+            return None
+
+    def _stamp(self, payload: bytes, offset: bytes) -> bytes:
+        return b"%s%s%s}}" % (payload[:-1], self._pos_prefix, offset)
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -143,8 +320,12 @@ class RedisBroker:
                 connections.append(publisher := await open_resp_connection(self._url))
                 connections.append(subscriber := await open_resp_connection(self._url, self._message))
                 await asyncio.wait_for(subscriber.command("SUBSCRIBE", self._channel), REPLY_TIMEOUT_S)
+                if self.history is not None:
+                    await self._catch_up(publisher)
                 self._publisher, attempt = publisher, 0
                 logger.info("broker connected: redis channel %s", self._channel.decode())
+                if self.queue:
+                    self._flusher = asyncio.get_running_loop().create_task(self._flush_queue(publisher), name="gateway-redis-queue")
                 done, _ = await asyncio.wait([publisher.lost, subscriber.lost], return_when=asyncio.FIRST_COMPLETED)
                 self._down(done.pop().result())
             except REDIS_ERRORS as exc:
@@ -158,8 +339,86 @@ class RedisBroker:
             await asyncio.sleep(RECONNECT_DELAYS_S[min(attempt, len(RECONNECT_DELAYS_S) - 1)])
             attempt += 1
 
+    async def _catch_up(self, publisher: RespConnection) -> None:
+        """After (re)subscribing: deliver what the stream got since this node's last offset (other nodes'
+        queued publications after an outage), then what arrived on the bus meanwhile, in offset order.
+        When the stream cannot say (history lost or trimmed) the local devices are told to resynchronize."""
+        self._held = []
+        try:
+            self._script_sha = await asyncio.wait_for(publisher.command("SCRIPT", "LOAD", PUBLISH_SCRIPT), REPLY_TIMEOUT_S)
+            epoch, offset = await asyncio.wait_for(publisher.command("MGET", self._keys[2], self._keys[3]), REPLY_TIMEOUT_S)
+            newest = int(offset or 0)
+            if epoch is None:  # an empty Redis: the next publication starts a history (and comes on the bus)
+                self.epoch, self._epoch_bytes, self.offset = None, b"", 0
+            elif not self._caught_up_once:
+                self._new_epoch(epoch, newest)  # a node starting: nothing of the past is for it
+            else:
+                if epoch != self._epoch_bytes:
+                    self._new_epoch(epoch, 0)  # Redis lost the history and a new one began: from its start
+                if newest > self.offset:
+                    missed = await self._read_after(publisher, self.offset)
+                    if missed is None:
+                        self.offset = newest
+                        self._resync_local("history")
+                    else:
+                        for entry_offset, node, number, rest in missed:
+                            self._kept(entry_offset, b"%d" % entry_offset, node, number, rest)
+            self._caught_up_once = True
+        finally:
+            held, self._held = self._held, None
+            for message in held or ():
+                self._message(message)
+
+    def _resync_local(self, reason: str) -> None:
+        """Every local device missed pushes the stream no longer has: it reloads its state."""
+        position = {"epoch": self.epoch, "offset": self.offset} if self.epoch is not None else None
+        logger.warning("the push history cannot fill this node's gap (%s): local devices are told to resync", reason)
+        envelope = {"type": "event", "event": "resync_required", "data": {"pos": position, "reason": reason}}  # models.event_envelope (not imported: models imports broker)
+        self._deliver(Targets(everyone=True), orjson.dumps(envelope))
+
+    def _kept(self, offset: int, offset_bytes: bytes, node: bytes, number: int, rest: bytes) -> None:
+        """Deliver one kept publication here (unless this node delivered it while Redis was down)."""
+        self.offset = offset
+        if node == self._node and self._local and number in self._local:
+            self._local.discard(number)
+            return
+        header, _, payload = rest.partition(b"\n")
+        try:
+            targets = Targets.decode(header)
+        except (ValueError, AttributeError) as exc:
+            logger.warning("dropped a bus message that is not a gateway publication: %s", exc)
+            return
+        self._deliver(targets, self._stamp(payload, offset_bytes))
+
     def _message(self, message: bytes) -> None:
-        deliver_publication(self._deliver, message)
+        if self._held is not None:
+            self._held.append(message)
+            return
+        kind = message[:2]
+        if kind == b"H ":  # a kept publication: "H epoch offset node number"
+            head, _, rest = message.partition(b"\n")
+            _, epoch, offset_bytes, node, number = head.split(b" ")
+            offset = int(offset_bytes)
+            if epoch != self._epoch_bytes:
+                self._new_epoch(epoch, 0)
+            elif offset <= self.offset:
+                return  # delivered by the catch-up already
+            self._kept(offset, offset_bytes, node, int(number), rest)
+        elif kind == b"M ":  # a membership change sent through the history path
+            head, _, rest = message.partition(b"\n")
+            _, node, number = head.split(b" ")
+            if node == self._node and self._local and int(number) in self._local:
+                self._local.discard(int(number))
+                return
+            deliver_publication(self._deliver, rest)
+        else:
+            deliver_publication(self._deliver, message)
+
+    def _new_epoch(self, epoch: bytes, offset: int) -> None:
+        self._epoch_bytes = epoch
+        self.epoch = epoch.decode()
+        self._pos_prefix = b',"pos":{"epoch":"' + epoch + b'","offset":'
+        self.offset = offset
 
     def _down(self, exc: BaseException) -> None:
         if self._publisher is not None:

@@ -63,8 +63,12 @@ class GatewaySettings(BaseSettings):
     """Where broadcasts are published: ``memory://`` (one process), ``redis://host:port/db``, ``nats://host:port``."""
     push_history_max: int = Field(10_000, ge=0)
     push_history_age_s: float = Field(300.0, gt=0)
-    """Pushes kept for devices that resume (``"pos"`` in each push, the ``resume`` event): at most this many,
-    none older; ``PUSH_HISTORY_MAX=0`` turns positions and resuming off. ``memory://`` only for now."""
+    """Pushes kept for devices that resume (``"pos"`` in each push, the ``resume`` event): at most this many
+    (Redis: ``MAXLEN ~``, about), none older; ``PUSH_HISTORY_MAX=0`` turns positions and resuming off.
+    ``memory://`` and ``redis://``; NATS keeps none yet."""
+    push_outage_queue_max: int = Field(10_000, ge=1)
+    """``redis://`` with a history: publications queued while Redis is down (published when it is back);
+    beyond, the oldest is dropped (``gateway_outage_queue_dropped_total``)."""
     gateway_broker_prefix: str = "gateway:"
     """Prefix of the bus channel / subject (``{prefix}broadcast``) and of the registry keys: one per cluster."""
     gateway_id: str = ""

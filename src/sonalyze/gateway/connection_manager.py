@@ -129,6 +129,12 @@ class ConnectionManager:
         }
         return devices, rooms
 
+    def rewire(self, connection: Connection, device_id: str) -> None:
+        """``connection.transport`` changed: deliveries to ``device_id`` use the new one."""
+        connections = self._by_device.get(device_id, ())
+        if connection in connections:
+            self._set(device_id, connections)
+
     def channels_of(self, connection: Connection) -> frozenset[str]:
         """The channels ``connection`` is subscribed to."""
         return frozenset(self._subscriptions.get(connection, ()))

@@ -24,7 +24,7 @@ from sonalyze.gateway.auth import AuthError, TokenVerifier, bearer_token
 from sonalyze.gateway.binary_relay import BinaryRelay
 from sonalyze.gateway.client_address import ClientAddresses, parse_networks
 from sonalyze.gateway.device_tokens import DeviceTokens
-from sonalyze.gateway.broker import MemoryBroker, create_broker
+from sonalyze.gateway.broker import create_broker
 from sonalyze.gateway.config import GatewaySettings
 from sonalyze.gateway.connection_manager import ConnectionManager
 from sonalyze.gateway.heartbeat import Heartbeat
@@ -34,7 +34,6 @@ from sonalyze.gateway.metrics import GatewayMetrics
 from sonalyze.gateway.profiles import Profiles, load_profiles
 from sonalyze.gateway.proxy import proxy, resolve_proxy
 from sonalyze.gateway.proxy_table import install_proxy_table
-from sonalyze.gateway.push_history import PushHistory
 from sonalyze.gateway.registry import ConnectionRegistry
 from sonalyze.gateway.rate_limit import FailureWindow, KeyedRateLimiter
 from sonalyze.gateway.router import load_routing_table
@@ -64,9 +63,13 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
         retained = frozenset({settings.stream_channel}) if settings.stream_channel else frozenset()
         connections = ConnectionManager(settings.max_connections_per_device, retained)
         metrics = GatewayMetrics()
-        history = PushHistory(settings.push_history_max, settings.push_history_age_s) if settings.push_history_max else None
-        broker = create_broker(settings.broker_url, settings.gateway_broker_prefix, metrics.counting(connections.deliver_to), history)
+        broker = create_broker(
+            settings.broker_url, settings.gateway_broker_prefix, metrics.counting(connections.deliver_to),
+            settings.push_history_max, settings.push_history_age_s, settings.push_outage_queue_max,
+        )
         metrics.watch(lambda: connections.open_count, lambda: connections.device_count, broker.name, lambda: broker.connected)
+        metrics.outage_queue.set_function(lambda: len(getattr(broker, "queue", ())))
+        metrics.outage_dropped.set_function(lambda: getattr(broker, "queue_dropped", 0))
         gateway = Gateway(
             settings=settings,
             routes=routes,
@@ -87,7 +90,7 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
             addresses=addresses,
             mint_limiter=KeyedRateLimiter(settings.device_mint_rps, settings.device_mint_burst),
             join_failures=FailureWindow(settings.max_failed_joins, settings.failed_join_window_s),
-            history=history if isinstance(broker, MemoryBroker) else None,
+            history=broker.history,
         )
         app.state.gateway = gateway
         if profiles_document is not None:

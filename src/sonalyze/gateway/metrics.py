@@ -42,6 +42,10 @@ class GatewayMetrics:
         self.broker_connected = Gauge("gateway_broker_connected", "1 while the broker reaches the other instances", ["kind"], registry=registry)
         self.resumes = Counter("gateway_resumes_total", "Resumes by outcome (replayed or resync_required)", ["outcome"], registry=registry)
         self.replayed = Counter("gateway_replayed_pushes_total", "Kept pushes written to resuming connections", registry=registry)
+        self.outage_queue = Gauge("gateway_outage_queue", "Publications queued while the broker is down (redis with a history)", registry=registry)
+        self.outage_dropped = Gauge(
+            "gateway_outage_queue_dropped", "Publications dropped from a full outage queue since the start", registry=registry
+        )
         self._events: set[str] = set()
         self._events_in_by_label: dict[tuple[str, str], Any] = {}
         """``events_in`` children by (event label, result): ``labels()`` costs more than the increment."""

@@ -72,6 +72,11 @@ class PushHistory:
             return None
         return islice(entries, offset + 1 - first, None)  # offsets are consecutive
 
+    async def replay(self, epoch: object, offset: object, upto: int) -> list[Entry] | None:
+        """The kept publications after ``offset`` up to ``upto`` (the same interface as the Redis broker's)."""
+        entries = self.after(epoch, offset)
+        return None if entries is None else [entry for entry in entries if entry.offset <= upto]
+
     def _drop_older_than(self, oldest_s: float) -> None:
         entries = self._entries
         while entries and entries[0].stored_s < oldest_s:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from sonalyze.common.http_client import UpstreamClient
     from sonalyze.gateway.metrics import GatewayMetrics
     from sonalyze.gateway.profiles import Profiles
+    from sonalyze.gateway.broker_redis import RedisBroker
     from sonalyze.gateway.push_history import PushHistory
     from sonalyze.gateway.rate_limit import FailureWindow, KeyedRateLimiter
     from sonalyze.gateway.registry import ConnectionRegistry
@@ -60,8 +61,8 @@ class Gateway:
     """``POST /v1/devices`` per client address."""
     join_failures: FailureWindow
     """Failed ``lobby.join`` attempts per device and per address (MAX_FAILED_JOINS in FAILED_JOIN_WINDOW_S)."""
-    history: PushHistory | None = None
-    """Positions and kept pushes for resuming devices (``memory://`` with PUSH_HISTORY_MAX > 0)."""
+    history: PushHistory | RedisBroker | None = None
+    """Positions and kept pushes for resuming devices (the broker's, with PUSH_HISTORY_MAX > 0)."""
     registry: ConnectionRegistry | None = None
     stream_source: JetStreamSource | None = None
     address_connections: dict[str, int] = field(default_factory=dict)

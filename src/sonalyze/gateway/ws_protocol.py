@@ -74,6 +74,30 @@ _FIN_TEXT, _FIN_BINARY = 0x81, 0x82
 """First byte of a final text / binary frame without extension bits."""
 
 
+_REPLAYS: set[asyncio.Task[None]] = set()
+"""Running replays (a task needs a reference until it ends)."""
+
+
+class HeldTransport:
+    """A connection's transport while its replay is read: writes are kept (then written after the
+    replay); everything else goes to the real transport."""
+
+    __slots__ = ("transport", "chunks")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def writelines(self, chunks: Any) -> None:
+        self.chunks.extend(chunks)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 class GatewayWebSocketProtocol(asyncio.Protocol):
     """One client connection. uvicorn builds it with ``(config, server_state, app_state)``."""
 
@@ -447,30 +471,54 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
             older.close(CLOSE_REPLACED, "replaced by a newer connection of this device")
 
     def _resume(self, resume: Resume, answer: bool) -> None:
-        """Write every kept push for this device after the client's position, up to where live delivery began
-        (all in one turn of the loop: no live push comes in between); without history that reaches back
-        that far, a ``resync_required`` event. With ``answer`` (a ``resume`` event, not ``?resume=``) the
-        request is answered with ``{"replayed", "resync_required", "pos"}``."""
+        """Replay every kept push for this device after the client's position, up to where live delivery
+        began (``live_from``); without history that reaches back that far, a ``resync_required`` event.
+
+        While the history is read (a broker round trip) everything else this connection would be sent —
+        live pushes, replies — is held and written after the replay, in its order (live pushes have higher
+        offsets than the replayed ones). With ``answer`` (a ``resume`` event, not ``?resume=``/``identify``)
+        the request is answered with ``{"replayed", "resync_required", "pos"}`` after the replay."""
         history = self.gateway.history
         device_id = self.session.device_id if self.session is not None else None
-        entries = history.after(resume.epoch, resume.offset) if history is not None and device_id is not None else None
-        replayed = 0
-        if entries is None:
-            position = {"epoch": history.epoch, "offset": self.live_from} if history is not None else None
+        if type(self.transport) is HeldTransport:
+            if answer:
+                self._send(error_envelope("resume", resume.request_id, error("resume_in_progress", "a resume of this connection is running")))
+            return
+        if history is None or device_id is None:
+            self._replayed(None, None, resume, answer)
+            return
+        held = HeldTransport(self.transport)
+        self.transport = held
+        self.gateway.connections.rewire(self, device_id)
+        task = asyncio.get_running_loop().create_task(self._replay(history, device_id, resume, answer, held))
+        _REPLAYS.add(task)
+        task.add_done_callback(_REPLAYS.discard)
+
+    async def _replay(self, history: Any, device_id: str, resume: Resume, answer: bool, held: HeldTransport) -> None:
+        try:
+            entries = await history.replay(resume.epoch, resume.offset, self.live_from)
+        finally:
+            self.transport = held.transport
+            if self.open:
+                self.gateway.connections.rewire(self, device_id)
+        payloads = None if entries is None else meant_for(entries, device_id, self.gateway.connections.channels_of(self))
+        self._replayed(history, payloads, resume, answer)
+        if held.chunks:
+            self.transport.writelines(held.chunks)  # what came while replaying, in order, after it
+
+    def _replayed(self, history: Any, payloads: list[bytes] | None, resume: Resume, answer: bool) -> None:
+        epoch = history.epoch if history is not None else None
+        position = {"epoch": epoch, "offset": self.live_from} if epoch is not None else None
+        if payloads is None:
             self.gateway.metrics.resumes.labels("resync_required").inc()
             self._push(event_envelope("resync_required", {"pos": position, "reason": "history" if history else "no_history"}))
-        else:
-            payloads = meant_for(
-                (entry for entry in entries if entry.offset <= self.live_from), device_id, self.gateway.connections.channels_of(self)
-            )
-            for payload in payloads:
-                self.transport.write(text_frame(payload))
-            replayed = len(payloads)
+        elif self.open:
+            self.transport.writelines([text_frame(payload) for payload in payloads])
             self.gateway.metrics.resumes.labels("replayed").inc()
-            self.gateway.metrics.replayed.inc(replayed)
+            self.gateway.metrics.replayed.inc(len(payloads))
         if answer:
-            position = {"epoch": history.epoch, "offset": self.live_from} if history is not None else None
-            self._send(response_envelope("resume", resume.request_id, {"replayed": replayed, "resync_required": entries is None, "pos": position}))
+            data = {"replayed": len(payloads or ()), "resync_required": payloads is None, "pos": position}
+            self._send(response_envelope("resume", resume.request_id, data))
 
     def _push(self, envelope: dict[str, Any]) -> None:
         """Send one gateway-made push (not a reply to a request)."""
