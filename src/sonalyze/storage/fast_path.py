@@ -11,8 +11,9 @@ nothing. The answers are the routes' answers: the same fields in the same order,
 Per write this saves the routing and dependency machinery, a second serialization of the payload
 (each JSON column is serialized once, and the answer embeds those bytes with ``orjson.Fragment``) and
 SQLAlchemy's statement execution; inserts that arrive together are committed together
-(:class:`Inserts`), which roughly halves PostgreSQL's work per row. A read passes the stored JSONB
-text to the answer unparsed.
+(:class:`Inserts`), which roughly halves PostgreSQL's work per row. A read re-serializes each stored
+JSONB value as the routes do (PostgreSQL's JSONB text has spaces after ``:`` and ``,``; the answers must be
+the same bytes, ``tests/storage/test_fast_path_differential.py``).
 """
 
 from __future__ import annotations
@@ -71,13 +72,14 @@ class _HandOver(Exception):
 
 
 async def _binary_jsonb(connection: asyncpg.Connection) -> None:
-    """JSONB in and out as serialized JSON bytes (binary format: a version byte, then the text)."""
+    """JSONB in as serialized JSON bytes, out compact as the routes write it (binary format: a version
+    byte, then the text)."""
     await connection.set_type_codec(
         "jsonb",
         schema="pg_catalog",
         format="binary",
         encoder=lambda value: b"\x01" + value,
-        decoder=lambda data: orjson.Fragment(data[1:]),
+        decoder=lambda data: orjson.Fragment(orjson.dumps(orjson.loads(data[1:]))),
     )
 
 
