@@ -38,6 +38,8 @@ class SimulationSettings(InternalAuthSettings, BaseSettings):
     max_rir_base64_mb: float = Field(16.0, ge=0)
     """Largest total of base64 RIRs in one answer; above it the answer carries download paths only."""
 
+    gateway_url: str = Field("", validation_alias="GATEWAY_URL")
+    """Where ``simulation.progress`` / ``completed`` / ``failed`` pushes go (``POST /internal/broadcast``); empty: none."""
     storage_url: str = Field("", validation_alias="STORAGE_URL")
     """The storage service; when set, every finished simulation is sent there through an outbox."""
     database_url: str = Field("", validation_alias="DATABASE_URL")

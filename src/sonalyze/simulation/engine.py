@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,8 +120,15 @@ def build_room(request: SimulateRequest, *, max_rir_s: float) -> pra.Room:
     return room
 
 
-def simulate(request: SimulateRequest, *, max_rir_s: float) -> SimulationOutput:
-    """Simulate every source–microphone pair and analyse its RIR (no I/O; seeds the global RNGs)."""
+def simulate(
+    request: SimulateRequest, *, max_rir_s: float, progress: Callable[[float, str], None] | None = None
+) -> SimulationOutput:
+    """Simulate every source–microphone pair and analyse its RIR (no I/O; seeds the global RNGs).
+
+    ``progress(fraction, message)``: 0 before the image sources and ray tracing, 0.5 after them, then
+    one step per analysed pair up to 1.
+    """
+    progress = progress or (lambda _fraction, _message: None)
     seed = request.seed if request.seed is not None else secrets.randbelow(2**63)
     pra.random.seed(numpy=seed, libroom=seed)
     theory = room_theory(
@@ -131,14 +139,18 @@ def simulate(request: SimulateRequest, *, max_rir_s: float) -> SimulationOutput:
     )
     started = time.perf_counter()
     room = build_room(request, max_rir_s=max_rir_s)
+    progress(0.0, "computing the room impulse responses")
     room.compute_rir()
     simulated = time.perf_counter()
     fs_hz = request.sample_rate_hz
     pairs = []
+    count = len(request.sources) * len(request.microphones)
     for i in range(len(request.sources)):
         for j in range(len(request.microphones)):
+            progress(0.5 + 0.5 * len(pairs) / count, f"analysing source {i}, microphone {j}")
             rir = np.asarray(room.rir[j][i], dtype=np.float32)
             pairs.append(PairResult(i, j, rir, *analyze(rir, fs_hz)))
+    progress(1.0, "simulated")
     analysed = time.perf_counter()
     return SimulationOutput(
         pairs=pairs,

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse
 
-from sonalyze.common.errors import install_error_handlers
+from sonalyze.common.errors import BadRequest, install_error_handlers
 from sonalyze.common.handle import EventContext, EventHandlers
 from sonalyze.common.internal_auth import InternalAuth, InternalAuthGuard
 from sonalyze.common.json import JSONResponse
@@ -26,7 +26,16 @@ def _service(app: FastAPI) -> SimulationService:
 
 @events.on("simulation.run")
 async def _run(ctx: EventContext) -> dict[str, Any]:
-    return await _service(ctx.app).run(parse_request(ctx.data))
+    """``"wait": false`` in ``data``: answer at once with the kept job (``id``, ``status`` running) and push
+    ``simulation.progress`` and ``simulation.completed`` / ``simulation.failed`` to the device; by
+    default (``"wait": true``) answer with the result, as before."""
+    data = dict(ctx.data)
+    wait = data.pop("wait", True)
+    if not isinstance(wait, bool):
+        raise BadRequest("'wait' must be true or false", code="validation_error", details={"field": "wait"})
+    if wait:
+        return await _service(ctx.app).run(parse_request(data))
+    return await _service(ctx.app).submit(parse_request(data), ctx.require_device())
 
 
 @events.on("simulation.health")

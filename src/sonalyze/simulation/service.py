@@ -7,6 +7,7 @@ import base64
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from sonalyze.common.cpu_pool import DEFAULT_PRELOAD, CpuPool
 from sonalyze.common.errors import Busy, SonalyzeError, from_validation_error
 from sonalyze.simulation.config import SimulationSettings
 from sonalyze.simulation.limits import check_limits
+from sonalyze.simulation.pushes import SimulationPushes
 from sonalyze.simulation.schemas import SimulateRequest
 from sonalyze.simulation.storage_records import job_record, result_records
 from sonalyze.simulation.store import JobStatus, SimulationStore
@@ -51,6 +53,8 @@ class SimulationService:
         self.pool = CpuPool(settings.workers, settings.queue, preload=PRELOAD)
         self._warm_up: asyncio.Task[None] | None = None
         self._cleanup: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self.pushes = SimulationPushes(settings.gateway_url, settings.internal_auth_token)
         self.outbox = writer_outbox(settings.storage_url, settings.internal_auth_token, settings.database_url, settings.data_dir)
 
     async def start(self) -> None:
@@ -85,6 +89,10 @@ class SimulationService:
             await asyncio.sleep(self.settings.cleanup_interval_s)
 
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.pushes.aclose()
         if self._cleanup is not None:
             self._cleanup.cancel()
             await asyncio.gather(self._cleanup, return_exceptions=True)
@@ -133,10 +141,47 @@ class SimulationService:
 
     async def run(self, request: SimulateRequest) -> dict[str, Any]:
         """Simulate, keep the job and result, and answer with the result (RIRs as base64 on request)."""
+        job = await self._create(request)
+        return await self._execute(job["id"], request)
+
+    async def submit(self, request: SimulateRequest, device_id: str) -> dict[str, Any]:
+        """``simulation.run`` with ``"wait": false``: keep the job and answer with it at once; progress
+        and the result are pushed to ``device_id`` (`SimulationPushes`). Busy when no worker or queue
+        place is free now (the pool would refuse it later, after the answer)."""
+        if self.pool.running + self.pool.queued >= self.pool.max_workers + self.pool.max_queued:
+            raise Busy(
+                "every simulation worker and queue place is taken; try again later",
+                headers={"Retry-After": str(self.pool.retry_after_s())},
+            )
+        job = await self._create(request)
+        task = asyncio.create_task(self._execute_and_push(job["id"], request, device_id), name=f"simulation-{job['id']}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return job
+
+    async def _execute_and_push(self, simulation_id: str, request: SimulateRequest, device_id: str) -> None:
+        def on_progress(fraction: float, message: str) -> None:
+            self.pushes.send(device_id, "simulation.progress", {"id": simulation_id, "fraction": fraction, "message": message})
+
+        try:
+            answer = await self._execute(simulation_id, request, on_progress=on_progress)
+        except SonalyzeError as exc:
+            self.pushes.send(device_id, "simulation.failed", {"id": simulation_id, "error": exc.to_body()["error"]})
+        except asyncio.CancelledError:
+            raise
+        else:
+            self.pushes.send(device_id, "simulation.completed", answer)
+
+    async def _create(self, request: SimulateRequest) -> dict[str, Any]:
         check_limits(request, self.limits)
         simulation_id = uuid.uuid4().hex
         job = {"id": simulation_id, "status": JobStatus.RUNNING.value, "created_at": utc_now(), "request": request.model_dump(mode="json")}
         await self.store.create(job, now_s=time.time())
+        return job
+
+    async def _execute(
+        self, simulation_id: str, request: SimulateRequest, *, on_progress: Callable[[float, str], None] | None = None
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         try:
             simulated: SimulationResult = await self.pool.run(
@@ -145,6 +190,7 @@ class SimulationService:
                 simulation_id=simulation_id,
                 max_rir_s=self.limits.max_rir_s,
                 timeout_s=self.settings.timeout_s,
+                on_progress=on_progress,
             )
         except Busy:
             await self.store.discard(simulation_id)  # refused: nothing is kept

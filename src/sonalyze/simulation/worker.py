@@ -6,6 +6,7 @@ the service only adds its own time (``timing.service_s``), writes the files and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +27,15 @@ class SimulationResult:
     """(source, microphone, 32-bit float WAV) per pair."""
 
 
-def run_simulation(request: SimulateRequest, *, simulation_id: str, max_rir_s: float) -> SimulationResult:
+def run_simulation(
+    request: SimulateRequest,
+    *,
+    simulation_id: str,
+    max_rir_s: float,
+    progress: Callable[[float, str], None] | None = None,
+) -> SimulationResult:
     """`engine.simulate`, its result as the service keeps and answers it, and each RIR as WAV bytes."""
-    output = simulate(request, max_rir_s=max_rir_s)
+    output = simulate(request, max_rir_s=max_rir_s, progress=progress)
     fs_hz = request.sample_rate_hz
     result = {
         "sample_rate_hz": fs_hz,
