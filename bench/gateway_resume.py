@@ -13,6 +13,10 @@ differ in size, so ``gateway_bench.py``'s byte counting cannot be used.
   ``?resume=`` and the time from opening the TCP connection to the 1,000th replayed push is measured.
 
     ALLOW_INSECURE_DEVICE_IDS=1 MAX_CONNECTIONS_PER_ADDRESS=100000 .venv/bin/python bench/gateway_resume.py --rounds 2
+    ... bench/gateway_resume.py --rounds 2 --broker redis://127.0.0.1:10110/0   # a redis-server of your own
+
+With a cluster broker the broadcast is answered once published (delivery follows on the bus), so the
+latency is publish-to-answer there, not publish-to-written.
 
 One JSON line per measurement.
 """
@@ -50,7 +54,7 @@ async def fanout(port: int, pid: int, clients_n: int, seconds: float) -> dict:
             answer = json.loads(await post(reader, writer, port, "/internal/broadcast", body, f"X-Internal-Token: {TOKEN}\r\n"))
             if measure:
                 latencies_s.append(time.perf_counter() - sent_s)
-            delivered += answer["delivered"]
+            delivered += clients_n if answer["delivered"] is None else answer["delivered"]  # None: a cluster broker
         writer.close()
 
     await asyncio.gather(*(poster(time.monotonic() + 1.0, False) for _ in range(2)))  # warm-up
@@ -135,7 +139,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--broker", default="memory://", help="BROKER_URL of the gateway (e.g. a redis-server of your own)")
     args = parser.parse_args()
+    os.environ["BROKER_URL"] = args.broker
     os.sched_setaffinity(0, {1})
     upstream_port = free_port()
     upstream = start_upstream(upstream_port)
@@ -152,13 +158,15 @@ def main() -> None:
                         server.terminate()
                         server.wait()
                     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-                    print(json.dumps({"benchmark": "fanout", "history": history, "round": round_n, "loadavg": load, **result}), flush=True)
+                    print(json.dumps({
+                        "benchmark": "fanout", "broker": args.broker.split(":")[0], "history": history, "round": round_n, "loadavg": load, **result,
+                    }), flush=True)
         os.environ["PUSH_HISTORY_MAX"] = "10000"
         port = free_port()
         server = start_server("gateway", port, f"http://127.0.0.1:{upstream_port}")
         try:
             for _ in range(args.rounds):
-                print(json.dumps({"benchmark": "resume", **uvloop.run(resume_time(port, 1000))}), flush=True)
+                print(json.dumps({"benchmark": "resume", "broker": args.broker.split(":")[0], **uvloop.run(resume_time(port, 1000))}), flush=True)
         finally:
             server.terminate()
             server.wait()
