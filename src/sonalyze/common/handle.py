@@ -11,16 +11,19 @@ source of the acting device on this endpoint (see :mod:`sonalyze.common.internal
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, FastAPI, Request
-from sonalyze.common.json import JSONResponse
+from fastapi import APIRouter, FastAPI, Request, Response
 from pydantic import BaseModel, Field, StrictInt, StrictStr, ValidationError
 
 from sonalyze.common.errors import BadRequest, SonalyzeError, error_body, from_validation_error
 from sonalyze.common.internal_auth import Caller, caller_of
+from sonalyze.common.json import dumps
+
+log = logging.getLogger("sonalyze.common.handle")
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -110,11 +113,29 @@ class EventHandlers:
                 body["error"].setdefault("details", {})["retry_after_s"] = float(retry_after)
             return body
 
-    def router(self) -> APIRouter:
-        router = APIRouter()
+    async def answer(self, raw: bytes, app: FastAPI, caller: Caller | None) -> tuple[int, bytes]:
+        """The one ``POST /gateway/handle``: (status, JSON body) for the raw request body — 200 with
+        ``{"data"}`` or ``{"error"}``, 422 ``validation_error`` for a malformed body, 500
+        ``internal_error`` (logged) when a handler fails unexpectedly."""
+        try:
+            request = HandleRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            return 422, dumps(from_validation_error(exc).to_body())
+        try:
+            return 200, dumps(await self.dispatch(request, app, caller))
+        except Exception:  # noqa: BLE001 - the edge: log it, answer in the error format
+            log.exception("gateway event %s failed", request.event)
+            return 500, dumps(error_body("internal_error", f"the service failed to handle {request.event!r}"))
 
-        @router.post("/gateway/handle", response_class=JSONResponse)
-        async def gateway_handle(body: HandleRequest, request: Request) -> dict[str, Any]:
-            return await self.dispatch(body, request.app, caller_of(request.scope))
+    def router(self) -> APIRouter:
+        """:meth:`answer` as a FastAPI route (documented in the service's OpenAPI); the lobby serves the
+        same :meth:`answer` in front of FastAPI."""
+        router = APIRouter()
+        body_doc = {"content": {"application/json": {"schema": HandleRequest.model_json_schema()}}, "required": True}
+
+        @router.post("/gateway/handle", openapi_extra={"requestBody": body_doc})
+        async def gateway_handle(request: Request) -> Response:
+            status, body = await self.answer(await request.body(), request.app, caller_of(request.scope))
+            return Response(body, status_code=status, media_type="application/json")
 
         return router

@@ -14,10 +14,10 @@ from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
 from pydantic import BaseModel, ValidationError
 
 from sonalyze.common.asgi import read_body, send_json
-from sonalyze.common.errors import Forbidden, error_body, from_validation_error, install_error_handlers
-from sonalyze.common.handle import EventContext, EventHandlers, HandleRequest
+from sonalyze.common.errors import Forbidden, from_validation_error, install_error_handlers
+from sonalyze.common.handle import EventContext, EventHandlers
 from sonalyze.common.internal_auth import InternalAuth, InternalAuthGuard, caller_of, internal_headers
-from sonalyze.common.json import JSONResponse, dumps
+from sonalyze.common.json import JSONResponse
 from sonalyze.lobby.broadcast import Broadcaster
 from sonalyze.lobby.config import LobbySettings
 from sonalyze.lobby.measurement_client import MeasurementClient
@@ -197,18 +197,7 @@ class GatewayHandleFastPath:
         raw = await read_body(receive)
         if raw is None:
             return  # the client went away
-        await send_json(send, *await self._answer(raw))
-
-    async def _answer(self, raw: bytes) -> tuple[int, bytes]:
-        try:
-            request = HandleRequest.model_validate_json(raw)
-        except ValidationError as exc:
-            return 422, dumps(from_validation_error(exc).to_body())
-        try:
-            return 200, dumps(await handlers.dispatch(request, self.app))
-        except Exception:  # noqa: BLE001 - the edge: log it, answer like the shared error handlers do
-            log.exception("gateway event %s failed", request.event)
-            return 500, dumps(error_body("internal_error", "the lobby service failed to handle this event"))
+        await send_json(send, *await handlers.answer(raw, self.app, caller_of(scope)))
 
 
 
