@@ -80,19 +80,28 @@ _REPLAYS: set[asyncio.Task[None]] = set()
 
 class HeldTransport:
     """A connection's transport while its replay is read: writes are kept (then written after the
-    replay); everything else goes to the real transport."""
+    replay); everything else goes to the real transport. Past ``limit_bytes`` (MAX_SEND_BUFFER_BYTES)
+    ``overflow`` is called once: the connection closes as a slow consumer would."""
 
-    __slots__ = ("transport", "chunks")
+    __slots__ = ("transport", "chunks", "held_bytes", "limit_bytes", "overflow")
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport, limit_bytes: int, overflow: Callable[[], None]) -> None:
         self.transport = transport
         self.chunks: list[bytes] = []
+        self.held_bytes = 0
+        self.limit_bytes = limit_bytes
+        self.overflow: Callable[[], None] | None = overflow
 
     def write(self, data: bytes) -> None:
         self.chunks.append(data)
+        self.held_bytes += len(data)
+        if self.held_bytes > self.limit_bytes and self.overflow is not None:
+            overflow, self.overflow = self.overflow, None
+            asyncio.get_running_loop().call_soon(overflow)
 
     def writelines(self, chunks: Any) -> None:
-        self.chunks.extend(chunks)
+        for chunk in chunks:
+            self.write(chunk)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.transport, name)
@@ -487,7 +496,7 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
         if history is None or device_id is None:
             self._replayed(None, None, resume, answer)
             return
-        held = HeldTransport(self.transport)
+        held = HeldTransport(self.transport, self.max_buffer_bytes, self.pause_writing)
         self.transport = held
         self.gateway.connections.rewire(self, device_id)
         task = asyncio.get_running_loop().create_task(self._replay(history, device_id, resume, answer, held))
@@ -503,7 +512,7 @@ class GatewayWebSocketProtocol(asyncio.Protocol):
                 self.gateway.connections.rewire(self, device_id)
         payloads = None if entries is None else meant_for(entries, device_id, self.gateway.connections.channels_of(self))
         self._replayed(history, payloads, resume, answer)
-        if held.chunks:
+        if held.chunks and self.open:
             self.transport.writelines(held.chunks)  # what came while replaying, in order, after it
 
     def _replayed(self, history: Any, payloads: list[bytes] | None, resume: Resume, answer: bool) -> None:
