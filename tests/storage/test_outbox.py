@@ -300,3 +300,18 @@ async def test_a_dead_replicas_claim_is_taken_over_after_the_lease(storage, tmp_
         for outbox in (dead, alive):
             await outbox.stop()
             await outbox.client.aclose()
+
+
+async def test_a_client_of_two_storage_replicas_fails_over_when_one_stops(tmp_path):
+    """STORAGE_URL with two URLs: calls alternate, and with one replica stopped every call still lands."""
+    settings = StorageSettings(internal_auth_token=INTERNAL_TOKEN, database_url=f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}")
+    with ThreadedServer(create_app(settings)) as first, ThreadedServer(create_app(settings)) as second:
+        async with StorageClient(f"{first.url},{second.url}", timeout_s=10, headers=SERVICE_HEADERS) as client:
+            for index in range(4):
+                await client.put("devices", {"id": f"dev-{index}", "name": "Pixel"})
+            assert client.replicas.healthy() == [first.url, second.url]
+            second.stop()
+            for index in range(4, 10):
+                await client.put("devices", {"id": f"dev-{index}", "name": "Pixel"})
+            assert client.replicas.healthy() == [first.url]
+            assert [(await client.get("devices", f"dev-{i}"))["id"] for i in range(10)] == [f"dev-{i}" for i in range(10)]

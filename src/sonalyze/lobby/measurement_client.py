@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from sonalyze.common.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from sonalyze.common.replicas import Replicas, request_any
 
 FINAL_JOB_STATUSES = frozenset({"done", "failed"})
 
@@ -28,7 +29,9 @@ class MeasurementClient:
         headers: dict[str, str] | None = None,
     ) -> None:
         """``headers``: the internal-auth headers (:func:`sonalyze.common.internal_auth.internal_headers`)."""
-        self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport, headers=headers)
+        self.replicas = Replicas(base_url)
+        """``base_url`` may name several replicas, comma-separated (`sonalyze.common.replicas`)."""
+        self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport, headers=headers)
         self._poll_interval_s = poll_interval_s
 
     async def aclose(self) -> None:
@@ -36,7 +39,7 @@ class MeasurementClient:
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = await self._client.request(method, path, **kwargs)
+            response = await request_any(self._client, self.replicas, method, path, **kwargs)
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(f"the measurement service did not answer {method} {path} in time") from exc
         except httpx.HTTPError as exc:

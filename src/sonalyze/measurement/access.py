@@ -26,6 +26,7 @@ import httpx
 
 from sonalyze.common.errors import Forbidden, NotFound, Unauthorized, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from sonalyze.common.internal_auth import Caller
+from sonalyze.common.replicas import Replicas, request_any
 from sonalyze.measurement.jobs import Job
 
 
@@ -84,7 +85,8 @@ class JobAccess:
         timeout_s: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._http = httpx.AsyncClient(base_url=lobby_url.rstrip("/"), headers=headers, timeout=timeout_s) if lobby_url else None
+        self._replicas = Replicas(lobby_url) if lobby_url else None  # LOBBY_URL may name several, comma-separated
+        self._http = httpx.AsyncClient(headers=headers, timeout=timeout_s) if lobby_url else None
         self.retention_s = retention_s
         self.cache_s = cache_s
         self._clock = clock
@@ -132,7 +134,7 @@ class JobAccess:
             return None  # no LOBBY_URL: only services reach session jobs
         path = f"/internal/lobbies/{lobby_id}/jobs/{job_id}/access"
         try:
-            response = await self._http.get(path)
+            response = await request_any(self._http, self._replicas, "GET", path)
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout("the lobby did not say in time who may reach this job") from exc
         except httpx.HTTPError as exc:

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from sonalyze.common.errors import UpstreamError, UpstreamUnavailable
+from sonalyze.common.replicas import Replicas, request_any
 from sonalyze.common.json import dumps, loads
 from sonalyze.storage.resources import RESOURCES
 
@@ -73,8 +74,9 @@ class StorageClient:
         timeout_s: float = 10.0,
         headers: dict[str, str] | None = None,
     ) -> None:
+        self.replicas = Replicas(base_url)
+        """``base_url`` may name several replicas, comma-separated (`sonalyze.common.replicas`)."""
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
             transport=transport,
             timeout=timeout_s,
             headers={"content-type": "application/json", **(headers or {})},
@@ -92,7 +94,7 @@ class StorageClient:
     async def _request(self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None) -> Any:
         content = dumps(body) if body is not None else None
         try:
-            response = await self._http.request(method, path, content=content, params=params)
+            response = await request_any(self._http, self.replicas, method, path, content=content, params=params)
         except httpx.TimeoutException as exc:
             raise StorageUnavailable(f"storage did not answer {method} {path} in time") from exc
         except httpx.TransportError as exc:
@@ -141,8 +143,9 @@ class StorageClient:
         return await self._request("GET", f"/v1/lobbies/by-code/{code}")
 
     async def healthy(self) -> bool:
+        """Some replica answers ``/healthz`` with 200."""
         try:
-            response = await self._http.get("/healthz")
+            response = await request_any(self._http, self.replicas, "GET", "/healthz")
         except httpx.HTTPError:
             return False
         return response.status_code == 200
