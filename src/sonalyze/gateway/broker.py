@@ -93,8 +93,9 @@ class Broker(Protocol):
         """Connect and subscribe (in the background: an unreachable bus does not stop the gateway)."""
         ...
 
-    async def publish(self, targets: Any, payload: bytes) -> tuple[int | None, int | None]:
-        """Deliver ``payload`` to the targets' connections on every node.
+    async def publish(self, targets: Any, payload: bytes, positioned: bool = True) -> tuple[int | None, int | None]:
+        """Deliver ``payload`` to the targets' connections on every node; with a history, ``positioned`` gives it
+        a position (``pos``) and keeps it for resuming devices (False: a relay sent byte for byte, never kept).
 
         Returns (connections written to, devices reached) when known (memory, or local delivery while the
         bus is down); (None, None) when the other nodes deliver after this call returns.
@@ -118,8 +119,8 @@ class MemoryBroker:
     async def start(self) -> None:
         return None
 
-    async def publish(self, targets: Any, payload: bytes) -> tuple[int, int]:
-        if self.history is not None and payload:  # an empty payload is a membership change
+    async def publish(self, targets: Any, payload: bytes, positioned: bool = True) -> tuple[int, int]:
+        if positioned and self.history is not None and payload:  # an empty payload is a membership change
             payload = self.history.append(targets, payload)
         return self._deliver(targets, payload)
 

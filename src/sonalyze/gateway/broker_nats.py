@@ -40,7 +40,8 @@ class NatsBroker:
     async def start(self) -> None:
         self._starter = asyncio.get_running_loop().create_task(self._connect(), name="gateway-nats-broker")
 
-    async def publish(self, targets: Any, payload: bytes) -> tuple[int | None, int | None]:
+    async def publish(self, targets: Any, payload: bytes, positioned: bool = True) -> tuple[int | None, int | None]:
+        """NATS keeps no history: nothing is positioned (``positioned`` is accepted for the interface)."""
         client = self._client
         if client is not None and client.is_connected:
             try:

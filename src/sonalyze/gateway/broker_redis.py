@@ -168,6 +168,7 @@ class RedisBroker:
         self._local: set[int] = set()
         """Numbers of this node's publications delivered locally while Redis was down (skipped when they come back)."""
         self.queue: deque[tuple[int, bytes, bool]] = deque()
+        """Publications waiting for Redis: (number, message, kept in the stream)."""
         """Publications waiting for Redis: (number, bus message, delivered locally already); in order."""
         self.queue_max = queue_max
         self.queue_dropped = 0
@@ -188,9 +189,9 @@ class RedisBroker:
     async def start(self) -> None:
         self._listener = asyncio.get_running_loop().create_task(self._connect_and_listen(), name="gateway-redis-broker")
 
-    async def publish(self, targets: Any, payload: bytes) -> tuple[int | None, int | None]:
+    async def publish(self, targets: Any, payload: bytes, positioned: bool = True) -> tuple[int | None, int | None]:
         if self.history is not None:
-            return await self._publish_kept(targets, payload)
+            return await self._publish_kept(targets, payload, positioned and bool(payload))
         publisher = self._publisher
         if publisher is not None:
             try:
@@ -202,8 +203,9 @@ class RedisBroker:
                 publisher.close()  # the listener reconnects
         return self._deliver(targets, payload)  # the bus is down: this node's devices still get it
 
-    async def _publish_kept(self, targets: Any, payload: bytes) -> tuple[int | None, int | None]:
-        """Through the script (in order behind anything queued); Redis down: deliver here and queue."""
+    async def _publish_kept(self, targets: Any, payload: bytes, kept: bool) -> tuple[int | None, int | None]:
+        """Through the script when ``kept`` (in order behind anything queued), else as an ``M`` line on the same
+        connection; Redis down: deliver here and queue."""
         self._number += 1
         number = self._number
         message = encode_publication(targets, payload)
@@ -211,42 +213,41 @@ class RedisBroker:
         if publisher is not None and not self.queue and self._script_sha is not None:
             try:
                 async with asyncio.timeout(REPLY_TIMEOUT_S):
-                    await self._send(publisher, number, message, bool(payload))
+                    await self._send(publisher, number, message, kept)
                 return None, None
             except REDIS_ERRORS as exc:
                 self._down(exc)
                 publisher.close()  # the listener reconnects
         if self._publisher is not None and self.queue:  # connected, still sending the queue: keep the order
-            self._enqueue(number, message, False)
+            self._enqueue(number, message, kept)
             return None, None
         self._local.add(number)
-        self._enqueue(number, message, True)
+        self._enqueue(number, message, kept)
         return self._deliver(targets, payload)  # the bus is down: this node's devices get it now
 
     def _send(self, publisher: RespConnection, number: int, message: bytes, kept: bool) -> asyncio.Future[Any]:
-        if not kept:  # a membership change: in order on the same connection, no position
+        if not kept:  # a membership change or a stream relay: in order on the same connection, no position
             return publisher.command("PUBLISH", self._keys[1], b"M %s %d\n%s" % (self._node, number, message))
         return publisher.command(
             "EVALSHA", self._script_sha, b"5", *self._keys, message, self._history_max, self._history_age_ms,
             uuid.uuid4().hex[:16], self._node, b"%d" % number, self._numbers_ttl_ms,
         )
 
-    def _enqueue(self, number: int, message: bytes, delivered: bool) -> None:
+    def _enqueue(self, number: int, message: bytes, kept: bool) -> None:
         if len(self.queue) >= self.queue_max:
             dropped, _, _ = self.queue.popleft()
             self._local.discard(dropped)
             self.queue_dropped += 1
             logger.warning("outage queue full (%d): dropped the oldest publication", self.queue_max)
-        self.queue.append((number, message, delivered))
+        self.queue.append((number, message, kept))
 
     async def _flush_queue(self, publisher: RespConnection) -> None:
         """Publish what was queued while Redis was down, in order; stops (keeping the rest) on an error."""
         while self.queue and self._publisher is publisher:
-            number, message, _ = self.queue[0]
-            payload = message.partition(b"\n")[2]
+            number, message, kept = self.queue[0]
             try:
                 async with asyncio.timeout(REPLY_TIMEOUT_S):
-                    await self._send(publisher, number, message, bool(payload))
+                    await self._send(publisher, number, message, kept)
             except REDIS_ERRORS as exc:
                 self._down(exc)
                 publisher.close()

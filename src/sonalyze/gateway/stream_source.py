@@ -95,4 +95,4 @@ class JetStreamSource:
         except orjson.JSONDecodeError:
             logger.warning("stream source: dropped a message on %s that is not JSON (%d bytes)", self._subject, len(data))
             return
-        await self._broker.publish(self._targets, payload)
+        await self._broker.publish(self._targets, payload, positioned=False)  # a relay: byte for byte, never resumed
