@@ -95,3 +95,16 @@ async def test_one_timer_serves_every_call_in_flight(upstreams) -> None:
         assert 0.2 <= time.monotonic() - started_s < 0.8
     finally:
         await client.aclose()
+
+
+async def test_a_call_cancelled_before_its_connect_began_gives_the_pool_slot_back(upstreams) -> None:
+    """Its connect task never ran: the slot it took must still come back, or the pool stays full forever."""
+    url = upstreams["lobby"].url
+    client = UpstreamClient(timeout_s=2.0, max_connections_per_origin=1)
+    try:
+        _, cancel = start_call(client, url, "lobby.get", "cancelled")
+        cancel()  # in the same loop turn: the connect task is cancelled before its first step
+        after, _ = start_call(client, url, "lobby.get", "after")
+        assert (await asyncio.wait_for(after, 5))["data"]["request_id"] == "after"
+    finally:
+        await client.aclose()

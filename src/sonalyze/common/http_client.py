@@ -405,6 +405,17 @@ def _ignore(outcome: Any) -> None:
     return None
 
 
+def _connect_ended(connection: _Connection, task: asyncio.Task[None]) -> None:
+    """A connect that failed or was cancelled — even before it began — gives its pool slot back."""
+    if not task.cancelled() and task.exception() is None:
+        return
+    if connection.transport is not None:
+        connection.transport.close()  # connected after all: its connection_lost frees the slot
+    else:
+        connection.pool.open -= 1
+        connection.pool.wake(None)
+
+
 class _Exchange:
     """One request and its answer: the one engine behind :meth:`UpstreamClient.call`, ``post_json`` and
     ``open_stream``, driven by the pool's and its connection's callbacks.
@@ -466,7 +477,9 @@ class _Exchange:
             return
         if pool.open < pool.max_connections:
             pool.open += 1
-            self.connecting = loop.create_task(self._connect(loop))
+            connection = _Connection(loop, pool)
+            self.connecting = loop.create_task(self._connect(connection))
+            self.connecting.add_done_callback(partial(_connect_ended, connection))
         else:
             self.waiting = True
             pool.waiters.append(self.take)
@@ -480,21 +493,14 @@ class _Exchange:
             self._acquire(asyncio.get_running_loop())
         return True
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _connect(self, connection: _Connection) -> None:
+        """Open ``connection`` (its pool slot is taken; :func:`_connect_ended` frees it on failure)."""
         pool = self.pool
-        connection = _Connection(loop, pool)
         try:
-            await loop.create_connection(lambda: connection, pool.host, pool.port)
-        except BaseException as exc:
-            if connection.transport is not None:  # cancelled just after connecting: its loss frees the slot
-                connection.transport.close()
-            else:
-                pool.open -= 1
-                pool.wake(None)
-            if not isinstance(exc, OSError):
-                raise  # cancelled: timed out or given up
+            await connection.loop.create_connection(lambda: connection, pool.host, pool.port)
+        except OSError as exc:
             self._end(UpstreamUnavailable(f"cannot connect to {pool.host}:{pool.port}: {exc.strerror or exc}"))
-            return
+            raise
         self.connecting = None
         if self.done is _ignore:
             pool.offer(connection)  # given up meanwhile
