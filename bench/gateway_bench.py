@@ -80,6 +80,8 @@ def start_server(kind: str, port: int, upstream_url: str) -> subprocess.Popen:
     env = {
         **os.environ,
         "INTERNAL_AUTH_TOKEN": TOKEN,
+        "ALLOW_INSECURE_DEVICE_IDS": "1",  # the load generator names its devices (no device tokens)
+        "MAX_CONNECTIONS_PER_ADDRESS": "1000000",  # every client comes from 127.0.0.1
         "RATE_LIMIT_RPS": "1000000000",
         "RATE_LIMIT_BURST": "1000000000",
         "LOBBY_URL": upstream_url,
