@@ -73,7 +73,8 @@ async def test_whole_session_through_the_ui(webapp_backend, launch_browser, tmp_
     shots = _shots(tmp_path)
     wav = tmp_path / "room.wav"
     write_capture_wav(wav)
-    host = await _open(await launch_browser(fake_audio_wav=wav, bypass_csp=True), webapp_backend.url)
+    # the fake microphone file loops one sweep every PERIOD_S: one sweep per job (the app asks for 2 by default)
+    host = await _open(await launch_browser(fake_audio_wav=wav, bypass_csp=True), webapp_backend.url.rstrip("/") + "/?sweep_count=1")
     await host.screenshot(path=shots / "01-home.png")
     await _name(host, "Speaker")
     await host.fill("#lobby-name", "Test room")

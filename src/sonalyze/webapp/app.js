@@ -10,6 +10,8 @@ import { Connection } from "./wire.js";
 const $ = (id) => document.getElementById(id);
 const LOBBY_KEY = "sonalyze.lobby", NAME_KEY = "sonalyze.name";
 const COUNTDOWN_S = 3;
+// sweeps per measurement: with 2 the phone's clock is measured from their spacing (docs/measurement.md); ?sweep_count=N (1–5) overrides
+const SWEEP_COUNT = Number(new URLSearchParams(location.search).get("sweep_count") ?? 2);
 const PREDICTION_TIMEOUT_MS = 120000; // a simulation with ray tracing takes seconds to tens of seconds
 
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
@@ -872,7 +874,7 @@ $("start").addEventListener("click", async () => {
   $("session-errors").replaceChildren();
   try {
     if (state.lobby.status === "open") setLobby(await conn.request("lobby.start", { lobby_id: state.lobby.lobby_id }));
-    const session = await conn.request("measurement.create_session", { lobby_id: state.lobby.lobby_id });
+    const session = await conn.request("measurement.create_session", { lobby_id: state.lobby.lobby_id, sweep_count: SWEEP_COUNT });
     state.session = null;
     onSession(session, "measurement.session_updated");
   } catch (error) { addSessionError(`Could not start: ${describe(error)}`); }
