@@ -20,7 +20,7 @@ ROOM = {
 
 
 def _services(storage_db: str, tmp_path: Path) -> tuple[ServiceProcess, ...]:
-    gateway_port = free_port()
+    gateway_port, lobby_port = free_port(), free_port()
     storage = ServiceProcess("storage", env={"DATABASE_URL": storage_db})
     measurement = ServiceProcess(
         "measurement",
@@ -28,12 +28,14 @@ def _services(storage_db: str, tmp_path: Path) -> tuple[ServiceProcess, ...]:
             "MEASUREMENT_DATA_DIR": str(tmp_path / "measurement"),
             "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'measurement.db'}",  # as `sonalyze serve` gives it
             "STORAGE_URL": storage.url,
+            "LOBBY_URL": f"http://127.0.0.1:{lobby_port}",  # asked whether a device may reach a session's job
             "MEASUREMENT_ANALYZE_WAIT_S": "0.5",
         },
     )
     lobby_db = f"sqlite+aiosqlite:///{tmp_path / 'lobby.db'}"
     lobby = ServiceProcess(
-        "lobby", env=_lobby_env(lobby_db, f"http://127.0.0.1:{gateway_port}", measurement.url, STORAGE_URL=storage.url)
+        "lobby", env=_lobby_env(lobby_db, f"http://127.0.0.1:{gateway_port}", measurement.url, STORAGE_URL=storage.url),
+        port=lobby_port,
     )
     gateway_env = {
         "LOBBY_URL": lobby.url,
