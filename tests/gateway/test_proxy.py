@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import psutil
@@ -177,3 +177,29 @@ def test_a_50_mib_upload_streams_through_without_being_held(echoes) -> None:
         assert answer.status_code == 200, gateway.log_text()
         assert answer.json()["bytes"] == 50 * MIB
         assert peak[0] - baseline < 16 * MIB, f"gateway RSS grew by {(peak[0] - baseline) / MIB:.1f} MiB"
+
+
+async def test_a_steady_upload_longer_than_the_timeout_goes_through_and_a_stalled_one_times_out(proxy_gateway) -> None:
+    """HTTP_TIMEOUT_SECONDS (1 s here) runs from the last byte, not from the request's start (security issue, item 8)."""
+    chunk_bytes, chunks = 15_000, 40  # 600 kB at about 150 kB/s: 4 s in all, never 1 s without a byte
+
+    async def steady() -> AsyncIterator[bytes]:
+        for _ in range(chunks):
+            yield b"\x02" * chunk_bytes
+            await asyncio.sleep(0.1)
+
+    async def stalled() -> AsyncIterator[bytes]:
+        yield b"\x03" * chunk_bytes
+        await asyncio.sleep(3)  # three timeouts without a byte
+        yield b"\x03" * chunk_bytes
+
+    async with httpx.AsyncClient(base_url=proxy_gateway.url, timeout=30) as client:
+        started_s = time.monotonic()
+        answer = await client.post("/v1/jobs/j/uploads/slow.wav", content=steady())
+        assert answer.status_code == 200 and answer.json()["bytes"] == chunk_bytes * chunks
+        assert time.monotonic() - started_s > 3.5  # it really outlasted the timeout
+        try:
+            stopped = await client.post("/v1/jobs/j/uploads/stalled.wav", content=stalled())
+            assert stopped.status_code == 504 and stopped.json()["error"]["code"] == "upstream_timeout"
+        except (httpx.RemoteProtocolError, httpx.WriteError):
+            pass  # the gateway may close the connection on the stalled body instead of answering
