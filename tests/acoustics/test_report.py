@@ -148,6 +148,19 @@ def test_onset_iso_3382():
         onset.find_onset(np.zeros(10))
 
 
+def test_onset_not_in_the_noise_of_a_low_snr_response():
+    """A direct sound only 24 dB above the mean noise power before it (a broadband response at 20 dB SNR):
+    one noise sample in nine comes within 20 dB of the peak, yet the onset is the direct sound (ISO 3382-1
+    A.2.1: where the signal rises significantly above the noise) — 23 ms too early cost 3–4 dB of C50 in
+    every band of the phone-chain case medium-snr20."""
+    rng = np.random.default_rng(3)
+    noise_rms = 10 ** (-24 / 20)
+    ir = noise_rms * rng.standard_normal(4000)
+    assert np.argmax(ir**2 >= 0.01) < 100  # the plain −20 dB rule would start in the noise
+    ir[3000:3003] = [0.8, 1.0, 0.5]  # the direct sound (its first sample −1.9 dB, above noise + 15 dB = −9 dB)
+    assert onset.find_onset(ir) == 3000
+    assert onset.find_onset(np.r_[np.zeros(500), ir[3000:]]) == 500  # noise-free before it: the −20 dB rule
+
 def test_frequency_response_of_a_known_filter():
     fs_hz = FS_HZ
     impulse = np.zeros(fs_hz // 2)

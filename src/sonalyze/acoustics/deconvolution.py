@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import fft as sp_fft
 
-from sonalyze.acoustics.onset import ONSET_THRESHOLD_DB, as_signal
+from sonalyze.acoustics.onset import as_signal, onset_level
 from sonalyze.acoustics.sweep import SweepParams, inverse_spectrum
 
 #: Samples kept before the detected onset in the returned IR, s.
@@ -115,7 +115,7 @@ def ir_window(
     energy = h[: peak + 1] ** 2
     lookback = int(min(MAX_ONSET_LOOKBACK_S, 0.5 * params.harmonic_advance_s(2)) * fs_hz)
     window = energy[max(0, peak - lookback) : peak + 1]
-    onset = peak - window.size + 1 + int(np.argmax(window >= energy[peak] * 10.0 ** (ONSET_THRESHOLD_DB / 10)))
+    onset = peak - window.size + 1 + int(np.argmax(window >= onset_level(window, window.size - 1)))
     start = max(0, onset - int(round(PRE_ROLL_S * fs_hz)))
     available = n_recording - params.sweep_length_samples - start
     wanted = int(round((params.silence_after_s if ir_length_s is None else ir_length_s) * fs_hz))

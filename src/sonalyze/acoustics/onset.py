@@ -6,6 +6,15 @@ import numpy as np
 
 #: ISO 3382-1 A.2.1: the IR starts where h² first comes within 20 dB of its maximum.
 ONSET_THRESHOLD_DB = -20.0
+#: ISO 3382-1 A.2.1 asks for the onset where the signal "rises significantly above the background noise":
+#: a sample counts only this far above the mean noise power before the peak, dB (a Gaussian noise sample
+#: exceeds its mean power by 15 dB with probability 2·10⁻⁸), so a peak less than 20 dB above the noise
+#: (a broadband response at 20 dB SNR) does not start in the noise before the direct sound.
+ONSET_ABOVE_NOISE_DB = 15.0
+#: Fewest samples in the first half of the stretch before the peak for a noise estimate.
+MIN_NOISE_SAMPLES = 32
+#: Median of a χ²₁ variable over its mean: h²'s median over the noise power.
+_CHI2_1_MEDIAN = 0.4549
 
 
 def as_signal(x: np.ndarray, name: str = "impulse response", *, min_samples: int = 2) -> np.ndarray:
@@ -31,4 +40,18 @@ def find_onset(ir: np.ndarray, threshold_db: float = ONSET_THRESHOLD_DB) -> int:
     ISO 3382-1:2009 Annex A.2.1 (−20 dB). Raises ValueError for an empty, non-finite or all-zero IR.
     """
     energy = as_signal(ir, min_samples=1) ** 2
-    return int(np.argmax(energy >= energy.max() * 10.0 ** (threshold_db / 10.0)))
+    return int(np.argmax(energy >= onset_level(energy, int(np.argmax(energy)), threshold_db)))
+
+
+def onset_level(energy: np.ndarray, peak: int, threshold_db: float = ONSET_THRESHOLD_DB) -> float:
+    """The h² an onset sample must reach: ``threshold_db`` re ``energy[peak]`` (ISO 3382-1 A.2.1), raised to
+    `ONSET_ABOVE_NOISE_DB` over the noise power before the direct sound — the median of the first half of
+    ``energy[:peak]``, when it holds `MIN_NOISE_SAMPLES` and lies below that threshold (else the stretch
+    before the peak is the response itself, e.g. a decay that starts at sample 0, not noise)."""
+    level = energy[peak] * 10.0 ** (threshold_db / 10.0)
+    before = energy[: peak // 2]
+    if before.size >= MIN_NOISE_SAMPLES:
+        noise = float(np.median(before)) / _CHI2_1_MEDIAN
+        if noise < level:
+            level = max(level, noise * 10.0 ** (ONSET_ABOVE_NOISE_DB / 10.0))
+    return level

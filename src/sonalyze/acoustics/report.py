@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from sonalyze.acoustics import codes, decay, energy, spectrum, sti
-from sonalyze.acoustics.bands import OCTAVE_BANDS_HZ, band_irs_and_leakage, unavailable_reason
+from sonalyze.acoustics.bands import OCTAVE_BANDS_HZ, band_irs_and_leakage, exact_centre_hz, unavailable_reason
 from sonalyze.acoustics.deconvolution import mono
 from sonalyze.acoustics.onset import as_signal, find_onset
 from sonalyze.acoustics.recording import RecordingRefused, apply_refusals, check_recording
@@ -56,6 +56,9 @@ MIN_PEAK_TO_NOISE_DB = 10.0
 MAX_BAND_TILT_DB = 6.0
 #: … and only when the band's energy is this far (dB) below the next band's: a roll-off, not a mode.
 MIN_STEP_BELOW_UPPER_DB = 3.0
+#: Just-noticeable differences (ISO 3382-1 Table A.1) the source's delay may not exceed: C (dB), D50.
+C_JND_DB = 1.0
+D_JND = 0.05
 T_METRICS = {"edt_s": decay.EDT_RANGE_DB, "t20_s": decay.T20_RANGE_DB, "t30_s": decay.T30_RANGE_DB}
 ENERGY_METRICS = ("c50_db", "c80_db", "d50", "centre_time_s", "drr_db")
 
@@ -131,7 +134,7 @@ def _band_refusal(
       (ISO 3382-1 §5.3).
     * `codes.NO_DECAY_ABOVE_NOISE`: Lundeby's iteration found no decay above the noise floor.
     """
-    if tilt.get(key, 0.0) > MAX_BAND_TILT_DB and below_upper_db.get(key, 0.0) > MIN_STEP_BELOW_UPPER_DB:
+    if _rolls_off(key, tilt, below_upper_db):
         return codes.BAND_LEVEL_TOO_LOW, (
             f"band level too low: the spectrum in the lower half of the band is {tilt[key]:.1f} dB below the "
             f"upper half (more than {MAX_BAND_TILT_DB:g} dB): the source rolls off inside this band"
@@ -150,6 +153,47 @@ def _band_refusal(
     if not truncation.decay_found:
         return codes.NO_DECAY_ABOVE_NOISE, "no decay above the noise floor found (Lundeby)"
     return None
+
+
+def _rolls_off(key: str, tilt: dict[str, float], below_upper_db: dict[str, float]) -> bool:
+    """The source rolls off inside band ``key`` (`_band_refusal`'s tilt rule)."""
+    return tilt.get(key, 0.0) > MAX_BAND_TILT_DB and below_upper_db.get(key, 0.0) > MIN_STEP_BELOW_UPPER_DB
+
+
+def _source_delay_refusals(band_hz: int, values: dict[str, float | None], rt_s: float | None) -> dict[str, str]:
+    """Early-energy values of the band just above one where the source rolls off, refused when the
+    source's delay could move them by more than a JND: {metric: reason}.
+
+    A minimum-phase roll-off (a loudspeaker's high-pass) delays the band above it by its group delay —
+    at most ≈ 1/f_lo (a Butterworth high-pass of order n at f_lo: 0.42/f_lo for n = 4, 0.82/f_lo for n = 8)
+    — and a delay τ of the whole band response against the broadband onset moves C_te by
+    ≈ −60·τ/T·(1 + 10^(−C/10)) dB and D50 by ≈ −13.8·τ/T·(1 − D50) (exponential decay of
+    reverberation time T; the band's EDT). In the phone-chain set a 4th-order high-pass at 200 Hz cost
+    C50 at 250 Hz 1.3 dB in a 0.25 s room (0.6 dB in a 0.8 s room), nearly all of it through its phase.
+    """
+    lo_hz = exact_centre_hz(band_hz) / 2**0.5
+    tau_s = 1.0 / lo_hz
+    out = {}
+    for metric, value in values.items():
+        if value is None:
+            continue
+        if rt_s is None:
+            out[metric] = (
+                "band level too low below: the source rolls off in the band under this one and this band's decay "
+                "time is unknown: its delay could move the early energy by more than a JND"
+            )
+            continue
+        if metric == "d50":
+            shift, limit, unit = 13.8 * tau_s / rt_s * (1.0 - value), D_JND, ""
+        else:
+            shift, limit, unit = 60.0 * tau_s / rt_s * (1.0 + 10.0 ** (-value / 10.0)), C_JND_DB, " dB"
+        if shift > limit:
+            out[metric] = (
+                f"band level too low below: the source rolls off in the band under this one, and its delay "
+                f"(up to {1000 * tau_s:.1f} ms here) could move {metric.split('_')[0].upper()} by {shift:.2f}{unit}, "
+                f"more than the JND {limit:g}{unit}"
+            )
+    return out
 
 
 def _levels(name: str, values) -> np.ndarray | None:
@@ -265,6 +309,12 @@ def analyze_impulse_response(
         _energy_metric(e_metrics["d50"], key, lambda: decay_energy.definition(50.0), gates["d50"])
         _energy_metric(e_metrics["centre_time_s"], key, decay_energy.centre_time_s, gates["centre_time_s"])
         _energy_metric(e_metrics["drr_db"], key, lambda: decay_energy.direct_to_reverberant_db(peak_index), gates["drr_db"])
+        below = dict(zip(map(str, OCTAVE_BANDS_HZ[1:]), map(str, OCTAVE_BANDS_HZ)))
+        if key in below and _rolls_off(below[key], tilt, below_upper_db):
+            rt_s = next((fits[n].rt_s for n in ("edt_s", "t20_s") if fits[n].valid), None)
+            values = {m: e_metrics[m].values.get(key) for m in ("c50_db", "c80_db", "d50")}
+            for metric, reason in _source_delay_refusals(int(key), values, rt_s).items():
+                e_metrics[metric].set(key, None, reason, codes.BAND_LEVEL_TOO_LOW)
 
     snr_db = None if noise is None else speech - noise
     band_levels_db = None if speech is None or calibration_db is None else speech + calibration_db
