@@ -150,3 +150,14 @@ async def test_concurrent_failed_joins_of_one_device_are_all_counted(limited: tu
             )
     codes = sorted(answer["code"] for answer in answers)
     assert codes == ["not_found"] * 3 + ["rate_limited"] * 21, codes
+
+
+async def test_nul_characters_are_refused_before_the_database(handle: Handle):
+    """PostgreSQL cannot store U+0000; each is a bad_request naming its field (it was a 500 on PostgreSQL)."""
+    for event, data, field in [
+        ("lobby.create", {"name": "room\x00"}, "name"),
+        ("lobby.join", {"code": "ABCD\x00EFG"}, "code"),
+        ("lobby.get", {"lobby_id": "abc\x00"}, "lobby_id"),
+    ]:
+        error = await handle.refused(event, data, "someone")
+        assert error["code"] == "bad_request" and error["details"]["errors"][0]["field"] == field, (event, error)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import unicodedata
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sonalyze.lobby.codes import CODE_LENGTH, LEGACY_CODE_LENGTH, normalize_code
+from sonalyze.lobby.codes import CODE_ALPHABET, CODE_LENGTH, LEGACY_CODE_LENGTH, normalize_code
 from sonalyze.lobby.lifecycle import Role
 from sonalyze.rooms import RoomSnapshot
 
@@ -22,10 +22,15 @@ MAX_SEQ = 2**31 - 1
 _REORDERING = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u2028\u2029")
 
 
+_CODE_CHARACTERS = frozenset(CODE_ALPHABET)
+
+
 def _join_code(text: str) -> str:
     code = normalize_code(text)
     if len(code) not in (CODE_LENGTH, LEGACY_CODE_LENGTH):
         raise ValueError(f"a join code has {CODE_LENGTH} characters")
+    if not set(code) <= _CODE_CHARACTERS:
+        raise ValueError(f"a join code uses only {CODE_ALPHABET}")  # no other text reaches the database
     return code
 
 
@@ -43,8 +48,26 @@ DeviceName = Annotated[str, Field(min_length=1, max_length=DEVICE_NAME_MAX_CHARS
 character (Unicode ``Cc``, line/paragraph separators, bidirectional formatting)."""
 
 
+def _holds_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(map(_holds_nul, value))
+    return False
+
+
 class _In(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        """PostgreSQL text and JSONB cannot hold U+0000: refused here (naming the field), never a 500."""
+        if _holds_nul(value):
+            raise ValueError("text may not contain the NUL character (U+0000)")
+        return value
 
 
 class CreateLobby(_In):
