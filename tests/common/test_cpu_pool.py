@@ -191,11 +191,15 @@ async def test_a_worker_that_died_while_idle_is_replaced_before_its_next_task():
         await pool.close()
 
 
-async def test_unpicklable_arguments_fail_in_the_caller_and_keep_the_worker(pool):
-    worker = await pool.run(own_pid)
-    with pytest.raises(Exception, match="pickle"):
-        await pool.run(sum_of_squares, lambda: 3)
-    assert await pool.run(own_pid) == worker
+async def test_unpicklable_arguments_fail_in_the_caller_and_keep_the_worker():
+    pool = CpuPool(max_workers=1, max_queued=0)  # one worker: the next task must run on the same one
+    try:
+        worker = await pool.run(own_pid)
+        with pytest.raises(Exception, match="pickle"):
+            await pool.run(sum_of_squares, lambda: 3)
+        assert await pool.run(own_pid) == worker
+    finally:
+        await pool.close()
 
 
 async def test_system_exit_comes_back_as_task_failed_and_retires_the_worker():
