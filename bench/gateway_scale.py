@@ -216,7 +216,8 @@ def broker_node(url: str, prefix: str, messages: int, without_hiredis: bool, pip
 
 
 async def broker_bench(url: str, targets_n: int, messages: int, without_hiredis: bool) -> dict:
-    from sonalyze.gateway.broker import Targets, create_broker
+    from sonalyze.gateway.broker import create_broker
+    from sonalyze.gateway.publication import Targets
 
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
     mine, theirs = multiprocessing.get_context("spawn").Pipe()

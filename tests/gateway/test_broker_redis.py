@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from sonalyze.gateway.broker import Targets
+from sonalyze.gateway.publication import Targets
 from sonalyze.gateway.broker_redis import REPLY_TIMEOUT_S, RedisBroker
 from tests.support import infra
 from tests.support.servers import free_port

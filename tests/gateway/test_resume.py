@@ -12,7 +12,7 @@ import json
 import httpx
 from websockets.asyncio.client import connect
 
-from sonalyze.gateway.broker import Targets
+from sonalyze.gateway.publication import Targets
 from sonalyze.gateway.push_history import PushHistory
 from tests.gateway.conftest import TOKEN, gateway_settings, nothing_arrived, start_gateway
 

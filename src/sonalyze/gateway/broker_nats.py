@@ -14,7 +14,7 @@ import nats
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
-from sonalyze.gateway.broker import Deliver, deliver_publication, encode_publication
+from sonalyze.gateway.publication import Deliver, deliver_publication, encode_publication
 
 logger = logging.getLogger("sonalyze.gateway.broker")
 

@@ -34,7 +34,7 @@ from urllib.parse import unquote, urlsplit
 import hiredis
 import orjson
 
-from sonalyze.gateway.broker import Deliver, Targets, deliver_publication, encode_publication
+from sonalyze.gateway.publication import Deliver, Targets, deliver_publication, encode_publication
 from sonalyze.gateway.push_history import Entry
 
 logger = logging.getLogger("sonalyze.gateway.broker")

@@ -14,7 +14,7 @@ from itertools import chain, repeat
 from operator import call
 from typing import Protocol
 
-from sonalyze.gateway.broker import Targets
+from sonalyze.gateway.publication import Targets
 from sonalyze.gateway.frames import text_frame
 from sonalyze.gateway.registry import NO_TENANT, DeviceEntry, Snapshot
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from sonalyze.gateway.broker import Targets
+from sonalyze.gateway.publication import Targets
 
 RequestId = str | int | None
 

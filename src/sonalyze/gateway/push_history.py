@@ -26,7 +26,7 @@ class Entry(NamedTuple):
     offset: int
     stored_s: float
     targets: Any
-    """The publication's ``broker.Targets`` (whom replay gives it to)."""
+    """The publication's ``publication.Targets`` (whom replay gives it to)."""
     payload: bytes
     """The encoded envelope with its ``pos``."""
 

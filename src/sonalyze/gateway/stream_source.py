@@ -15,7 +15,8 @@ import logging
 
 import orjson
 
-from sonalyze.gateway.broker import Broker, Targets
+from sonalyze.gateway.broker import Broker
+from sonalyze.gateway.publication import Targets
 
 logger = logging.getLogger("sonalyze.gateway.stream")
 
