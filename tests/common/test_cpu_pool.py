@@ -30,8 +30,12 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     # A killed child that is not yet reaped is a zombie: not alive for us.
-    status = Path(f"/proc/{pid}/status")
-    return status.exists() and "zombie" not in status.read_text()
+    # It may also be reaped between the two looks: /proc then answers ESRCH.
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return "zombie" not in status
 
 
 @pytest.fixture
