@@ -34,7 +34,7 @@ def profiles_document(redis_url: str, call_service_url: str) -> dict[str, Any]:
         "websocket": [{
             "path": "/ws/{call_id}", "protocol": "typed_json", "redis_url": redis_url,
             "token": "optional", "require_key": "call:{call_id}:active", "events_channel": "call_events:{call_id}",
-            "binary": "audio",
+            "binary": "audio", "end": {"channel": "call.ended", "field": "call_id", "reason": "call ended"},
             "messages": {
                 "audio": {"publish": "audio:{call_id}", "base64_field": "data"},
                 "barge_in": {"publish": "barge_in:{call_id}", "count_event": "barge_in"},

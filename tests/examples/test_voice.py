@@ -10,14 +10,15 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import jwt
 import pytest
+import redis
 import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 
 from examples.voice import run as voice
 from tests.examples.seeds import SeedClient, wait_for_window_start
@@ -69,14 +70,76 @@ async def recv_json(ws, timeout_s: float = 10.0) -> dict:
     return json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
 
 
-def test_the_seed_client_gets_every_server_message_of_a_call(stack) -> None:
+def started_calls() -> tuple[redis.client.PubSub, Callable[[], str]]:
+    """A subscription to ``call.started`` and a function returning the next started call's id."""
+    pubsub = redis.Redis.from_url(infra.REDIS_URL).pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("call.started")
+
+    def next_call_id(timeout_s: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.5)
+            if message is not None:
+                return json.loads(message["data"])["call_id"]
+        raise AssertionError("no call.started")
+
+    return pubsub, next_call_id
+
+
+def test_the_seed_client_gets_every_server_message_of_a_call_and_ends_with_the_call(stack) -> None:
+    """The seed's client reads ``async for msg in ws`` until the socket closes: ending its call ends it."""
+    pubsub, next_call_id = started_calls()
     client = SeedClient("002", stack.gateway.port)
     try:
+        call_id = next_call_id()
         assert [client.next_line() for _ in range(3)] == [
             "Received: transcript_interim", "Received: transcript_final", "Received: response",
         ]
+        token = httpx.post(f"{stack.gateway.url}/auth/token", json={"tenant_id": "tenant_123", "api_key": "secret"}).json()["access_token"]
+        ended = httpx.post(f"{stack.gateway.url}/call/{call_id}/end", headers={"Authorization": f"Bearer {token}"})
+        assert ended.status_code == 200 and ended.json()["status"] == "ended"
+        assert client.popen.wait(15) == 0, client.popen.stderr.read() if client.popen.stderr else ""
+        assert client.popen.stdout.read() == ""  # nothing after the response: the close ended its loop
     finally:
         client.stop()
+        pubsub.close()
+
+
+async def test_ending_a_call_closes_its_sockets_on_the_gateway_and_refuses_new_ones(stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.gateway.url, timeout=10) as client:
+        scrape = lambda: client.get("/metrics", headers={"X-Internal-Token": stack.internal_token})  # noqa: E731
+        before = (await scrape()).text
+        token = await access_token(client)
+        call, other_call = await start_call(client, token), await start_call(client, token)
+        call_id = call["call_id"]
+        async with (
+            connect(f"{stack.gateway.ws_url}/ws/{call_id}?token={call['session_token']}") as with_token,
+            connect(f"{stack.gateway.ws_url}/ws/{call_id}") as without_token,
+            connect(f"{stack.gateway.ws_url}/ws/{other_call['call_id']}") as other,
+        ):
+            for ws in (with_token, without_token, other):
+                await ws.send(json.dumps({"type": "ping"}))
+                assert (await recv_json(ws))["type"] == "pong"
+            ended = await client.post(f"/call/{call_id}/end", headers={"Authorization": f"Bearer {token}"})
+            assert ended.status_code == 200
+            for ws in (with_token, without_token):
+                with pytest.raises(ConnectionClosedOK):
+                    await asyncio.wait_for(ws.recv(), 10)
+                assert (ws.close_code, ws.close_reason) == (1000, "call ended")
+            await other.send(json.dumps({"type": "ping"}))
+            assert (await recv_json(other))["type"] == "pong"  # another call's socket stays open
+            again = await client.post(f"/call/{call_id}/end", headers={"Authorization": f"Bearer {token}"})
+            assert again.status_code == 200  # ending twice answers as the first time; nothing else to close
+            await other.send(json.dumps({"type": "ping"}))
+            assert (await recv_json(other))["type"] == "pong"
+        after = (await scrape()).text
+        assert metric(after, "gateway_disconnects_total", 'reason="ended"') - metric(before, "gateway_disconnects_total", 'reason="ended"') == 2
+        for url in (f"/ws/{call_id}?token={call['session_token']}", f"/ws/{call_id}"):
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(stack.gateway.ws_url + url):
+                    pass
+            assert refused.value.response.status_code == 404
+            assert "detail" in json.loads(refused.value.response.body)
 
 
 async def test_token_and_call_endpoints_answer_the_seeds_shapes_and_status_codes(stack, bus) -> None:

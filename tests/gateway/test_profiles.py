@@ -38,6 +38,8 @@ def test_a_template_matches_whole_segments_of_safe_characters() -> None:
         ({**TYPED, "binary": "audio", "messages": {"audio": {"publish": "a:{call_id}"}}}, "base64_field"),
         ({**TYPED, "protocol": "soap"}, "typed_json"),
         ({**TYPED, "token": "maybe"}, "required"),
+        ({**TYPED, "end": {"channel": "call_ended:{call_id}", "field": "call_id"}}, r"end\.channel"),  # one channel for all
+        ({**TYPED, "end": {"channel": "call.ended"}}, r"end\.field"),
     ],
 )
 def test_unusable_websocket_profiles_are_refused_with_the_reason(websocket: dict, reason: str) -> None:

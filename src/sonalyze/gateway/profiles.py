@@ -7,6 +7,7 @@ as JSON text) adds more paths and the HTTP proxy table (``proxy_table``)::
     {"websocket": [{"path": "/ws/{call_id}", "protocol": "typed_json", "redis_url": "redis://...",
                     "token": "optional", "require_key": "call:{call_id}:active",
                     "events_channel": "call_events:{call_id}", "binary": "audio",
+                    "end": {"channel": "call.ended", "field": "call_id", "reason": "call ended"},
                     "messages": {"audio": {"publish": "audio:{call_id}", "base64_field": "data"},
                                  "barge_in": {"publish": "barge_in:{call_id}", "count_event": "barge_in"}}}],
      "http": [{"prefix": "/call", "upstream": "http://127.0.0.1:9001"}]}
@@ -21,7 +22,9 @@ is a Redis key that must exist (a live call). Client messages: ``{"type": "ping"
 ``{"type": "pong", "timestamp"}``; a type in ``messages`` is published to Redis (its ``base64_field``
 decoded to raw bytes, else the JSON object with the identity and a ``timestamp`` added); binary frames
 count as the ``binary`` type's decoded payload. Whatever is published on ``events_channel`` is written to
-the call's sockets byte for byte. Bad input gets ``{"type": "error", "code", "message", "timestamp"}``
+the call's sockets byte for byte. A JSON object published on ``end.channel`` whose ``end.field`` names an
+identity closes that identity's sockets on every gateway (1000, ``end.reason``), and refuses (404) those
+still being upgraded. Bad input gets ``{"type": "error", "code", "message", "timestamp"}``
 and the connection stays open.
 
 The profile is chosen once, at the upgrade: the Sonalyze path pays one ``is None`` test per message.
@@ -35,7 +38,7 @@ import binascii
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import parse_qs
@@ -73,12 +76,15 @@ class ProfileSocket(Protocol):
 
     def _flush(self) -> None: ...
 
+    def close(self, code: int, reason: str, label: str | None = None) -> None: ...
+
 PARAM_VALUE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 """What a path parameter's value may be: it names Redis channels and keys, so no ``:``, ``*`` or spaces."""
 _TEMPLATE_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 RESERVED_PATHS = ("/ws", "/ws/stream")
 """Served by the gateway itself (the Sonalyze envelope and the stream relay)."""
 FEED_RETRY_S = 0.5
+CLOSE_NORMAL = 1000
 
 
 class PathTemplate:
@@ -135,6 +141,19 @@ class MessageRule(BaseModel):
     """Counted in ``gateway_call_events_total{event_type}`` under this name."""
 
 
+class EndRule(BaseModel):
+    """The end of an identity's life (seed 002: ``call.ended`` after ``POST /call/{call_id}/end``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channel: str = Field(min_length=1, pattern=r"^[^{}*?\[\]]+$")
+    """A Redis channel (literal: every gateway subscribes to it once) carrying JSON objects."""
+    field: str = Field(min_length=1)
+    """The member of those objects that names the identity."""
+    reason: str = Field("ended", max_length=120)
+    """The close reason sent with code 1000 (RFC 6455 §7.4.1: normal closure, the call's purpose fulfilled)."""
+
+
 class WebSocketProfileSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -151,6 +170,7 @@ class WebSocketProfileSpec(BaseModel):
     binary: str | None = None
     """Binary frames are this message type's payload (its ``base64_field`` already decoded)."""
     messages: dict[str, MessageRule] = Field(default_factory=dict)
+    end: EndRule | None = None
 
     @field_validator("path")
     @classmethod
@@ -276,11 +296,14 @@ def seed_error(code: str, message: str) -> bytes:
 class _Channel:
     members: set[Any]
     subscribed: asyncio.Task[Any]
+    handler: Callable[[bytes], None] | None = None
+    """A channel the gateway itself listens to (``listen``) instead of sockets following it."""
 
 
 class RedisChannelFeed:
     """Redis channels written byte for byte to the sockets that follow them: one subscriber connection
-    per gateway, a channel subscribed while at least one socket follows it."""
+    per gateway, a channel subscribed while at least one socket follows it; and channels the gateway
+    listens to for good (``listen``), on the same connection."""
 
     def __init__(self, client: Any) -> None:
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -299,6 +322,26 @@ class RedisChannelFeed:
         except BaseException:
             self.leave(channel, connection)
             raise
+        self._start_reading()
+
+    async def listen(self, channel: str, handler: Callable[[bytes], None]) -> None:
+        """``handler`` gets each message of ``channel`` from now on (returns once subscribed)."""
+        from redis.exceptions import RedisError
+
+        key = channel.encode()
+        entry = self._channels.get(key)
+        if entry is None:
+            task = asyncio.get_running_loop().create_task(self._pubsub.subscribe(key))
+            entry = self._channels[key] = _Channel(set(), task, handler)
+        try:
+            await asyncio.shield(entry.subscribed)
+        except (RedisError, OSError):
+            if self._channels.get(key) is entry:  # the next caller subscribes again
+                del self._channels[key]
+            raise
+        self._start_reading()
+
+    def _start_reading(self) -> None:
         if self._reader is None:
             self._reader = asyncio.get_running_loop().create_task(self._read(), name="gateway-profile-feed")
 
@@ -335,7 +378,9 @@ class RedisChannelFeed:
             if message is None or message["type"] != "message":
                 continue
             entry = self._channels.get(message["channel"])
-            if entry is not None:
+            if entry is not None and entry.handler is not None:
+                entry.handler(message["data"])
+            elif entry is not None:
                 frame = text_frame(message["data"])
                 for connection in tuple(entry.members):
                     if connection.open:
@@ -402,7 +447,9 @@ class TypedJsonProfile:
             )
         self.redis = redis.Redis.from_url(spec.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0)
         self.publisher = BinaryRelay(spec.redis_url)
-        self.feed = RedisChannelFeed(self.redis) if spec.events_channel else None
+        self.feed = RedisChannelFeed(self.redis) if spec.events_channel or spec.end else None
+        self.live: dict[str, set[ProfileSocket]] = {}
+        """With ``end``: identity → its sockets, open or being upgraded (an end pops the entry)."""
 
     # the upgrade
 
@@ -427,8 +474,14 @@ class TypedJsonProfile:
 
         spec = self.spec
         events_channel = fill(spec.events_channel, params, "events_channel") if spec.events_channel else None
+        if spec.end is not None:
+            # registered before require_key is read: an end published after that read finds this socket
+            self.live.setdefault(identity, set()).add(connection)
         try:
+            if spec.end is not None and self.feed is not None:
+                await self.feed.listen(spec.end.channel, self._ended)
             if spec.require_key is not None and not await self.redis.exists(fill(spec.require_key, params, "require_key")):
+                self._forget(identity, connection)
                 refuse(connection, 404, f"{self.identity_param} {identity!r} not found")
                 connection._flush()
                 return
@@ -436,26 +489,59 @@ class TypedJsonProfile:
                 await self.feed.follow(events_channel, connection)
         except (RedisError, OSError) as exc:
             logger.warning("profile %s: redis unavailable at the upgrade: %s", spec.path, exc)
+            self._forget(identity, connection)
             refuse(connection, 503, "service unavailable; retry")
             connection._flush()
             return
         if connection.transport is None or connection.transport.is_closing():
             if self.feed is not None and events_channel is not None:
                 self.feed.leave(events_channel, connection)
+            self._forget(identity, connection)
+            return
+        if spec.end is not None and connection not in self.live.get(identity, ()):  # ended while we read Redis
+            if self.feed is not None and events_channel is not None:
+                self.feed.leave(events_channel, connection)
+            refuse(connection, 404, f"{self.identity_param} {identity!r} has ended")
+            connection._flush()
             return
         channels = {kind: fill(rule.publish, params, f"messages.{kind}.publish") for kind, rule in spec.messages.items()}
         connection._accept(request, None, tenant_id)
         if connection.open:
             connection.profile = ProfileConnection(self, identity, tenant_id, channels, events_channel, params)
             self.metrics.ws_connections.labels("connected").inc()
-        elif self.feed is not None and events_channel is not None:
-            self.feed.leave(events_channel, connection)
+        else:
+            if self.feed is not None and events_channel is not None:
+                self.feed.leave(events_channel, connection)
+            self._forget(identity, connection)
         connection._flush()
 
     def closed(self, connection: ProfileSocket, state: ProfileConnection) -> None:
         if self.feed is not None and state.events_channel is not None:
             self.feed.leave(state.events_channel, connection)
+        self._forget(state.identity, connection)
         self.metrics.ws_connections.labels("disconnected").inc()
+
+    def _forget(self, identity: str, connection: ProfileSocket) -> None:
+        sockets = self.live.get(identity)
+        if sockets is not None:
+            sockets.discard(connection)
+            if not sockets:
+                del self.live[identity]
+
+    def _ended(self, data: bytes) -> None:
+        """A message on ``end.channel``: close the sockets of the identity it names (1000, ``end.reason``)."""
+        end = self.spec.end
+        assert end is not None
+        try:
+            identity = orjson.loads(data).get(end.field)
+        except (orjson.JSONDecodeError, AttributeError):
+            logger.warning("profile %s: a message on %s is not a JSON object; ignored", self.spec.path, end.channel)
+            return
+        if not isinstance(identity, str):
+            return
+        for connection in self.live.pop(identity, ()):
+            if connection.open:  # one still being upgraded is refused by _open: it is no longer in live
+                connection.close(CLOSE_NORMAL, end.reason, label="ended")
 
     # messages
 
