@@ -106,7 +106,7 @@ class UpstreamConnection:
             yield body
 
         headers = [*self.headers, (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        response = await self.client.open_stream(method, self.base_url + path, headers, content() if body else None)
+        response = await self.client.open_stream(method, self.base_url, path, headers, content() if body else None)
         try:
             return response.status_code, b"".join([chunk async for chunk in response.aiter_body()])
         finally:

@@ -118,7 +118,7 @@ async def fetch(client: UpstreamClient, url: str, method: str = "GET", body: byt
         yield body
 
     headers = [(b"content-length", b"%d" % len(body))] if body is not None else []
-    response = await client.open_stream(method, url, headers, chunks() if body is not None else None)
+    response = await client.open_stream(method, url, "", headers, chunks() if body is not None else None)
     try:
         content = b"".join([chunk async for chunk in response.aiter_body()])
     finally:
@@ -222,12 +222,12 @@ async def test_a_steady_upload_longer_than_the_timeout_succeeds_a_silent_one_tim
     length = [(b"content-length", b"%d" % (chunk_bytes * chunks_count))]
     try:
         started_s = asyncio.get_running_loop().time()
-        response = await client.open_stream("POST", f"{hostile.url}/slow-upload?id=u", length, steady())
+        response = await client.open_stream("POST", hostile.url, "/slow-upload?id=u", length, steady())
         content = b"".join([chunk async for chunk in response.aiter_body()])
         await response.aclose()
         assert asyncio.get_running_loop().time() - started_s > 3 * timeout_s
         assert (response.status_code, json.loads(content)) == (201, {"id": "u", "received": chunk_bytes * chunks_count})
         with pytest.raises(UpstreamTimeout):
-            await client.open_stream("POST", f"{hostile.url}/slow-upload?id=s", length, stalls())
+            await client.open_stream("POST", hostile.url, "/slow-upload?id=s", length, stalls())
     finally:
         await client.aclose()

@@ -14,6 +14,11 @@ Lower-layer failures become the gateway's errors once, here: refused/unreachable
 :class:`UpstreamUnavailable` (``upstream_unavailable``), no answer within ``timeout_s`` ->
 :class:`UpstreamTimeout` (``upstream_timeout``); an answer that breaks the ``/gateway/handle`` contract
 is ``upstream_error`` (:func:`contract_answer`).
+
+An upstream's base URL may name several replicas, comma-separated (``http://a:8001,http://b:8001``):
+each exchange goes to the next in turn, and one whose connection is refused goes to the next replica —
+nothing was sent, so that is always safe — the same balancing and passive health check as the services'
+own clients (:class:`sonalyze.common.replicas.Replicas`). A single URL takes none of this.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import httptools
 import orjson
 
 from sonalyze.common.errors import UpstreamTimeout, UpstreamUnavailable, error_body
+from sonalyze.common.replicas import Replicas
 
 logger = logging.getLogger("sonalyze.common.http_client")
 
@@ -288,6 +294,7 @@ class UpstreamClient:
         self.max_connections_per_origin = max_connections_per_origin
         self._pools: dict[str, _Pool] = {}
         self._post_heads: dict[str, tuple[_Pool, bytes]] = {}
+        self._replicas: dict[str, Replicas] = {}
         self.deadlines = _Deadlines(timeout_s)
 
     def call(self, base_url: str, body: dict[str, Any], done: Callable[[dict[str, Any]], None]) -> Callable[[], Any]:
@@ -297,10 +304,22 @@ class UpstreamClient:
         connection busy, on the next one freed; only opening a new connection takes a task. Returns a
         function that cancels the call (``done`` is then never called).
         """
-        pool, head = self._post_head(base_url + "/gateway/handle", orjson.dumps(body))
-        exchange = _Exchange(self, pool, head, partial(_handle_answer, base_url, self.timeout_s, done))
+        payload = orjson.dumps(body)
+        pool, head, failover = self._target(base_url, lambda url: self._post_head(url + "/gateway/handle", payload))
+        exchange = _Exchange(self, pool, head, partial(_handle_answer, base_url, self.timeout_s, done), failover=failover)
         exchange.submit()
         return exchange.cancel
+
+    def _target(self, base_url: str, target: Callable[[str], tuple[_Pool, bytes]]) -> tuple[_Pool, bytes, _Failover | None]:
+        """Pool and request head for one exchange to ``base_url`` (``target`` builds them for one URL), and
+        with several replicas the others to try when the connection is refused."""
+        if "," not in base_url:
+            return (*target(base_url), None)
+        replicas = self._replicas.get(base_url)
+        if replicas is None:
+            replicas = self._replicas[base_url] = Replicas(base_url)
+        failover = _Failover(replicas, replicas.order(), target)
+        return (*target(failover.url), failover)
 
     def _post_head(self, url: str, payload: bytes) -> tuple[_Pool, bytes]:
         target = self._post_heads.get(url)
@@ -320,24 +339,33 @@ class UpstreamClient:
         return await self._await(_Exchange(self, pool, head))  # type: ignore[return-value]
 
     async def open_stream(
-        self, method: str, url: str, headers: list[tuple[bytes, bytes]], content: AsyncIterable[bytes] | None
+        self, method: str, base_url: str, path: str, headers: list[tuple[bytes, bytes]], content: AsyncIterable[bytes] | None
     ) -> StreamedResponse:
-        """Send a request whose body streams from ``content``; the answer's body is left to stream.
+        """Send a request for ``base_url + path`` whose body streams from ``content``; the answer's body is
+        left to stream.
 
         ``headers`` come without hop-by-hop ones and without ``host``; with a body and no
         ``content-length`` the body is sent chunked.
         """
-        pool, path = self._split(url)
-        lines = [method.encode(), b" ", path, b" HTTP/1.1\r\nhost: ", pool.host_header, b"\r\n", self._token_line]
         has_length = False
+        fields: list[bytes] = []
         for name, value in headers:
             has_length = has_length or name.lower() == b"content-length"
-            lines += [name, b": ", value, b"\r\n"]
+            fields += [name, b": ", value, b"\r\n"]
         chunked = content is not None and not has_length
         if chunked:
-            lines.append(b"transfer-encoding: chunked\r\n")
-        lines.append(b"\r\n")
-        exchange = _Exchange(self, pool, b"".join(lines), stream=True, content=content, chunked=chunked, is_head=method == "HEAD")
+            fields.append(b"transfer-encoding: chunked\r\n")
+        fields.append(b"\r\n")
+
+        def target(url: str) -> tuple[_Pool, bytes]:
+            pool, target_path = self._split(url + path)
+            lines = [method.encode(), b" ", target_path, b" HTTP/1.1\r\nhost: ", pool.host_header, b"\r\n", self._token_line]
+            return pool, b"".join(lines + fields)
+
+        pool, head, failover = self._target(base_url, target)
+        exchange = _Exchange(
+            self, pool, head, stream=True, content=content, chunked=chunked, is_head=method == "HEAD", failover=failover
+        )
         return StreamedResponse(exchange, await self._await(exchange))  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
@@ -405,6 +433,26 @@ def _ignore(outcome: Any) -> None:
     return None
 
 
+class _Failover:
+    """One exchange's replicas of an upstream: the one tried now (``url``) and the others, in order."""
+
+    __slots__ = ("replicas", "url", "rest", "target")
+
+    def __init__(self, replicas: Replicas, urls: list[str], target: Callable[[str], tuple[_Pool, bytes]]) -> None:
+        self.replicas = replicas
+        self.url = urls[0]
+        self.rest = urls[1:]
+        self.target = target
+
+    def refused(self) -> tuple[_Pool, bytes] | None:
+        """``url`` refused the connection: pool and head for the next replica (None: none is left)."""
+        self.replicas.failed(self.url)
+        if not self.rest:
+            return None
+        self.url = self.rest.pop(0)
+        return self.target(self.url)
+
+
 def _connect_ended(connection: _Connection, task: asyncio.Task[None]) -> None:
     """A connect that failed or was cancelled — even before it began — gives its pool slot back."""
     if not task.cancelled() and task.exception() is None:
@@ -430,7 +478,7 @@ class _Exchange:
 
     __slots__ = (
         "client", "pool", "head", "content", "chunked", "is_head", "done", "connection", "waiting",
-        "connecting", "writer", "retried", "reused", "stream", "failure", "waker",
+        "connecting", "writer", "retried", "reused", "stream", "failure", "waker", "failover",
     )
 
     def __init__(
@@ -444,6 +492,7 @@ class _Exchange:
         content: AsyncIterable[bytes] | None = None,
         chunked: bool = False,
         is_head: bool = False,
+        failover: _Failover | None = None,
     ) -> None:
         self.client = client
         self.pool = pool
@@ -464,6 +513,8 @@ class _Exchange:
         self.failure: BaseException | None = None
         """A streamed answer's failure after its headers (read by :meth:`StreamedResponse.aiter_body`)."""
         self.waker: asyncio.Future[None] | None = None
+        self.failover = failover
+        """Several replicas: where to go when a connection is refused (None: one URL)."""
 
     def submit(self) -> None:
         loop = asyncio.get_running_loop()
@@ -499,9 +550,17 @@ class _Exchange:
         try:
             await connection.loop.create_connection(lambda: connection, pool.host, pool.port)
         except OSError as exc:
-            self._end(UpstreamUnavailable(f"cannot connect to {pool.host}:{pool.port}: {exc.strerror or exc}"))
+            following = self.failover.refused() if self.failover is not None and self.done is not _ignore else None
+            if following is None:
+                self._end(UpstreamUnavailable(f"cannot connect to {pool.host}:{pool.port}: {exc.strerror or exc}"))
+            else:  # nothing was sent: the next replica takes the request (this task frees its slot on raising)
+                self.connecting = None
+                self.pool, self.head = following
+                self._acquire(connection.loop)
             raise
         self.connecting = None
+        if self.failover is not None:
+            self.failover.replicas.answered(self.failover.url)
         if self.done is _ignore:
             pool.offer(connection)  # given up meanwhile
         elif not self._start(connection, False):

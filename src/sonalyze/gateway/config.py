@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sonalyze.common.replicas import split_urls
 from sonalyze.gateway.client_address import parse_networks
 
 
@@ -24,6 +25,8 @@ class GatewaySettings(BaseSettings):
     lobby_url: str = "http://lobby:8000"
     measurement_url: str = "http://measurement:8000"
     simulation_url: str = "http://simulation:8000"
+    """Each may name several replicas, comma-separated (``http://a:8001,http://b:8001``): calls go to them in
+    turn, and one that refuses connections is passed over (``sonalyze.common.replicas``)."""
     internal_auth_token: str = ""
     """Shared secret for ``POST /internal/broadcast``; empty closes that endpoint."""
 
@@ -153,6 +156,12 @@ class GatewaySettings(BaseSettings):
             raise ValueError("CONNECTION_TIMEOUT_SEC must be longer than HEARTBEAT_INTERVAL_SEC")
         return self
 
+    @field_validator("lobby_url", "measurement_url", "simulation_url")
+    @classmethod
+    def _upstream_urls_valid(cls, value: str) -> str:
+        split_urls(value)
+        return value
+
     @field_validator("broker_url")
     @classmethod
     def _known_broker(cls, url: str) -> str:
@@ -166,7 +175,7 @@ class GatewaySettings(BaseSettings):
     def upstream_urls(self) -> dict[str, str]:
         """Upstream names a routing table may use, to their base URLs."""
         return {
-            "lobby": self.lobby_url.rstrip("/"),
-            "measurement": self.measurement_url.rstrip("/"),
-            "simulation": self.simulation_url.rstrip("/"),
+            "lobby": ",".join(split_urls(self.lobby_url)),
+            "measurement": ",".join(split_urls(self.measurement_url)),
+            "simulation": ",".join(split_urls(self.simulation_url)),
         }

@@ -195,8 +195,8 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
     async def v1_proxy(request: Request):  # noqa: ANN202 - a streamed response
         gateway: Gateway = request.app.state.gateway
         raw_path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
-        url = resolve_proxy(raw_path, upstream_urls)
-        if url is None:
+        target = resolve_proxy(raw_path, upstream_urls)
+        if target is None:
             raise NotFound(f"no service behind {request.url.path}")
         device_id, tenant_id = request_device(gateway, request)
         if tenant_id is not None and gateway.tenant_limiter is not None:
@@ -207,7 +207,7 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
                     f"tenant {tenant_id!r} is over its rate limit; retry in {tenant_wait_s:.1f} s", tenant_wait_s
                 )
         gateway.take_proxy_token(client_address(gateway, request))
-        return await proxy(request, url, gateway.upstream, device_id)
+        return await proxy(request, *target, gateway.upstream, device_id)
 
     if settings.stream_channel:
 

@@ -43,12 +43,13 @@ HOP_BY_HOP = frozenset(
 )
 
 
-def resolve_proxy(raw_path: str, upstream_urls: dict[str, str]) -> str | None:
-    """The upstream URL (without query) for a gateway path, or None when no proxy route matches."""
+def resolve_proxy(raw_path: str, upstream_urls: dict[str, str]) -> tuple[str, str] | None:
+    """The upstream's base URL(s) and the path there (without query) for a gateway path, or None when no
+    proxy route matches."""
     for route in PROXY_ROUTES:
         if raw_path == route.prefix or raw_path.startswith(route.prefix + "/"):
             rest = raw_path[len(route.prefix):]
-            return upstream_urls[route.upstream] + (route.upstream_prefix + rest or "/")
+            return upstream_urls[route.upstream], route.upstream_prefix + rest or "/"
     return None
 
 
@@ -70,15 +71,16 @@ def upstream_query(query: bytes) -> bytes:
     return b"&".join(part for part in query.split(b"&") if part.partition(b"=")[0] not in CREDENTIAL_PARAMS)
 
 
-async def proxy(request: Request, url: str, client: UpstreamClient, device_id: str | None) -> StreamingResponse:
-    """Stream ``request`` to ``url`` and the upstream's answer back, status and headers included.
+async def proxy(request: Request, base_url: str, path: str, client: UpstreamClient, device_id: str | None) -> StreamingResponse:
+    """Stream ``request`` to ``base_url + path`` and the upstream's answer back, status and headers included.
+    ``base_url`` may name several replicas (comma-separated): the client balances and fails over.
 
     The upstream learns the acting device from ``X-Device-Id`` (the authenticated one, absent without a
     credential); a client's own ``X-Device-Id``/``X-Internal-Token``/``X-Device-Token`` never pass.
     """
     query = upstream_query(request.scope.get("query_string", b""))
     if query:
-        url += "?" + query.decode("latin-1")
+        path += "?" + query.decode("latin-1")
     method = request.method
     has_body = method not in ("GET", "HEAD", "OPTIONS", "DELETE") or any(
         name in (b"content-length", b"transfer-encoding") for name, _ in request.scope["headers"]
@@ -86,7 +88,7 @@ async def proxy(request: Request, url: str, client: UpstreamClient, device_id: s
     headers = [(name, value) for name, value in forwarded_headers(request.scope["headers"]) if name.lower() not in GATEWAY_SET_HEADERS]
     if device_id is not None:
         headers.append((b"x-device-id", device_id.encode()))
-    upstream = await client.open_stream(method, url, headers, request.stream() if has_body else None)
+    upstream = await client.open_stream(method, base_url, path, headers, request.stream() if has_body else None)
     headers = [(name, value) for name, value in forwarded_headers(upstream.headers) if name.lower() not in REPLACED_RESPONSE_HEADERS]
     response = StreamingResponse(upstream.aiter_body(), status_code=upstream.status_code, background=BackgroundTask(upstream.aclose))
     response.raw_headers = headers

@@ -29,13 +29,13 @@ def install_proxy_table(
 ) -> None:
     """One pair of routes per row (the prefix, and the prefix + ``/{rest}``); unknown upstream names fail here."""
     for row in document.http:
-        base_url = _upstream_url(row.upstream, upstream_urls) + (row.upstream_prefix if row.upstream_prefix is not None else row.prefix)
-        handler = _handler(row, base_url, client_address)
+        base_url = _upstream_url(row.upstream, upstream_urls)
+        handler = _handler(row, base_url, row.upstream_prefix if row.upstream_prefix is not None else row.prefix, client_address)
         app.add_api_route(row.prefix, handler, methods=METHODS, include_in_schema=False)
         app.add_api_route(row.prefix + "/{rest:path}", handler, methods=METHODS, include_in_schema=False)
 
 
-def _handler(row: HttpRouteSpec, base_url: str, client_address: Callable[[object, Request], str]):  # noqa: ANN202
+def _handler(row: HttpRouteSpec, base_url: str, upstream_prefix: str, client_address: Callable[[object, Request], str]):  # noqa: ANN202
     counts = [(rule.method.upper(), PathTemplate(rule.path), rule.event_type) for rule in row.count]
     prefix_chars = len(row.prefix)
 
@@ -46,7 +46,7 @@ def _handler(row: HttpRouteSpec, base_url: str, client_address: Callable[[object
         seed.requests.labels(request.method, row.prefix).inc()
         gateway.take_proxy_token(client_address(gateway, request))
         raw_path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
-        response = await proxy(request, base_url + raw_path[prefix_chars:], gateway.upstream, None)
+        response = await proxy(request, base_url, upstream_prefix + raw_path[prefix_chars:], gateway.upstream, None)
         seed.request_duration.observe(time.perf_counter() - started_s)
         if response.status_code < 400:
             for method, template, event_type in counts:
