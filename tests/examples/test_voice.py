@@ -105,6 +105,27 @@ def test_the_seed_client_gets_every_server_message_of_a_call_and_ends_with_the_c
         pubsub.close()
 
 
+def test_the_seeds_javascript_client_gets_every_server_message_and_ends_with_the_call(stack) -> None:
+    """Seed 002's JavaScript client under Node.js (``seed_clients/page.mjs`` supplies its ``audioBuffer`` and
+    holds its send until the socket opens): token, call, socket without a token, audio, the three server
+    message types; ending the call closes its socket (1000) and Node exits."""
+    pubsub, next_call_id = started_calls()
+    client = SeedClient("002-js", stack.gateway.port)
+    try:
+        call_id = next_call_id()
+        assert [client.next_line() for _ in range(3)] == [
+            "Received: transcript_interim", "Received: transcript_final", "Received: response",
+        ]
+        token = httpx.post(f"{stack.gateway.url}/auth/token", json={"tenant_id": "tenant_123", "api_key": "secret"}).json()["access_token"]
+        ended = httpx.post(f"{stack.gateway.url}/call/{call_id}/end", headers={"Authorization": f"Bearer {token}"})
+        assert ended.status_code == 200
+        assert client.next_line() == "closed: 1000 call ended"
+        assert client.popen.wait(15) == 0, client.popen.stderr.read() if client.popen.stderr else ""
+    finally:
+        client.stop()
+        pubsub.close()
+
+
 async def test_ending_a_call_closes_its_sockets_on_the_gateway_and_refuses_new_ones(stack) -> None:
     async with httpx.AsyncClient(base_url=stack.gateway.url, timeout=10) as client:
         scrape = lambda: client.get("/metrics", headers={"X-Internal-Token": stack.internal_token})  # noqa: E731
