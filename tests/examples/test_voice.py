@@ -276,6 +276,21 @@ async def test_websocket_messages_reach_redis_and_bad_input_gets_the_seeds_error
         assert (await recv_json(ws))["code"] == "AUDIO_FORMAT"  # the worker's own error, on the same socket
         await ws.send(json.dumps({"type": "ping"}))
         assert (await recv_json(ws))["type"] == "pong"  # still usable
+
+        burst = 600  # over the connection's bucket (RATE_LIMIT_BURST=500 in the example)
+        for _ in range(burst):
+            await ws.send('{"type": "ping"}')
+        answers = [await recv_json(ws) for _ in range(burst)]
+        limited = [answer for answer in answers if answer["type"] == "error"]
+        assert limited and all(answer["code"] == "RATE_LIMITED" and set(answer) == {"type", "code", "message", "timestamp"} for answer in limited)
+        assert len(limited) + sum(answer["type"] == "pong" for answer in answers) == burst
+        for _ in range(100):  # the bucket refills at RATE_LIMIT_RPS: the socket serves again
+            await ws.send('{"type": "ping"}')
+            if (await recv_json(ws))["type"] == "pong":
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("no pong after the rate limit")
     await pubsub.aclose()
 
     for url, status in [
