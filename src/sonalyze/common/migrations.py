@@ -1,4 +1,5 @@
-"""Run a service's Alembic migrations in-process on its async engine (measurement, simulation).
+"""Run a service's Alembic migrations in-process on its async engine (measurement, simulation), and the
+one body of the services' ``env.py`` (:func:`run_env`: lobby, measurement, simulation).
 
 Each service keeps its scripts in ``<service>/migrations`` with its own version table, so services may
 share one database. On PostgreSQL a transaction-level advisory lock makes concurrent start-ups of
@@ -10,9 +11,9 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
-from alembic import command
+from alembic import command, context
 from alembic.config import Config
-from sqlalchemy import text
+from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 
@@ -30,3 +31,17 @@ async def upgrade(engine: AsyncEngine, scripts: Path, revision: str = "head") ->
             command.upgrade(config, revision)
 
         await connection.run_sync(run)
+
+
+def run_env(target_metadata: MetaData | list[MetaData], version_table: str) -> None:
+    """What a service's ``env.py`` does: migrate on the live connection its caller handed over
+    (``config.attributes["connection"]``), in batch mode on SQLite (its ALTER TABLE cannot drop or alter columns)."""
+    connection = context.config.attributes["connection"]
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        version_table=version_table,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()

@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-from alembic import context
-
+from sonalyze.common.migrations import run_env
 from sonalyze.measurement.migrations import VERSION_TABLE
 from sonalyze.measurement.store import metadata
 
-connection = context.config.attributes["connection"]
-context.configure(
-    connection=connection,
-    target_metadata=metadata,
-    version_table=VERSION_TABLE,
-    render_as_batch=connection.dialect.name == "sqlite",
-)
-with context.begin_transaction():
-    context.run_migrations()
+run_env(metadata, VERSION_TABLE)
