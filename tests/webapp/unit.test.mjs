@@ -1,7 +1,7 @@
 // Unit tests of the app's pure modules, run by `node --test` (test_unit.py runs them from pytest).
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { BlockBatcher, FrameAssembler } from "../../src/sonalyze/webapp/frames.js";
+import { BlockBatcher, FrameAssembler, sampleStats } from "../../src/sonalyze/webapp/frames.js";
 import { encodeWavFloat32, readWavHeader } from "../../src/sonalyze/webapp/wav.js";
 import { duties, sessionView, backoffMs, nameOf } from "../../src/sonalyze/webapp/session-model.js";
 import { reportTable, toCsv, spread, pairsOf } from "../../src/sonalyze/webapp/results.js";
@@ -20,6 +20,19 @@ test("WAV: RIFF header fields and the float samples, byte for byte", () => {
   assert.equal(view.getUint32(54, true), 16); // data size
   assert.deepEqual([0, 1, 2, 3].map((i) => view.getFloat32(58 + 4 * i, true)), [0, 0.5, -1, 0.25]);
   assert.throws(() => encodeWavFloat32(samples, 44100.5));
+  const view2 = new DataView(encodeWavFloat32(Float32Array.from([9, 0.75, -0.125]).subarray(1), 48000)); // a view at an offset
+  assert.deepEqual([view2.getFloat32(58, true), view2.getFloat32(62, true), view2.byteLength], [0.75, -0.125, 58 + 8]);
+});
+
+test("frames: the worklet's batches carry their peak and clipped count; the assembler sums them", () => {
+  assert.deepEqual(sampleStats(Float32Array.from([0.1, -0.9995, 0.5, 1])), { peak: 1, clipped: 2 });
+  const b = new BlockBatcher(128);
+  const batch = b.push(0, Float32Array.from({ length: 128 }, (_, i) => (i === 7 ? -1 : i / 1000)));
+  assert.deepEqual([batch.peak, batch.clipped], [1, 1]);
+  const a = new FrameAssembler(0);
+  a.add(batch.frame, batch.samples, batch);
+  a.add(128, Float32Array.from({ length: 128 }, () => 0.25));
+  assert.deepEqual([a.peak, a.clippedSamples], [1, 1]);
 });
 
 const block = (frame) => Float32Array.from({ length: 128 }, (_, i) => frame + i); // each sample = its frame number

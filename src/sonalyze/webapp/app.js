@@ -13,6 +13,7 @@ const COUNTDOWN_S = 3;
 // sweeps per measurement: with 2 the phone's clock is measured from their spacing (docs/measurement.md); ?sweep_count=N (1–5) overrides
 const SWEEP_COUNT = Number(new URLSearchParams(location.search).get("sweep_count") ?? 2);
 const PREDICTION_TIMEOUT_MS = 120000; // a simulation with ray tracing takes seconds to tens of seconds
+const SIMULATIONS_KEPT = 16; // simulation pushes whose answer has not been read yet
 
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
 const conn = new Connection(wsUrl);
@@ -55,6 +56,7 @@ conn.addEventListener("state", (e) => {
   $("conn").dataset.state = s;
 });
 conn.addEventListener("ready", () => resume().catch((error) => showError("lobby-error", describe(error))));
+conn.addEventListener("ready", () => { for (const id of simulations.keys()) checkSimulation(id); });
 
 /** After every (re)connection: the deep link, else the lobby this phone was in, and its session. */
 async function resume() {
@@ -750,6 +752,42 @@ function predictionBlock(pairs, prediction) {
   return div;
 }
 
+/** `simulation.run` with `"wait": false`: the answer is the kept job, the result comes as the
+ *  `simulation.completed` / `simulation.failed` push (docs/simulation.md) — the gateway waits 10 s for an
+ *  upstream's answer, less than a long simulation takes. After a reconnection `simulation.get` reads it. */
+const simulations = new Map(); // simulation id → { resolve, reject, timer }
+const simulationPushes = new Map(); // pushes that came before their job's answer (id → settle)
+async function simulate(body) {
+  const job = await conn.request("simulation.run", { ...body, wait: false });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => settleSimulation(job.id, (w) => w.reject(new Error("the simulation did not finish in time"))), PREDICTION_TIMEOUT_MS);
+    simulations.set(job.id, { resolve, reject, timer });
+    const early = simulationPushes.get(job.id);
+    if (early) { simulationPushes.delete(job.id); settleSimulation(job.id, early); }
+  });
+}
+function settleSimulation(id, settle) {
+  const waiting = simulations.get(id);
+  if (!waiting) {
+    simulationPushes.set(id, settle);
+    for (const old of simulationPushes.keys()) if (simulationPushes.size > SIMULATIONS_KEPT) simulationPushes.delete(old);
+    return;
+  }
+  simulations.delete(id);
+  clearTimeout(waiting.timer);
+  settle(waiting);
+}
+const simulationError = (error) => Object.assign(new Error(error?.message ?? "the simulation failed"), { code: error?.code });
+conn.on("simulation.completed", (data) => settleSimulation(data.id, (w) => w.resolve(data)));
+conn.on("simulation.failed", (data) => settleSimulation(data.id, (w) => w.reject(simulationError(data.error))));
+async function checkSimulation(id) {
+  try {
+    const kept = await conn.request("simulation.get", { id });
+    if (kept.status === "succeeded") settleSimulation(id, (w) => w.resolve(kept));
+    if (kept.status === "failed") settleSimulation(id, (w) => w.reject(simulationError(kept.error)));
+  } catch { /* still running, or asked again at the next reconnection; the timer ends the wait */ }
+}
+
 /** Measured against predicted: `simulation.run` on the shared room and positions, per speaker of the shown
  *  session (`again`: also those already predicted). */
 const predicting = new Set();
@@ -767,7 +805,7 @@ async function predict({ again }) {
     if (!pos(entry.speaker_device_id) || microphones.some((p) => !p)) { state.predictions.set(key, { error: "the shared room has no position for some devices" }); continue; }
     try {
       // 24 kHz: the lowest rate with every octave band (docs/simulation.md), a third less work than 48 kHz
-      state.predictions.set(key, await conn.request("simulation.run", { room: room.room, sources: [pos(entry.speaker_device_id)], microphones, sample_rate_hz: 24000 }, PREDICTION_TIMEOUT_MS));
+      state.predictions.set(key, await simulate({ room: room.room, sources: [pos(entry.speaker_device_id)], microphones, sample_rate_hz: 24000 }));
     } catch (error) { state.predictions.set(key, { error: describe(error) }); } finally { predicting.delete(key); }
   }
   $("results-status").textContent = "";

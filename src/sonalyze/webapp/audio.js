@@ -93,12 +93,10 @@ export class AudioEngine {
   receive(message) {
     const batch = message.batch;
     if (batch) {
-      let peak = 0;
-      for (let i = 0; i < batch.samples.length; i++) peak = Math.max(peak, Math.abs(batch.samples[i]));
-      this.level.peak = peak;
-      if (peak >= 0.999) this.level.clipAt = performance.now();
+      this.level.peak = batch.peak;
+      if (batch.clipped > 0) this.level.clipAt = performance.now();
       this.onLevel(this.level);
-      if (this.assembler) this.assembler.add(batch.frame, batch.samples);
+      if (this.assembler) this.assembler.add(batch.frame, batch.samples, batch);
     }
     if (message.type === "flushed" && this.pendingFlush) { this.pendingFlush(message.frame); this.pendingFlush = null; }
   }

@@ -29,10 +29,22 @@ export class BlockBatcher {
     const samples = new Float32Array(this.length);
     let at = 0;
     for (const chunk of this.chunks) { samples.set(chunk, at); at += chunk.length; }
-    const batch = { frame: this.startFrame, samples };
+    const batch = { frame: this.startFrame, samples, ...sampleStats(samples) };
     this.startFrame = null; this.chunks = []; this.length = 0;
     return batch;
   }
+}
+
+/** The peak magnitude and how many samples are at full scale (≥ 0.999, clipped): computed in the worklet,
+ *  so the main thread does no per-sample work while recording. */
+export function sampleStats(samples) {
+  let peak = 0, clipped = 0;
+  for (let i = 0; i < samples.length; i++) {
+    const a = Math.abs(samples[i]);
+    if (a > peak) peak = a;
+    if (a >= 0.999) clipped++;
+  }
+  return { peak, clipped };
 }
 
 /** On the main thread: places batches at `frame − startFrame`; gaps are zeros; ends at `endFrame`. */
@@ -46,13 +58,11 @@ export class FrameAssembler {
     this.clippedSamples = 0;
   }
 
-  add(frame, samples) {
+  /** `stats`: the batch's `sampleStats` (the worklet sends them along). */
+  add(frame, samples, stats = sampleStats(samples)) {
     this.batches.push({ frame, samples });
-    for (let i = 0; i < samples.length; i++) {
-      const a = Math.abs(samples[i]);
-      if (a > this.peak) this.peak = a;
-      if (a >= 0.999) this.clippedSamples++;
-    }
+    this.peak = Math.max(this.peak, stats.peak);
+    this.clippedSamples += stats.clipped;
   }
 
   stop(endFrame) { this.endFrame = endFrame; }

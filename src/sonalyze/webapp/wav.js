@@ -17,9 +17,17 @@ export function encodeWavFloat32(samples, sampleRateHz) {
   text("fmt "); u32(18); u16(3); u16(1); u32(sampleRateHz); u32(sampleRateHz * 4); u16(4); u16(32); u16(0);
   text("fact"); u32(4); u32(samples.length);
   text("data"); u32(dataBytes);
-  for (let i = 0; i < samples.length; i++, at += 4) view.setFloat32(at, samples[i], true); // 58-byte header: not 4-aligned
+  if (LITTLE_ENDIAN) {
+    // One native copy (the samples are already little-endian float32): a loop of setFloat32 over a 10 s
+    // recording was a 50–100 ms task on a loaded phone (issue 13: no long tasks while recording).
+    new Uint8Array(buffer, at).set(new Uint8Array(samples.buffer, samples.byteOffset, dataBytes));
+  } else {
+    for (let i = 0; i < samples.length; i++, at += 4) view.setFloat32(at, samples[i], true); // 58-byte header: not 4-aligned
+  }
   return buffer;
 }
+
+const LITTLE_ENDIAN = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1;
 
 /** The sample rate, channel count and sample count of a WAV this module wrote (for tests and checks). */
 export function readWavHeader(buffer) {
