@@ -39,6 +39,18 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def stop_child(process: subprocess.Popen, sig: int, timeout_s: float) -> int:
+    """Send ``sig`` to a child still running, give it ``timeout_s`` to exit, then SIGKILL; its exit code."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
@@ -175,14 +187,7 @@ class ServiceProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int | None:
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        code = self.process.returncode
+        code = stop_child(self.process, sig, timeout_s)
         self.process = None
         return code
 
@@ -259,14 +264,7 @@ class Backend:
     def stop(self, timeout_s: float = 60.0) -> int | None:
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        code = self.process.returncode
+        code = stop_child(self.process, signal.SIGINT, timeout_s)
         self.process = None
         return code
 
