@@ -76,28 +76,37 @@ def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 30.0) -> 
     raise TimeoutError(url)
 
 
+LOAD_ENV = {
+    "INTERNAL_AUTH_TOKEN": TOKEN,
+    "ALLOW_INSECURE_DEVICE_IDS": "1",  # the load generator names its devices (no device tokens)
+    "MAX_CONNECTIONS_PER_ADDRESS": "1000000",  # every client comes from 127.0.0.1
+    "RATE_LIMIT_RPS": "1000000000",
+    "RATE_LIMIT_BURST": "1000000000",
+    "LOG_LEVEL": "WARNING",
+}
+"""The settings of a server under these load generators (gateway_bench, gateway_scale, gateway_resume)."""
+
+
+def gateway_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "sonalyze", "serve", "gateway", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def start_pinned(command: list[str], env: dict[str, str], ready_url: str) -> subprocess.Popen:
+    """``command`` on core 0 with ``LOAD_ENV`` and ``env``, once ``ready_url`` answers 200."""
+    process = subprocess.Popen(["taskset", "-c", "0", *command], env={**os.environ, **LOAD_ENV, **env}, cwd=REPO)
+    wait_ready(ready_url, process)
+    return process
+
+
 def start_server(kind: str, port: int, upstream_url: str) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "INTERNAL_AUTH_TOKEN": TOKEN,
-        "ALLOW_INSECURE_DEVICE_IDS": "1",  # the load generator names its devices (no device tokens)
-        "MAX_CONNECTIONS_PER_ADDRESS": "1000000",  # every client comes from 127.0.0.1
-        "RATE_LIMIT_RPS": "1000000000",
-        "RATE_LIMIT_BURST": "1000000000",
-        "LOBBY_URL": upstream_url,
-        "MEASUREMENT_URL": upstream_url,
-        "SIMULATION_URL": upstream_url,
-        "LOG_LEVEL": "WARNING",
-    }
     if kind == "gateway":
-        command = [sys.executable, "-m", "sonalyze", "serve", "gateway", "--host", "127.0.0.1", "--port", str(port)]
+        command = gateway_command(port)
     elif kind == "node":
         command = ["node", str(REPO / "bench" / "gateway_baseline_node" / "server.js"), str(port)]
     else:
         command = [sys.executable, str(REPO / "bench" / "gateway_baseline_starlette.py"), str(port)]
-    process = subprocess.Popen(["taskset", "-c", "0", *command], env=env, cwd=REPO)
-    wait_ready(f"http://127.0.0.1:{port}/healthz", process)
-    return process
+    upstreams = {"LOBBY_URL": upstream_url, "MEASUREMENT_URL": upstream_url, "SIMULATION_URL": upstream_url}
+    return start_pinned(command, upstreams, f"http://127.0.0.1:{port}/healthz")
 
 
 def start_upstream(port: int, core: int = 1) -> subprocess.Popen:

@@ -53,7 +53,7 @@ import uvloop
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from gateway_bench import TOKEN, cpu_s, free_port, open_clients, post, rss_bytes, wait_ready  # noqa: E402
+from gateway_bench import TOKEN, cpu_s, free_port, gateway_command, open_clients, post, rss_bytes, start_pinned  # noqa: E402
 
 SAMPLE_EVERY = 20
 WARM_UP_CONNECTIONS = 100
@@ -62,22 +62,8 @@ STAMP_DIGITS = 20
 
 
 def start_gateway(port: int, broker_url: str, prefix: str) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "INTERNAL_AUTH_TOKEN": TOKEN,
-        "ALLOW_INSECURE_DEVICE_IDS": "1",  # the load generator names its devices (no device tokens)
-        "MAX_CONNECTIONS_PER_ADDRESS": "1000000",  # every client comes from 127.0.0.1
-        "RATE_LIMIT_RPS": "1000000000",
-        "RATE_LIMIT_BURST": "1000000000",
-        "BROKER_URL": broker_url,
-        "GATEWAY_BROKER_PREFIX": prefix,
-        "LOG_LEVEL": "WARNING",
-        "MAX_SEND_BUFFER_BYTES": str(16 << 20),
-    }
-    command = [sys.executable, "-m", "sonalyze", "serve", "gateway", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(["taskset", "-c", "0", *command], env=env, cwd=REPO)
-    wait_ready(f"http://127.0.0.1:{port}/readyz", process)
-    return process
+    env = {"BROKER_URL": broker_url, "GATEWAY_BROKER_PREFIX": prefix, "MAX_SEND_BUFFER_BYTES": str(16 << 20)}
+    return start_pinned(gateway_command(port), env, f"http://127.0.0.1:{port}/readyz")
 
 
 def broadcast_body(device_ids: list[str], sent_ns: int) -> bytes:
