@@ -90,6 +90,18 @@ class SeedClient:
             raise AssertionError(f"the seed client exited ({self.popen.wait()}): {stderr[-2000:]}")
         return line
 
+    def rest(self, timeout_s: float = 15.0) -> list[str]:
+        """The lines it prints until it exits by itself (within ``timeout_s`` each)."""
+        lines = []
+        while True:
+            try:
+                line = self._lines.get(timeout=timeout_s)
+            except queue.Empty:
+                raise AssertionError(f"the seed client is still running after {timeout_s} s: {lines}") from None
+            if line is None:
+                return lines
+            lines.append(line)
+
     def stop(self) -> None:
         if self.popen.poll() is None:
             self.popen.terminate()

@@ -86,10 +86,14 @@ def started_calls() -> tuple[redis.client.PubSub, Callable[[], str]]:
     return pubsub, next_call_id
 
 
-def test_the_seed_client_gets_every_server_message_of_a_call_and_ends_with_the_call(stack) -> None:
-    """The seed's client reads ``async for msg in ws`` until the socket closes: ending its call ends it."""
+@pytest.mark.parametrize(("seed", "after_the_end"), [("002", []), ("002-js", ["closed: 1000 call ended"])], ids=["python", "javascript"])
+def test_the_seeds_clients_get_every_server_message_of_a_call_and_end_with_the_call(stack, seed: str, after_the_end: list[str]) -> None:
+    """The seed's Python client (``async for msg in ws`` until the socket closes) and its JavaScript client
+    under Node.js (``seed_clients/page.mjs`` supplies its ``audioBuffer`` and holds its send until the socket
+    opens): token, call, a socket without a token, audio, the three server message types; ending the call
+    closes the socket (1000) and the client exits."""
     pubsub, next_call_id = started_calls()
-    client = SeedClient("002", stack.gateway.port)
+    client = SeedClient(seed, stack.gateway.port)
     try:
         call_id = next_call_id()
         assert [client.next_line() for _ in range(3)] == [
@@ -98,29 +102,8 @@ def test_the_seed_client_gets_every_server_message_of_a_call_and_ends_with_the_c
         token = httpx.post(f"{stack.gateway.url}/auth/token", json={"tenant_id": "tenant_123", "api_key": "secret"}).json()["access_token"]
         ended = httpx.post(f"{stack.gateway.url}/call/{call_id}/end", headers={"Authorization": f"Bearer {token}"})
         assert ended.status_code == 200 and ended.json()["status"] == "ended"
-        assert client.popen.wait(15) == 0, client.popen.stderr.read() if client.popen.stderr else ""
-        assert client.popen.stdout.read() == ""  # nothing after the response: the close ended its loop
-    finally:
-        client.stop()
-        pubsub.close()
-
-
-def test_the_seeds_javascript_client_gets_every_server_message_and_ends_with_the_call(stack) -> None:
-    """Seed 002's JavaScript client under Node.js (``seed_clients/page.mjs`` supplies its ``audioBuffer`` and
-    holds its send until the socket opens): token, call, socket without a token, audio, the three server
-    message types; ending the call closes its socket (1000) and Node exits."""
-    pubsub, next_call_id = started_calls()
-    client = SeedClient("002-js", stack.gateway.port)
-    try:
-        call_id = next_call_id()
-        assert [client.next_line() for _ in range(3)] == [
-            "Received: transcript_interim", "Received: transcript_final", "Received: response",
-        ]
-        token = httpx.post(f"{stack.gateway.url}/auth/token", json={"tenant_id": "tenant_123", "api_key": "secret"}).json()["access_token"]
-        ended = httpx.post(f"{stack.gateway.url}/call/{call_id}/end", headers={"Authorization": f"Bearer {token}"})
-        assert ended.status_code == 200
-        assert client.next_line() == "closed: 1000 call ended"
-        assert client.popen.wait(15) == 0, client.popen.stderr.read() if client.popen.stderr else ""
+        assert client.rest() == after_the_end  # nothing but the close after the response
+        assert client.popen.wait(15) == 0
     finally:
         client.stop()
         pubsub.close()
