@@ -134,7 +134,7 @@ def create_app(env: dict[str, str]) -> FastAPI:
     def issue(claims: dict[str, Any]) -> str:
         return jwt.encode({**claims, "exp": int(time.time()) + expiry_s}, signing_key, algorithm=algorithm)
 
-    def tenant_of(request: Request) -> str:
+    def token_tenant(request: Request) -> str:
         """The tenant of a valid access token (``Authorization: Bearer``), else 401."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -154,9 +154,14 @@ def create_app(env: dict[str, str]) -> FastAPI:
         if wait_s:
             raise HTTPException(429, "Rate limit exceeded", headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
 
-    def same_tenant(token_tenant: str, body_tenant: str) -> None:
-        if token_tenant != body_tenant:
-            raise HTTPException(403, f"token is for tenant {token_tenant!r}, not {body_tenant!r}")
+    async def admitted(request: Request, body_tenant: str | None = None) -> str:
+        """The tenant of the request's access token (401), the body's own tenant if it names one (403),
+        within the tenant's limit (429)."""
+        tenant_id = token_tenant(request)
+        if body_tenant is not None and tenant_id != body_tenant:
+            raise HTTPException(403, f"token is for tenant {tenant_id!r}, not {body_tenant!r}")
+        await within_limit(tenant_id)
+        return tenant_id
 
     async def load_call(call_id: str, tenant_id: str) -> dict[str, Any]:
         raw = await store.get(f"call:{call_id}")
@@ -179,9 +184,7 @@ def create_app(env: dict[str, str]) -> FastAPI:
 
     @app.post("/call/start")
     async def start_call(body: CallStartRequest, request: Request) -> dict[str, Any]:
-        tenant_id = tenant_of(request)
-        same_tenant(tenant_id, body.tenant_id)
-        await within_limit(tenant_id)
+        tenant_id = await admitted(request, body.tenant_id)
         call_id = f"call_{uuid.uuid4().hex[:24]}"
         call = {**body.model_dump(), "call_id": call_id, "status": "active", "started_at": time.time(), "ended_at": None}
         pipe = store.pipeline(transaction=True)
@@ -194,14 +197,12 @@ def create_app(env: dict[str, str]) -> FastAPI:
 
     @app.get("/call/{call_id}")
     async def get_call(call_id: str, request: Request) -> dict[str, Any]:
-        tenant_id = tenant_of(request)
-        await within_limit(tenant_id)
+        tenant_id = await admitted(request)
         return await load_call(call_id, tenant_id)
 
     @app.post("/call/{call_id}/end")
     async def end_call(call_id: str, request: Request) -> dict[str, Any]:
-        tenant_id = tenant_of(request)
-        await within_limit(tenant_id)
+        tenant_id = await admitted(request)
         call = await load_call(call_id, tenant_id)
         if call["status"] != "ended":
             call = {**call, "status": "ended", "ended_at": time.time()}
@@ -215,8 +216,7 @@ def create_app(env: dict[str, str]) -> FastAPI:
 
     @app.post("/handoff")
     async def handoff(body: HandoffRequest, request: Request) -> dict[str, Any]:
-        tenant_id = tenant_of(request)
-        await within_limit(tenant_id)
+        tenant_id = await admitted(request)
         call = await load_call(body.call_id, tenant_id)
         transcript = [line.decode() for line in await store.lrange(f"call:{body.call_id}:transcript", 0, -1)]
         duration_s = (call["ended_at"] or time.time()) - call["started_at"]
@@ -230,9 +230,7 @@ def create_app(env: dict[str, str]) -> FastAPI:
     @app.post("/rag/query")
     async def rag_query(body: RagQuery, request: Request) -> dict[str, Any]:
         started_s = time.perf_counter()
-        tenant_id = tenant_of(request)
-        same_tenant(tenant_id, body.tenant_id)
-        await within_limit(tenant_id)
+        tenant_id = await admitted(request, body.tenant_id)
         documents = [orjson.loads(raw) for raw in (await store.hgetall(f"rag:{tenant_id}")).values()]
         matching = [
             doc for doc in documents
@@ -247,9 +245,7 @@ def create_app(env: dict[str, str]) -> FastAPI:
 
     @app.post("/ingest")
     async def ingest(body: IngestRequest, request: Request) -> dict[str, Any]:
-        tenant_id = tenant_of(request)
-        same_tenant(tenant_id, body.tenant_id)
-        await within_limit(tenant_id)
+        tenant_id = await admitted(request, body.tenant_id)
         document_id = f"doc_{uuid.uuid4().hex[:16]}"
         document = {"document_id": document_id, "text": body.text, "source": body.source, "metadata": body.metadata}
         await store.hset(f"rag:{tenant_id}", document_id, orjson.dumps(document))
