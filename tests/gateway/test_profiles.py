@@ -1,7 +1,8 @@
-"""Profiles documents: path templates, validation of the data, the proxy table's refusals."""
+"""Profiles documents: path templates, validation of the data, the proxy table's refusals; an end during an upgrade."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -91,3 +92,72 @@ def test_seed_001_names_are_accepted_as_aliases(monkeypatch) -> None:
     assert (settings.max_connections_per_device, settings.connection_timeout_sec, settings.heartbeat_interval_sec) == (1, 300.0, 30.0)
     monkeypatch.setenv("RATE_LIMIT_RPS", "9")  # our own name wins when both are set
     assert GatewaySettings().rate_limit_rps == 9.0
+
+
+class Upgrading:
+    """What a profile sees of a connection whose upgrade it is answering (``ProfileSocket``): a real
+    websockets ``ServerProtocol``, before ``_accept``."""
+
+    def __init__(self) -> None:
+        from websockets.server import ServerProtocol
+
+        self.open = False
+        self.transport = self
+        self.ws = ServerProtocol()
+        self.session = None
+        self.profile = None
+        self.accepted = False
+
+    def is_closing(self) -> bool:
+        return False
+
+    def _accept(self, request, device_id, tenant_id=None, expires_at_s=None) -> None:  # noqa: ANN001
+        self.accepted = True
+
+    def _flush(self) -> None:
+        return None
+
+    def close(self, code: int, reason: str, label: str | None = None) -> None:
+        raise AssertionError("a socket still being upgraded is refused, not closed")
+
+
+async def test_an_end_during_the_upgrade_refuses_the_socket_with_404() -> None:
+    """The end arrives after the socket registered and before its ``require_key`` read came back: the key
+    still exists, yet the upgrade is refused (404), so no socket of an ended call stays open."""
+    import uuid
+
+    import redis.asyncio as aioredis
+    from prometheus_client import CollectorRegistry
+
+    from sonalyze.gateway.profiles import SeedMetrics, TypedJsonProfile, WebSocketProfileSpec
+    from tests.support import infra
+
+    redis_url = infra.require(infra.REDIS_URL, 6379, "Redis")
+    call_id = f"call_{uuid.uuid4().hex}"
+    spec = WebSocketProfileSpec.model_validate({
+        **TYPED, "redis_url": redis_url, "token": "none", "require_key": "call:{call_id}:active",
+        "end": {"channel": f"test.ended.{call_id}", "field": "call_id"},
+    })
+    profile = TypedJsonProfile(spec, GatewaySettings(), SeedMetrics(CollectorRegistry()))
+    bus = aioredis.Redis.from_url(redis_url)
+    await bus.set(f"call:{call_id}:active", b"1", ex=60)
+    try:
+        for ended_meanwhile, status in [(False, None), (True, 404)]:
+            socket = Upgrading()
+            opening = asyncio.get_running_loop().create_task(profile._open(socket, None, {"call_id": call_id}, call_id, None))
+            await asyncio.sleep(0)  # registered, now waiting for Redis
+            assert socket in profile.live[call_id]
+            if ended_meanwhile:
+                profile._ended(json.dumps({"call_id": call_id}).encode())
+            await opening
+            assert socket.accepted is not ended_meanwhile
+            sent = b"".join(socket.ws.data_to_send())
+            if status is None:
+                assert sent == b""  # nothing written by the profile: the accepted socket's 101 is _accept's
+            else:
+                assert sent.startswith(f"HTTP/1.1 {status} ".encode()) and b'{"detail":' in sent
+        assert call_id not in profile.live  # the end forgot every socket of the call
+    finally:
+        await bus.delete(f"call:{call_id}:active")
+        await bus.aclose()
+        await profile.close()
