@@ -5,6 +5,7 @@
     sonalyze serve --services gateway,lobby
     sonalyze serve --https              the gateway over TLS (self-signed for this machine, or --tls-cert/--tls-key)
     sonalyze demo [--gateway URL]        a virtual measurement session against a running backend
+    sonalyze worker [--processes N]      run analyses and simulations from the task queue (TASK_QUEUE_URL)
 """
 
 from __future__ import annotations
@@ -69,7 +70,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1, help="seed of noise, start offsets and ray tracing")
     demo.add_argument("--out", type=Path, default=Path("sonalyze-demo"), help="folder for the plots (PNG)")
     demo.add_argument("--no-plots", action="store_true", help="print the comparison only")
+    worker = commands.add_parser(
+        "worker", help="run analyses and simulations from the task queue (TASK_QUEUE_URL, sonalyze.common.tasks)"
+    )
+    worker.add_argument("--processes", type=_positive, default=os.cpu_count() or 1, help="worker processes (default: one per CPU)")
+    worker.add_argument("--threads", type=_positive, default=1, help="tasks at once per process (default 1: the work is CPU-bound)")
+    worker.add_argument(
+        "--queues", type=_queue_list, default=["analysis", "simulation"], help="comma-separated queues (default: analysis,simulation)"
+    )
+    worker.add_argument("--poll-ms", type=_positive, default=20, help="how often an idle process asks Redis for work (default 20)")
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _queue_list(text: str) -> list[str]:
+    from sonalyze.common.tasks import QUEUES
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in QUEUES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown queue(s): {', '.join(unknown)}; choose from {', '.join(QUEUES)}")
+    return names
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -139,6 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_services(names, public_host=host, base_port=args.base_port, data_dir=args.data_dir, tls=tls)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "worker":
+        from sonalyze.common.tasks import TaskQueueSettings, worker_main
+
+        if not TaskQueueSettings().task_queue_url:
+            parser.error("sonalyze worker needs TASK_QUEUE_URL (redis://host:port/db)")
+        return worker_main(processes=args.processes, threads=args.threads, queues=args.queues, poll_ms=args.poll_ms)
     return 2
 
 

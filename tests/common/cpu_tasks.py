@@ -55,3 +55,13 @@ def blas_thread_counts() -> list[int]:
     from threadpoolctl import threadpool_info
 
     return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
+def record_run_and_wait(runs_dir: str, release: str, *, progress) -> str:
+    """Leave one file per run in ``runs_dir`` (named by pid), say the pid, then wait for ``release``."""
+    with open(os.path.join(runs_dir, f"{os.getpid()}-{time.monotonic_ns()}"), "w"):
+        pass
+    progress(0.0, str(os.getpid()))
+    while not os.path.exists(release):
+        time.sleep(0.01)
+    return "done"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import boto3
@@ -13,10 +14,16 @@ from sonalyze.measurement.main import create_app
 from sonalyze.measurement.service import MeasurementService
 from sonalyze.measurement.settings import MeasurementSettings
 from tests.measurement.conftest import SHORT_SWEEP
-from tests.support.s3 import make_bucket, s3_server, set_credentials
+from tests.support.s3 import CREDENTIALS, make_bucket, s3_server, set_credentials
 from tests.support.servers import INTERNAL_TOKEN, SERVICE_HEADERS, ThreadedServer
 
 pytestmark = [pytest.mark.postgres]
+
+# The analysis workers read the uploads from S3 themselves (sonalyze.common.tasks), with the credentials of
+# their own environment: the CPU pool's fork server takes this process's environment once, when the first
+# pool of the session starts, so the moto credentials are in place from the collection on.
+for _name, _value in CREDENTIALS.items():
+    os.environ.setdefault(_name, _value)
 
 
 def _settings(tmp_path, name: str, postgres_url: str, endpoint_url: str, **overrides) -> MeasurementSettings:

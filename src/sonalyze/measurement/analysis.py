@@ -1,6 +1,7 @@
 """The analysis of a job's uploads, run in a worker process, and the summary over them.
 
-:func:`analyze_uploads` is what the CPU pool runs: it reads each upload, hands it to
+:func:`analyze_uploads` is the task (`sonalyze.common.tasks`: the local pool or a queue worker): it reads
+each upload from the blob store (:class:`BlobLocation`), hands it to
 ``sonalyze.acoustics.report`` (impulse response as is, or a recording of the job's sweep to
 deconvolve) and returns one report per upload. An upload the acoustics refuses (ValueError: the sweep
 is missing or cut, the decay is too short...) gets ``{"error": {...}}`` instead of failing the others.
@@ -8,10 +9,13 @@ is missing or cut, the decay is too short...) gets ``{"error": {...}}`` instead 
 
 from __future__ import annotations
 
+import functools
 import math
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 import numpy as np
@@ -21,18 +25,47 @@ from scipy.signal import resample_poly
 from sonalyze.acoustics.recording import RecordingRefused
 from sonalyze.acoustics.report import analyze_impulse_response, analyze_sweep_recording
 from sonalyze.acoustics.sweep import SweepParams
+from sonalyze.common.blobs import BlobStore, blob_store, check_key
 from sonalyze.measurement.jobs import AnalysisSource
 
 BANDED_METRICS = ("t20_s", "t30_s", "edt_s", "c50_db", "c80_db", "d50", "centre_time_s", "drr_db")
 
 
 @dataclass(frozen=True)
+class BlobLocation:
+    """The measurement service's blob store as a worker opens it (``BLOB_URL``, ``DATA_DIR``, ``S3_ENDPOINT_URL``)."""
+
+    blob_url: str
+    data_dir: Path
+    endpoint_url: str = ""
+
+    def local_path(self, key: str) -> Path:
+        if self.blob_url.startswith("s3://"):
+            path = _s3_store(self).local_path(key)
+        else:  # a folder: read in place (opening a LocalBlobStore would clear the replica's partial uploads)
+            root = Path(urlsplit(self.blob_url).path) if self.blob_url else self.data_dir
+            path = root / check_key(key)
+        if path is None or not path.is_file():
+            raise FileNotFoundError(f"no blob {key!r} in the measurement blob store")
+        return path
+
+
+@functools.lru_cache(maxsize=4)
+def _s3_store(location: BlobLocation) -> BlobStore:
+    """One S3 store per location and process; its reads are cached in this machine's temporary folder."""
+    cache_dir = Path(tempfile.gettempdir()) / "sonalyze-worker"
+    return blob_store(location.blob_url, cache_dir, endpoint_url=location.endpoint_url or None)
+
+
+@dataclass(frozen=True)
 class AnalysisTask:
-    """Everything a worker process needs (picklable): the sweep, the source, the files."""
+    """Everything a worker process needs (picklable): the sweep, the source, where the uploads are."""
 
     source: AnalysisSource
     sweep: SweepParams
-    uploads: tuple[tuple[str, Path], ...]
+    uploads: tuple[tuple[str, str], ...]
+    """(upload name, blob key) in ``blobs``."""
+    blobs: BlobLocation
     captures: tuple[dict[str, Any] | None, ...] = ()
     """Each upload's capture facts (same order as ``uploads``), None where the client sent none."""
 
@@ -62,8 +95,8 @@ def capture_flags(capture: dict[str, Any] | None, wav_fs_hz: int) -> list[str]:
     return flags
 
 
-def _analyze_one(task: AnalysisTask, path: Path, capture: dict[str, Any] | None) -> dict[str, Any]:
-    signal, fs_hz = _first_channel(path)
+def _analyze_one(task: AnalysisTask, key: str, capture: dict[str, Any] | None) -> dict[str, Any]:
+    signal, fs_hz = _first_channel(task.blobs.local_path(key))
     if task.source is AnalysisSource.IMPULSE_RESPONSE:
         return analyze_impulse_response(signal, fs_hz)
     declared_fs_hz = fs_hz
@@ -76,7 +109,9 @@ def _analyze_one(task: AnalysisTask, path: Path, capture: dict[str, Any] | None)
     )
 
 
-def analyze_uploads(task: AnalysisTask, *, progress: Callable[[float, str], None]) -> dict[str, dict[str, Any]]:
+def analyze_uploads(
+    task: AnalysisTask, *, progress: Callable[[float, str], None] | None = None
+) -> dict[str, dict[str, Any]]:
     """One report per upload (the shared result schema, plus ``source``), or ``{"error"}`` for that upload.
 
     A recording the checks refuse as a whole gets the refusal's code (``sample_rate_mismatch``,
@@ -84,16 +119,18 @@ def analyze_uploads(task: AnalysisTask, *, progress: Callable[[float, str], None
     results: dict[str, dict[str, Any]] = {}
     count = len(task.uploads)
     captures = task.captures or (None,) * count
-    for index, ((name, path), capture) in enumerate(zip(task.uploads, captures)):
-        progress(index / count, f"analyzing {name} ({index + 1}/{count})")
+    for index, ((name, key), capture) in enumerate(zip(task.uploads, captures)):
+        if progress is not None:
+            progress(index / count, f"analyzing {name} ({index + 1}/{count})")
         try:
-            report = _analyze_one(task, path, capture)
+            report = _analyze_one(task, key, capture)
         except RecordingRefused as exc:
             report = {"error": {"code": exc.code, "message": exc.message}, "recording": exc.recording}
         except ValueError as exc:
             report = {"error": {"code": "analysis_failed", "message": str(exc)}}
         results[name] = {"source": task.source.value, **report}
-    progress(1.0, "analysis finished")
+    if progress is not None:
+        progress(1.0, "analysis finished")
     return results
 
 

@@ -46,6 +46,14 @@ def http_router() -> APIRouter:
     async def health(service: Service) -> JSONResponse:
         return JSONResponse(service.health())
 
+    @router.get("/readyz")
+    async def readyz(service: Service) -> JSONResponse:
+        """200 when the job database and the task queue answer, else 503 ``not_ready`` with the reason."""
+        reason = await service.ready()
+        if reason is None:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"error": {"code": "not_ready", "message": reason}}, status_code=503)
+
     @router.post("/v1/jobs", status_code=201)
     async def create_job(service: Service, caller: CallerOf, body: Annotated[JobCreate | None, Body()] = None) -> JSONResponse:
         job = await service.create_job(body or JobCreate(), caller)

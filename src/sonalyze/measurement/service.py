@@ -3,8 +3,9 @@
 The database is the truth (`sonalyze.measurement.store`): a job is read from its row, changed under
 that job's lock and saved (version-checked, so replicas cannot overwrite each other) before the change
 is answered; its audio is in the blob store every replica reaches. Only jobs being analyzed stay in memory (their progress changes all the
-time). Analyses run in the CPU pool as background tasks; :meth:`MeasurementService._analysis_finished` is the
-one place where an analysis ends (with results or an error).
+time). Analyses are tasks (`sonalyze.common.tasks`: this replica's CPU pool, or the Dramatiq queue that
+``sonalyze worker`` processes serve when ``TASK_QUEUE_URL`` is set), awaited by background tasks here;
+:meth:`MeasurementService._analysis_finished` is the one place where an analysis ends (with results or an error).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import soundfile
 from sonalyze.acoustics.sweep import SweepParams, exponential_sweep
 from sonalyze.common.blobs import PARTIAL_SUFFIX, blob_store
 from sonalyze.common.cpu_pool import DEFAULT_PRELOAD, CpuPool
-from sonalyze.common.errors import BadRequest, Busy, Conflict, Forbidden, NotFound, SonalyzeError, Unprocessable
+from sonalyze.common.errors import BadRequest, Conflict, Forbidden, NotFound, SonalyzeError, Unprocessable
 from sonalyze.common.internal_auth import Caller, internal_headers
 from sonalyze.measurement.access import JobAccess, require_device
 from sonalyze.common.logging import log_context
-from sonalyze.measurement.analysis import AnalysisTask, analyze_uploads, summarize
+from sonalyze.common.tasks import task_runner
+from sonalyze.measurement.analysis import AnalysisTask, BlobLocation, analyze_uploads, summarize
 from sonalyze.measurement import storage_records
 from sonalyze.measurement.jobs import (
     AnalysisSource,
@@ -57,6 +59,9 @@ from sonalyze.storage.outbox import writer_outbox
 
 log = logging.getLogger(__name__)
 
+#: Lobby session uploads analysed as they arrive, kept until their job's analyze takes them (oldest dropped).
+EARLY_ANALYSES_MAX = 64
+
 FINAL_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED})
 
 
@@ -66,12 +71,17 @@ class MeasurementService:
         self.settings = settings
         blobs = blob_store(settings.blob_url, settings.data_dir, endpoint_url=settings.s3_endpoint_url)
         self.store = JobStore(make_engine(settings.jobs_database_url), blobs, runner=settings.replica_id)
-        self.pool = CpuPool(
-            settings.analysis_workers,
-            settings.analysis_queue,
-            preload=(*DEFAULT_PRELOAD, "sonalyze.measurement.analysis"),
-            memory_limit_mb=settings.worker_memory_mb,
+        self.tasks = task_runner(
+            settings,
+            "analysis",
+            lambda: CpuPool(
+                settings.analysis_workers,
+                settings.analysis_queue,
+                preload=(*DEFAULT_PRELOAD, "sonalyze.measurement.analysis"),
+                memory_limit_mb=settings.worker_memory_mb,
+            ),
         )
+        self.blobs_location = BlobLocation(settings.blob_url, settings.data_dir.resolve(), settings.s3_endpoint_url)
         self.access = JobAccess(
             settings.lobby_url,
             headers=internal_headers(settings.internal_auth_token),
@@ -81,6 +91,8 @@ class MeasurementService:
         self._analyzing: dict[str, Job] = {}
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._analyses: dict[str, asyncio.Task[None]] = {}
+        self._early: dict[tuple[str, str], asyncio.Task[dict[str, dict[str, Any]]]] = {}
+        """(job_id, upload name) → its sweep analysis, started at the upload (`_analyze_early`)."""
         self._warm_up: asyncio.Task[None] | None = None
         self._cleanup: asyncio.Task[None] | None = None
         self.outbox = writer_outbox(settings.storage_url, settings.internal_auth_token, settings.database_url, settings.data_dir)
@@ -96,7 +108,7 @@ class MeasurementService:
             await self.store.import_job_files(self.settings.data_dir)
         if self.outbox is not None:
             await self.outbox.start()
-        self._warm_up = asyncio.create_task(self.pool.warm_up())
+        self._warm_up = asyncio.create_task(self.tasks.warm_up())
         for job in await self.store.interrupted():
             error = JobError(code="interrupted", message="the service stopped during the analysis; run it again")
             await self._analysis_finished(job, error=error)
@@ -126,10 +138,10 @@ class MeasurementService:
             await asyncio.gather(self._cleanup, return_exceptions=True)
         if self._warm_up is not None:
             await asyncio.gather(self._warm_up, return_exceptions=True)
-        for task in list(self._analyses.values()):
+        for task in [*self._analyses.values(), *self._early.values()]:
             task.cancel()
-        await asyncio.gather(*self._analyses.values(), return_exceptions=True)
-        await self.pool.close()
+        await asyncio.gather(*self._analyses.values(), *self._early.values(), return_exceptions=True)
+        await self.tasks.close()
         await self.access.aclose()
         if self.outbox is not None:
             await self.outbox.stop()
@@ -237,7 +249,23 @@ class MeasurementService:
         finally:
             partial.unlink(missing_ok=True)
         log.info("upload stored", extra={"job_id": job_id, "upload": name, "size_bytes": upload.size_bytes})
+        if job.lobby_id is not None:
+            self._analyze_early(job, upload)
         return upload
+
+    def _analyze_early(self, job: Job, upload: Upload) -> None:
+        """A lobby session's recording is analysed (sweep deconvolution) as soon as it is stored, so when
+        the last one arrives only that one is left for ``analyze`` (uploads are never replaced)."""
+        while len(self._early) >= EARLY_ANALYSES_MAX:
+            self._early.pop(next(iter(self._early))).cancel()
+
+        async def run() -> dict[str, dict[str, Any]]:
+            task = self._analysis_task(job, AnalysisSource.SWEEP_DECONVOLUTION, [upload.name])
+            return await (await self.tasks.submit(analyze_uploads, task, timeout_s=self.settings.analysis_timeout_s))
+
+        early = asyncio.create_task(run(), name=f"early-analysis-{job.job_id}-{upload.name}")
+        early.add_done_callback(lambda t: t.cancelled() or t.exception())  # a failure only means analyze runs it
+        self._early[(job.job_id, upload.name)] = early
 
     @staticmethod
     def _check_can_upload(job: Job, name: str) -> None:
@@ -258,25 +286,39 @@ class MeasurementService:
             job.check_transition(JobStatus.ANALYZING, "analyze")
             names = request.uploads if request.uploads is not None else [upload.name for upload in job.uploads]
             self._check_analyzable(job, names, request.source)
-            capacity = self.pool.max_workers + self.pool.max_queued
-            if len(self._analyses) >= capacity:
-                raise Busy(
-                    f"{len(self._analyses)} analyses are running or waiting; try again later",
-                    headers={"Retry-After": str(self.pool.retry_after_s())},
+            early_names = [name for name in names if (job_id, name) in self._early]
+            if request.source is not AnalysisSource.SWEEP_DECONVOLUTION:
+                early_names = []  # the early analyses deconvolved a sweep: not this analysis
+            rest = [name for name in names if name not in early_names]
+
+            def on_progress(fraction: float, message: str) -> None:
+                job.progress = Progress(fraction=fraction, message=message)
+
+            running = None
+            if rest:  # Busy here, before anything changed
+                task = self._analysis_task(job, request.source, rest)
+                running = await self.tasks.submit(
+                    analyze_uploads, task, timeout_s=self.settings.analysis_timeout_s, on_progress=on_progress
                 )
-            paths = [await asyncio.to_thread(self.store.blobs.local_path, upload_key(job_id, name)) for name in names]
+            early = {name: self._early.pop((job_id, name)) for name in early_names}
+            for name in names:
+                stale = self._early.pop((job_id, name), None)
+                if stale is not None:
+                    stale.cancel()
             job.move_to(JobStatus.ANALYZING, "analyze")
             job.error = None
             job.progress = Progress(fraction=0.0, message="waiting for a worker")
-            await self._save(job)
+            try:
+                await self._save(job)
+            except BaseException:
+                for task in [running, *early.values()]:
+                    if task is not None:
+                        task.cancel()
+                raise
             self._analyzing[job_id] = job
-            task = AnalysisTask(
-                source=request.source,
-                sweep=job.sweep_params,
-                uploads=tuple(zip(names, paths, strict=True)),
-                captures=tuple(job.upload(name).capture for name in names),
+            self._analyses[job_id] = asyncio.create_task(
+                self._run_analysis(job, running, early), name=f"analysis-{job_id}"
             )
-            self._analyses[job_id] = asyncio.create_task(self._run_analysis(job, task), name=f"analysis-{job_id}")
         running = self._analyses.get(job_id)
         if running is not None:
             await asyncio.wait([running], timeout=self.settings.analyze_wait_s)
@@ -305,16 +347,32 @@ class MeasurementService:
                     details={"uploads": short, "sweep_duration_s": params.duration_s},
                 )
 
-    async def _run_analysis(self, job: Job, task: AnalysisTask) -> None:
-        def on_progress(fraction: float, message: str) -> None:
-            job.progress = Progress(fraction=fraction, message=message)
+    def _analysis_task(self, job: Job, source: AnalysisSource, names: list[str]) -> AnalysisTask:
+        """What a worker needs to analyze ``names`` of ``job``: blob keys, not local files (`BlobLocation`)."""
+        return AnalysisTask(
+            source=source,
+            sweep=job.sweep_params,
+            uploads=tuple((name, upload_key(job.job_id, name)) for name in names),
+            blobs=self.blobs_location,
+            captures=tuple(job.upload(name).capture for name in names),
+        )
 
+    async def _run_analysis(
+        self, job: Job, running: asyncio.Task[dict[str, dict[str, Any]]] | None, early: dict[str, asyncio.Task[Any]]
+    ) -> None:
+        """Await the submitted task and the early analyses; an early one that failed (busy, crash) runs again."""
         with log_context(job_id=job.job_id):
             try:
-                results = await self.pool.run(
-                    analyze_uploads, task, timeout_s=self.settings.analysis_timeout_s, on_progress=on_progress
-                )
+                results = await self._early_results(early)
+                again = [name for name in early if name not in results]
+                if again:
+                    task = self._analysis_task(job, AnalysisSource.SWEEP_DECONVOLUTION, again)
+                    results |= await (await self.tasks.submit(analyze_uploads, task, timeout_s=self.settings.analysis_timeout_s))
+                if running is not None:
+                    results |= await running
             except asyncio.CancelledError:
+                if running is not None:
+                    running.cancel()
                 await self._analysis_finished(job, error=JobError(code="interrupted", message="the service stopped"))
                 raise
             except SonalyzeError as exc:
@@ -326,6 +384,21 @@ class MeasurementService:
                 await self._analysis_finished(job, results=results)
             finally:
                 self._analyses.pop(job.job_id, None)
+
+    @staticmethod
+    async def _early_results(early: dict[str, asyncio.Task[Any]]) -> dict[str, dict[str, Any]]:
+        """The results of the early analyses that succeeded; one that failed (busy, crash) is left out."""
+        results: dict[str, dict[str, Any]] = {}
+        for running in early.values():
+            try:
+                await asyncio.wait([running])
+            except asyncio.CancelledError:
+                for other in early.values():
+                    other.cancel()
+                raise
+            if not running.cancelled() and running.exception() is None:
+                results |= running.result()
+        return results
 
     async def _analysis_finished(
         self, job: Job, *, results: dict[str, dict[str, Any]] | None = None, error: JobError | None = None
@@ -363,13 +436,17 @@ class MeasurementService:
         return {
             "status": "ok",
             "service": "measurement",
-            "analysis": {
-                "running": self.pool.running,
-                "queued": self.pool.queued,
-                "max_workers": self.pool.max_workers,
-                "max_queued": self.pool.max_queued,
-            },
+            "analysis": self.tasks.health(),
         }
+
+    async def ready(self) -> str | None:
+        """None when this replica can take work: the job database and the task queue answer; else why not."""
+        try:
+            async with self.store.engine.connect() as connection:
+                await asyncio.wait_for(connection.exec_driver_sql("SELECT 1"), 2.0)
+        except Exception as exc:
+            return f"the job database does not answer: {type(exc).__name__}"
+        return await self.tasks.ready()
 
 
 def _write_sweep(path: Path, params: SweepParams, fs_hz: int) -> None:

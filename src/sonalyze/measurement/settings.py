@@ -9,9 +9,10 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sonalyze.common.internal_auth import InternalAuthSettings
+from sonalyze.common.tasks import TaskQueueSettings
 
 
-class MeasurementSettings(InternalAuthSettings, BaseSettings):
+class MeasurementSettings(InternalAuthSettings, TaskQueueSettings, BaseSettings):
     """``MEASUREMENT_*`` variables (``HOST`` and ``PORT`` are read by ``sonalyze serve``)."""
 
     model_config = SettingsConfigDict(env_prefix="MEASUREMENT_", extra="ignore")
@@ -20,8 +21,12 @@ class MeasurementSettings(InternalAuthSettings, BaseSettings):
         default=Path("sonalyze-data/measurement"), description="the embedded job database, audio (without BLOB_URL) and the outbox"
     )
     max_upload_mb: float = Field(default=50.0, gt=0, description="largest accepted upload request body, MiB")
-    analysis_workers: int = Field(default=1, ge=1, le=64, description="analyses running at once (one process each)")
-    analysis_queue: int = Field(default=4, ge=0, le=1000, description="analyses waiting for a worker before 503 busy")
+    analysis_workers: int = Field(
+        default=1, ge=1, le=64, description="analyses running at once (one process each) without TASK_QUEUE_URL"
+    )
+    analysis_queue: int = Field(
+        default=4, ge=0, le=1000, description="analyses waiting for a worker before 503 busy, without TASK_QUEUE_URL"
+    )
     analysis_timeout_s: float = Field(default=300.0, gt=0, description="an analysis running longer is stopped")
     max_upload_s: float = Field(
         default=120.0, gt=0, le=3600, description="longest accepted recording, s (bounds decoding and analysis cost)"

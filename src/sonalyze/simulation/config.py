@@ -9,11 +9,12 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sonalyze.common.internal_auth import InternalAuthSettings
+from sonalyze.common.tasks import TaskQueueSettings
 
 from sonalyze.simulation.limits import Limits
 
 
-class SimulationSettings(InternalAuthSettings, BaseSettings):
+class SimulationSettings(InternalAuthSettings, TaskQueueSettings, BaseSettings):
     """Every knob of the simulation service; ``create_app`` builds one, tests pass their own."""
 
     model_config = SettingsConfigDict(env_prefix="SIMULATION_", case_sensitive=False, extra="ignore", populate_by_name=True)

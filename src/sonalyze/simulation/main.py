@@ -72,6 +72,14 @@ def create_app(settings: SimulationSettings | None = None) -> FastAPI:
     async def health(request: Request) -> dict[str, Any]:
         return _service(request.app).health()
 
+    @app.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        """200 when the database and the task queue answer, else 503 ``not_ready`` with the reason."""
+        reason = await _service(request.app).ready()
+        if reason is None:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"error": {"code": "not_ready", "message": reason}}, status_code=503)
+
     # The large answers go straight to orjson (``JSONResponse``), not through a pydantic response model.
     @app.post("/simulate")
     async def simulate(body: SimulateRequest, request: Request) -> JSONResponse:

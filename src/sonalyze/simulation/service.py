@@ -1,4 +1,5 @@
-"""The service shell around `engine.simulate`: limits, the worker pool, keeping jobs and results."""
+"""The service shell around `engine.simulate`: limits, the tasks (`sonalyze.common.tasks`: this replica's
+CPU pool, or the Dramatiq queue of ``sonalyze worker`` processes with ``TASK_QUEUE_URL``), keeping jobs and results."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from pydantic import ValidationError
 
 from sonalyze.common.blobs import blob_store
 from sonalyze.common.cpu_pool import DEFAULT_PRELOAD, CpuPool
-from sonalyze.common.errors import Busy, SonalyzeError, from_validation_error
+from sonalyze.common.errors import SonalyzeError, from_validation_error
+from sonalyze.common.tasks import task_runner
 from sonalyze.simulation.config import SimulationSettings
 from sonalyze.simulation.limits import check_limits
 from sonalyze.simulation.pushes import SimulationPushes
@@ -50,7 +52,7 @@ class SimulationService:
         self.limits = settings.limits()
         blobs = blob_store(settings.blob_url, settings.data_dir, endpoint_url=settings.s3_endpoint_url)
         self.store = SimulationStore(make_engine(settings.simulations_database_url), blobs, runner=settings.replica_id)
-        self.pool = CpuPool(settings.workers, settings.queue, preload=PRELOAD)
+        self.tasks = task_runner(settings, "simulation", lambda: CpuPool(settings.workers, settings.queue, preload=PRELOAD))
         self._warm_up: asyncio.Task[None] | None = None
         self._cleanup: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -64,7 +66,7 @@ class SimulationService:
         await self.store.migrate()
         if self.outbox is not None:
             await self.outbox.start()
-        self._warm_up = asyncio.create_task(self.pool.warm_up())
+        self._warm_up = asyncio.create_task(self.tasks.warm_up())
         error = {"code": "interrupted", "message": "the service stopped before the simulation finished"}
         for simulation_id in await self.store.running_ids():
             log.warning("simulation %s was interrupted", simulation_id)
@@ -98,7 +100,7 @@ class SimulationService:
             await asyncio.gather(self._cleanup, return_exceptions=True)
         if self._warm_up is not None:
             await asyncio.gather(self._warm_up, return_exceptions=True)
-        await self.pool.close()
+        await self.tasks.close()
         if self.outbox is not None:
             await self.outbox.stop()
             await self.outbox.client.aclose()
@@ -124,16 +126,18 @@ class SimulationService:
         return job
 
     def health(self) -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "service": "simulation",
-            "workers": {
-                "max": self.pool.max_workers,
-                "running": self.pool.running,
-                "queued": self.pool.queued,
-                "max_queued": self.pool.max_queued,
-            },
-        }
+        counts = self.tasks.health()
+        workers = {"max": counts.pop("max_workers", None), **counts}
+        return {"status": "ok", "service": "simulation", "workers": workers}
+
+    async def ready(self) -> str | None:
+        """None when this replica can take work: its database and the task queue answer; else why not."""
+        try:
+            async with self.store.engine.connect() as connection:
+                await asyncio.wait_for(connection.exec_driver_sql("SELECT 1"), 2.0)
+        except Exception as exc:
+            return f"the simulation database does not answer: {type(exc).__name__}"
+        return await self.tasks.ready()
 
     async def get(self, simulation_id: str) -> dict[str, Any]:
         job, result = await self.store.job_and_result(simulation_id)
@@ -142,29 +146,29 @@ class SimulationService:
     async def run(self, request: SimulateRequest) -> dict[str, Any]:
         """Simulate, keep the job and result, and answer with the result (RIRs as base64 on request)."""
         job = await self._create(request)
-        return await self._execute(job["id"], request)
+        running = await self._start(job["id"], request)
+        return await self._execute(job["id"], request, running)
 
     async def submit(self, request: SimulateRequest, device_id: str) -> dict[str, Any]:
         """``simulation.run`` with ``"wait": false``: keep the job and answer with it at once; progress
         and the result are pushed to ``device_id`` (`SimulationPushes`). Busy when no worker or queue
-        place is free now (the pool would refuse it later, after the answer)."""
-        if self.pool.running + self.pool.queued >= self.pool.max_workers + self.pool.max_queued:
-            raise Busy(
-                "every simulation worker and queue place is taken; try again later",
-                headers={"Retry-After": str(self.pool.retry_after_s())},
-            )
+        place is free now (nothing is kept then)."""
         job = await self._create(request)
-        task = asyncio.create_task(self._execute_and_push(job["id"], request, device_id), name=f"simulation-{job['id']}")
+
+        def on_progress(fraction: float, message: str) -> None:
+            self.pushes.send(device_id, "simulation.progress", {"id": job["id"], "fraction": fraction, "message": message})
+
+        running = await self._start(job["id"], request, on_progress=on_progress)
+        task = asyncio.create_task(self._execute_and_push(job["id"], request, running, device_id), name=f"simulation-{job['id']}")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return job
 
-    async def _execute_and_push(self, simulation_id: str, request: SimulateRequest, device_id: str) -> None:
-        def on_progress(fraction: float, message: str) -> None:
-            self.pushes.send(device_id, "simulation.progress", {"id": simulation_id, "fraction": fraction, "message": message})
-
+    async def _execute_and_push(
+        self, simulation_id: str, request: SimulateRequest, running: asyncio.Task[SimulationResult], device_id: str
+    ) -> None:
         try:
-            answer = await self._execute(simulation_id, request, on_progress=on_progress)
+            answer = await self._execute(simulation_id, request, running)
         except SonalyzeError as exc:
             self.pushes.send(device_id, "simulation.failed", {"id": simulation_id, "error": exc.to_body()["error"]})
         except asyncio.CancelledError:
@@ -179,12 +183,12 @@ class SimulationService:
         await self.store.create(job, now_s=time.time())
         return job
 
-    async def _execute(
+    async def _start(
         self, simulation_id: str, request: SimulateRequest, *, on_progress: Callable[[float, str], None] | None = None
-    ) -> dict[str, Any]:
-        started = time.perf_counter()
+    ) -> asyncio.Task[SimulationResult]:
+        """Submit the simulation's task; refused (Busy): the job is discarded, nothing is kept."""
         try:
-            simulated: SimulationResult = await self.pool.run(
+            return await self.tasks.submit(
                 run_simulation,
                 request,
                 simulation_id=simulation_id,
@@ -192,9 +196,16 @@ class SimulationService:
                 timeout_s=self.settings.timeout_s,
                 on_progress=on_progress,
             )
-        except Busy:
-            await self.store.discard(simulation_id)  # refused: nothing is kept
+        except BaseException:
+            await asyncio.shield(self.store.discard(simulation_id))
             raise
+
+    async def _execute(
+        self, simulation_id: str, request: SimulateRequest, running: asyncio.Task[SimulationResult]
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            simulated: SimulationResult = await running
         except SonalyzeError as exc:  # timeout, crashed worker
             await self._finish(simulation_id, status=JobStatus.FAILED, error=exc.to_body()["error"])
             raise
