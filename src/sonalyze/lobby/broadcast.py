@@ -9,6 +9,11 @@ requests one after the other through the services' one HTTP client
 about 2 ms of CPU per request here, which capped the lobby at ~400 pushes/s (figures in bench/gateway.md
 "One HTTP client").
 
+Several lobby replicas keep one lobby's order too: a replica announcing a change waits with :meth:`sent`
+until the gateway answered its requests, and holds the lobby's turn meanwhile
+(:meth:`sonalyze.lobby.store.Database.write_in_turn`), so seq n+1 of a lobby is never sent before seq n
+was acknowledged, whichever replica sends it.
+
 A request that cannot be queued or delivered is logged and dropped: the state it announces is already in
 the database and clients can read it again (``lobby.get``, ``measurement.session_status``,
 ``GET /lobbies/{id}/events``).
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from sonalyze.common.errors import UpstreamTimeout, UpstreamUnavailable
@@ -29,6 +35,9 @@ log = logging.getLogger("sonalyze.lobby.broadcast")
 _BROADCAST_PATH = "/internal/broadcast"
 _SUBSCRIPTIONS_PATH = "/internal/subscriptions"
 
+Request = tuple[str, bytes] | asyncio.Future[None]
+"""A gateway request (URL, body), or a marker resolved when the worker reaches it (:meth:`Broadcaster.sent`)."""
+
 
 class Broadcaster:
     """Queue pushes with :meth:`send` and channel changes with :meth:`subscription` (neither blocks);
@@ -38,7 +47,8 @@ class Broadcaster:
     def __init__(self, gateway_url: str, token: str, *, queue_size: int, workers: int, timeout_s: float) -> None:
         self._gateway_url = gateway_url.rstrip("/")
         self._client = UpstreamClient(timeout_s, max_connections_per_origin=workers, internal_token=token)
-        self._queues: list[asyncio.Queue[tuple[str, bytes]]] = [asyncio.Queue(maxsize=max(1, queue_size // workers)) for _ in range(workers)]
+        self._timeout_s = timeout_s
+        self._queues: list[asyncio.Queue[Request]] = [asyncio.Queue(maxsize=max(1, queue_size // workers)) for _ in range(workers)]
         self._tasks: list[asyncio.Task] = []
         self.delivered = 0
         self.failed = 0
@@ -78,15 +88,41 @@ class Broadcaster:
         body = dumps({"device_ids": list(device_ids), "channel": channel, "action": action})
         self._queue(_SUBSCRIPTIONS_PATH, body, order_key, f"{action} {channel}", len(device_ids))
 
+    async def sent(self, order_keys: Iterable[str]) -> None:
+        """Wait until the gateway answered every request queued so far under ``order_keys`` (or it failed).
+
+        Bounded by the request timeout: a stuck queue is logged and no longer waited for."""
+        if not self._tasks:
+            return
+        loop = asyncio.get_running_loop()
+        markers: list[asyncio.Future[None]] = []
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                for queue in {id(queue): queue for queue in map(self._queue_of, order_keys)}.values():
+                    markers.append(loop.create_future())
+                    await queue.put(markers[-1])
+                await asyncio.gather(*markers)
+        except TimeoutError:
+            log.warning("gateway requests of %s not answered within %g s: the next change may overtake them", list(order_keys), self._timeout_s)
+
+    def _queue_of(self, order_key: str) -> asyncio.Queue[Request]:
+        return self._queues[hash(order_key) % len(self._queues)]
+
     def _queue(self, path: str, body: bytes, order_key: str, what: str, device_count: int) -> None:
         try:
-            self._queues[hash(order_key) % len(self._queues)].put_nowait((self._gateway_url + path, body))
+            self._queue_of(order_key).put_nowait((self._gateway_url + path, body))
         except asyncio.QueueFull:
             log.warning("gateway queue full: dropped %s for %d devices", what, device_count)
 
-    async def _work(self, queue: asyncio.Queue[tuple[str, bytes]]) -> None:
+    async def _work(self, queue: asyncio.Queue[Request]) -> None:
         while True:
-            url, body = await queue.get()
+            request = await queue.get()
+            if isinstance(request, asyncio.Future):
+                if not request.done():
+                    request.set_result(None)
+                queue.task_done()
+                continue
+            url, body = request
             try:
                 status, answer = await self._client.post_json(url, body)
             except (UpstreamTimeout, UpstreamUnavailable) as exc:

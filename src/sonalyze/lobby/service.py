@@ -72,13 +72,16 @@ class Pushes:
 
     def __init__(self) -> None:
         self.items: list[Callable[[Broadcaster], None]] = []
+        self.lobby_ids: set[str] = set()
 
     def add(self, lobby_id: str, event: str, data: dict[str, Any], device_ids: list[str]) -> None:
+        self.lobby_ids.add(lobby_id)
         self.items.append(lambda broadcaster: broadcaster.send(event, data, device_ids, order_key=lobby_id))
 
     def channel(self, lobby_id: str, action: Literal["subscribe", "unsubscribe"], device_ids: list[str]) -> None:
         """Put the devices into the lobby's channel (``subscribe``) or take them out."""
         channel = lobby_channel(lobby_id)
+        self.lobby_ids.add(lobby_id)
         self.items.append(lambda broadcaster: broadcaster.subscription(action, channel, device_ids, order_key=lobby_id))
 
     def send(self, broadcaster: Broadcaster) -> None:
@@ -135,10 +138,16 @@ class LobbyService:
         """Set by the session coordinator: a session device leaving fails the running session."""
 
     async def write(self, work: Callable[[Connection, Pushes, float], dict[str, Any]]) -> dict[str, Any]:
+        """``work`` in one transaction, then its pushes; the lobby's turn is held until the gateway answered
+        them, so replicas push one lobby's changes in ``seq`` order (:meth:`Database.write_in_turn`)."""
         pushes = Pushes()
-        result = await self.db.write(work, pushes, self.clock())
-        pushes.send(self.broadcaster)
-        return result
+
+        async def announce() -> None:
+            pushes.send(self.broadcaster)
+            if not self.db.is_sqlite and pushes.lobby_ids:  # one process on SQLite: its queues keep the order
+                await self.broadcaster.sent(tuple(pushes.lobby_ids))
+
+        return await self.db.write_in_turn(work, pushes, self.clock(), turns=lambda: pushes.lobby_ids, after=announce)
 
     @staticmethod
     def _locked(conn: Connection, lobby_id: str) -> tuple[LobbyRow, list[ParticipantRow]]:

@@ -18,17 +18,22 @@ module. With a storage client (``STORAGE_URL``) they note what changed in the tr
 (:class:`StorageChanges`), and before the commit :meth:`Database.write` turns that into rows of the
 ``storage_outbox`` table (:mod:`sonalyze.storage.outbox`) in the same transaction: a lobby change and the
 records bound for storage commit or roll back together, and the outbox delivers them after the commit.
+
+Several replicas on one PostgreSQL announce one lobby's changes in its ``seq`` order:
+:meth:`Database.write_in_turn` takes the lobby's turn (a session advisory lock) before the commit, while the
+transaction still holds the lobby row that orders its changes, and gives it back only once the
+announcement (the pushes) was acknowledged.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Connection, and_, bindparam, case, create_engine, delete, event, exists, insert, literal_column, select, update
+from sqlalchemy import JSON, Connection, and_, bindparam, case, create_engine, delete, event, exists, func, insert, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.sql import ClauseElement
@@ -106,6 +111,38 @@ class Database:
         async with self._async_engine.begin() as connection:
             return await connection.run_sync(work, *args)
 
+    async def write_in_turn(
+        self, work: Callable[..., T], *args: Any, turns: Callable[[], Iterable[str]], after: Callable[[], Awaitable[None]]
+    ) -> T:
+        """:meth:`write`, then ``await after()`` holding the turn of each key ``turns()`` names after ``work``.
+
+        On PostgreSQL a turn is a session advisory lock per key (one lobby), taken in key order before the
+        commit — while the transaction holds the lobby rows, so turns are taken in the order of the lobbies'
+        ``seq`` — and released after ``after()`` returned: a change committed next, by any replica, waits
+        until this one's pushes were acknowledged. No deadlock: a transaction waits for turns only once its
+        row locks are all taken, and a turn holder waits for no lock. SQLite has one writing process:
+        ``after()`` simply follows the commit.
+        """
+        if self.is_sqlite:
+            result = await self.write(work, *args)
+            await after()
+            return result
+        if self.outbox is not None:
+            work, args = _with_storage_records, (work, *args)
+        async with self._async_engine.connect() as connection:
+            keys: list[str] = []
+            try:
+                async with connection.begin():
+                    result = await connection.run_sync(work, *args)
+                    keys = sorted(set(turns()))
+                    for key in keys:
+                        await connection.execute(select(func.pg_advisory_lock(_TURN_CLASS, func.hashtext(key))))
+                await after()
+                return result
+            finally:
+                if keys:
+                    await _end_turns(connection, keys)
+
     async def read(self, work: Callable[..., T], *args: Any) -> T:
         """``work(connection, *args)`` without writing."""
         if self.is_sqlite:
@@ -154,6 +191,21 @@ _CHANGES = "sonalyze.lobby.storage_changes"
 def _changes(conn: Connection) -> StorageChanges | None:
     """The transaction's change set, or None when storage is off (``Database`` without a storage client)."""
     return conn.info.get(_CHANGES)
+
+
+_TURN_CLASS = 0x10BB1
+"""First key of the lobbies' turn locks (``pg_advisory_lock(int, int)``: apart from the one-key locks of migrations)."""
+
+
+async def _end_turns(connection: Any, keys: list[str]) -> None:
+    """Give the turns back; a connection that cannot is dropped, which ends its session and its locks."""
+    try:
+        for key in keys:
+            await connection.execute(select(func.pg_advisory_unlock(_TURN_CLASS, func.hashtext(key))))
+        await connection.commit()
+    except Exception:
+        await connection.invalidate()
+        raise
 
 
 def _with_storage_records(conn: Connection, work: Callable[..., T], *args: Any) -> T:
