@@ -4,7 +4,7 @@ The job's sweep is played through a phone loudspeaker model (4th-order Butterwor
 octave — a +6 dB resonance, a memoryless nonlinearity giving 2nd and 3rd harmonics at −30 dB, applied at
 4× the rate as in an analogue stage), convolved with a room, then recorded as a phone would: from a
 random moment before the sweep, with a clock offset, background noise at a given SNR, optional door slam,
-slow gain riding, a cut ending, and a lossy codec round trip through ffmpeg.
+slow gain riding, a dropout, a cut ending, and a lossy codec round trip through ffmpeg.
 """
 
 from __future__ import annotations
@@ -61,11 +61,13 @@ def synthetic_room(rt_s: list[float] | float, fs_hz: int, *, seed: int, direct: 
     return ir
 
 
-def pyroomacoustics_room(fs_hz: int) -> np.ndarray:
-    """A 7 × 5 × 3 m shoebox (α = 0.2), image sources to order 12, no ray tracing (deterministic)."""
+def pyroomacoustics_room(fs_hz: int, max_order: int = 12) -> np.ndarray:
+    """A 7 × 5 × 3 m shoebox (α = 0.2, T ≈ 0.7 s), image sources to ``max_order``, no ray tracing
+    (deterministic). Order 12 ends the response 0.26 s after the source, −25 to −40 dB down (enough for a
+    clock); order 50 gives 1.03 s, −50 dB by 0.6 s (a decay to take metrics from)."""
     import pyroomacoustics as pra
 
-    room = pra.ShoeBox([7.0, 5.0, 3.0], fs=fs_hz, materials=pra.Material(0.2), max_order=12, air_absorption=True)
+    room = pra.ShoeBox([7.0, 5.0, 3.0], fs=fs_hz, materials=pra.Material(0.2), max_order=max_order, air_absorption=True)
     room.add_source([2.0, 1.5, 1.4])
     room.add_microphone([5.2, 3.1, 1.2])
     room.compute_rir()
@@ -86,6 +88,10 @@ class Chain:
     """Slow gain riding: a 0.3 Hz sinusoid of this depth, dB."""
     cut_after_s: float | None = None
     """The recording stops this long after the last sweep ends."""
+    dropout_at_s: float | None = None
+    """The phone loses ``dropout_s`` of samples this long after the first sweep started (a buffer overrun);
+    a negative ``dropout_s`` inserts that much silence instead (a glitch)."""
+    dropout_s: float = 0.01
     codec: str | None = None
     """"aac" or "opus" (through ffmpeg, 128 kb/s) or None."""
     mislabelled_from_hz: int | None = None
@@ -110,6 +116,9 @@ def record(params: SweepParams, room_ir: np.ndarray, chain: Chain) -> np.ndarray
         y = y * 10 ** (chain.gain_ripple_db / 20 * np.sin(2 * np.pi * 0.3 * t_s))
     signal_power = np.mean(at_mic[params.silence_before_samples : params.silence_before_samples + params.sweep_length_samples] ** 2)
     y = y + rng.standard_normal(y.size) * np.sqrt(signal_power * 10 ** (-chain.snr_db / 10))
+    if chain.dropout_at_s is not None:
+        at, length = sweep_start + int(chain.dropout_at_s * fs_hz), int(abs(chain.dropout_s) * fs_hz)
+        y = np.concatenate((y[:at], y[at + length :]) if chain.dropout_s > 0 else (y[:at], np.zeros(length), y[at:]))
     if chain.cut_after_s is not None:
         end = sweep_start + (params.sweep_count - 1) * params.period_samples + params.sweep_length_samples
         y = y[: end + int(chain.cut_after_s * fs_hz)]

@@ -13,7 +13,7 @@ from sonalyze.acoustics.recording import (
     RecordingRefused,
     check_recording,
     correct_clock,
-    estimate_clock_ppm,
+    stretch_clock_ppm,
     tail_check,
     track_clock_ppm,
 )
@@ -87,6 +87,38 @@ def test_clock_from_repeated_sweeps(ppm, room_name, snr_db):
 
 
 @pytest.mark.parametrize(
+    ("count", "dropout_at_s", "dropout_s", "rejected", "method", "codes"),
+    [
+        (2, 3.8, 0.01, [0], "stretched_inverse", ["dropout"]),  # 10 ms lost in the first decay: spacing −2222 ppm
+        (2, 3.5, -0.004, [0], "stretched_inverse", ["dropout"]),  # 4 ms of silence inserted there: +889 ppm
+        (3, 4.5 + 3.4, 0.02, [1], "repetition_spacing", ["dropout"]),  # between the 2nd and 3rd: the first two measure it
+        # inside the first sweep: an impulse there (rejected), and the spacing follows the sweep's loud part, intact
+        (2, 1.5, -0.004, [0], "repetition_spacing", []),
+    ],
+)
+def test_dropout_between_repetitions_is_no_clock(count, dropout_at_s, dropout_s, rejected, method, codes):
+    """Samples lost (or silence inserted) between repetitions move their spacing, not the clock: the spacing
+    the sweep's own clock contradicts is not used, the repetition the break fell into is rejected, and the
+    recording says so (code ``dropout``). Without the check, 10 ms lost over a 4.5 s period reads as −2222 ppm
+    and the recording is refused as ``sample_rate_mismatch`` (or wrongly corrected)."""
+    params = _clock_params("shoebox", sweep_count=count)
+    chain = Chain(clock_ppm=30, snr_db=50, dropout_at_s=dropout_at_s, dropout_s=dropout_s, seed=count)
+    check = check_recording(record(params, _clock_room("shoebox", 48000), chain), params)
+    assert check.rejected == rejected
+    assert check.used == [k for k in range(count) if k not in rejected]
+    assert check.clock_method == method
+    assert check.clock_offset_ppm == pytest.approx(30, abs=CLOCK_TOLERANCE_PPM[method])
+    assert [r["code"] for r in check.refusals] == codes
+
+
+def test_repetitions_without_dropout_have_no_dropout_refusal():
+    params = _clock_params("shoebox", sweep_count=3)
+    check = check_recording(record(params, _clock_room("shoebox", 48000), Chain(clock_ppm=-700, snr_db=40, seed=5)), params)
+    assert check.used == [0, 1, 2] and check.refusals == []
+    assert check.clock_method == "repetition_spacing"
+
+
+@pytest.mark.parametrize(
     ("true_hz", "labelled_hz", "room_name", "snr_db"),
     [(44100, 48000, "0.2s", 20), (44100, 48000, "2.2s", 60), (44100, 48000, "6s", 40), (44100, 48000, "shoebox", 60),
      (48000, 44100, "2.2s", 20), (48000, 44100, "shoebox", 60)],
@@ -119,7 +151,7 @@ def test_single_sweep_never_refused_and_never_confidently_wrong(ppm, room_name, 
     if section["clock_offset_ppm"] is None:
         assert section["clock_offset_method"] is None and "sweep_count" in section["clock_offset_reason"]
     else:
-        assert section["clock_offset_ppm"] == pytest.approx(ppm, abs=CLOCK_TOLERANCE_PPM["band_arrivals"])
+        assert section["clock_offset_ppm"] == pytest.approx(ppm, abs=CLOCK_TOLERANCE_PPM["stretched_inverse"])
 
 
 def test_clean_fixture_clock(sweep_params, room_ir):
@@ -128,31 +160,31 @@ def test_clean_fixture_clock(sweep_params, room_ir):
     x, _ = conftest_record(sweep_params, room_ir, seed=44, noise_db=-50.0)
     assert track_clock_ppm(x, sweep_params) == pytest.approx(0.0, abs=CLOCK_TRACK_ERROR_PPM)
     ppm = check_recording(x, sweep_params).clock_offset_ppm
-    assert ppm is None or abs(ppm) < CLOCK_TOLERANCE_PPM["band_arrivals"]
+    assert ppm is None or abs(ppm) < CLOCK_TOLERANCE_PPM["stretched_inverse"]
 
 
-def _band_clock(x: np.ndarray, params: SweepParams) -> float | None:
+def _stretch_clock(x: np.ndarray, params: SweepParams) -> float | None:
     h_all = deconvolve_recording(x, params)
-    return estimate_clock_ppm(h_all, int(np.argmax(h_all[: x.size] ** 2)), params)
+    return stretch_clock_ppm(h_all, int(np.argmax(h_all[: x.size] ** 2)), params).ppm
 
 
 @pytest.mark.parametrize("ppm", [0.0, 300.0, -1500.0])
 def test_clock_estimate_of_a_resampled_sweep(ppm):
     """A sweep resampled by 1 + ppm·1e-6 (FFT resampling, independent of the estimator) is found within 20 ppm
-    by the band arrivals (the direct sound alone: they agree)."""
+    by the stretched inverse (the direct sound alone: one sharp peak)."""
     from scipy import signal
 
     x = exponential_sweep(PARAMS)
     stretched = signal.resample(x, int(round(x.size * (1 + ppm * 1e-6)))) if ppm else x
-    assert _band_clock(stretched, PARAMS) == pytest.approx(ppm, abs=20.0)
+    assert _stretch_clock(stretched, PARAMS) == pytest.approx(ppm, abs=20.0)
     assert track_clock_ppm(stretched, PARAMS) == pytest.approx(ppm, abs=CLOCK_TRACK_ERROR_PPM)
     if ppm:
-        assert _band_clock(correct_clock(stretched, ppm), PARAMS) == pytest.approx(0.0, abs=20.0)
+        assert _stretch_clock(correct_clock(stretched, ppm), PARAMS) == pytest.approx(0.0, abs=20.0)
 
 
 def test_clock_estimate_of_noise_is_none():
     noise = np.random.default_rng(0).standard_normal(4 * 48000)
-    assert _band_clock(noise, PARAMS) is None
+    assert _stretch_clock(noise, PARAMS) is None
 
 
 def test_tail_check_of_a_cut_and_of_a_complete_decay():

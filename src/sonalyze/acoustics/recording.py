@@ -5,9 +5,10 @@
   t₀(f) = T·ln(f/f₁)/ln(f₂/f₁). Three measures (`check_recording`): the sweep's track over the short-time
   spectrum (`track_clock_ppm`, ± `CLOCK_TRACK_ERROR_PPM`: refuses gross mismatches, ``sample_rate_mismatch``
   — a 44.1 kHz recording labelled 48 kHz is −8.1 %); with repeated sweeps their spacing
-  (`repetition_clock_ppm`, within a ppm); with one sweep the octave bands' first arrivals
-  (`estimate_clock_ppm`, only when they agree, else unknown). Offsets up to `MAX_CORRECTED_PPM` are
-  corrected by resampling; beyond, the recording is refused.
+  (`repetition_clock_ppm`, within a ppm; a spacing the sweep's own clock contradicts is a dropout, and
+  the repetition before it is rejected: `_spacing_run`); with one sweep the time-stretch that maximises
+  the deconvolved peak (`stretch_clock_ppm`, only when unique, else unknown). Offsets up to
+  `MAX_CORRECTED_PPM` are corrected by resampling; beyond, the recording is refused.
 * **Impulsive noise** (Farina 2007, "Advancements in impulse response measurements by sine sweeps",
   AES 122nd Convention: an impulse during a sweep spreads over the deconvolved response as a
   time-reversed sweep): the recording minus the sweep convolved with the estimated response, in
@@ -43,21 +44,28 @@ from sonalyze.acoustics.deconvolution import (
     starts_after_sweep,
     strongest_peak,
 )
-from sonalyze.acoustics.sweep import SweepParams, inverse_spectrum, sweep_samples
+from sonalyze.acoustics.sweep import SweepParams, sweep_spectrum
 
 #: Clock offsets up to this are corrected by resampling, beyond it the recording is refused, ppm.
 MAX_CORRECTED_PPM = 2000.0
 #: Smaller estimated offsets are left alone (below the estimate's own uncertainty), ppm.
 MIN_CORRECTED_PPM = 10.0
-#: Lowest band centre used for the clock (a phone loudspeaker's resonance and high-pass bend the phase below).
-CLOCK_LOWEST_HZ = 700.0
-#: A band impulse must stand this far above the band's median to be used for the clock, dB.
-CLOCK_MIN_PEAK_DB = 20.0
-CLOCK_MIN_BANDS = 4
-#: Widest 95 % interval of the Theil–Sen slope (ρ − 1) for an estimate to be used (else unknown: null).
-CLOCK_MAX_SPREAD = 2e-3
-#: Margin of the analysed segment around the first impulse, beyond the largest correctable shift, s.
-CLOCK_SEGMENT_MARGIN_S = 0.05
+#: Single-sweep clock (`stretch_clock_ppm`): lowest frequency used (above a phone loudspeaker's resonance,
+#: 900 Hz in the phone-chain model, whose group delay biased the estimate by up to 30 ppm from 700 Hz);
+#: trial offsets within ±span; margin of the analysed segment beyond the largest shift, s.
+STRETCH_LOWEST_HZ = 1500.0
+STRETCH_SPAN_PPM = 1.25 * MAX_CORRECTED_PPM
+#: Local maxima of the coarse trials refined (the strongest competitors of the best), on an envelope
+#: oversampled this many times (the peak sample's jumps from one sample to the next biased the estimate by
+#: up to 20 ppm at the segment's own sampling).
+STRETCH_CANDIDATES = 6
+STRETCH_FINE_OVERSAMPLING = 4
+STRETCH_MARGIN_S = 0.01
+#: The estimate is unique when every other maximum more than this many main lobes away peaks below this share
+#: of the best (phone-chain set, 54 recordings, ±1500 ppm: right within 70 ppm at ≤ 0.80, wrong by
+#: 120–710 ppm at ≥ 0.94).
+STRETCH_LOBES = 3
+STRETCH_UNIQUE_RATIO = 0.85
 #: Coarse clock track (`track_clock_ppm`): STFT frames and hop, samples at 48 kHz (scaled with the rate);
 #: bins from this frequency up to `CLOCK_TRACK_HIGHEST_NYQUIST` of the Nyquist frequency.
 CLOCK_TRACK_FRAME_S = 0.02
@@ -75,9 +83,10 @@ CLOCK_GROSS_PPM = 30000.0
 CLOCK_TRACK_PLAUSIBLE = (0.25, 4.0)
 #: Largest error of each precise method on the phone-chain set (docs/acoustics.md), ppm: a recording is
 #: refused only when its offset is beyond `MAX_CORRECTED_PPM` by more than that.
-CLOCK_TOLERANCE_PPM = {"repetition_spacing": 3.0, "band_arrivals": 60.0}
+CLOCK_TOLERANCE_PPM = {"repetition_spacing": 3.0, "stretched_inverse": 100.0}
 CLOCK_UNKNOWN = (
-    "not measured: the octave bands' arrivals disagree (a reverberant room or a weak direct sound) and the "
+    "not measured: the re-timed deconvolution's peak is not unique (a direct sound weak against the "
+    "reverberation) and the "
     "recording holds one sweep; within ±3 % (the sweep's track) and not corrected — record 2–3 sweeps "
     "(sweep_count) to measure and correct it"
 )
@@ -111,6 +120,7 @@ MISSING_ENERGY_LIMIT_DB = {
     "sti": -20.0,
 }
 TRUNCATED = "truncated_recording"
+DROPOUT = "dropout"
 BROADBAND = "broadband"
 STANDARD_RATES_HZ = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
 
@@ -172,66 +182,80 @@ def empty_section(requested: int, clock_offset_ppm: float | None = None) -> dict
 # -- clock ---------------------------------------------------------------------------------------
 
 
-def _clock_bands_hz(params: SweepParams) -> list[tuple[float, float]]:
-    """Octave bands from `CLOCK_LOWEST_HZ` up to half an octave below the sweep's end."""
-    top_hz = min(params.f_end_hz, 0.45 * params.fs_hz) / 2**0.5
-    bands, low_hz = [], CLOCK_LOWEST_HZ / 2**0.5
-    while low_hz * 2 <= top_hz:
-        bands.append((low_hz, low_hz * 2))
-        low_hz *= 2**0.5
-    return bands
+def _stretch_power(spectrum: np.ndarray, phase: np.ndarray, n_fft: int, ppm: np.ndarray) -> np.ndarray:
+    """Peak power of the deconvolved segment (``spectrum``: its FFT's used bins) re-timed for each trial
+    offset of the uniform grid ``ppm``: the bins turned by e^(j·ppm·``phase``), the rest zero, shifted down
+    to baseband (|·| unchanged) and read over ``n_fft`` envelope samples (the segment's own sampling, or
+    fewer)."""
+    step = (np.exp(1j * (ppm[1] - ppm[0]) * phase) if ppm.size > 1 else np.ones_like(phase)).astype(np.complex64)
+    rows = np.empty((ppm.size, spectrum.size), dtype=np.complex64)  # single precision: peaks compared to 1 %
+    rows[0] = spectrum * np.exp(1j * ppm[0] * phase)
+    for i in range(1, ppm.size):  # a uniform grid: one complex multiply per trial, not an exp
+        rows[i] = rows[i - 1] * step
+    return np.max(np.abs(sp_fft.ifft(rows, n_fft, axis=1, norm="forward", workers=1)), axis=1) ** 2
 
 
-def estimate_clock_ppm(h_all: np.ndarray, peak: int, params: SweepParams) -> float | None:
+@dataclass(frozen=True)
+class StretchClock:
+    """`stretch_clock_ppm`'s result: the offset (None when not unique) and how far the best trial stands out."""
+
+    ppm: float | None
+    best_ppm: float
+    second_ratio: float
+    """Peak power of the strongest other trial (more than `STRETCH_LOBES` main lobes away) re the best's."""
+
+
+def stretch_clock_ppm(h_all: np.ndarray, peak: int, params: SweepParams) -> StretchClock:
     """How fast the recording's clock runs against the sweep's, ppm (+: more samples per sweep second),
-    from the recording deconvolved with the labelled sweep (``h_all``, the first sweep's impulse at
-    ``peak``; only the segment that can hold arrivals within ±`MAX_CORRECTED_PPM` is analysed).
+    from the recording deconvolved with the labelled sweep (``h_all``, the first sweep's impulse at ``peak``).
 
-    Band-wise (module docstring, Hann-weighted octave bands): the lag of each band's first
-    arrival (the first envelope maximum after the envelope comes within 20 dB of the band's strongest
-    impulse, as ISO 3382-1 A.2.1 finds an onset — the direct sound, not the band's loudest reflection)
-    against the time t₀ the sweep passed the band centre; the robust
-    (Theil–Sen) slope is ρ − 1. None when fewer than `CLOCK_MIN_BANDS` bands hold a clear impulse.
+    A recording at ρ = 1 + δ times the sweep's rate delays frequency f by δ·t₀(f), t₀(f) = L·ln(f/f₁),
+    L = T/ln(f₂/f₁) (Farina 2000): the deconvolution's phase is off by −2π·δ·L·f·(ln(f/f₁) − 1). Each trial δ
+    turns it back (a time-stretched inverse, in the frequency domain) and the peak of the re-timed response's
+    envelope is read; the true δ re-aligns the direct sound and maximises it (the deconvolved-peak sharpness
+    of REW-style timing references). Bins from `STRETCH_LOWEST_HZ` (above a phone loudspeaker's resonance,
+    whose own group delay biases the peak) to 0.45·fs. Trials every half main lobe over ±`STRETCH_SPAN_PPM`
+    on a 2× oversampled baseband envelope, then the `STRETCH_CANDIDATES` strongest local maxima every 1/10
+    lobe on a `STRETCH_FINE_OVERSAMPLING`× oversampled one, parabolic. The estimate is used only when every other maximum more
+    than `STRETCH_LOBES` main lobes away peaks below `STRETCH_UNIQUE_RATIO` of it (in rooms whose direct
+    sound is weak against the reverberation, the tail's own peaks compete: not unique, None).
     """
     fs_hz = params.fs_hz
-    half = int((2 * MAX_CORRECTED_PPM * 1e-6 * params.duration_s + CLOCK_SEGMENT_MARGIN_S) * fs_hz)
+    half = int((STRETCH_SPAN_PPM * 1e-6 * params.duration_s + STRETCH_MARGIN_S) * fs_hz)
     segment = np.take(h_all, np.arange(peak - half, peak + half), mode="wrap")
-    n_fft = sp_fft.next_fast_len(segment.size, real=True)
-    spectrum = sp_fft.rfft(segment, n_fft)
-    bin_hz = fs_hz / n_fft
-    log_ratio = math.log(params.f_end_hz / params.f_start_hz)
-    t0_samples, lags = [], []
-    for low_hz, high_hz in _clock_bands_hz(params):
-        k0, k1 = int(low_hz / bin_hz), int(high_hz / bin_hz) + 1
-        m = sp_fft.next_fast_len(8 * (k1 - k0))
-        weights = np.hanning(k1 - k0 + 2)[1:-1]  # no sidelobes: the −20 dB point is the direct sound's
-        envelope = np.abs(sp_fft.ifft(spectrum[k0:k1] * weights, m)) ** 2  # baseband, n_fft/m samples a step
-        step = n_fft / m
-        valid = envelope[: int(segment.size / step)]
-        if valid.size < 8:
-            continue
-        top = float(valid.max())
-        if top < np.median(valid) * 10 ** (CLOCK_MIN_PEAK_DB / 10):
-            continue
-        first = int(np.argmax(valid >= 0.1 * top))  # the first repetition's impulse, not a later one's
-        span = max(3, int(0.05 * fs_hz / step))
-        local = valid[max(0, first - span) : first + span]
-        i = max(0, first - span) + int(np.argmax(local >= 0.01 * float(local.max())))
-        while i + 1 < valid.size and valid[i + 1] > valid[i]:  # the first arrival's own maximum
-            i += 1
+    n_fft = sp_fft.next_fast_len(segment.size)
+    f_hz = sp_fft.fftfreq(n_fft, 1.0 / fs_hz)
+    top_hz = min(params.f_end_hz, 0.45 * fs_hz)
+    bins = np.flatnonzero((f_hz >= STRETCH_LOWEST_HZ) & (f_hz < top_hz))
+    if bins.size < 16:
+        return StretchClock(None, 0.0, 1.0)
+    spectrum = sp_fft.fft(segment, n_fft, workers=1)[bins]
+    rate_s = params.duration_s / math.log(params.f_end_hz / params.f_start_hz)
+    phase = 2e-6 * math.pi * rate_s * f_hz[bins] * (np.log(f_hz[bins] / params.f_start_hz) - 1.0)
+    # main-lobe width: the trial whose delay spread over the bins is one period of the bandwidth
+    lobe_ppm = 1e6 / (rate_s * math.log(top_hz / STRETCH_LOWEST_HZ) * (top_hz - STRETCH_LOWEST_HZ))
+    coarse = np.arange(-STRETCH_SPAN_PPM, STRETCH_SPAN_PPM + lobe_ppm / 4, lobe_ppm / 2)
+    power = _stretch_power(spectrum, phase, sp_fft.next_fast_len(2 * bins.size), coarse)
+    maxima = signal.argrelmax(np.concatenate(([0.0], power, [0.0])))[0] - 1
+    maxima = maxima[np.argsort(power[maxima])[::-1][:STRETCH_CANDIDATES]] if maxima.size else [int(np.argmax(power))]
+    refined = []
+    for i in maxima:
+        fine = coarse[i] + np.linspace(-lobe_ppm / 2, lobe_ppm / 2, 11)
+        fine_power = _stretch_power(spectrum, phase, STRETCH_FINE_OVERSAMPLING * n_fft, fine)
+        j = int(np.argmax(fine_power))
         offset = 0.0
-        if 0 < i < valid.size - 1:
-            a, b, c = np.log(valid[i - 1 : i + 2])
+        if 0 < j < fine.size - 1:
+            a, b, c = np.log(fine_power[j - 1 : j + 2])
             denominator = a - 2 * b + c
             offset = 0.5 * (a - c) / denominator if denominator < 0 else 0.0
-        lags.append((i + offset) * step)
-        t0_samples.append(params.duration_s * math.log(math.sqrt(low_hz * high_hz) / params.f_start_hz) / log_ratio * fs_hz)
-    if len(lags) < CLOCK_MIN_BANDS:
-        return None
-    fit = stats.theilslopes(lags, t0_samples)
-    if fit.high_slope - fit.low_slope > CLOCK_MAX_SPREAD:  # the bands disagree: no reliable estimate
-        return None
-    return float(fit.slope * 1e6)
+        refined.append((float(fine_power[j]), float(fine[j] + offset * (fine[1] - fine[0]))))
+    best_power, best_ppm = max(refined)
+    if not best_power > 0:
+        return StretchClock(None, best_ppm, 1.0)
+    far = STRETCH_LOBES * lobe_ppm
+    others = [p for p, ppm in refined if abs(ppm - best_ppm) > far] + list(power[np.abs(coarse - best_ppm) > far])
+    second = float(max(others, default=0.0)) / best_power
+    return StretchClock(best_ppm if second < STRETCH_UNIQUE_RATIO else None, best_ppm, second)
 
 
 def track_clock_ppm(x: np.ndarray, params: SweepParams) -> float | None:
@@ -261,8 +285,11 @@ def track_clock_ppm(x: np.ndarray, params: SweepParams) -> float | None:
     bins = np.flatnonzero((f_hz >= CLOCK_TRACK_LOWEST_HZ) & (f_hz <= top_hz))
     if bins.size < 8:
         return None
-    frames = np.lib.stride_tricks.sliding_window_view(x, frame)[::hop]
-    power = np.abs(sp_fft.rfft(frames * np.hanning(frame), axis=1)[:, bins]) ** 2 + 1e-300
+    # single precision for the short-time spectra (half the memory traffic; onsets 10–20 dB up are far above
+    # its rounding), double from the powers on
+    frames = np.lib.stride_tricks.sliding_window_view(x.astype(np.float32), frame)[::hop]
+    spectra = sp_fft.rfft(frames * np.hanning(frame).astype(np.float32), axis=1, workers=1)[:, bins[0] : bins[-1] + 1]
+    power = (spectra.real**2 + spectra.imag**2).astype(np.float64) + 1e-300
     threshold = np.maximum(
         power.max(axis=0) * 10 ** (-CLOCK_TRACK_BELOW_MAX_DB / 10),
         np.median(power, axis=0) * 10 ** (CLOCK_TRACK_ABOVE_MEDIAN_DB / 10),
@@ -310,7 +337,8 @@ def impulse_excess_db(x: np.ndarray, h: np.ndarray, start: int, params: SweepPar
     median, during the sweep that begins at ``start`` (the lag of ``h[0]``), fades excluded."""
     fs_hz = params.fs_hz
     n_sweep = params.sweep_length_samples
-    predicted = signal.fftconvolve(sweep_samples(params), h)[:n_sweep]
+    n_fft = sp_fft.next_fast_len(n_sweep + h.size - 1, real=True)  # sweep ⊛ h, linear (no wrap)
+    predicted = sp_fft.irfft(sweep_spectrum(params, n_fft) * sp_fft.rfft(h, n_fft), n_fft)[:n_sweep]
     residual = x[start : start + n_sweep] - predicted[: max(0, min(n_sweep, x.size - start))]
     fade = int(round(params.fade_s * fs_hz))
     residual = residual[fade : residual.size - fade]
@@ -378,13 +406,15 @@ def _band_signals(ir: np.ndarray, fs_hz: float) -> dict[str, np.ndarray]:
     """Octave-band parts of ``ir`` by an FFT-domain mask (levels only; the report's filter bank gives
     the metrics), and the broadband IR."""
     n = sp_fft.next_fast_len(ir.size, real=True)
-    spectrum = sp_fft.rfft(ir, n)
     f_hz = sp_fft.rfftfreq(n, 1.0 / fs_hz)
-    out = {}
+    keys, masks = [], []
     for band in OCTAVE_BANDS_HZ:
         if band_available(band, fs_hz):
             low_hz, high_hz = octave_band_edges_hz(band)
-            out[str(band)] = sp_fft.irfft(spectrum * ((f_hz >= low_hz) & (f_hz < high_hz)), n)[: ir.size]
+            keys.append(str(band))
+            masks.append((f_hz >= low_hz) & (f_hz < high_hz))
+    signals = sp_fft.irfft(sp_fft.rfft(ir, n) * np.array(masks), n, axis=1)[:, : ir.size]  # one batched inverse
+    out = dict(zip(keys, signals))
     out[BROADBAND] = ir
     return out
 
@@ -443,6 +473,43 @@ def repetition_clock_ppm(lags: dict[int, float], period: int) -> float | None:
     return float(slope * 1e6)
 
 
+def _spacing_run(lags: dict[int, float], stretch_ppm: float | None, period: int) -> tuple[list[int], list[int]]:
+    """The repetitions whose spacing measures the clock, and those rejected for a break in it.
+
+    Consecutive repetitions k, k+1 lie one period apart at the recording's clock; a spacing whose offset
+    differs from the single-sweep estimate (`stretch_clock_ppm`, when unique) by more than both methods'
+    tolerances means samples were lost or added between them (a dropout, a buffer glitch): that spacing is
+    no clock, and repetition k, whose sweep or decay the break fell into, is rejected. Returns the longest
+    run of repetitions without a break (all of them when nothing can be checked) and the rejected ones."""
+    indices = sorted(lags)
+    if stretch_ppm is None or len(indices) < 2:
+        return indices, []
+    tolerance = CLOCK_TOLERANCE_PPM["stretched_inverse"] + CLOCK_TOLERANCE_PPM["repetition_spacing"]
+    broken = [
+        k for k, following in zip(indices, indices[1:])
+        if abs((lags[following] - lags[k]) / (following - k) / period * 1e6 - stretch_ppm) > tolerance
+    ]
+    runs, current = [], [indices[0]]
+    for k in indices[1:]:
+        if current[-1] in broken:
+            runs.append(current)
+            current = []
+        current.append(k)
+    runs.append(current)
+    return max(runs, key=len), broken
+
+
+def _dropout_message(broken: list[int], lags: dict[int, float], stretch_ppm: float | None, period: int) -> str:
+    pairs = ", ".join(
+        f"{k + 1}→{k + 2}: {(lags[k + 1] - lags[k]) / period * 1e6:+.0f} ppm" for k in broken if k + 1 in lags
+    )
+    return (
+        f"the repetitions are not one period apart ({pairs}; the sweep itself runs {stretch_ppm:+.0f} ppm): the "
+        "recording lost or gained samples between them (a dropout); the repetition before each break is "
+        "rejected and the clock is not taken from that spacing — close other apps and record again"
+    )
+
+
 def _responses(
     x: np.ndarray, params: SweepParams, ir_length_s: float | None
 ) -> tuple[np.ndarray, int, list[int], list[np.ndarray], dict[int, float], int]:
@@ -487,12 +554,17 @@ def check_recording(
     if coarse is not None and abs(coarse) > CLOCK_GROSS_PPM:
         raise RecordingRefused("sample_rate_mismatch", _mismatch_message(coarse, declared_hz), empty_section(requested, coarse))
     h_all, peak, starts, irs, lags, n_ir = _responses(x, params, ir_length_s)
-    spacing = repetition_clock_ppm(lags, params.period_samples)
-    bands = estimate_clock_ppm(h_all, peak, params) if spacing is None else None
+    stretch = stretch_clock_ppm(h_all, peak, params)
+    for k in range(1, len(irs)):  # a glitch in the first sweep: the next repetition's own clock
+        if stretch.ppm is not None:
+            break
+        stretch = stretch_clock_ppm(h_all, peak + k * params.period_samples + int(round(lags[k])), params)
+    run, broken = _spacing_run(lags, stretch.ppm, params.period_samples)
+    spacing = repetition_clock_ppm({k: lags[k] for k in run}, params.period_samples)
     if spacing is not None:
         clock = Clock(spacing, "repetition_spacing")
-    elif bands is not None:
-        clock = Clock(bands, "band_arrivals")
+    elif stretch.ppm is not None:
+        clock = Clock(stretch.ppm, "stretched_inverse")
     else:
         clock = Clock(None, None, CLOCK_UNKNOWN)
     if clock.ppm is not None and abs(clock.ppm) - CLOCK_TOLERANCE_PPM[clock.method] > MAX_CORRECTED_PPM:
@@ -502,7 +574,7 @@ def check_recording(
         h_all, peak, starts, irs, lags, n_ir = _responses(x, params, ir_length_s)
     ppm = clock.ppm
     compare = min(n_ir, int(AGREEMENT_S * params.fs_hz))
-    rejected = [k for k, (s, h) in enumerate(zip(starts, irs)) if impulse_excess_db(x, h, s, params) > IMPULSE_EXCESS_DB]
+    rejected = [k for k, (s, h) in enumerate(zip(starts, irs)) if k in broken or impulse_excess_db(x, h, s, params) > IMPULSE_EXCESS_DB]
     kept = [k for k in range(len(irs)) if k not in rejected]
     if len(kept) >= 3:
         stack = np.stack([irs[k][:compare] for k in kept])
@@ -528,6 +600,8 @@ def check_recording(
         raise ValueError(STARTS_AFTER_SWEEP)
     ir = np.mean([irs[k] for k in kept], axis=0)
     check = RecordingCheck(ir, ppm, requested, kept, rejected, {}, clock_method=clock.method, clock_reason=clock.reason)
+    if broken:
+        check.refusals.append({"code": DROPOUT, "message": _dropout_message(broken, lags, stretch.ppm, params.period_samples)})
     _truncation(check, params.fs_hz)
     return check
 

@@ -132,13 +132,22 @@ def exponential_sweep(params: SweepParams) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
+def sweep_spectrum(params: SweepParams, n_fft: int) -> np.ndarray:
+    """rfft of the faded sweep on an ``n_fft``-point grid, read-only (cached: the deconvolution's inverse and
+    the recording checks' sweep ⊛ response use the same few sizes)."""
+    spectrum = sp_fft.rfft(sweep_samples(params), n_fft)
+    spectrum.flags.writeable = False
+    return spectrum
+
+
+@functools.lru_cache(maxsize=8)
 def inverse_spectrum(params: SweepParams, n_fft: int) -> np.ndarray:
     """Regularised inverse G = X*/(|X|² + ε) of the sweep on an ``n_fft``-point rfft grid (cached).
 
     Multiplying a recording's spectrum by G deconvolves it: the linear IR appears at the sweep's start
     in the recording, harmonic responses before it.
     """
-    x_spec = sp_fft.rfft(sweep_samples(params), n_fft)
+    x_spec = sweep_spectrum(params, n_fft)
     power = x_spec.real**2 + x_spec.imag**2
     f_hz = sp_fft.rfftfreq(n_fft, 1.0 / params.fs_hz)
     with np.errstate(divide="ignore"):
