@@ -20,7 +20,7 @@ from scipy.signal import fftconvolve
 
 from sonalyze.acoustics.sweep import SweepParams, exponential_sweep
 from sonalyze.common.cpu_pool import DEFAULT_PRELOAD, CpuPool
-from sonalyze.measurement.analysis import AnalysisTask, analyze_uploads
+from sonalyze.measurement.analysis import AnalysisTask, BlobLocation, analyze_uploads
 from sonalyze.measurement.jobs import AnalysisSource
 
 
@@ -44,7 +44,7 @@ async def main(rounds: int) -> None:
     params = SweepParams()
     path = Path(tempfile.mkdtemp()) / "mic.wav"
     _recording(params, path)
-    task = AnalysisTask(AnalysisSource.SWEEP_DECONVOLUTION, params, (("mic", path),))
+    task = AnalysisTask(AnalysisSource.SWEEP_DECONVOLUTION, params, (("mic", path.name),), BlobLocation("", path.parent))
     pool = CpuPool(1, 0, preload=(*DEFAULT_PRELOAD, "sonalyze.measurement.analysis"))
     start = time.perf_counter()
     await pool.warm_up()
