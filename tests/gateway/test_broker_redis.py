@@ -9,10 +9,11 @@ import subprocess
 import time
 import uuid
 
+import orjson
 import pytest
 
 from sonalyze.gateway.publication import Targets
-from sonalyze.gateway.broker_redis import REPLY_TIMEOUT_S, RedisBroker
+from sonalyze.gateway.broker_redis import REPLY_TIMEOUT_S, RedisBroker, open_resp_connection
 from tests.support import infra
 from tests.support.servers import free_port
 
@@ -112,3 +113,42 @@ async def test_a_hung_server_times_out_the_publish_and_delivery_goes_local(own_r
         await until(lambda: broker.connected, 10.0)  # reconnected by itself
     finally:
         await broker.close()
+
+
+async def test_nodes_resubscribing_while_a_node_publishes_deliver_every_publication_once_in_order(own_redis) -> None:
+    """Both nodes' subscriptions are dropped mid-burst, eight times: the publisher queues and flushes while the
+    other node subscribes again. A publication that comes with the SUBSCRIBE reply is held until the node has
+    caught up from the stream (delivered first, it moved the node's offset past earlier ones, lost for good)."""
+    _, port, password = own_redis
+    url = f"redis://:{password.replace(' ', '%20')}@127.0.0.1:{port}/0"
+    publisher_got, other_got = Recorder(), Recorder()
+    publisher, other = (RedisBroker(url, "burst:broadcast", recorder, 100_000) for recorder in (publisher_got, other_got))
+    admin = await open_resp_connection(url)
+    for broker in (publisher, other):
+        await broker.start()
+    try:
+        await until(lambda: publisher.connected and other.connected)
+        sent = 0
+
+        async def batch() -> None:
+            nonlocal sent
+            await asyncio.gather(*(publisher.publish(Targets(everyone=True), b'{"n":%d}' % n) for n in range(sent, sent + 20)))
+            sent += 20
+            await asyncio.sleep(0.01)  # a steady rate the flush of the outage queue outruns
+
+        for _ in range(8):
+            for _ in range(5):
+                await batch()
+            await admin.command("CLIENT", "KILL", "TYPE", "pubsub")  # both nodes reconnect by themselves
+            deadline = time.monotonic() + 20
+            while not (publisher.connected and other.connected and not publisher.queue):  # publishing all along
+                assert time.monotonic() < deadline, "the nodes did not reconnect"
+                await batch()
+        await until(lambda: len(other_got.received) >= sent and len(publisher_got.received) >= sent, 30.0)
+        assert [orjson.loads(payload)["n"] for _, payload in other_got.received] == list(range(sent))  # each once, in order
+        # each once on the publishing node too (its order across the loss of its own subscription: not yet)
+        assert sorted(orjson.loads(payload)["n"] for _, payload in publisher_got.received) == list(range(sent))
+    finally:
+        admin.close()
+        for broker in (publisher, other):
+            await broker.close()

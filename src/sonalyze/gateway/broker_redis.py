@@ -27,6 +27,7 @@ import logging
 import ssl
 import uuid
 from collections import deque
+from itertools import islice
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -140,6 +141,7 @@ return offset
 a new epoch, node, its publication number, how long numbers are kept (ms). Returns the offset (0: a
 number seen before)."""
 REPLAY_PAGE = 1000
+FLUSH_BATCH = 100
 
 
 class RedisBroker:
@@ -169,7 +171,6 @@ class RedisBroker:
         """Numbers of this node's publications delivered locally while Redis was down (skipped when they come back)."""
         self.queue: deque[tuple[int, bytes, bool]] = deque()
         """Publications waiting for Redis: (number, message, kept in the stream)."""
-        """Publications waiting for Redis: (number, bus message, delivered locally already); in order."""
         self.queue_max = queue_max
         self.queue_dropped = 0
         self._flusher: asyncio.Task[None] | None = None
@@ -242,18 +243,20 @@ class RedisBroker:
         self.queue.append((number, message, kept))
 
     async def _flush_queue(self, publisher: RespConnection) -> None:
-        """Publish what was queued while Redis was down, in order; stops (keeping the rest) on an error."""
+        """Publish what was queued while Redis was down, in order (``FLUSH_BATCH`` pipelined at a time: the
+        queue drains while publications keep coming); stops (keeping the rest) on an error."""
         while self.queue and self._publisher is publisher:
-            number, message, kept = self.queue[0]
+            batch = list(islice(self.queue, FLUSH_BATCH))
             try:
                 async with asyncio.timeout(REPLY_TIMEOUT_S):
-                    await self._send(publisher, number, message, kept)
+                    await asyncio.gather(*[self._send(publisher, number, message, kept) for number, message, kept in batch])
             except REDIS_ERRORS as exc:
                 self._down(exc)
                 publisher.close()
                 return
-            if self.queue and self.queue[0][0] == number:
-                self.queue.popleft()
+            for number, _, _ in batch:
+                if self.queue and self.queue[0][0] == number:
+                    self.queue.popleft()
         if self.queue:
             logger.info("outage queue: %d publications wait for the next connection", len(self.queue))
 
@@ -319,6 +322,8 @@ class RedisBroker:
             connections: list[RespConnection] = []
             try:
                 connections.append(publisher := await open_resp_connection(self._url))
+                if self.history is not None:
+                    self._held = []  # from the first message on: one may come with the SUBSCRIBE reply, before the catch-up
                 connections.append(subscriber := await open_resp_connection(self._url, self._message))
                 await asyncio.wait_for(subscriber.command("SUBSCRIBE", self._channel), REPLY_TIMEOUT_S)
                 if self.history is not None:
@@ -337,37 +342,49 @@ class RedisBroker:
                 self._publisher = None
                 for connection in connections:
                     connection.close()
+                self._drop_held()
             await asyncio.sleep(RECONNECT_DELAYS_S[min(attempt, len(RECONNECT_DELAYS_S) - 1)])
             attempt += 1
 
     async def _catch_up(self, publisher: RespConnection) -> None:
         """After (re)subscribing: deliver what the stream got since this node's last offset (other nodes'
         queued publications after an outage), then what arrived on the bus meanwhile, in offset order.
-        When the stream cannot say (history lost or trimmed) the local devices are told to resynchronize."""
-        self._held = []
-        try:
-            self._script_sha = await asyncio.wait_for(publisher.command("SCRIPT", "LOAD", PUBLISH_SCRIPT), REPLY_TIMEOUT_S)
-            epoch, offset = await asyncio.wait_for(publisher.command("MGET", self._keys[2], self._keys[3]), REPLY_TIMEOUT_S)
-            newest = int(offset or 0)
-            if epoch is None:  # an empty Redis: the next publication starts a history (and comes on the bus)
-                self.epoch, self._epoch_bytes, self.offset = None, b"", 0
-            elif not self._caught_up_once:
-                self._new_epoch(epoch, newest)  # a node starting: nothing of the past is for it
-            else:
-                if epoch != self._epoch_bytes:
-                    self._new_epoch(epoch, 0)  # Redis lost the history and a new one began: from its start
-                if newest > self.offset:
-                    missed = await self._read_after(publisher, self.offset)
-                    if missed is None:
-                        self.offset = newest
-                        self._resync_local("history")
-                    else:
-                        for entry_offset, node, number, rest in missed:
-                            self._kept(entry_offset, b"%d" % entry_offset, node, number, rest)
-            self._caught_up_once = True
-        finally:
-            held, self._held = self._held, None
-            for message in held or ():
+        When the stream cannot say (history lost or trimmed) the local devices are told to resynchronize.
+
+        Bus messages are held from before the subscription (``_connect_and_listen``) until this is done: one
+        delivered before the catch-up would move this node's offset past publications it has not delivered
+        yet, and the catch-up would skip them (a node subscribing while another flushed its outage queue
+        got the second queued publication with the SUBSCRIBE reply, and never the first). If it fails,
+        ``_connect_and_listen`` drops them: the next connection's catch-up reads them from the stream."""
+        self._script_sha = await asyncio.wait_for(publisher.command("SCRIPT", "LOAD", PUBLISH_SCRIPT), REPLY_TIMEOUT_S)
+        epoch, offset = await asyncio.wait_for(publisher.command("MGET", self._keys[2], self._keys[3]), REPLY_TIMEOUT_S)
+        newest = int(offset or 0)
+        if epoch is None:  # an empty Redis: the next publication starts a history (and comes on the bus)
+            self.epoch, self._epoch_bytes, self.offset = None, b"", 0
+        elif not self._caught_up_once:
+            self._new_epoch(epoch, newest)  # a node starting: nothing of the past is for it
+        else:
+            if epoch != self._epoch_bytes:
+                self._new_epoch(epoch, 0)  # Redis lost the history and a new one began: from its start
+            if newest > self.offset:
+                missed = await self._read_after(publisher, self.offset)
+                if missed is None:
+                    self.offset = newest
+                    self._resync_local("history")
+                else:
+                    for entry_offset, node, number, rest in missed:
+                        self._kept(entry_offset, b"%d" % entry_offset, node, number, rest)
+        self._caught_up_once = True
+        held, self._held = self._held, None
+        for message in held or ():
+            self._message(message)
+
+    def _drop_held(self) -> None:
+        """After a failed (re)connection: forget the held publications (in the stream: the next catch-up
+        delivers them) and deliver the rest (membership changes and relays, which no stream keeps)."""
+        held, self._held = self._held, None
+        for message in held or ():
+            if message[:2] != b"H ":
                 self._message(message)
 
     def _resync_local(self, reason: str) -> None:
