@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--queues", type=_queue_list, default=["analysis", "simulation"], help="comma-separated queues (default: analysis,simulation)"
     )
-    worker.add_argument("--poll-ms", type=_positive, default=20, help="how often an idle process asks Redis for work (default 20)")
+    worker.add_argument(
+        "--poll-ms", type=_positive, default=1000,
+        help="how long an idle process waits for a wake-up before asking Redis again (default 1000; its heartbeat)",
+    )
     return parser
 
 

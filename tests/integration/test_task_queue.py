@@ -63,7 +63,7 @@ class Worker:
         }
         self.log = tempfile.NamedTemporaryFile(prefix="sonalyze-worker-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sonalyze", "worker", "--processes", str(processes), "--poll-ms", "10"],
+            [sys.executable, "-m", "sonalyze", "worker", "--processes", str(processes), "--poll-ms", "200"],
             env=env, cwd=REPO_ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 

@@ -192,15 +192,57 @@ def _actor_name(queue: str) -> str:
     return f"sonalyze_{queue}"
 
 
-def redis_broker(url: str, heartbeat_timeout_s: float) -> Any:
-    """A Dramatiq Redis broker on ``url`` with the task actor declared on every queue of :data:`QUEUES`."""
-    import dramatiq
-    from dramatiq.brokers.redis import RedisBroker
+def _wake_key(queue: str) -> str:
+    return f"{KEY_PREFIX}s:{queue}:wake"
 
-    # maintenance (putting a dead worker's messages back) on 1 % of the broker's calls, not 0.1 %: a busy or
-    # idle worker polls every few ms, so a dead worker's task is taken over within about a second of its
-    # heartbeat timeout.
-    broker = RedisBroker(url=url, heartbeat_timeout=int(heartbeat_timeout_s * 1000), maintenance_chance=10_000)
+
+WAKE_TOKENS_MAX = 64
+"""Wake-up tokens kept per queue (one per submitted task; a token nobody takes costs one empty fetch)."""
+BUSY_POLL_S = 0.005
+"""How often a process that has all the messages it may take looks for its finished ones (no Redis call)."""
+
+
+def redis_broker(url: str, heartbeat_timeout_s: float) -> Any:
+    """A Dramatiq Redis broker on ``url`` with the task actor declared on every queue of :data:`QUEUES`.
+
+    Dramatiq's Redis consumer polls an empty queue with a growing sleep, so an idle worker starts a task
+    up to its poll interval late, or burns CPU polling often (8.5 % of a core per idle process at 20 ms,
+    bench/task_queue.md). Here an idle consumer blocks on a wake-up list instead (``BLPOP`` for up to the
+    poll interval), which the submitter pushes a token to after each message: the task starts at once and
+    an idle worker asks Redis about once per interval. Maintenance (putting a dead worker's messages back)
+    runs on 10 % of the broker's calls rather than 0.1 %, as calls are that much rarer.
+    """
+    import dramatiq
+    from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+    from dramatiq.broker import MessageProxy
+    from dramatiq.errors import ConnectionClosed
+    from dramatiq.message import Message
+    import redis
+
+    class WakingConsumer(_RedisConsumer):
+        def __next__(self) -> Any:
+            try:
+                while True:
+                    if self.message_cache:
+                        message = Message.decode(self.message_cache.pop(0))
+                        self.queued_message_ids.add(message.message_id)
+                        return MessageProxy(message)
+                    if self.outstanding_message_count >= self.prefetch:
+                        time.sleep(BUSY_POLL_S)  # its tasks run: their acks come from this thread's loop
+                        return None
+                    self.message_cache = self.broker.do_fetch(self.queue_name, self.prefetch - self.outstanding_message_count)
+                    if not self.message_cache:
+                        self.broker.client.blpop([_wake_key(self.queue_name)], timeout=self.timeout / 1000)
+                        return None
+            except redis.ConnectionError as exc:
+                raise ConnectionClosed(exc) from None
+
+    class WakingRedisBroker(RedisBroker):
+        @property
+        def consumer_class(self) -> Any:
+            return WakingConsumer
+
+    broker = WakingRedisBroker(url=url, heartbeat_timeout=int(heartbeat_timeout_s * 1000), maintenance_chance=100_000)
     for queue in QUEUES:
         # max_retries=0: the actor never raises (it stores fn's exception as the outcome); a task runs again
         # only when its worker died before acknowledging it.
@@ -250,6 +292,11 @@ class QueueTasks:
             options = {"time_limit": int(timeout_s * 1000)} if timeout_s is not None else {}
             encoded = base64.b64encode(call).decode("ascii")
             await asyncio.to_thread(self._actor.send_with_options, args=(task_id, encoded), **options)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.rpush(_wake_key(self.queue), b"1")
+                pipe.ltrim(_wake_key(self.queue), -WAKE_TOKENS_MAX, -1)
+                pipe.expire(_wake_key(self.queue), OUTCOME_TTL_S)
+                await pipe.execute()
         except BaseException:
             await self._redis.zrem(_in_flight_key(self.queue), task_id)
             raise
@@ -429,13 +476,13 @@ WORKER_PRELOAD = ("sonalyze.measurement.analysis", "sonalyze.simulation.worker")
 """Imported by each worker process before its first task (pyroomacoustics alone takes about a second)."""
 
 
-def worker_main(*, processes: int, threads: int, queues: Sequence[str], poll_ms: int) -> int:
+def worker_main(*, processes: int, threads: int, queues: Sequence[str], poll_ms: int = 1000) -> int:
     """``sonalyze worker``: Dramatiq's worker processes on ``queues`` (its CLI: signals, graceful stop).
 
     ``threads`` tasks at once per process (1 for CPU-bound work); each process takes at most that many
     messages at a time, so a message never waits behind a busy process while another is idle. ``poll_ms``:
-    how often an idle process asks Redis for work (Dramatiq's Redis broker polls; a task waits about half of
-    it before it starts).
+    how long an idle process waits for a wake-up before asking Redis again (:func:`redis_broker`); it must
+    stay well below ``TASK_QUEUE_HEARTBEAT_TIMEOUT_S``, since each ask is the process's heartbeat.
     """
     os.environ["dramatiq_queue_prefetch"] = str(threads)
     os.environ["dramatiq_worker_timeout"] = str(poll_ms)
