@@ -1,5 +1,7 @@
 # One image for every Sonalyze service; the service is chosen by the command:
 #   docker run sonalyze gateway | lobby | measurement | simulation | storage
+# and the task queue's workers by the entrypoint:
+#   docker run --entrypoint sonalyze sonalyze worker --processes 1
 FROM python:3.11-slim AS runtime
 
 ENV PYTHONUNBUFFERED=1 \
@@ -12,8 +14,8 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 RUN pip install . \
  && useradd --create-home --uid 10001 sonalyze \
- && mkdir -p /data \
- && chown sonalyze /data
+ && mkdir -p /data /blobs \
+ && chown sonalyze /data /blobs
 
 USER sonalyze
 ENV HOST=0.0.0.0

@@ -83,3 +83,20 @@ async def test_one_lobbys_pushes_keep_their_seq_order_across_two_replicas(postgr
         # created (seq 1, announced by the answer, not pushed), then a join and a rename per guest: every
         # seq pushed once, in order
         assert recorder.seqs[lobby["lobby_id"]] == list(range(2, 2 + 2 * GUESTS)), lobby["lobby_id"]
+
+
+async def test_readiness_follows_the_database() -> None:
+    from tests.support import infra
+
+    url, name = await infra.create_postgres_database()
+    try:
+        settings = lobby_settings(url, measurement_url=f"http://127.0.0.1:{free_port()}")
+        with ThreadedServer(create_lobby(settings), **SERVICES["lobby"].uvicorn_options) as lobby:
+            async with httpx.AsyncClient(base_url=lobby.url, timeout=30) as http:  # no token: a probe has none
+                assert (await http.get("/readyz")).json() == {"status": "ready"}
+                await infra.drop_postgres_database(name)  # WITH (FORCE): the lobby's connections are cut
+                answer = await http.get("/readyz")
+                assert answer.status_code == 503 and answer.json()["error"]["code"] == "not_ready"
+                assert (await http.get("/healthz")).status_code == 200  # alive: no restart for a database outage
+    finally:
+        await infra.drop_postgres_database(name)

@@ -113,6 +113,15 @@ async def health(request: Request) -> dict[str, Any]:
     return {"status": "ok", "service": request.app.state.settings.service_name}
 
 
+@rest.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """200 when the database answers, else 503 ``not_ready`` (a replica without it takes no traffic)."""
+    reason = await _lobbies(request).db.unreachable()
+    if reason is None:
+        return JSONResponse({"status": "ready"})
+    return JSONResponse({"error": {"code": "not_ready", "message": reason}}, status_code=503)
+
+
 @rest.post("/lobbies", status_code=201)
 async def create_lobby(request: Request, device_id: DeviceId, body: CreateLobby | None = None) -> dict[str, Any]:
     return await _lobbies(request).create(device_id, body or CreateLobby())

@@ -143,6 +143,14 @@ class Database:
                 if keys:
                     await _end_turns(connection, keys)
 
+    async def unreachable(self) -> str | None:
+        """None when the database answers a query, else why not (``/readyz``)."""
+        try:
+            await self.read(lambda conn: conn.execute(select(1)).scalar_one())
+        except Exception as exc:  # any failure to reach it: the reason goes to the probe's answer
+            return f"the lobby database does not answer: {type(exc).__name__}: {exc}"[:300]
+        return None
+
     async def read(self, work: Callable[..., T], *args: Any) -> T:
         """``work(connection, *args)`` without writing."""
         if self.is_sqlite:
