@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator
@@ -28,6 +27,7 @@ from sonalyze.common.errors import BadRequest, Conflict, Forbidden, NotFound, So
 from sonalyze.common.internal_auth import Caller, internal_headers
 from sonalyze.measurement.access import JobAccess, require_device
 from sonalyze.common.logging import log_context
+from sonalyze.common.retention import cleanup_forever
 from sonalyze.common.tasks import task_runner
 from sonalyze.measurement.analysis import AnalysisTask, BlobLocation, analyze_uploads, summarize
 from sonalyze.measurement import storage_records
@@ -113,7 +113,9 @@ class MeasurementService:
             error = JobError(code="interrupted", message="the service stopped during the analysis; run it again")
             await self._analysis_finished(job, error=error)
         if self.settings.retention_days > 0:
-            self._cleanup = asyncio.create_task(self._cleanup_loop(), name="measurement-cleanup")
+            self._cleanup = asyncio.create_task(
+                cleanup_forever(self.delete_expired, self.settings.cleanup_interval_s, "jobs"), name="measurement-cleanup"
+            )
 
     async def delete_expired(self, now_s: float) -> list[str]:
         """Delete the jobs (and their audio) unchanged for ``MEASUREMENT_RETENTION_DAYS`` before ``now_s``;
@@ -123,14 +125,6 @@ class MeasurementService:
         if deleted:
             log.info("expired jobs deleted", extra={"jobs": len(deleted)})
         return deleted
-
-    async def _cleanup_loop(self) -> None:
-        while True:
-            try:
-                await self.delete_expired(time.time())
-            except Exception:
-                log.exception("deleting expired jobs failed; trying again later")
-            await asyncio.sleep(self.settings.cleanup_interval_s)
 
     async def close(self) -> None:
         if self._cleanup is not None:

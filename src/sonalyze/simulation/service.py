@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from sonalyze.common.blobs import blob_store
 from sonalyze.common.cpu_pool import DEFAULT_PRELOAD, CpuPool
 from sonalyze.common.errors import SonalyzeError, from_validation_error
+from sonalyze.common.retention import cleanup_forever
 from sonalyze.common.tasks import task_runner
 from sonalyze.simulation.config import SimulationSettings
 from sonalyze.simulation.limits import check_limits
@@ -72,7 +73,9 @@ class SimulationService:
             log.warning("simulation %s was interrupted", simulation_id)
             await self._finish(simulation_id, status=JobStatus.FAILED, error=error)
         if self.settings.retention_days > 0:
-            self._cleanup = asyncio.create_task(self._cleanup_loop(), name="simulation-cleanup")
+            self._cleanup = asyncio.create_task(
+                cleanup_forever(self.delete_expired, self.settings.cleanup_interval_s, "simulations"), name="simulation-cleanup"
+            )
 
     async def delete_expired(self, now_s: float) -> list[str]:
         """Delete the simulations (and their RIRs) finished ``SIMULATION_RETENTION_DAYS`` before ``now_s``;
@@ -81,14 +84,6 @@ class SimulationService:
         if deleted:
             log.info("expired simulations deleted", extra={"simulations": len(deleted)})
         return deleted
-
-    async def _cleanup_loop(self) -> None:
-        while True:
-            try:
-                await self.delete_expired(time.time())
-            except Exception:
-                log.exception("deleting expired simulations failed; trying again later")
-            await asyncio.sleep(self.settings.cleanup_interval_s)
 
     async def close(self) -> None:
         for task in list(self._background):
