@@ -576,6 +576,10 @@ function renderSession() {
     : "Tap Arm on every phone: it wakes the audio, opens the microphone without any processing and keeps the screen on.";
 }
 
+/** What the results panel was built from: it is built again only when that changes, so a push while
+ *  recording (lobby.updated re-renders the page) does not re-draw every table and plot (a 90 ms task). */
+let resultsShown = [];
+
 function renderResults() {
   if (!state.lobby) return;
   const pick = $("session-pick");
@@ -586,6 +590,10 @@ function renderResults() {
   const body = $("results-body");
   if (!session?.results?.length) return;
   pick.value = session.session_id;
+  const shown = [session.results, state.lobby.participants.map((p) => `${p.device_id}:${p.name}`).join(),
+                 ...session.results.map((entry) => state.predictions.get(`${session.session_id}:${entry.speaker_index}`))];
+  if (shown.length === resultsShown.length && shown.every((x, i) => x === resultsShown[i])) return;
+  resultsShown = shown;
   const parts = [];
   for (const entry of session.results) {
     const pairs = pairsOf(entry);
