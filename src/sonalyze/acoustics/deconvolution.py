@@ -60,7 +60,7 @@ def strongest_peak(h: np.ndarray, n_recording: int, params: SweepParams, *, chec
     peak = int(np.argmax(energy))
     n_sweep = params.sweep_length_samples
     full_overlap = energy[: n_recording - n_sweep] if n_recording - n_sweep > MIN_IR_LENGTH_S * params.fs_hz else energy
-    if energy[peak] < np.median(full_overlap) * 10.0 ** (MIN_PEAK_TO_MEDIAN_DB / 10.0):
+    if median_exceeds(full_overlap, 10.0 ** (MIN_PEAK_TO_MEDIAN_DB / 10.0), float(energy[peak])):
         raise ValueError("no sweep found in the recording (no impulse stands out of the deconvolved noise)")
     peak = whole_sweep_peak(h, n_recording, params, peak)
     if check_start and starts_after_sweep(h, n_recording, peak, params):
@@ -69,6 +69,22 @@ def strongest_peak(h: np.ndarray, n_recording: int, params: SweepParams, *, chec
 
 
 STARTS_AFTER_SWEEP = "the recording starts after the sweep began: start recording before playing"
+
+
+def median_exceeds(values: np.ndarray, factor: float, level: float | np.ndarray) -> bool | np.ndarray:
+    """``np.median(values, axis=0) * factor > level`` (per column of a 2-D ``values``), exactly, by counting
+    instead of selecting: one pass, and the median itself only for columns whose even count's two middle
+    values straddle the level."""
+    n = values.shape[0]
+    above = np.count_nonzero(values * factor > level, axis=0)
+    out = above > n // 2
+    if n % 2 == 0:
+        tie = above == n // 2
+        if np.any(tie):
+            if values.ndim == 1:
+                return bool(float(np.median(values)) * factor > level)
+            out[tie] = np.median(values[:, tie], axis=0) * factor > np.broadcast_to(level, out.shape)[tie]
+    return bool(out) if values.ndim == 1 else out
 
 
 def starts_after_sweep(h: np.ndarray, n_recording: int, peak: int, params: SweepParams) -> bool:

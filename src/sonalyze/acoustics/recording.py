@@ -41,6 +41,7 @@ from sonalyze.acoustics.deconvolution import (
     STARTS_AFTER_SWEEP,
     deconvolve_recording,
     ir_window,
+    median_exceeds,
     starts_after_sweep,
     strongest_peak,
 )
@@ -290,10 +291,10 @@ def track_clock_ppm(x: np.ndarray, params: SweepParams) -> float | None:
     frames = np.lib.stride_tricks.sliding_window_view(x.astype(np.float32), frame)[::hop]
     spectra = sp_fft.rfft(frames * np.hanning(frame).astype(np.float32), axis=1, workers=1)[:, bins[0] : bins[-1] + 1]
     power = (spectra.real**2 + spectra.imag**2).astype(np.float64) + 1e-300
-    threshold = np.maximum(
-        power.max(axis=0) * 10 ** (-CLOCK_TRACK_BELOW_MAX_DB / 10),
-        np.median(power, axis=0) * 10 ** (CLOCK_TRACK_ABOVE_MEDIAN_DB / 10),
-    )
+    # max(the −20 dB point, 10 dB above the median): the median only where it can win (noisy bins)
+    threshold = power.max(axis=0) * 10 ** (-CLOCK_TRACK_BELOW_MAX_DB / 10)
+    noisy = median_exceeds(power, 10 ** (CLOCK_TRACK_ABOVE_MEDIAN_DB / 10), threshold)
+    threshold[noisy] = np.median(power[:, noisy], axis=0) * 10 ** (CLOCK_TRACK_ABOVE_MEDIAN_DB / 10)
     first = np.argmax(power >= threshold, axis=0)
     columns = np.arange(bins.size)
     before = np.maximum(first - 1, 0)
