@@ -68,9 +68,9 @@ class GatewaySettings(BaseSettings):
     push_history_age_s: float = Field(300.0, gt=0)
     """Pushes kept for devices that resume (``"pos"`` in each push, the ``resume`` event): at most this many
     (Redis: ``MAXLEN ~``, about), none older; ``PUSH_HISTORY_MAX=0`` turns positions and resuming off.
-    ``memory://`` and ``redis://``; NATS keeps none yet."""
+    In the process (``memory://``), a Redis stream (``redis://``) or a JetStream stream (``nats://``)."""
     push_outage_queue_max: int = Field(10_000, ge=1)
-    """``redis://`` with a history: publications queued while Redis is down (published when it is back);
+    """``redis://`` or ``nats://`` with a history: publications queued while the bus is down (published when it is back);
     beyond, the oldest is dropped (``gateway_outage_queue_dropped_total``)."""
     gateway_broker_prefix: str = "gateway:"
     """Prefix of the bus channel / subject (``{prefix}broadcast``) and of the registry keys: one per cluster."""
