@@ -1,4 +1,5 @@
-"""Issue 18 on a cluster: gateway processes on a redis-server of the test's own (SIGKILL, SIGSTOP).
+"""Issue 18 on a cluster: gateway processes on a redis-server or a nats-server (JetStream) of the test's own
+(SIGKILL, SIGSTOP): the same checks for both brokers.
 
 Every broadcast names its publisher and a number counting up from 0; a device's record is checked per
 publisher against ``range(N)`` (exactly once, in order), counting every message. Each publisher ends
@@ -57,9 +58,10 @@ def per_publisher(seen: list[dict], publisher: str) -> list[int]:
     return [m["data"]["n"] for m in seen if m["data"]["p"] == publisher and m["data"]["n"] != "end"]
 
 
+@pytest.mark.parametrize("kind", ["redis", "nats"])
 @pytest.mark.parametrize("outage", ["sigkill", "sigstop"])
-async def test_devices_on_two_instances_get_every_broadcast_once_across_a_broker_outage_mid_burst(outage: str) -> None:
-    bus = OwnServer("redis")
+async def test_devices_on_two_instances_get_every_broadcast_once_across_a_broker_outage_mid_burst(outage: str, kind: str) -> None:
+    bus = OwnServer(kind)
     bus.start()
     nodes: list[ServiceProcess] = []
     try:
@@ -90,7 +92,7 @@ async def test_devices_on_two_instances_get_every_broadcast_once_across_a_broker
             await burst(range(per_phase, 2 * per_phase))  # while Redis is gone or frozen
             if outage == "sigkill":
                 bus.process = None
-                bus.start()  # same port, empty: the history starts over
+                bus.start()  # same port, empty: the history starts over (a new epoch)
             else:
                 bus.process.send_signal(signal.SIGCONT)
             for node in nodes:
@@ -113,8 +115,9 @@ async def test_devices_on_two_instances_get_every_broadcast_once_across_a_broker
         bus.stop()
 
 
-async def test_a_device_offline_for_10_s_resumes_on_another_instance_and_after_an_instance_restart() -> None:
-    bus = OwnServer("redis")
+@pytest.mark.parametrize("kind", ["redis", "nats"])
+async def test_a_device_offline_for_10_s_resumes_on_another_instance_and_after_an_instance_restart(kind: str) -> None:
+    bus = OwnServer(kind)
     bus.start()
     nodes: list[ServiceProcess] = []
     try:
@@ -162,8 +165,9 @@ async def test_a_device_offline_for_10_s_resumes_on_another_instance_and_after_a
         bus.stop()
 
 
-async def test_a_resume_from_a_position_older_than_the_stream_gets_resync_required() -> None:
-    bus = OwnServer("redis")
+@pytest.mark.parametrize("kind", ["redis", "nats"])
+async def test_a_resume_from_a_position_older_than_the_stream_gets_resync_required(kind: str) -> None:
+    bus = OwnServer(kind)
     bus.start()
     nodes: list[ServiceProcess] = []
     try:
@@ -173,7 +177,7 @@ async def test_a_resume_from_a_position_older_than_the_stream_gets_resync_requir
             async with connect(g1.ws_url + "/ws?device_id=phone") as ws:
                 await broadcast(client, g1, ["phone"], {"p": "g1", "n": 0})
                 position = json.loads(await asyncio.wait_for(ws.recv(), 10))["pos"]
-            for n in range(1, 400):  # MAXLEN ~ trims whole stream nodes (100 entries): far past 5
+            for n in range(1, 400):  # Redis's MAXLEN ~ trims whole stream nodes (100 entries): far past 5
                 await broadcast(client, g1, ["phone"], {"p": "g1", "n": n})
             async with connect(g1.ws_url + f"/ws?device_id=phone&resume={position['epoch']}:{position['offset']}") as ws:
                 told = json.loads(await asyncio.wait_for(ws.recv(), 10))

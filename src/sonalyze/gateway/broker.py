@@ -82,8 +82,8 @@ def create_broker(
     """The broker for ``url``; ``prefix`` names the channel/subject so several clusters share one bus.
 
     With ``history_max`` > 0 pushes get positions and are kept (at most that many, none older than
-    ``history_age_s``): in memory for ``memory://``, in a Redis stream for ``redis://`` (which also
-    queues up to ``queue_max`` publications while Redis is down); NATS keeps none yet.
+    ``history_age_s``): in memory for ``memory://``, in a Redis stream for ``redis://``, in a JetStream
+    stream for ``nats://`` (both queue up to ``queue_max`` publications while the bus is down).
     """
     scheme = urlsplit(url).scheme
     if scheme == "memory":
@@ -97,5 +97,5 @@ def create_broker(
     if scheme in ("nats", "tls"):
         from sonalyze.gateway.broker_nats import NatsBroker
 
-        return NatsBroker(url, prefix + "broadcast", deliver)
+        return NatsBroker(url, prefix + "broadcast", deliver, history_max, history_age_s, queue_max)
     raise BrokerURLError(f"BROKER_URL {url!r}: use memory://, redis://host:port/db or nats://host:port")
