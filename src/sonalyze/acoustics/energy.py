@@ -84,7 +84,7 @@ class EnergyDecay:
 
     def centre_time_s(self) -> float:
         t_s = np.arange(self.end) / self.fs_hz
-        return (float(t_s @ self.energy) + self.tail_moment_s()) / self.total
+        return (float(np.sum(t_s * self.energy)) + self.tail_moment_s()) / self.total  # not BLAS: decay._line_fit
 
 
     def split(self, te_ms: float) -> tuple[float, float]:
