@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -9,8 +10,10 @@ import pytest
 from sonalyze.common.blobs import LocalBlobStore
 
 from sonalyze.common.errors import BadRequest, Conflict
+from sonalyze.common.internal_auth import SERVICE_CALLER
 from sonalyze.measurement.analysis import summarize
-from sonalyze.measurement.jobs import ALLOWED_TRANSITIONS, Job, JobCreate, JobStatus
+from sonalyze.measurement.jobs import ALLOWED_TRANSITIONS, AnalyzeRequest, Job, JobCreate, JobStatus
+from sonalyze.measurement.service import MeasurementService
 from sonalyze.measurement.store import JobStore, sweep_key, upload_key
 from sonalyze.measurement.uploads import check_upload_name
 from sonalyze.storage.db import make_engine
@@ -195,3 +198,28 @@ async def test_jobs_of_the_former_folder_layout_are_imported_once(tmp_path):
         assert loaded.model_dump() == job.model_dump() and loaded.version == 1
     finally:
         await store.engine.dispose()
+
+
+async def test_another_replica_sees_the_progress_of_an_analysis(settings, ir_wav) -> None:
+    """Replica A analyzes; replica B (same database) answers from the database: it sees the progress."""
+    async def chunks():
+        yield ir_wav
+
+    a = MeasurementService(settings.model_copy(update={"analyze_wait_s": 0.0, "replica_id": "a"}))
+    b = MeasurementService(settings.model_copy(update={"replica_id": "b"}))
+    await a.start()
+    await b.start()
+    try:
+        job = await a.create_job(JobCreate(), SERVICE_CALLER)
+        for index in range(12):  # long enough for several progress saves
+            await a.upload(job.job_id, f"ir{index}", chunks(), caller=SERVICE_CALLER, content_type="audio/wav", content_length=None)
+        await a.analyze(job.job_id, AnalyzeRequest(source="impulse_response"), SERVICE_CALLER)
+        seen = []
+        while (seen_job := await b.get_job(job.job_id, SERVICE_CALLER)).status is JobStatus.ANALYZING:
+            seen.append(seen_job.progress.message)
+            await asyncio.sleep(0.02)
+        assert seen_job.status is JobStatus.DONE, seen_job.error
+        assert any(message.startswith("analyzing ir") for message in seen), sorted(set(seen))
+    finally:
+        await a.close()
+        await b.close()

@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 EARLY_ANALYSES_MAX = 64
 
 FINAL_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED})
+PROGRESS_SAVE_INTERVAL_S = 0.25
+"""An analysis's progress reaches the database (and so every replica's answers) at most this often."""
 
 
 
@@ -91,6 +93,7 @@ class MeasurementService:
         self._analyzing: dict[str, Job] = {}
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._analyses: dict[str, asyncio.Task[None]] = {}
+        self._progress_saves: dict[str, asyncio.Task[None]] = {}
         self._early: dict[tuple[str, str], asyncio.Task[dict[str, dict[str, Any]]]] = {}
         """(job_id, upload name) → its sweep analysis, started at the upload (`_analyze_early`)."""
         self._warm_up: asyncio.Task[None] | None = None
@@ -132,9 +135,11 @@ class MeasurementService:
             await asyncio.gather(self._cleanup, return_exceptions=True)
         if self._warm_up is not None:
             await asyncio.gather(self._warm_up, return_exceptions=True)
-        for task in [*self._analyses.values(), *self._early.values()]:
+        for task in [*self._analyses.values(), *self._early.values(), *self._progress_saves.values()]:
             task.cancel()
-        await asyncio.gather(*self._analyses.values(), *self._early.values(), return_exceptions=True)
+        await asyncio.gather(
+            *self._analyses.values(), *self._early.values(), *self._progress_saves.values(), return_exceptions=True
+        )
         await self.tasks.close()
         await self.access.aclose()
         if self.outbox is not None:
@@ -287,6 +292,7 @@ class MeasurementService:
 
             def on_progress(fraction: float, message: str) -> None:
                 job.progress = Progress(fraction=fraction, message=message)
+                self._save_progress_soon(job)
 
             running = None
             if rest:  # Busy here, before anything changed
@@ -378,6 +384,23 @@ class MeasurementService:
                 await self._analysis_finished(job, results=results)
             finally:
                 self._analyses.pop(job.job_id, None)
+
+    def _save_progress_soon(self, job: Job) -> None:
+        """Save the job's latest progress within ``PROGRESS_SAVE_INTERVAL_S`` (one pending save per job):
+        the other replicas read the job from the database, not from this replica's memory."""
+        if job.job_id not in self._progress_saves:
+            self._progress_saves[job.job_id] = asyncio.create_task(self._save_progress(job))
+
+    async def _save_progress(self, job: Job) -> None:
+        try:
+            await asyncio.sleep(PROGRESS_SAVE_INTERVAL_S)
+            async with self._lock(job.job_id):
+                if self._analyzing.get(job.job_id) is job:  # not finished meanwhile
+                    await self._save(job)
+        except Exception:  # the next save or the end of the analysis writes it
+            log.warning("saving the progress of job %s failed", job.job_id, exc_info=True)
+        finally:
+            self._progress_saves.pop(job.job_id, None)
 
     @staticmethod
     async def _early_results(early: dict[str, asyncio.Task[Any]]) -> dict[str, dict[str, Any]]:
