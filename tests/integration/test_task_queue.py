@@ -28,9 +28,11 @@ from sonalyze.common.tasks import QueueTasks
 from sonalyze.measurement.jobs import AnalyzeRequest, JobCreate, JobStatus
 from sonalyze.measurement.service import MeasurementService
 from sonalyze.measurement.settings import MeasurementSettings
+from sonalyze.simulation.service import SimulationService, parse_request
 from tests.common import cpu_tasks
 from tests.measurement.audio import encode, sweep_recording
 from tests.measurement.conftest import FS_HZ, RT_S, SHORT_SWEEP, room  # noqa: F401  (the fixture)
+from tests.simulation.conftest import make_settings, shoebox_request
 from tests.support.infra import REDIS_URL, require
 
 pytestmark = [pytest.mark.redis]
@@ -228,5 +230,26 @@ async def test_a_measurement_job_is_analyzed_by_a_worker(queue_url, workers, tmp
         assert done.progress.fraction == 1.0
         assert (await service.store.load(job.job_id)).status is JobStatus.DONE
         assert await service.ready() is None
+    finally:
+        await service.close()
+
+
+async def test_a_simulation_runs_on_a_worker_and_its_progress_comes_back(queue_url, workers, tmp_path) -> None:
+    worker = workers()
+    settings = make_settings(tmp_path, task_queue_url=queue_url, task_queue_heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S)
+    service = SimulationService(settings)
+    await service.start()
+    try:
+        request = parse_request(shoebox_request())
+        job = await service._create(request)
+        progress: list[float] = []
+        running = await service._start(job["id"], request, on_progress=lambda fraction, _message: progress.append(fraction))
+        answer = await asyncio.wait_for(service._execute(job["id"], request, running), 120)
+        assert answer["status"] == "succeeded", worker.log_text()
+        assert answer["pairs"][0]["metrics"]["t30_s"] is not None or answer["pairs"][0]["metrics_reason"]
+        assert progress and progress == sorted(progress)  # pushed from the worker, in order
+        kept = await service.get(job["id"])
+        assert kept["status"] == "succeeded" and (await service.store.rir_path(job["id"], 0, 0)).is_file()
+        assert service.health()["workers"]["task_queue"] == "redis"
     finally:
         await service.close()
