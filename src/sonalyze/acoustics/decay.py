@@ -78,8 +78,10 @@ def _block_levels_db(energy: np.ndarray, block: int, noise: float = 0.0) -> tupl
     n_blocks = energy.size // block
     means = energy[: n_blocks * block].reshape(n_blocks, block).mean(axis=1) - noise
     centres = (np.arange(n_blocks) + 0.5) * block
-    with np.errstate(divide="ignore"):
-        return centres, 10.0 * np.log10(np.maximum(means, 0.0))
+    level_db = np.full(n_blocks, -np.inf)  # (no np.errstate: entering it costs more than the logarithms)
+    positive = means > 0.0
+    level_db[positive] = 10.0 * np.log10(means[positive])
+    return centres, level_db
 
 
 def _line_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -198,12 +200,13 @@ def schroeder_curve_db(ir: np.ndarray, fs_hz: float, truncation: Truncation | No
     end = energy.size if truncation is None else truncation.index
     tail = 0.0 if truncation is None else truncation.tail_energy
     noise = 0.0 if truncation is None else truncation.noise_power
-    edc = np.full(energy.size, np.nan)
-    edc[:end] = np.cumsum((energy[:end] - noise)[::-1])[::-1] + tail
+    edc = np.cumsum((energy[:end] - noise)[::-1])[::-1] + tail
     if not edc[0] > 0:
         raise ValueError("no energy above the noise floor")
-    edc[edc <= 0] = np.nan
-    return 10.0 * np.log10(edc / edc[0])
+    curve_db = np.full(energy.size, np.nan)  # NaN after the truncation and where the integral is not positive
+    positive = np.flatnonzero(edc > 0)
+    curve_db[positive] = 10.0 * np.log10(edc[positive] / edc[0])
+    return curve_db
 
 
 @dataclass(frozen=True)
