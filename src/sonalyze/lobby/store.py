@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Connection, and_, bindparam, case, create_engine, delete, event, exists, func, insert, literal_column, select, update
+from sqlalchemy import JSON, Connection, and_, bindparam, case, create_engine, delete, event, exists, insert, literal_column, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.sql import ClauseElement
@@ -130,18 +130,15 @@ class Database:
         if self.outbox is not None:
             work, args = _with_storage_records, (work, *args)
         async with self._async_engine.connect() as connection:
-            keys: list[str] = []
+            taking: list[str] = []
             try:
                 async with connection.begin():
-                    result = await connection.run_sync(work, *args)
-                    keys = sorted(set(turns()))
-                    for key in keys:
-                        await connection.execute(select(func.pg_advisory_lock(_TURN_CLASS, func.hashtext(key))))
+                    result = await connection.run_sync(_taking_turns, taking, turns, work, *args)
                 await after()
                 return result
             finally:
-                if keys:
-                    await _end_turns(connection, keys)
+                if taking:
+                    await _end_turns(connection)
 
     async def unreachable(self) -> str | None:
         """None when the database answers a query, else why not (``/readyz``)."""
@@ -205,12 +202,25 @@ _TURN_CLASS = 0x10BB1
 """First key of the lobbies' turn locks (``pg_advisory_lock(int, int)``: apart from the one-key locks of migrations)."""
 
 
-async def _end_turns(connection: Any, keys: list[str]) -> None:
-    """Give the turns back; a connection that cannot is dropped, which ends its session and its locks."""
+_TAKE_TURN = text(f"SELECT pg_advisory_lock({_TURN_CLASS}, hashtext(:key))")
+
+
+def _taking_turns(conn: Connection, taking: list[str], turns: Callable[[], Iterable[str]], work: Callable[..., T], *args: Any) -> T:
+    """``work``, then the turns it names, in key order, in the same transaction (noted in ``taking`` first,
+    so they are given back even if taking one fails)."""
+    result = work(conn, *args)
+    taking.extend(sorted(set(turns())))
+    for key in taking:
+        conn.execute(_TAKE_TURN, {"key": key})
+    return result
+
+
+async def _end_turns(connection: Any) -> None:
+    """Give the turns back: one statement outside any transaction (``pg_advisory_unlock_all``: a pooled
+    connection holds no other session lock). A connection that cannot is dropped, which ends its locks."""
     try:
-        for key in keys:
-            await connection.execute(select(func.pg_advisory_unlock(_TURN_CLASS, func.hashtext(key))))
-        await connection.commit()
+        raw = await connection.get_raw_connection()
+        await raw.driver_connection.execute("SELECT pg_advisory_unlock_all()")
     except Exception:
         await connection.invalidate()
         raise
