@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
-from sonalyze.common.blobs import LocalBlobStore, blob_store, check_key
+from sonalyze.common.blobs import STALE_PARTIAL_S, LocalBlobStore, blob_store, check_key
 from tests.support.s3 import make_bucket, s3_server, set_credentials
 
 
@@ -47,9 +48,21 @@ def test_keys_that_leave_the_store_are_refused(key, tmp_path):
 
 def test_a_crash_leftover_is_removed_and_never_visible(tmp_path):
     store = LocalBlobStore(tmp_path)
-    (store.temp_dir() / "dead.part").write_bytes(b"half")
+    dead = store.temp_dir() / "dead.part"
+    dead.write_bytes(b"half")
+    hour_ago = time.time() - STALE_PARTIAL_S - 1
+    os.utime(dead, (hour_ago, hour_ago))
     again = LocalBlobStore(tmp_path)
     assert list(again.temp_dir().iterdir()) == []
+
+
+def test_a_second_process_opening_the_folder_keeps_an_upload_in_progress(tmp_path):
+    """Replicas and workers share one folder: opening it must not remove a file still being written."""
+    store = LocalBlobStore(tmp_path)
+    growing = store.temp_dir() / "upload.part"
+    growing.write_bytes(b"first chunk")
+    LocalBlobStore(tmp_path)
+    assert growing.read_bytes() == b"first chunk"
 
 
 def test_unknown_blob_urls_are_refused(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
 import time
 
@@ -12,6 +13,7 @@ import pytest
 import soundfile
 from scipy.signal import resample_poly
 
+from sonalyze.common.blobs import STALE_PARTIAL_S
 from sonalyze.measurement.main import create_app
 from sonalyze.measurement.settings import MeasurementSettings
 from tests.measurement.audio import decode, encode
@@ -372,6 +374,8 @@ def test_jobs_survive_a_restart_and_interrupted_analyses_fail(tmp_path, ir_wav):
     # The server stopped during the analysis; a crash could also leave a half-written upload behind.
     leftover = settings.data_dir / ".incoming" / "deadbeef.part"
     leftover.write_bytes(b"half")
+    hour_ago = time.time() - STALE_PARTIAL_S - 1
+    os.utime(leftover, (hour_ago, hour_ago))
     with ThreadedServer(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=60, headers=SERVICE_HEADERS) as http:
         assert http.get(f"/v1/jobs/{kept['job_id']}").json() == kept
         assert http.get(kept["audio_url"]).status_code == 200

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +30,10 @@ from urllib.parse import urlsplit
 from sonalyze.common.durable import fsync_dir
 
 PARTIAL_SUFFIX = ".part"
+# A half-written file nobody has written to for this long is a crash's leftover. Replicas and workers may
+# share one folder, so a store never removes a partial file that may still be growing (another process's
+# upload in progress writes to it with every chunk).
+STALE_PARTIAL_S = 3600.0
 _KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 
 
@@ -67,8 +72,13 @@ class LocalBlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._temp = root / ".incoming"
         self._temp.mkdir(exist_ok=True)
+        stale_before = time.time() - STALE_PARTIAL_S
         for leftover in self._temp.glob(f"*{PARTIAL_SUFFIX}"):  # a crash's half-written files
-            leftover.unlink(missing_ok=True)
+            try:
+                if leftover.stat().st_mtime < stale_before:
+                    leftover.unlink(missing_ok=True)
+            except FileNotFoundError:  # published or removed by its writer meanwhile
+                pass
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
