@@ -100,3 +100,25 @@ async def test_readiness_follows_the_database() -> None:
                 assert (await http.get("/healthz")).status_code == 200  # alive: no restart for a database outage
     finally:
         await infra.drop_postgres_database(name)
+
+
+async def test_pushes_go_to_several_gateways_and_pass_over_a_stopped_one(postgres_url: str) -> None:
+    """``GATEWAY_URL=http://a,http://b``: pushes are spread over both; with one stopped every push still arrives."""
+    recorders = [RecordingGateway(), RecordingGateway()]
+    with ThreadedServer(recorders[0].app) as first, ThreadedServer(recorders[1].app) as second:
+        settings = lobby_settings(
+            postgres_url, gateway_url=f"{first.url},{second.url}", measurement_url=f"http://127.0.0.1:{free_port()}"
+        )
+        with ThreadedServer(create_lobby(settings), **SERVICES["lobby"].uvicorn_options) as lobby_server:
+            async with httpx.AsyncClient(base_url=lobby_server.url, timeout=60, headers=SERVICE_HEADERS) as http:
+                handle = Handle(http)
+                lobby = await handle.call("lobby.create", {}, "host")
+                for n in range(4):
+                    await handle.call("lobby.join", {"code": lobby["code"]}, f"guest-{n}")
+                seen = [list(recorder.seqs[lobby["lobby_id"]]) for recorder in recorders]
+                assert seen[0] and seen[1] and sorted(seen[0] + seen[1]) == [2, 3, 4, 5]  # balanced, each once
+                first.stop()
+                for n in range(4, 8):
+                    await handle.call("lobby.join", {"code": lobby["code"]}, f"guest-{n}")
+    assert recorders[1].seqs[lobby["lobby_id"]][-4:] == [6, 7, 8, 9]  # none lost to the stopped gateway
+    assert recorders[0].seqs[lobby["lobby_id"]] == seen[0]

@@ -334,9 +334,10 @@ class UpstreamClient:
 
     async def post_json(self, url: str, payload: bytes) -> tuple[int, bytes]:
         """POST a JSON body and read the whole (small) answer: (status, body). The same exchange as
-        :meth:`call`, awaited."""
-        pool, head = self._post_head(url, payload)
-        return await self._await(_Exchange(self, pool, head))  # type: ignore[return-value]
+        :meth:`call`, awaited. ``url`` may name several replicas, comma-separated whole URLs
+        (``http://a:8000/internal/broadcast,http://b:8000/internal/broadcast``)."""
+        pool, head, failover = self._target(url, lambda one: self._post_head(one, payload))
+        return await self._await(_Exchange(self, pool, head, failover=failover))  # type: ignore[return-value]
 
     async def open_stream(
         self, method: str, base_url: str, path: str, headers: list[tuple[bytes, bytes]], content: AsyncIterable[bytes] | None

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from sonalyze.common.errors import UpstreamTimeout, UpstreamUnavailable
 from sonalyze.common.http_client import UpstreamClient
 from sonalyze.common.json import dumps
+from sonalyze.common.replicas import split_urls
 
 log = logging.getLogger("sonalyze.lobby.broadcast")
 
@@ -46,6 +47,11 @@ class Broadcaster:
 
     def __init__(self, gateway_url: str, token: str, *, queue_size: int, workers: int, timeout_s: float) -> None:
         self._gateway_url = gateway_url.rstrip("/")
+        self._urls = {
+            path: ",".join(url + path for url in split_urls(gateway_url)) for path in (_BROADCAST_PATH, _SUBSCRIPTIONS_PATH)
+        } if gateway_url else {}
+        """Per path, the URL on every gateway (GATEWAY_URL may name several, comma-separated: the client
+        balances and passes over one that refuses connections, as for every service URL)."""
         self._client = UpstreamClient(timeout_s, max_connections_per_origin=workers, internal_token=token)
         self._timeout_s = timeout_s
         self._queues: list[asyncio.Queue[Request]] = [asyncio.Queue(maxsize=max(1, queue_size // workers)) for _ in range(workers)]
@@ -110,7 +116,7 @@ class Broadcaster:
 
     def _queue(self, path: str, body: bytes, order_key: str, what: str, device_count: int) -> None:
         try:
-            self._queue_of(order_key).put_nowait((self._gateway_url + path, body))
+            self._queue_of(order_key).put_nowait((self._urls[path], body))
         except asyncio.QueueFull:
             log.warning("gateway queue full: dropped %s for %d devices", what, device_count)
 

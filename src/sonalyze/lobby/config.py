@@ -15,7 +15,9 @@ class LobbySettings(InternalAuthSettings, BaseSettings):
 
     service_name: str = "lobby"
     database_url: str = "sqlite+aiosqlite:///./lobby.db"
-    gateway_url: str = Field("", description="where lobby.updated and measurement.* pushes go; empty: no pushes")
+    gateway_url: str = Field(
+        "", description="where lobby.updated and measurement.* pushes go (several gateways: comma-separated); empty: no pushes"
+    )
     measurement_url: str = "http://127.0.0.1:8002"
     storage_url: str = Field("", description="the storage service; records go there through an outbox in the lobby DB. Empty: no storage writes")
     lobby_idle_timeout_s: float = Field(3600.0, gt=0)
