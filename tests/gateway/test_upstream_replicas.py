@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect
 from sonalyze.common.json import JSONResponse
 from sonalyze.gateway.config import GatewaySettings
 from tests.gateway.conftest import gateway_settings, start_gateway
-from tests.support.servers import ThreadedServer
+from tests.support.servers import ServiceProcess, ThreadedServer
 
 
 def named_replica(name: str) -> FastAPI:
@@ -110,3 +110,31 @@ def test_upstream_urls_are_normalised_and_checked(monkeypatch) -> None:
     monkeypatch.setenv("SIMULATION_URL", "http://s:1,ftp://s:2")
     with pytest.raises(ValidationError, match="not an http"):
         GatewaySettings()
+
+
+@pytest.mark.postgres
+async def test_a_lobby_replica_killed_with_sigkill_is_failed_over(postgres_url: str, dead_url: str) -> None:
+    """Two real lobby processes on one PostgreSQL behind ``LOBBY_URL=a,b``: ``kill -9`` of one between calls
+    costs no call (its pooled connections die with it; the call goes to the other)."""
+    env = {"DATABASE_URL": postgres_url, "MEASUREMENT_URL": dead_url, "GATEWAY_URL": "", "LOG_LEVEL": "WARNING"}
+    with ServiceProcess("lobby", env=env) as a, ServiceProcess("lobby", env=env) as b:
+        lobby_url = f"{a.url},{b.url}"
+        server = start_gateway(gateway_settings(
+            {"lobby": a, "measurement": a, "simulation": a}, lobby_url=lobby_url, http_timeout_seconds=10.0
+        ))
+        try:
+            async with connect(server.ws_url + "/ws?device_id=host") as ws:
+                async def call(event: str, data: dict, request_id: str) -> dict:
+                    await ws.send(json.dumps({"event": event, "data": data, "request_id": request_id}))
+                    reply = json.loads(await asyncio.wait_for(ws.recv(), 20))
+                    assert reply["type"] == "response", reply
+                    return reply["data"]
+
+                room = await call("lobby.create", {}, "create")
+                for n in range(4):  # both replicas now hold a pooled connection from the gateway
+                    assert (await call("lobby.get", {"lobby_id": room["lobby_id"]}, f"before-{n}"))["lobby_id"] == room["lobby_id"]
+                a.kill()
+                for n in range(6):
+                    assert (await call("lobby.get", {"lobby_id": room["lobby_id"]}, f"after-{n}"))["lobby_id"] == room["lobby_id"]
+        finally:
+            server.stop()
