@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from sonalyze.client import ConnectionLost, GatewayError, SonalyzeClient
 from sonalyze.common.errors import Forbidden, install_error_handlers
 from sonalyze.common.handle import EventContext, EventHandlers
-from tests.support.servers import ServiceProcess, ThreadedServer
+from tests.support.servers import ServiceProcess, ThreadedServer, wait_until
 
 TOKEN = "client-test-token"
 
@@ -103,7 +103,12 @@ async def test_concurrent_requests_are_matched_by_request_id(gateway):
 
 
 async def test_reconnects_with_backoff_after_the_gateway_restarts(gateway):
-    async with SonalyzeClient(gateway.url, backoff_initial_s=0.05, backoff_max_s=0.5) as client:
+    reloaded: list[dict] = []
+
+    async def reload() -> None:  # what a client reads again after a reconnect (here: a request of its own)
+        reloaded.append(await client.request("lobby.echo", {"reload": True}))
+
+    async with SonalyzeClient(gateway.url, backoff_initial_s=0.05, backoff_max_s=0.5, on_reconnect=reload) as client:
         phone = client.device_id
         in_flight = asyncio.create_task(client.request("lobby.echo", {"delay_s": 30}))
         await asyncio.sleep(0.3)
@@ -117,6 +122,8 @@ async def test_reconnects_with_backoff_after_the_gateway_restarts(gateway):
         assert await client.request("lobby.echo", {"after": "restart"}) == {"echo": {"after": "restart"}, "device_id": phone}
         assert await asyncio.to_thread(_broadcast, gateway.url, phone, {"type": "after_restart"}) == 1
         assert (await client.next_event("lobby.updated")).data == {"type": "after_restart"}
+        await wait_until(lambda: len(reloaded) >= client.reconnects)
+        assert reloaded == [{"echo": {"reload": True}, "device_id": phone}] * client.reconnects
 
 
 async def test_upload_through_the_proxy_streams_a_file(gateway, tmp_path: Path):

@@ -26,7 +26,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,9 @@ class SonalyzeClient:
     (a push at or below the kept position is dropped, should one come twice). When the gateway's history
     no longer reaches back that far it sends ``resync_required``: the client then calls ``on_resync``
     (reload the state: ``lobby.get``, ``measurement.session_status``); the event is also queued.
+    ``on_reconnect`` runs after every reconnect (after the replay): pushes a backend could not deliver
+    while the device was away (the gateway restarting) are in no history, so a client that must not miss
+    an instruction reads the state there too.
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class SonalyzeClient:
         request_timeout_s: float = 30.0,
         http_timeout_s: float = 60.0,
         on_resync: Callable[[], Awaitable[None]] | None = None,
+        on_reconnect: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.credentials_path = credentials_path
         if device_token is None and credentials_path is not None and credentials_path.exists():
@@ -129,8 +133,9 @@ class SonalyzeClient:
         self.position: dict[str, Any] | None = None
         """``{"epoch", "offset"}`` of the last push seen: where a reconnect resumes."""
         self.on_resync = on_resync
+        self.on_reconnect = on_reconnect
         self.resyncs = 0
-        self._resync_tasks: set[asyncio.Task] = set()
+        self._callback_tasks: set[asyncio.Task] = set()
 
     async def __aenter__(self) -> "SonalyzeClient":
         await self.connect()
@@ -267,11 +272,13 @@ class SonalyzeClient:
                 backoff_s = min(backoff_s * 2, self._backoff_max_s)
                 try:
                     self._ws = await connect(self._ws_url, max_size=None, open_timeout=10)
-                except (OSError, TimeoutError, ConnectionClosed) as exc:
+                except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake) as exc:  # a gateway starting may drop or refuse the upgrade
                     log.info("reconnect of %s failed: %s", self.device_id, exc)
                     continue
                 self.reconnects += 1
                 self._connected.set()
+                if self.on_reconnect is not None:
+                    self._start_callback(self.on_reconnect, "reconnect")
                 break
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
@@ -304,9 +311,7 @@ class SonalyzeClient:
             self.position = position if isinstance(position, dict) else None
             self.resyncs += 1
             if self.on_resync is not None:
-                task = asyncio.create_task(self.on_resync(), name=f"sonalyze-client-resync-{self.device_id}")
-                self._resync_tasks.add(task)
-                task.add_done_callback(self._resync_tasks.discard)
+                self._start_callback(self.on_resync, "resync")
             return True
         if not isinstance(position, dict):
             return True
@@ -315,6 +320,13 @@ class SonalyzeClient:
             return False
         self.position = position
         return True
+
+    def _start_callback(self, callback: Callable[[], Awaitable[None]], kind: str) -> None:
+        """Run ``on_resync``/``on_reconnect`` beside the reader (it may send requests whose answers the reader reads)."""
+        task = asyncio.ensure_future(callback())
+        task.set_name(f"sonalyze-client-{kind}-{self.device_id}")
+        self._callback_tasks.add(task)
+        task.add_done_callback(self._callback_tasks.discard)
 
     def _fail_pending(self) -> None:
         for event, future in list(self._pending.values()):

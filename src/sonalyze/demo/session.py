@@ -2,7 +2,11 @@
 
 Five devices connect (``sonalyze.client``); ``speaker-a`` creates a lobby, the others join by code, the
 host shares the room snapshot, assigns two speakers and three microphones, starts, and runs the session.
-Every device reacts to the lobby's instructions as a phone would. A microphone "records" by asking the
+Every device reacts to the lobby's instructions as a phone would, and like a phone it survives the gateway
+restarting mid-session: the client reconnects and resumes by itself (``sonalyze.client``), a request
+whose connection dropped is sent again, and after every reconnect the device reads
+``measurement.session_status`` and carries out the step still waiting for it (an instruction pushed while
+it was away may be in no history: the lobby drops pushes the gateway cannot take). A microphone "records" by asking the
 simulation service (``/v1/simulation/simulate``) for the room impulse response from the current speaker
 to itself, convolving the job's sweep with it, adding noise and a random start offset, and uploading
 the WAV through ``/v1/jobs/...``. The analysis pushed back is compared with the simulation's own metrics
@@ -19,14 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import soundfile
 
-from sonalyze.client import PushedEvent, SonalyzeClient
+from sonalyze.client import ConnectionLost, GatewayError, PushedEvent, SonalyzeClient
 from sonalyze.demo.recording import virtual_recording, wav_bytes
 from sonalyze.demo.rooms import MICROPHONES, ROOMS, SPEAKERS, room_snapshot
 
 ENDINGS = ("measurement.session_completed", "measurement.session_failed", "measurement.session_cancelled")
+ENDING_OF_STEP = {"completed": ENDINGS[0], "failed": ENDINGS[1], "cancelled": ENDINGS[2]}
+RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 2.0, 2.0, 5.0, 5.0, 5.0, 5.0)
+"""Between the attempts of a request or an HTTP call the gateway did not answer (about 30 s in all)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,8 @@ class _Shared:
         self.names: dict[str, str] = {}
         """Device id (issued by the gateway) to the virtual device's name (``speaker-a``, ``mic-1``)."""
         self.ending: asyncio.Future | None = None
+        self.session_id: str | None = None
+        """Set once the session exists: what a device reads the status of after a reconnect."""
 
 
 class VirtualDevice:
@@ -91,6 +101,12 @@ class VirtualDevice:
         self.rng = rng
         self.progress = progress
         self.room, self.positions = ROOMS[config.room]
+        self.done: set[tuple[str, int | None]] = set()
+        """Instructions carried out, by (event, speaker index): one read from the session status after a
+        reconnect and the same one pushed are carried out once."""
+        self.turn = asyncio.Lock()
+        """One instruction at a time (pushed ones and those read after a reconnect)."""
+        client.on_reconnect = self.catch_up
 
     @property
     def device_id(self) -> str:
@@ -98,31 +114,74 @@ class VirtualDevice:
 
     async def run(self) -> None:
         async for pushed in self.client.events():
-            await self._on(pushed)
+            async with self.turn:
+                await self._on(pushed)
             if pushed.event in ENDINGS:
                 return
+
+    async def catch_up(self) -> None:
+        """After a reconnect: carry out what the session status says still waits for this device."""
+        session_id = self.shared.session_id
+        if session_id is None:
+            return
+        status = await self.request("measurement.session_status", {"session_id": session_id})
+        self.progress(f"{self.name} reconnected; the session is {status['step']}")
+        async with self.turn:
+            for pushed in instructions_from_status(status, self.device_id):
+                await self._on(pushed)
+
+    async def request(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
+        """``client.request``, sent again when the connection dropped before the answer; refused on a later
+        attempt (``wrong_step``, ``session_mismatch``): the first one did arrive and the session moved on."""
+        for attempt, delay_s in enumerate(RETRY_DELAYS_S):
+            try:
+                return await self.client.request(event, data)
+            except ConnectionLost:
+                await asyncio.sleep(delay_s)
+            except GatewayError:
+                if attempt == 0:
+                    raise
+                return {}
+        raise DemoFailed(f"{self.name}: {event} got no answer through {len(RETRY_DELAYS_S)} reconnects")
+
+    async def http(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """``client.http``, tried again while the gateway is unreachable or restarting (502/503)."""
+        for delay_s in RETRY_DELAYS_S:
+            try:
+                response = await self.client.http(method, path, **kwargs)
+            except httpx.TransportError:
+                await asyncio.sleep(delay_s)
+                continue
+            if response.status_code not in (502, 503):
+                return response
+            await asyncio.sleep(delay_s)
+        raise DemoFailed(f"{self.name}: {method} {path} failed while the gateway was unreachable")
 
     async def _on(self, pushed: PushedEvent) -> None:
         data = pushed.data
         me = self.device_id
         guard = {"session_id": data.get("session_id"), "speaker_index": data.get("speaker_index")}
+        if pushed.event in INSTRUCTIONS:
+            if (pushed.event, data.get("speaker_index")) in self.done:
+                return
+            self.done.add((pushed.event, data.get("speaker_index")))
         if pushed.event == "measurement.prepare_speaker":
             self.shared.speaker_of_turn[data["speaker_index"]] = data["speaker_device_id"]
             is_speaker = data["speaker_device_id"] == me
             if is_speaker or me in data["microphones"]:
-                await self.client.request("measurement.ready", guard)
+                await self.request("measurement.ready", guard)
             if is_speaker:
                 await self._sweep(data["job_id"])
-                await self.client.request("measurement.speaker_audio_ready", guard)
+                await self.request("measurement.speaker_audio_ready", guard)
         elif pushed.event == "measurement.start_recording":
             await self._sweep(data["job_id"])
-            await self.client.request("measurement.recording_started", guard)
+            await self.request("measurement.recording_started", guard)
         elif pushed.event == "measurement.play":
             self.progress(f"{self.name} plays the sweep")
-            await self.client.request("measurement.playback_complete", guard)
+            await self.request("measurement.playback_complete", guard)
         elif pushed.event == "measurement.stop_recording":
             await self._record_and_upload(data)
-            await self.client.request("measurement.recording_uploaded", {**guard, "upload_name": data["upload_name"]})
+            await self.request("measurement.recording_uploaded", {**guard, "upload_name": data["upload_name"]})
         elif pushed.event == "measurement.results":
             self.shared.results.setdefault(data["speaker_index"], data)
         elif pushed.event == "measurement.session_updated" and self.name == SPEAKERS[0]:
@@ -134,8 +193,8 @@ class VirtualDevice:
         lock = self.shared.sweep_locks.setdefault(job_id, asyncio.Lock())
         async with lock:
             if job_id not in self.shared.sweeps:
-                info = await self.client.request("measurement.get_audio_info", {"job_id": job_id})
-                response = await self.client.http("GET", info["audio_url"])
+                info = await self.request("measurement.get_audio_info", {"job_id": job_id})
+                response = await self.http("GET", info["audio_url"])
                 response.raise_for_status()
                 sweep, _ = soundfile.read(io.BytesIO(response.content), dtype="float64")
                 self.shared.sweeps[job_id] = sweep
@@ -145,9 +204,10 @@ class VirtualDevice:
         speaker = self.shared.speaker_of_turn[instruction["speaker_index"]]
         speaker_name = self.shared.names[speaker]
         self.progress(f"{self.name} asks the simulation for the room's answer from {speaker_name}")
-        simulation = await self.client.post_json(
+        answer = await self.http(
+            "POST",
             "/v1/simulation/simulate",
-            {
+            json={
                 "room": self.room,
                 "sources": [self.positions[speaker_name]],
                 "microphones": [self.positions[self.name]],
@@ -156,13 +216,16 @@ class VirtualDevice:
                 "seed": self.config.seed,
             },
         )
+        if not answer.is_success:
+            raise DemoFailed(f"the simulation refused: {answer.status_code} {answer.text[:300]}")
+        simulation = answer.json()
         pair = simulation["pairs"][0]
         rir, rir_fs_hz = soundfile.read(io.BytesIO(base64.b64decode(pair["rir"]["wav_base64"])), dtype="float64")
         if rir_fs_hz != self.config.sample_rate_hz:
             raise DemoFailed(f"the simulation answered at {rir_fs_hz} Hz, the job records at {self.config.sample_rate_hz} Hz")
         self.shared.simulated[(instruction["speaker_index"], self.device_id)] = pair["metrics"]
         recording = virtual_recording(
-            self.shared.sweeps[instruction["job_id"]],
+            await self._sweep(instruction["job_id"]),
             rir,
             snr_db=self.config.snr_db,
             start_offset_s=float(self.rng.uniform(0.05, 0.5)),
@@ -170,9 +233,11 @@ class VirtualDevice:
             rng=self.rng,
         )
         self.progress(f"{self.name} uploads {instruction['upload_name']}")
-        response = await self.client.http(
+        response = await self.http(
             "POST", instruction["upload_path"], content=wav_bytes(recording, self.config.sample_rate_hz), headers={"content-type": "audio/wav"}
         )
+        if response.status_code == 409 and "upload_exists" in response.text:
+            return  # sent before the connection dropped: the job has it
         if response.status_code != 201:
             raise DemoFailed(f"upload of {instruction['upload_name']} refused: {response.status_code} {response.text[:300]}")
 
@@ -207,8 +272,10 @@ async def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) 
         await host.request("lobby.start", {"lobby_id": lobby_id})
         session = await host.request("measurement.create_session", {"lobby_id": lobby_id})
         session_id, job_id = session["session_id"], session["job_id"]
+        shared.session_id = session_id
+        host_device = devices[0]
         for speaker_index in range(len(SPEAKERS)):
-            await host.request("measurement.start_speaker", {"session_id": session_id, "speaker_index": speaker_index})
+            await host_device.request("measurement.start_speaker", {"session_id": session_id, "speaker_index": speaker_index})
             await _wait_for(lambda: speaker_index in shared.results or shared.ending.done(), config.session_timeout_s, loops)
             if speaker_index not in shared.results:
                 break
@@ -231,6 +298,30 @@ async def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) 
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
         await asyncio.gather(*(client.close() for client in clients.values()), return_exceptions=True)
+
+
+INSTRUCTIONS = ("measurement.prepare_speaker", "measurement.start_recording", "measurement.play", "measurement.stop_recording")
+
+
+def instructions_from_status(status: dict[str, Any], device_id: str) -> list[PushedEvent]:
+    """The pushes a device may have missed, rebuilt from ``measurement.session_status`` (the lobby's
+    ``session_view``): the instruction of the step still waiting for it, the results, the ending."""
+    index = status["speaker_index"]
+    common = {"session_id": status["session_id"], "job_id": status["job_id"], "speaker_index": index, "deadline_s": status["deadline_s"]}
+    found = [PushedEvent("measurement.results", {"session_id": status["session_id"], "lobby_id": status["lobby_id"], **entry}) for entry in status["results"]]
+    step, waiting = status["step"], device_id in status["waiting_for"]
+    if step == "preparing" and waiting:
+        found.append(PushedEvent("measurement.prepare_speaker", {**common, "speaker_device_id": status["speaker_device_id"], "microphones": status["microphones"]}))
+    elif step == "recording_starting" and waiting:
+        found.append(PushedEvent("measurement.start_recording", {**common, "speaker_device_id": status["speaker_device_id"]}))
+    elif step == "playing" and waiting:
+        found.append(PushedEvent("measurement.play", common))
+    elif step == "uploading" and waiting:
+        name = f"speaker-{index}_mic-{status['microphones'].index(device_id)}.wav"  # the lobby's naming (SessionState.upload_name)
+        found.append(PushedEvent("measurement.stop_recording", {**common, "upload_name": name, "upload_path": f"/v1/jobs/{status['job_id']}/uploads/{name}"}))
+    elif step in ENDING_OF_STEP:
+        found.append(PushedEvent(ENDING_OF_STEP[step], {"session_id": status["session_id"], "lobby_id": status["lobby_id"], "failure": status["failure"], "results": status["results"]}))
+    return found
 
 
 async def _wait_for(condition: Callable[[], bool], timeout_s: float, loops: list[asyncio.Task]) -> None:
