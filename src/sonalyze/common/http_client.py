@@ -305,7 +305,11 @@ class UpstreamClient:
         function that cancels the call (``done`` is then never called).
         """
         payload = orjson.dumps(body)
-        pool, head, failover = self._target(base_url, lambda url: self._post_head(url + "/gateway/handle", payload))
+        if "," in base_url:
+            pool, head, failover = self._target(base_url, lambda url: self._post_head(url + "/gateway/handle", payload))
+        else:  # one URL (the hot path): no closure to build
+            pool, head = self._post_head(base_url + "/gateway/handle", payload)
+            failover = None
         exchange = _Exchange(self, pool, head, partial(_handle_answer, base_url, self.timeout_s, done), failover=failover)
         exchange.submit()
         return exchange.cancel
