@@ -134,7 +134,8 @@ class NatsBroker:
         return self._deliver(targets, payload)  # NATS is down: this node's devices get it now
 
     async def _send(self, number: int, message: bytes) -> None:
-        assert self._js is not None
+        if self._js is None:
+            raise ConnectionError("the nats broker is closed")
         await self._js.publish(
             self._subject, message, timeout=REPLY_TIMEOUT_S, stream=self._stream, headers={"Nats-Msg-Id": f"{self.node}.{number}"}
         )
@@ -318,6 +319,7 @@ class NatsBroker:
         return found
 
     async def close(self) -> None:
+        self._js = None  # no recovery starts any more
         for task in (self._starter, self._recovery):
             if task is not None:
                 task.cancel()
