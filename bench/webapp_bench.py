@@ -16,7 +16,11 @@ fed tests/webapp/fake_capture.py's file), measuring (targets of issue 13):
   table on every screen (a MutationObserver in each page): ``Date.now()`` of one machine, ≤ 1.5 s;
 - long tasks (``PerformanceObserver`` ``longtask``, > 50 ms) on each page while it records or plays
   (from "Recording" / the countdown to the upload / "Sweep played"): none, for 60 fps.
-``--session-runs N`` repeats the session in the same lobby.
+``--session-runs N`` repeats the session in the same lobby. Where the time goes: the services' log says
+when each upload was stored and each analysis finished; long animation frames (Chromium's
+``long-animation-frame`` entries) name the scripts that ran in each long frame; Chromium's trace of each page
+(:class:`MainThreadTrace`) gives each long task's CPU time next to its wall time, which tells the app's work
+from a page waiting for a core on a loaded machine.
 """
 
 from __future__ import annotations
@@ -101,7 +105,16 @@ RESULTS_TARGET_S = 1.5
 #: Stamps in the page (an init script, before the app runs): when the results table appears, long tasks,
 #: and when this phone starts/stops recording or playing (from the app's own status lines).
 PROBE = """
-window.__probe = {results: null, longtasks: [], busy: [], uploaded: null, sessionsBefore: 0};
+window.__probe = {results: null, pushed: null, longtasks: [], frames: [], busy: [], uploaded: null, sessionsBefore: 0};
+const WebSocket0 = window.WebSocket;
+window.WebSocket = class extends WebSocket0 {  // when the results push arrives (before the app renders it)
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("message", (e) => {
+      if (window.__probe.pushed === null && typeof e.data === "string" && e.data.includes('"measurement.results"')) window.__probe.pushed = Date.now();
+    });
+  }
+};
 const fetch0 = window.fetch;
 window.fetch = async (input, init) => {
   const response = await fetch0(input, init);
@@ -110,6 +123,13 @@ window.fetch = async (input, init) => {
 };
 new PerformanceObserver((list) => { for (const e of list.getEntries()) window.__probe.longtasks.push([e.startTime, e.duration]); })
   .observe({type: "longtask", buffered: true});
+// Long animation frames (> 50 ms) with the scripts that ran in them: what a long task was doing.
+new PerformanceObserver((list) => { for (const e of list.getEntries()) window.__probe.frames.push({
+  start: e.startTime, ms: Math.round(e.duration), blocking_ms: Math.round(e.blockingDuration),
+  render_ms: Math.round(e.renderStart ? e.startTime + e.duration - e.renderStart : 0),
+  scripts: e.scripts.map((s) => ({ms: Math.round(s.duration), invoker: s.invoker, fn: s.sourceFunctionName, at: `${s.sourceURL.split("/").pop()}:${s.sourceCharPosition}`,
+                                 layout_ms: Math.round(s.forcedStyleAndLayoutDuration)}))}); })
+  .observe({type: "long-animation-frame", buffered: true});
 new MutationObserver(() => {
   const p = window.__probe;
   const sessions = document.querySelectorAll("#session-pick option").length;  // a new session's results
@@ -117,10 +137,62 @@ new MutationObserver(() => {
   const activity = document.getElementById("activity")?.textContent ?? "";
   const countdown = document.getElementById("countdown")?.textContent ?? "";
   const open = p.busy.length && p.busy[p.busy.length - 1].length === 1;
-  if (!open && (activity.startsWith("Recording") || countdown.startsWith("Sweep in"))) p.busy.push([performance.now()]);
-  if (open && (activity.startsWith("Uploading") || activity.startsWith("Sweep played"))) p.busy[p.busy.length - 1].push(performance.now());
+  if (!open && (activity.startsWith("Recording") || countdown.startsWith("Sweep in"))) { p.busy.push([performance.now()]); performance.mark("busy-start"); }
+  if (open && (activity.startsWith("Uploading") || activity.startsWith("Sweep played"))) { p.busy[p.busy.length - 1].push(performance.now()); performance.mark("busy-end"); }
 }).observe(document, {subtree: true, childList: true, characterData: true});
 """
+
+
+def backend_stamps(log_path: Path, since_s: float, until_s: float) -> dict:
+    """From the services' JSON log: when each upload was stored and each analysis finished (epoch s)."""
+    stamps: dict = {"upload_stored": [], "analysis_finished": []}
+    for line in log_path.read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        record = json.loads(line)
+        key = {"upload stored": "upload_stored", "analysis finished": "analysis_finished"}.get(record.get("message"))
+        if key:
+            day, clock = record["time"].split(" ")
+            at_s = time.mktime(time.strptime(f"{day} {clock[:8]}", "%Y-%m-%d %H:%M:%S")) + int(clock[9:]) / 1000
+            if since_s <= at_s <= until_s:
+                stamps[key].append(at_s)
+    return stamps
+
+
+class MainThreadTrace:
+    """Chromium's own trace of one page (CDP ``Tracing``, categories ``toplevel`` and ``blink.user_timing``):
+    every task of the renderer's main thread with its wall time (``dur``) and its CPU time (``tdur``). A task
+    long in wall time but short in CPU time was the page waiting for a core (the machine), not the app's work."""
+
+    def __init__(self, cdp) -> None:
+        self.cdp, self.events, self.done = cdp, [], asyncio.Event()
+        cdp.on("Tracing.dataCollected", lambda event: self.events.extend(event["value"]))
+        cdp.on("Tracing.tracingComplete", lambda event: self.done.set())
+
+    async def start(self) -> None:
+        self.events.clear()
+        self.done.clear()
+        config = {"includedCategories": ["toplevel", "blink.user_timing"], "excludedCategories": ["*"]}
+        await self.cdp.send("Tracing.start", {"traceConfig": config, "transferMode": "ReportEvents"})
+
+    async def long_tasks_while_busy(self) -> list[dict]:
+        """Main-thread tasks over 50 ms (wall) between the probe's busy-start and busy-end marks."""
+        await self.cdp.send("Tracing.end")
+        await self.done.wait()
+        main = {(e["pid"], e["tid"]) for e in self.events
+                if e.get("ph") == "M" and e.get("name") == "thread_name" and e["args"].get("name") == "CrRendererMain"}
+        marks = sorted((e["ts"], e["name"]) for e in self.events if e.get("cat") == "blink.user_timing" and e["name"] in ("busy-start", "busy-end"))
+        spans, opened = [], None
+        for ts, name in marks:
+            if name == "busy-start":
+                opened = ts
+            elif opened is not None:
+                spans.append((opened, ts))
+                opened = None
+        return [{"wall_ms": round(e["dur"] / 1000, 1), "cpu_ms": round(e.get("tdur", 0) / 1000, 1)}
+                for e in self.events
+                if e.get("ph") == "X" and e.get("name") == "ThreadControllerImpl::RunTask" and (e["pid"], e["tid"]) in main
+                and e["dur"] > 50_000 and any(a <= e["ts"] <= b for a, b in spans)]
 
 
 async def session(url: str, data_dir: Path, runs: int) -> list[dict]:
@@ -140,9 +212,10 @@ async def session(url: str, data_dir: Path, runs: int) -> list[dict]:
             await context.add_init_script(PROBE)
             contexts.append(context)
             page = context.pages[0]
-            await page.goto(url + "/")
+            await page.goto(url + "/?sweep_count=1")  # the fake microphone's looped file holds one sweep per period
             await page.wait_for_selector("#conn[data-state=online]", timeout=30000)
             pages.append(page)
+        traces = [MainThreadTrace(await context.new_cdp_session(page)) for context, page in zip(contexts, pages)]
         host, mics = pages[0], pages[1:]
         await host.click("#create-form button")
         await host.wait_for_selector("#lobby-code:not(:empty)")
@@ -162,12 +235,26 @@ async def session(url: str, data_dir: Path, runs: int) -> list[dict]:
             await page.wait_for_selector("#arm-state:has-text('Armed')", timeout=30000)
         for run in range(runs):
             for page in pages:
-                await page.evaluate("Object.assign(window.__probe, {results: null, longtasks: [], busy: [], uploaded: null, "
+                await page.evaluate("Object.assign(window.__probe, {results: null, pushed: null, longtasks: [], frames: [], busy: [], uploaded: null, "
                                     "sessionsBefore: document.querySelectorAll('#session-pick option').length})")
+            for trace in traces:
+                await trace.start()
+            started_s = time.time()
             await host.click("#start")
+            failed = None
             for page in pages:
                 await page.wait_for_function(
-                    "window.__probe.results !== null && document.querySelectorAll('#results-body section.pair').length === 3", timeout=240000)
+                    "(window.__probe.results !== null && document.querySelectorAll('#results-body section.pair').length === 3)"
+                    " || document.getElementById('step').textContent === 'Measurement failed'", timeout=240000)
+                if await page.text_content("#step") == "Measurement failed":
+                    failed = (await page.text_content("#session-errors")).strip()[:500]
+            traced = [await trace.long_tasks_while_busy() for trace in traces]
+            if failed:  # on a loaded machine a recording may be refused (e.g. a dropout taken for an impulsive noise)
+                print(f"session {run + 1} failed: {failed}")
+                out.append({"failed": failed})
+                await host.click("[data-tab=measure]")
+                await host.wait_for_selector("#start:has-text('Measure again')", state="visible", timeout=60000)
+                continue
             probes = [await page.evaluate("window.__probe") for page in pages]
             uploads = [probe["uploaded"] for probe in probes[1:]]
             assert all(uploads), uploads
@@ -178,7 +265,20 @@ async def session(url: str, data_dir: Path, runs: int) -> list[dict]:
                  if any(len(span) == 2 and span[0] <= start <= span[1] for span in probe["busy"])]
                 for probe in probes
             ]
+            frames = [[f for f in probe["frames"] if any(len(span) == 2 and span[0] <= f["start"] <= span[1] for span in probe["busy"])]
+                      for probe in probes]
+            stamps = backend_stamps(data_dir / "serve.log", started_s, time.time())
+            analysed_s = max(stamps["analysis_finished"], default=float("nan"))
+            steps = {  # where the time between the last upload and the results goes
+                "last_upload_stored_to_answered_s": round(last_upload_s - max(stamps["upload_stored"], default=float("nan")), 3),
+                "uploads_spread_s": round(max(uploads) / 1000 - min(uploads) / 1000, 3),
+                "last_upload_to_analysis_finished_s": round(analysed_s - last_upload_s, 3),
+                "analysis_finished_to_last_push_s": round(max(probe["pushed"] or 0 for probe in probes) / 1000 - analysed_s, 3),
+                "push_to_table_s_per_screen": [round((probe["results"] - (probe["pushed"] or 0)) / 1000, 3) for probe in probes],
+            }
             out.append({"upload_to_results_s": round(max(per_screen), 3), "per_screen_s": [round(x, 3) for x in per_screen],
+                        "steps": steps, "long_frames": frames, "traced_long_tasks": traced,
+                        "traced_long_tasks_over_50_ms_cpu": sum(task["cpu_ms"] > 50 for tasks in traced for task in tasks),
                         "long_tasks": sum(len(x) for x in long_tasks), "long_task_ms_per_page": long_tasks,
                         "longest_task_ms": max((max(x) for x in long_tasks if x), default=0),
                         "busy_spans_s": [[round((b - a) / 1000, 2) for a, b in (s for s in probe["busy"] if len(s) == 2)] for probe in probes]})
@@ -227,9 +327,19 @@ def main() -> None:
     print(f"target {TARGET_BYTES:,} B: {verdict}")
     record["sessions"] = sessions
     for k, run in enumerate(sessions):
+        if "failed" in run:
+            continue
         print(f"session {k + 1}: last upload → results on every screen {run['upload_to_results_s']:.2f} s "
               f"(per screen {', '.join(f'{x:.2f}' for x in run['per_screen_s'])}; target {RESULTS_TARGET_S} s); "
               f"long tasks while recording/playing: {run['long_tasks']} (longest {run['longest_task_ms']} ms)")
+        print(f"  steps: {run['steps']}")
+        print(f"  traced main-thread tasks > 50 ms wall while recording/playing (wall/CPU ms), speaker, mic 1-3: "
+              + " | ".join(", ".join(f"{t['wall_ms']:.0f}/{t['cpu_ms']:.0f}" for t in tasks) or "-" for tasks in run["traced_long_tasks"])
+              + f"; over 50 ms of CPU: {run['traced_long_tasks_over_50_ms_cpu']}")
+        for page, frames in zip(("speaker", "mic 1", "mic 2", "mic 3"), run["long_frames"]):
+            for frame in frames:
+                print(f"  {page} long frame {frame['ms']} ms (render {frame['render_ms']} ms): "
+                      + "; ".join(f"{x['invoker']} {x['fn']} {x['at']} {x['ms']} ms" for x in frame["scripts"]))
     with args.out.open("a") as out:
         out.write(json.dumps(record) + "\n")
 
