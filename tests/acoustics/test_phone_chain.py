@@ -20,7 +20,7 @@ import pytest
 
 from sonalyze.acoustics.bands import octave_band_irs
 from sonalyze.acoustics.onset import find_onset
-from sonalyze.acoustics.recording import CLOCK_TOLERANCE_PPM, RecordingRefused
+from sonalyze.acoustics.recording import RecordingRefused, clock_tolerance_ppm
 from sonalyze.acoustics.report import analyze_impulse_response, analyze_sweep_recording
 from sonalyze.acoustics.sweep import SweepParams
 from tests.support.infra import require_module, skip_unless_required
@@ -169,14 +169,14 @@ def test_within_one_jnd_or_refused(case):
     recording = report["recording"]
     if count > 1:  # the repetitions' spacing (tests/acoustics/test_recording.py)
         assert recording["clock_offset_method"] == "repetition_spacing"
-        assert abs(recording["clock_offset_ppm"] - chain.clock_ppm) <= CLOCK_TOLERANCE_PPM["repetition_spacing"]
+        assert abs(recording["clock_offset_ppm"] - chain.clock_ppm) <= clock_tolerance_ppm("repetition_spacing", params)
     elif abs(chain.clock_ppm) >= 1000:  # uncorrected, −1000 ppm moved C50 250 Hz by 1.1 dB in the medium room
         assert recording["clock_offset_method"] == "stretched_inverse"
-        assert abs(recording["clock_offset_ppm"] - chain.clock_ppm) <= CLOCK_TOLERANCE_PPM["stretched_inverse"]
+        assert abs(recording["clock_offset_ppm"] - chain.clock_ppm) <= clock_tolerance_ppm("stretched_inverse", params)
     elif recording["clock_offset_ppm"] is None:  # one sweep, the re-timed peak not unique (weak direct sound)
         assert "sweep_count" in recording["clock_offset_reason"]
     else:
-        assert abs(recording["clock_offset_ppm"] - chain.clock_ppm) <= CLOCK_TOLERANCE_PPM["stretched_inverse"]
+        assert abs(recording["clock_offset_ppm"] - chain.clock_ppm) <= clock_tolerance_ppm("stretched_inverse", params)
     if chain.slam_at_s is not None:
         assert recording["sweeps"] == {"requested": 3, "used": 2, "rejected": [1]}
     if chain.cut_after_s is not None and room_name == "hall":

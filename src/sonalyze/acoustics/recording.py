@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from scipy import fft as sp_fft
@@ -62,11 +62,18 @@ STRETCH_SPAN_PPM = 1.25 * MAX_CORRECTED_PPM
 STRETCH_CANDIDATES = 6
 STRETCH_FINE_OVERSAMPLING = 4
 STRETCH_MARGIN_S = 0.01
+#: Shortest sweep the estimate is made for: below 2 s its wrong "unique" maxima grew common in the
+#: phone-chain rooms (2 of 21 at 1 s); measured from 2 to 5 s (docs/acoustics.md).
+STRETCH_MIN_DURATION_S = 2.0
 #: The estimate is unique when every other maximum more than this many main lobes away peaks below this share
 #: of the best (phone-chain set, 54 recordings, ±1500 ppm: right within 70 ppm at ≤ 0.80, wrong by
 #: 120–710 ppm at ≥ 0.94).
 STRETCH_LOBES = 3
 STRETCH_UNIQUE_RATIO = 0.85
+#: A repetitions' spacing is contradicted by the sweep when the sweep re-timed at its offset peaks below this
+#: share of the best (phone-chain rooms: true offsets ≥ 0.49 even where a chance peak won; spacings moved by
+#: 2–10 ms dropouts 0.16–0.30; a 1 ms dropout, 0.57, passes: it moves the clock by 220 ppm at a 4.5 s period).
+STRETCH_CONTRADICTED_RATIO = 0.4
 #: Coarse clock track (`track_clock_ppm`): STFT frames and hop, samples at 48 kHz (scaled with the rate);
 #: bins from this frequency up to `CLOCK_TRACK_HIGHEST_NYQUIST` of the Nyquist frequency.
 CLOCK_TRACK_FRAME_S = 0.02
@@ -82,9 +89,13 @@ CLOCK_TRACK_ERROR_PPM = 13000.0
 CLOCK_GROSS_PPM = 30000.0
 #: Clock ratios the track may report (12 ↔ 48 kHz mislabelled is 0.25/4); outside, it followed no sweep.
 CLOCK_TRACK_PLAUSIBLE = (0.25, 4.0)
-#: Largest error of each precise method on the phone-chain set (docs/acoustics.md), ppm: a recording is
-#: refused only when its offset is beyond `MAX_CORRECTED_PPM` by more than that.
-CLOCK_TOLERANCE_PPM = {"repetition_spacing": 3.0, "stretched_inverse": 100.0}
+#: Largest error of the repetitions' spacing on the phone-chain set (measured ≤ 0.9 ppm: fractional lags
+#: of the cross-correlation peak over a 4–10 s period; docs/acoustics.md), ppm. The stretched inverse's
+#: scales with its main lobe (`clock_tolerance_ppm`). A recording is refused only when its offset is beyond
+#: `MAX_CORRECTED_PPM` by more than its method's tolerance.
+REPETITION_TOLERANCE_PPM = 3.0
+#: Stretched inverse: measured errors up to 1.5 main lobes (70 ppm for 3 s sweeps, 0.4 lobe for 0.5 s).
+STRETCH_TOLERANCE_LOBES = 2.0
 CLOCK_UNKNOWN = (
     "not measured: the re-timed deconvolution's peak is not unique (a direct sound weak against the "
     "reverberation) and the "
@@ -204,6 +215,23 @@ class StretchClock:
     best_ppm: float
     second_ratio: float
     """Peak power of the strongest other trial (more than `STRETCH_LOBES` main lobes away) re the best's."""
+    power_ratio: Callable[[float], float] = field(default=lambda ppm: 1.0, repr=False, compare=False)
+    """Peak power of the trials within half a main lobe of an offset, re the best's (1 when not measured)."""
+
+
+def _stretch_lobe_ppm(params: SweepParams) -> float:
+    """Main-lobe width of `stretch_clock_ppm`'s trials: the offset whose delay spread over the bins used is
+    one period of their bandwidth, ppm (≈ 48 ppm for a 3 s sweep over 20 Hz–20 kHz, ∝ 1/T)."""
+    top_hz = min(params.f_end_hz, 0.45 * params.fs_hz)
+    rate_s = params.duration_s / math.log(params.f_end_hz / params.f_start_hz)
+    return 1e6 / (rate_s * math.log(top_hz / STRETCH_LOWEST_HZ) * (top_hz - STRETCH_LOWEST_HZ))
+
+
+def clock_tolerance_ppm(method: str, params: SweepParams) -> float:
+    """Largest error of a clock method (``repetition_spacing`` or ``stretched_inverse``) for ``params``' sweep, ppm."""
+    if method == "repetition_spacing":
+        return REPETITION_TOLERANCE_PPM
+    return STRETCH_TOLERANCE_LOBES * _stretch_lobe_ppm(params)
 
 
 def stretch_clock_ppm(h_all: np.ndarray, peak: int, params: SweepParams) -> StretchClock:
@@ -222,6 +250,8 @@ def stretch_clock_ppm(h_all: np.ndarray, peak: int, params: SweepParams) -> Stre
     sound is weak against the reverberation, the tail's own peaks compete: not unique, None).
     """
     fs_hz = params.fs_hz
+    if params.duration_s < STRETCH_MIN_DURATION_S:
+        return StretchClock(None, 0.0, 1.0)
     half = int((STRETCH_SPAN_PPM * 1e-6 * params.duration_s + STRETCH_MARGIN_S) * fs_hz)
     segment = np.take(h_all, np.arange(peak - half, peak + half), mode="wrap")
     n_fft = sp_fft.next_fast_len(segment.size)
@@ -233,16 +263,19 @@ def stretch_clock_ppm(h_all: np.ndarray, peak: int, params: SweepParams) -> Stre
     spectrum = sp_fft.fft(segment, n_fft, workers=1)[bins]
     rate_s = params.duration_s / math.log(params.f_end_hz / params.f_start_hz)
     phase = 2e-6 * math.pi * rate_s * f_hz[bins] * (np.log(f_hz[bins] / params.f_start_hz) - 1.0)
-    # main-lobe width: the trial whose delay spread over the bins is one period of the bandwidth
-    lobe_ppm = 1e6 / (rate_s * math.log(top_hz / STRETCH_LOWEST_HZ) * (top_hz - STRETCH_LOWEST_HZ))
+    lobe_ppm = _stretch_lobe_ppm(params)
     coarse = np.arange(-STRETCH_SPAN_PPM, STRETCH_SPAN_PPM + lobe_ppm / 4, lobe_ppm / 2)
     power = _stretch_power(spectrum, phase, sp_fft.next_fast_len(2 * bins.size), coarse)
     maxima = signal.argrelmax(np.concatenate(([0.0], power, [0.0])))[0] - 1
     maxima = maxima[np.argsort(power[maxima])[::-1][:STRETCH_CANDIDATES]] if maxima.size else [int(np.argmax(power))]
+
+    def fine_power_near(ppm: float) -> tuple[np.ndarray, np.ndarray]:
+        fine = ppm + np.linspace(-lobe_ppm / 2, lobe_ppm / 2, 11)
+        return fine, _stretch_power(spectrum, phase, STRETCH_FINE_OVERSAMPLING * n_fft, fine)
+
     refined = []
     for i in maxima:
-        fine = coarse[i] + np.linspace(-lobe_ppm / 2, lobe_ppm / 2, 11)
-        fine_power = _stretch_power(spectrum, phase, STRETCH_FINE_OVERSAMPLING * n_fft, fine)
+        fine, fine_power = fine_power_near(float(coarse[i]))
         j = int(np.argmax(fine_power))
         offset = 0.0
         if 0 < j < fine.size - 1:
@@ -256,7 +289,10 @@ def stretch_clock_ppm(h_all: np.ndarray, peak: int, params: SweepParams) -> Stre
     far = STRETCH_LOBES * lobe_ppm
     others = [p for p, ppm in refined if abs(ppm - best_ppm) > far] + list(power[np.abs(coarse - best_ppm) > far])
     second = float(max(others, default=0.0)) / best_power
-    return StretchClock(best_ppm if second < STRETCH_UNIQUE_RATIO else None, best_ppm, second)
+    return StretchClock(
+        best_ppm if second < STRETCH_UNIQUE_RATIO else None, best_ppm, second,
+        lambda ppm: float(fine_power_near(ppm)[1].max()) / best_power,
+    )
 
 
 def track_clock_ppm(x: np.ndarray, params: SweepParams) -> float | None:
@@ -474,22 +510,27 @@ def repetition_clock_ppm(lags: dict[int, float], period: int) -> float | None:
     return float(slope * 1e6)
 
 
-def _spacing_run(lags: dict[int, float], stretch_ppm: float | None, period: int) -> tuple[list[int], list[int]]:
+def _spacing_run(lags: dict[int, float], stretch: StretchClock, params: SweepParams) -> tuple[list[int], list[int]]:
     """The repetitions whose spacing measures the clock, and those rejected for a break in it.
 
     Consecutive repetitions k, k+1 lie one period apart at the recording's clock; a spacing whose offset
-    differs from the single-sweep estimate (`stretch_clock_ppm`, when unique) by more than both methods'
-    tolerances means samples were lost or added between them (a dropout, a buffer glitch): that spacing is
-    no clock, and repetition k, whose sweep or decay the break fell into, is rejected. Returns the longest
-    run of repetitions without a break (all of them when nothing can be checked) and the rejected ones."""
+    the sweep itself contradicts — the single-sweep estimate (`stretch_clock_ppm`) unique and more than
+    both methods' tolerances away, and the sweep re-timed at the spacing's offset peaking below
+    `STRETCH_CONTRADICTED_RATIO` of its best (a unique estimate can still be a tail's chance peak in a room
+    whose direct sound is weak, with the true offset close behind) — means samples were lost or added between them (a
+    dropout, a buffer glitch): that spacing is no clock, and repetition k, whose sweep or decay the break
+    fell into, is rejected. Returns the longest run of repetitions without a break (all of them when
+    nothing can be checked) and the rejected ones."""
     indices = sorted(lags)
-    if stretch_ppm is None or len(indices) < 2:
+    if stretch.ppm is None or len(indices) < 2:
         return indices, []
-    tolerance = CLOCK_TOLERANCE_PPM["stretched_inverse"] + CLOCK_TOLERANCE_PPM["repetition_spacing"]
-    broken = [
-        k for k, following in zip(indices, indices[1:])
-        if abs((lags[following] - lags[k]) / (following - k) / period * 1e6 - stretch_ppm) > tolerance
-    ]
+    period = params.period_samples
+    tolerance = clock_tolerance_ppm("stretched_inverse", params) + REPETITION_TOLERANCE_PPM
+    broken = []
+    for k, following in zip(indices, indices[1:]):
+        spacing_ppm = (lags[following] - lags[k]) / (following - k) / period * 1e6
+        if abs(spacing_ppm - stretch.ppm) > tolerance and stretch.power_ratio(spacing_ppm) < STRETCH_CONTRADICTED_RATIO:
+            broken.append(k)
     runs, current = [], [indices[0]]
     for k in indices[1:]:
         if current[-1] in broken:
@@ -560,7 +601,7 @@ def check_recording(
         if stretch.ppm is not None:
             break
         stretch = stretch_clock_ppm(h_all, peak + k * params.period_samples + int(round(lags[k])), params)
-    run, broken = _spacing_run(lags, stretch.ppm, params.period_samples)
+    run, broken = _spacing_run(lags, stretch, params)
     spacing = repetition_clock_ppm({k: lags[k] for k in run}, params.period_samples)
     if spacing is not None:
         clock = Clock(spacing, "repetition_spacing")
@@ -568,7 +609,7 @@ def check_recording(
         clock = Clock(stretch.ppm, "stretched_inverse")
     else:
         clock = Clock(None, None, CLOCK_UNKNOWN)
-    if clock.ppm is not None and abs(clock.ppm) - CLOCK_TOLERANCE_PPM[clock.method] > MAX_CORRECTED_PPM:
+    if clock.ppm is not None and abs(clock.ppm) - clock_tolerance_ppm(clock.method, params) > MAX_CORRECTED_PPM:
         raise RecordingRefused("sample_rate_mismatch", _mismatch_message(clock.ppm, declared_hz), empty_section(requested, clock.ppm))
     if clock.ppm is not None and abs(clock.ppm) >= MIN_CORRECTED_PPM:
         x = correct_clock(x, clock.ppm)
