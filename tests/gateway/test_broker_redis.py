@@ -152,3 +152,123 @@ async def test_nodes_resubscribing_while_a_node_publishes_deliver_every_publicat
         admin.close()
         for broker in (publisher, other):
             await broker.close()
+
+
+class CoalescingProxy:
+    """A TCP proxy in front of Redis that hands its clients what Redis sends in chunks gathered over
+    ``window_s`` (a slow link or a busy reader: a reply and the messages right after it come in one read);
+    ``drop()`` cuts every connection through it (the clients see the bus lost and reconnect)."""
+
+    def __init__(self, target_port: int, window_s: float = 0.05) -> None:
+        self.target_port = target_port
+        self.window_s = window_s
+        self.transports: list[asyncio.Transport] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.get_running_loop().create_server(lambda: _ProxyClient(self), "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    def drop(self) -> None:
+        for transport in self.transports:
+            transport.abort()
+        self.transports.clear()
+
+    def close(self) -> None:
+        self.drop()
+        if self.server is not None:
+            self.server.close()
+
+
+class _ProxyClient(asyncio.Protocol):
+    def __init__(self, proxy: CoalescingProxy) -> None:
+        self.proxy = proxy
+        self.upstream: asyncio.Transport | None = None
+        self.early: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.proxy.transports.append(transport)
+        asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.upstream, _ = await loop.create_connection(lambda: _ProxyUpstream(self.transport, self.proxy.window_s), "127.0.0.1", self.proxy.target_port)
+        self.proxy.transports.append(self.upstream)
+        self.upstream.writelines(self.early)
+
+    def data_received(self, data: bytes) -> None:
+        if self.upstream is None:
+            self.early.append(data)
+        else:
+            self.upstream.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.upstream is not None:
+            self.upstream.abort()
+
+
+class _ProxyUpstream(asyncio.Protocol):
+    def __init__(self, client: asyncio.Transport, window_s: float) -> None:
+        self.client = client
+        self.window_s = window_s
+        self.gathered: list[bytes] = []
+        self.timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.gathered.append(data)
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(self.window_s, self._pass_on)
+
+    def _pass_on(self) -> None:
+        self.timer = None
+        if not self.client.is_closing():
+            self.client.write(b"".join(self.gathered))
+        self.gathered.clear()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.abort()
+
+
+async def test_a_publication_read_with_the_subscribe_reply_waits_for_the_catch_up(own_redis) -> None:
+    """One node reaches Redis through a proxy that gathers what Redis sends (the SUBSCRIBE reply and the
+    publications right after it arrive in one read); its connections are cut five times while the other
+    node publishes all along. Each time it must deliver what was published while it was away (from the
+    stream) before the publications that came with its SUBSCRIBE reply, each once."""
+    _, port, password = own_redis
+    proxy = CoalescingProxy(port)
+    proxy_port = await proxy.start()
+    credentials = password.replace(" ", "%20")
+    publisher_got, other_got = Recorder(), Recorder()
+    publisher = RedisBroker(f"redis://:{credentials}@127.0.0.1:{port}/0", "gathered:broadcast", publisher_got, 100_000)
+    other = RedisBroker(f"redis://:{credentials}@127.0.0.1:{proxy_port}/0", "gathered:broadcast", other_got, 100_000)
+    for broker in (publisher, other):
+        await broker.start()
+    sent = 0
+    publishing = True
+
+    async def publish_all_along() -> None:
+        nonlocal sent
+        while publishing:
+            await publisher.publish(Targets(everyone=True), b'{"n":%d}' % sent)
+            sent += 1
+            await asyncio.sleep(0.002)
+
+    try:
+        await until(lambda: publisher.connected and other.connected)
+        task = asyncio.create_task(publish_all_along())
+        for _ in range(5):
+            await asyncio.sleep(0.2)
+            proxy.drop()
+            await until(lambda: not other.connected)
+            await until(lambda: other.connected, 10.0)
+        await asyncio.sleep(0.2)
+        publishing = False
+        await task
+        await until(lambda: len(other_got.received) >= sent, 10.0)
+        assert [orjson.loads(payload)["n"] for _, payload in other_got.received] == list(range(sent))  # each once, in order
+    finally:
+        publishing = False
+        proxy.close()
+        for broker in (publisher, other):
+            await broker.close()
