@@ -16,6 +16,7 @@ from typing import Any
 from sonalyze.common.errors import UpstreamTimeout, UpstreamUnavailable
 from sonalyze.common.http_client import UpstreamClient
 from sonalyze.common.json import dumps
+from sonalyze.common.replicas import split_urls
 
 log = logging.getLogger("sonalyze.simulation.pushes")
 
@@ -24,7 +25,8 @@ MAX_QUEUED = 1000
 
 class SimulationPushes:
     def __init__(self, gateway_url: str, token: str, *, timeout_s: float = 10.0) -> None:
-        self._url = gateway_url.rstrip("/") + "/internal/broadcast" if gateway_url else ""
+        # GATEWAY_URL may name several gateways (comma-separated): the client balances and fails over.
+        self._url = ",".join(url + "/internal/broadcast" for url in split_urls(gateway_url))
         self._client = UpstreamClient(timeout_s, max_connections_per_origin=1, internal_token=token)
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(MAX_QUEUED)
         self._task: asyncio.Task[None] | None = None
