@@ -169,6 +169,9 @@ class RedisBroker:
         """This node's last publication number."""
         self._local: set[int] = set()
         """Numbers of this node's publications delivered locally while Redis was down (skipped when they come back)."""
+        self._unseen: dict[int, tuple[Any, bytes]] = {}
+        """This node's publications sent to Redis and not yet back on its subscription, in order: delivered
+        here at once if the connection is lost (before anything published later), then skipped."""
         self.queue: deque[tuple[int, bytes, bool]] = deque()
         """Publications waiting for Redis: (number, message, kept in the stream)."""
         self.queue_max = queue_max
@@ -212,14 +215,18 @@ class RedisBroker:
         message = encode_publication(targets, payload)
         publisher = self._publisher
         if publisher is not None and not self.queue and self._script_sha is not None:
+            self._unseen[number] = (targets, payload)
             try:
                 async with asyncio.timeout(REPLY_TIMEOUT_S):
                     await self._send(publisher, number, message, kept)
                 return None, None
             except REDIS_ERRORS as exc:
-                self._down(exc)
+                self._down(exc)  # delivers here what is not back yet, this one in its place (or it was back)
                 publisher.close()  # the listener reconnects
+                self._enqueue(number, message, kept)  # for the other nodes; the script drops it if it got there
+                return None, None
         if self._publisher is not None and self.queue:  # connected, still sending the queue: keep the order
+            self._unseen[number] = (targets, payload)
             self._enqueue(number, message, kept)
             return None, None
         self._local.add(number)
@@ -397,9 +404,11 @@ class RedisBroker:
     def _kept(self, offset: int, offset_bytes: bytes, node: bytes, number: int, rest: bytes) -> None:
         """Deliver one kept publication here (unless this node delivered it while Redis was down)."""
         self.offset = offset
-        if node == self._node and self._local and number in self._local:
-            self._local.discard(number)
-            return
+        if node == self._node:
+            self._unseen.pop(number, None)
+            if number in self._local:
+                self._local.discard(number)
+                return
         header, _, payload = rest.partition(b"\n")
         try:
             targets = Targets.decode(header)
@@ -425,9 +434,11 @@ class RedisBroker:
         elif kind == b"M ":  # a membership change sent through the history path
             head, _, rest = message.partition(b"\n")
             _, node, number = head.split(b" ")
-            if node == self._node and self._local and int(number) in self._local:
-                self._local.discard(int(number))
-                return
+            if node == self._node:
+                self._unseen.pop(int(number), None)
+                if int(number) in self._local:
+                    self._local.discard(int(number))
+                    return
             deliver_publication(self._deliver, rest)
         else:
             deliver_publication(self._deliver, message)
@@ -442,3 +453,7 @@ class RedisBroker:
         if self._publisher is not None:
             logger.warning("broker disconnected (redis): %s; delivering locally until it is back", exc)
         self._publisher = None
+        unseen, self._unseen = self._unseen, {}
+        for number, (targets, payload) in unseen.items():  # ahead of what this node publishes from now on
+            self._local.add(number)
+            self._deliver(targets, payload)
