@@ -74,6 +74,9 @@ class NatsBroker:
         """This node's last publication number."""
         self._local: set[int] = set()
         """Numbers of this node's publications delivered locally while NATS was down (skipped when they come back)."""
+        self._unseen: dict[int, tuple[Any, bytes]] = {}
+        """This node's publications in the stream (or on their way) not yet read back by its consumer, in
+        order: delivered here at once when NATS is lost (before anything published later), then skipped."""
         self.queue: deque[tuple[int, bytes]] = deque()
         """Publications waiting for NATS, in order: (number, stream message)."""
         self.queue_max = queue_max
@@ -121,12 +124,16 @@ class NatsBroker:
         number = self._number
         message = b"%s %s %d\n%s" % (b"K" if payload else b"M", self._node, number, encode_publication(targets, payload))
         if self._ready and not self.queue:
+            self._unseen[number] = (targets, payload)
             try:
                 await self._send(number, message)
                 return None, None
             except NATS_ERRORS as exc:
-                self._down(exc)
+                self._down(exc)  # delivers here what is not back yet, this one in its place (or it was back)
+                self._enqueue(number, message)  # for the other nodes; JetStream drops it if it got there
+                return None, None
         if self._ready and self.queue:  # connected, still sending the queue: keep the order
+            self._unseen[number] = (targets, payload)
             self._enqueue(number, message)
             return None, None
         self._local.add(number)
@@ -154,6 +161,10 @@ class NatsBroker:
             logger.warning("broker not ready (nats): %s; delivering locally until it is back", exc)
         self._ready = False
         self._losses += 1
+        unseen, self._unseen = self._unseen, {}
+        for number, (targets, payload) in unseen.items():  # ahead of what this node publishes from now on
+            self._local.add(number)
+            self._deliver(targets, payload)
         if self._js is not None and (self._recovery is None or self._recovery.done()):
             self._recovery = asyncio.get_running_loop().create_task(self._recover(), name="gateway-nats-recovery")
 
@@ -248,9 +259,11 @@ class NatsBroker:
         self.offset = sequence
         head, _, rest = message.data.partition(b"\n")
         kind, node, number = head.split(b" ")
-        if node == self._node and self._local and int(number) in self._local:
-            self._local.discard(int(number))
-            return
+        if node == self._node:
+            self._unseen.pop(int(number), None)
+            if int(number) in self._local:
+                self._local.discard(int(number))
+                return
         if kind == b"M":
             deliver_publication(self._deliver, rest)
             return
