@@ -169,6 +169,9 @@ class Job(BaseModel):
     """The lobby whose session created the job; None for a standalone job."""
     owner_device_id: str | None = None
     """The device that created a standalone job (the only device that may reach it)."""
+    analysis: AnalyzeRequest | None = None
+    """The latest analysis asked for (its uploads listed): what another replica runs again when it takes
+    the job over (`sonalyze.measurement.store.JobStore.claim_expired`)."""
     _version: int = PrivateAttr(default=0)
 
     @property

@@ -6,6 +6,12 @@ is answered; its audio is in the blob store every replica reaches. Only jobs bei
 time). Analyses are tasks (`sonalyze.common.tasks`: this replica's CPU pool, or the Dramatiq queue that
 ``sonalyze worker`` processes serve when ``TASK_QUEUE_URL`` is set), awaited by background tasks here;
 :meth:`MeasurementService._analysis_finished` is the one place where an analysis ends (with results or an error).
+
+The replica awaiting an analysis holds a lease on the job's row and renews it (`_lease_turn`, every third
+of ``MEASUREMENT_JOB_LEASE_S``); every replica's same loop claims the analyzing jobs whose lease lapsed
+(their replica was killed) and submits their analysis again from the row and the blob store
+(`_take_over`). The first save of a result wins (version check): a former runner that wakes up late gets
+``concurrent_update`` and drops its result, so the job and its storage records are written once.
 """
 
 from __future__ import annotations
@@ -72,7 +78,9 @@ class MeasurementService:
     def __init__(self, settings: MeasurementSettings) -> None:
         self.settings = settings
         blobs = blob_store(settings.blob_url, settings.data_dir, endpoint_url=settings.s3_endpoint_url)
-        self.store = JobStore(make_engine(settings.jobs_database_url), blobs, runner=settings.replica_id)
+        self.store = JobStore(
+            make_engine(settings.jobs_database_url), blobs, runner=settings.replica_id, lease_s=settings.job_lease_s
+        )
         self.tasks = task_runner(
             settings,
             "analysis",
@@ -98,13 +106,15 @@ class MeasurementService:
         """(job_id, upload name) → its sweep analysis, started at the upload (`_analyze_early`)."""
         self._warm_up: asyncio.Task[None] | None = None
         self._cleanup: asyncio.Task[None] | None = None
+        self._leases: asyncio.Task[None] | None = None
         self.outbox = writer_outbox(settings.storage_url, settings.internal_auth_token, settings.database_url, settings.data_dir)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """At start-up: migrate the job database, start the storage outbox, warm the analysis workers up
-        (in the background), fail this replica's interrupted analyses, start the retention cleanup."""
+        (in the background), fail this replica's interrupted analyses, start the lease loop and the
+        retention cleanup."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.store.migrate()
         if not self.settings.blob_url:
@@ -114,7 +124,10 @@ class MeasurementService:
         self._warm_up = asyncio.create_task(self.tasks.warm_up())
         for job in await self.store.interrupted():
             error = JobError(code="interrupted", message="the service stopped during the analysis; run it again")
-            await self._analysis_finished(job, error=error)
+            await self._analysis_finished(job, error=error)  # unless another replica took it over meanwhile
+        self._leases = asyncio.create_task(
+            cleanup_forever(self._lease_turn, self.settings.job_lease_s / 3.0, "job leases"), name="measurement-leases"
+        )
         if self.settings.retention_days > 0:
             self._cleanup = asyncio.create_task(
                 cleanup_forever(self.delete_expired, self.settings.cleanup_interval_s, "jobs"), name="measurement-cleanup"
@@ -129,10 +142,34 @@ class MeasurementService:
             log.info("expired jobs deleted", extra={"jobs": len(deleted)})
         return deleted
 
+    async def _lease_turn(self, now_s: float) -> None:
+        """Renew the leases of the analyses awaited here, then take over those whose lease lapsed."""
+        await self.store.renew(list(self._analyzing))
+        for job in await self.store.claim_expired(now_s, exclude=set(self._analyzing)):
+            await self._take_over(job)
+
+    async def _take_over(self, job: Job) -> None:
+        """Run a claimed job's analysis again (its uploads are blobs): awaited here from now on."""
+        log.warning(
+            "taking over the analysis of a job whose replica stopped renewing its lease", extra={"job_id": job.job_id}
+        )
+        request = job.analysis or AnalyzeRequest(source=AnalysisSource.SWEEP_DECONVOLUTION)
+        names = request.uploads if request.uploads is not None else [upload.name for upload in job.uploads]
+        try:
+            running = await self._submit(job, request.source, names)
+        except SonalyzeError as exc:  # busy: the job fails as if analyze had been refused; analyze it again
+            await self._analysis_finished(job, error=JobError(code=exc.code, message=exc.message))
+            return
+        self._analyzing[job.job_id] = job
+        self._analyses[job.job_id] = asyncio.create_task(
+            self._run_analysis(job, running, {}), name=f"analysis-{job.job_id}"
+        )
+
     async def close(self) -> None:
-        if self._cleanup is not None:
-            self._cleanup.cancel()
-            await asyncio.gather(self._cleanup, return_exceptions=True)
+        for loop in (self._cleanup, self._leases):
+            if loop is not None:
+                loop.cancel()
+                await asyncio.gather(loop, return_exceptions=True)
         if self._warm_up is not None:
             await asyncio.gather(self._warm_up, return_exceptions=True)
         for task in [*self._analyses.values(), *self._early.values(), *self._progress_saves.values()]:
@@ -289,23 +326,14 @@ class MeasurementService:
             if request.source is not AnalysisSource.SWEEP_DECONVOLUTION:
                 early_names = []  # the early analyses deconvolved a sweep: not this analysis
             rest = [name for name in names if name not in early_names]
-
-            def on_progress(fraction: float, message: str) -> None:
-                job.progress = Progress(fraction=fraction, message=message)
-                self._save_progress_soon(job)
-
-            running = None
-            if rest:  # Busy here, before anything changed
-                task = self._analysis_task(job, request.source, rest)
-                running = await self.tasks.submit(
-                    analyze_uploads, task, timeout_s=self.settings.analysis_timeout_s, on_progress=on_progress
-                )
+            running = await self._submit(job, request.source, rest) if rest else None  # Busy here, before any change
             early = {name: self._early.pop((job_id, name)) for name in early_names}
             for name in names:
                 stale = self._early.pop((job_id, name), None)
                 if stale is not None:
                     stale.cancel()
             job.move_to(JobStatus.ANALYZING, "analyze")
+            job.analysis = AnalyzeRequest(source=request.source, uploads=names)
             job.error = None
             job.progress = Progress(fraction=0.0, message="waiting for a worker")
             try:
@@ -346,6 +374,20 @@ class MeasurementService:
                     code="too_short",
                     details={"uploads": short, "sweep_duration_s": params.duration_s},
                 )
+
+    async def _submit(
+        self, job: Job, source: AnalysisSource, names: list[str]
+    ) -> asyncio.Task[dict[str, dict[str, Any]]]:
+        """Submit the analysis of ``names`` (Busy when the queue is full); its progress goes to ``job``."""
+
+        def on_progress(fraction: float, message: str) -> None:
+            job.progress = Progress(fraction=fraction, message=message)
+            self._save_progress_soon(job)
+
+        task = self._analysis_task(job, source, names)
+        return await self.tasks.submit(
+            analyze_uploads, task, timeout_s=self.settings.analysis_timeout_s, on_progress=on_progress
+        )
 
     def _analysis_task(self, job: Job, source: AnalysisSource, names: list[str]) -> AnalysisTask:
         """What a worker needs to analyze ``names`` of ``job``: blob keys, not local files (`BlobLocation`)."""
@@ -432,8 +474,14 @@ class MeasurementService:
             job.error = error
             job.progress = Progress(fraction=1.0, message="failed" if error else "done")
             job.move_to(JobStatus.FAILED if error else JobStatus.DONE, "finish the analysis")
-            await self._save(job)
-            self._analyzing.pop(job.job_id, None)
+            try:
+                await self._save(job)
+            except Conflict:  # another replica took the job over (this one's lease lapsed): its result counts
+                log.warning("analysis result dropped: the job was taken over", extra={"job_id": job.job_id})
+                return
+            finally:
+                if self._analyzing.get(job.job_id) is job:
+                    del self._analyzing[job.job_id]
             await self._send_to_storage(job, results or {})
         log.info("analysis finished", extra={"job_id": job.job_id, "status": job.status.value})
 

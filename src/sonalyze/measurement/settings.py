@@ -67,6 +67,13 @@ class MeasurementSettings(InternalAuthSettings, TaskQueueSettings, BaseSettings)
         default_factory=socket.gethostname,
         description="names this replica's running analyses (default: the host name; set it for replicas sharing a host)",
     )
+    job_lease_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="an analyzing job is leased to the replica awaiting it, renewed every third of this; "
+        "once it lapses (the replica died) another replica takes the job over and runs its analysis again",
+    )
     retention_days: float = Field(
         default=30.0, ge=0, description="a job and its audio are deleted this long after its last change; 0: kept"
     )

@@ -1,6 +1,6 @@
 """Jobs in the database, their audio in the blob store: every replica sees every job.
 
-    measurement_jobs (job_id, status, version, runner, updated_s, body)   the job as JSON, one row
+    measurement_jobs (job_id, status, version, runner, lease_until_s, updated_s, body)   the job as JSON, one row
     blob jobs/{job_id}/sweep.wav          the sweep to play, written once at creation
     blob jobs/{job_id}/uploads/{name}     each upload, published once complete (`sonalyze.common.blobs`)
 
@@ -9,11 +9,18 @@ the schema is migrated with Alembic at start-up (``sonalyze.measurement.migratio
 ``version`` it loaded (optimistic concurrency): two replicas changing one job at once cannot both win,
 the later one gets ``409 conflict`` (``reason: concurrent_update``). ``runner`` names the replica running
 an analysis, so a restarted replica fails its own interrupted analyses and no other's.
+
+An analyzing job is leased to its runner until ``lease_until_s`` (Unix time, ``MEASUREMENT_JOB_LEASE_S``
+after each save or :meth:`JobStore.renew`). A runner that stops renewing (killed) loses the job: any
+replica claims it (:meth:`JobStore.claim_expired`: a conditional UPDATE on the version, so one claim wins
+and the former runner's late save gets ``concurrent_update``) and runs its analysis again. A row without a
+lease (written before migration ``0002``) counts as expired.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from sqlalchemy import JSON, Column, Float, Integer, MetaData, String, Table, delete, insert, select, update
@@ -32,6 +39,7 @@ jobs_table = Table(
     Column("status", String(16), nullable=False, index=True),
     Column("version", Integer, nullable=False),
     Column("runner", String(200)),
+    Column("lease_until_s", Float),
     Column("updated_s", Float, nullable=False, index=True),
     Column("body", JSON, nullable=False),
 )
@@ -47,19 +55,22 @@ def upload_key(job_id: str, name: str) -> str:
 
 
 class JobStore:
-    def __init__(self, engine: AsyncEngine, blobs: BlobStore, *, runner: str) -> None:
+    def __init__(self, engine: AsyncEngine, blobs: BlobStore, *, runner: str, lease_s: float = 15.0) -> None:
         self.engine = engine
         self.blobs = blobs
         self.runner = runner
+        self.lease_s = lease_s
 
     async def migrate(self) -> None:
         await migrations.upgrade(self.engine, MIGRATIONS_DIR)
 
     def _row(self, job: Job, version: int) -> dict:
+        analyzing = job.status is JobStatus.ANALYZING
         return {
             "status": job.status.value,
             "version": version,
-            "runner": self.runner if job.status is JobStatus.ANALYZING else None,
+            "runner": self.runner if analyzing else None,
+            "lease_until_s": time.time() + self.lease_s if analyzing else None,
             "updated_s": job.updated_at.timestamp(),
             "body": job.model_dump(mode="json"),
         }
@@ -106,6 +117,47 @@ class JobStore:
                 )
             )
             return [_job(row) for row in rows]
+
+    async def renew(self, job_ids: list[str]) -> set[str]:
+        """Extend this runner's lease on ``job_ids`` (no version change: the job itself is not touched);
+        the ids still leased to it (one missing was taken over by another replica)."""
+        if not job_ids:
+            return set()
+        mine = (
+            (jobs_table.c.job_id.in_(job_ids))
+            & (jobs_table.c.status == JobStatus.ANALYZING.value)
+            & (jobs_table.c.runner == self.runner)
+        )
+        async with self.engine.begin() as connection:
+            await connection.execute(update(jobs_table).where(mine).values(lease_until_s=time.time() + self.lease_s))
+            return set((await connection.execute(select(jobs_table.c.job_id).where(mine))).scalars())
+
+    async def claim_expired(self, now_s: float, *, exclude: set[str] = frozenset(), limit: int = 16) -> list[Job]:
+        """Take over up to ``limit`` analyzing jobs whose lease ended before ``now_s``, but ``exclude`` (the
+        ones this replica still awaits: it renews them): each claim is an UPDATE conditional on the version
+        read, so of several replicas claiming one job one wins."""
+        expired = (jobs_table.c.status == JobStatus.ANALYZING.value) & (
+            jobs_table.c.lease_until_s.is_(None) | (jobs_table.c.lease_until_s < now_s)
+        )
+        if exclude:
+            expired &= jobs_table.c.job_id.notin_(exclude)
+        async with self.engine.connect() as connection:
+            candidates = (
+                await connection.execute(
+                    select(jobs_table.c.job_id, jobs_table.c.version, jobs_table.c.body).where(expired).limit(limit)
+                )
+            ).all()
+        claimed = []
+        for row in candidates:
+            job = _job(row)
+            condition = expired & (jobs_table.c.job_id == job.job_id) & (jobs_table.c.version == job.version)
+            values = {"runner": self.runner, "lease_until_s": time.time() + self.lease_s, "version": job.version + 1}
+            async with self.engine.begin() as connection:
+                result = await connection.execute(update(jobs_table).where(condition).values(**values))
+            if result.rowcount == 1:
+                job.version += 1
+                claimed.append(job)
+        return claimed
 
     async def delete_expired(self, before_s: float) -> list[str]:
         """Delete the jobs last changed before ``before_s`` (Unix time) that are not being analyzed, and
