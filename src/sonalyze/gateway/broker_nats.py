@@ -27,6 +27,7 @@ import logging
 import re
 import uuid
 from collections import deque
+from itertools import islice
 from typing import Any
 
 import nats
@@ -45,6 +46,7 @@ CONNECT_RETRY_S = 0.5
 REPLY_TIMEOUT_S = 2.0
 RETRY_DELAYS_S = (0.1, 0.2, 0.5, 1.0)
 DUPLICATE_WINDOW_MAX_S = 120.0
+FLUSH_BATCH = 100
 """JetStream's default duplicate window (the stream's is never longer than its ``max_age``)."""
 NATS_ERRORS = (NatsError, OSError, asyncio.TimeoutError)
 STREAM_NAME_FORBIDDEN = re.compile(r"[\s.*>/\\]")
@@ -183,11 +185,15 @@ class NatsBroker:
                             continue  # lost again meanwhile: catch up again
                         self._ready = True
                         logger.info("broker connected: nats stream %s", self._stream)
-                    while self.queue and self._ready:
-                        number, message = self.queue[0]
-                        await self._send(number, message)
-                        if self.queue and self.queue[0][0] == number:
-                            self.queue.popleft()
+                    while self.queue and self._ready:  # FLUSH_BATCH in flight: drains while publications come
+                        batch = list(islice(self.queue, FLUSH_BATCH))
+                        sent = await asyncio.gather(*[self._send(number, message) for number, message in batch], return_exceptions=True)
+                        failed = next((result for result in sent if isinstance(result, BaseException)), None)
+                        if failed is not None:
+                            raise failed  # the acknowledged ones are dropped as duplicates when sent again
+                        for number, _ in batch:
+                            if self.queue and self.queue[0][0] == number:
+                                self.queue.popleft()
                     if self._ready:
                         return
                 except NATS_ERRORS as exc:
