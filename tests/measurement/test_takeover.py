@@ -18,12 +18,14 @@ from sqlalchemy import select
 from sonalyze.common.blobs import LocalBlobStore
 from sonalyze.common.errors import Conflict
 from sonalyze.measurement.jobs import AnalyzeRequest, Job, JobStatus
-from sonalyze.measurement.store import JobStore
+from sonalyze.measurement.main import create_app
+from sonalyze.measurement.settings import MeasurementSettings
+from sonalyze.measurement.store import JobStore, jobs_table
 from sonalyze.storage.db import make_engine
 from sonalyze.storage.outbox import outbox_table
 from tests.integration.test_task_queue import Worker
 from tests.support.infra import REDIS_URL, require
-from tests.support.servers import SERVICE_HEADERS, ServiceProcess
+from tests.support.servers import INTERNAL_TOKEN, SERVICE_HEADERS, ServiceProcess, ThreadedServer
 
 LEASE_S = 2.0
 OWNER_LEASE_S = 0.4
@@ -160,3 +162,46 @@ def test_a_killed_replicas_analysis_is_taken_over_and_recorded_once(tmp_path, po
         for replica in replicas.values():
             replica.stop()
         worker.stop()
+
+
+async def _lease_row(database_url: str, job_id: str):
+    engine = make_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            columns = (jobs_table.c.status, jobs_table.c.runner, jobs_table.c.lease_until_s)
+            return (await connection.execute(select(*columns).where(jobs_table.c.job_id == job_id))).one()
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_replica_stopping_gracefully_hands_its_analysis_over(tmp_path, postgres_url, ir_wav):
+    def settings(name: str) -> MeasurementSettings:
+        return MeasurementSettings(
+            data_dir=tmp_path / name,
+            database_url=postgres_url,
+            blob_url=f"file://{tmp_path / 'blobs'}",
+            replica_id=name,
+            job_lease_s=LEASE_S,
+            analyze_wait_s=0,
+            internal_auth_token=INTERNAL_TOKEN,
+        )
+
+    with ThreadedServer(create_app(settings("a"))) as server_a:
+        with httpx.Client(base_url=server_a.url, timeout=60, headers=SERVICE_HEADERS) as a:
+            job_id = a.post("/v1/jobs").json()["job_id"]
+            for index in range(UPLOADS):
+                assert a.post(f"/v1/jobs/{job_id}/uploads/ir{index}", content=ir_wav).status_code == 201
+            assert a.post(f"/v1/jobs/{job_id}/analyze", json={"source": "impulse_response"}).status_code == 202
+    # A stopped during the analysis: the job is still analyzing (not failed), its lease ended at once.
+    row = asyncio.run(_lease_row(postgres_url, job_id))
+    assert (row.status, row.runner, row.lease_until_s) == ("analyzing", "a", None)
+    with (
+        ThreadedServer(create_app(settings("b"))) as server_b,
+        httpx.Client(base_url=server_b.url, timeout=60, headers=SERVICE_HEADERS) as b,
+    ):
+        deadline_s = time.monotonic() + 60.0
+        while (job := b.get(f"/v1/jobs/{job_id}").json())["status"] == "analyzing":
+            assert time.monotonic() < deadline_s, job
+            time.sleep(0.1)
+        assert job["status"] == "done" and len(job["results"]) == UPLOADS, job

@@ -11,7 +11,9 @@ The replica awaiting an analysis holds a lease on the job's row and renews it (`
 of ``MEASUREMENT_JOB_LEASE_S``); every replica's same loop claims the analyzing jobs whose lease lapsed
 (their replica was killed) and submits their analysis again from the row and the blob store
 (`_take_over`). The first save of a result wins (version check): a former runner that wakes up late gets
-``concurrent_update`` and drops its result, so the job and its storage records are written once.
+``concurrent_update`` and drops its result, so the job and its storage records are written once. A
+replica that stops gracefully releases its leases: another replica takes over at once (a rolling update
+loses no analysis); one alone fails them as ``interrupted`` when it starts again.
 """
 
 from __future__ import annotations
@@ -412,10 +414,10 @@ class MeasurementService:
                     results |= await (await self.tasks.submit(analyze_uploads, task, timeout_s=self.settings.analysis_timeout_s))
                 if running is not None:
                     results |= await running
-            except asyncio.CancelledError:
+            except asyncio.CancelledError:  # this replica stops: another one (or this one restarted) takes over
                 if running is not None:
                     running.cancel()
-                await self._analysis_finished(job, error=JobError(code="interrupted", message="the service stopped"))
+                await self.store.release([job.job_id])
                 raise
             except SonalyzeError as exc:
                 await self._analysis_finished(job, error=JobError(code=exc.code, message=exc.message))

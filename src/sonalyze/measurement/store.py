@@ -13,7 +13,8 @@ an analysis, so a restarted replica fails its own interrupted analyses and no ot
 An analyzing job is leased to its runner until ``lease_until_s`` (Unix time, ``MEASUREMENT_JOB_LEASE_S``
 after each save or :meth:`JobStore.renew`). A runner that stops renewing (killed) loses the job: any
 replica claims it (:meth:`JobStore.claim_expired`: a conditional UPDATE on the version, so one claim wins
-and the former runner's late save gets ``concurrent_update``) and runs its analysis again. A row without a
+and the former runner's late save gets ``concurrent_update``) and runs its analysis again; a runner that
+stops gracefully ends its leases at once (:meth:`JobStore.release`). A row without a
 lease (written before migration ``0002``) counts as expired.
 """
 
@@ -118,19 +119,28 @@ class JobStore:
             )
             return [_job(row) for row in rows]
 
+    def _leased_here(self, job_ids: list[str]):
+        return (
+            jobs_table.c.job_id.in_(job_ids)
+            & (jobs_table.c.status == JobStatus.ANALYZING.value)
+            & (jobs_table.c.runner == self.runner)
+        )
+
     async def renew(self, job_ids: list[str]) -> set[str]:
         """Extend this runner's lease on ``job_ids`` (no version change: the job itself is not touched);
         the ids still leased to it (one missing was taken over by another replica)."""
         if not job_ids:
             return set()
-        mine = (
-            (jobs_table.c.job_id.in_(job_ids))
-            & (jobs_table.c.status == JobStatus.ANALYZING.value)
-            & (jobs_table.c.runner == self.runner)
-        )
+        mine = self._leased_here(job_ids)
         async with self.engine.begin() as connection:
             await connection.execute(update(jobs_table).where(mine).values(lease_until_s=time.time() + self.lease_s))
             return set((await connection.execute(select(jobs_table.c.job_id).where(mine))).scalars())
+
+    async def release(self, job_ids: list[str]) -> None:
+        """End this runner's lease on ``job_ids`` now (it stops): the next claim takes them over."""
+        mine = self._leased_here(job_ids)
+        async with self.engine.begin() as connection:
+            await connection.execute(update(jobs_table).where(mine).values(lease_until_s=None))
 
     async def claim_expired(self, now_s: float, *, exclude: set[str] = frozenset(), limit: int = 16) -> list[Job]:
         """Take over up to ``limit`` analyzing jobs whose lease ended before ``now_s``, but ``exclude`` (the
