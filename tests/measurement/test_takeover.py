@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sonalyze.common.blobs import LocalBlobStore
 from sonalyze.common.errors import Conflict
@@ -58,7 +59,7 @@ async def test_a_lapsed_lease_is_claimed_once_and_the_former_runner_cannot_save(
         await owner.create(job, sweep)
         assert await others[0].claim_expired(time.time()) == []  # leased to its owner: nobody takes it
         await asyncio.sleep(OWNER_LEASE_S / 2)
-        assert await owner.renew([job.job_id]) == {job.job_id}
+        await owner.renew([job.job_id])
         await asyncio.sleep(OWNER_LEASE_S / 2)
         assert await others[0].claim_expired(time.time()) == []  # renewed: still the owner's
 
@@ -69,13 +70,15 @@ async def test_a_lapsed_lease_is_claimed_once_and_the_former_runner_cannot_save(
         assert len(winners) == 1 and [taken.job_id for taken in winners[0]] == [job.job_id]
         taken = winners[0][0]
         assert taken.analysis == job.analysis and taken.version == job.version + 1
-        assert await owner.renew([job.job_id]) == set()  # the former owner learns it lost the job
+        winner = next(other for other, claim in zip(others, claims) if claim)
+        before = await _lease_row(owner.engine, job.job_id)
+        await owner.renew([job.job_id])  # the former owner, late: the job and its lease stay the winner's
+        assert await _lease_row(owner.engine, job.job_id) == before and before.runner == winner.runner
         assert await owner.interrupted() == []  # and, restarted, does not fail it
         job.move_to(JobStatus.DONE, "finish the analysis")
         with pytest.raises(Conflict):  # its late result does not overwrite the new runner's
             await owner.save(job)
         taken.move_to(JobStatus.DONE, "finish the analysis")
-        winner = next(other for other, claim in zip(others, claims) if claim)
         await winner.save(taken)
         assert await winner.claim_expired(time.time() + 3600) == []  # done: no lease, nothing to claim
     finally:
@@ -92,6 +95,12 @@ def queue_url() -> str:
     with redis.Redis.from_url(url) as client:
         client.flushdb()
     return url
+
+
+async def _lease_row(engine: AsyncEngine, job_id: str):
+    async with engine.connect() as connection:
+        columns = (jobs_table.c.status, jobs_table.c.runner, jobs_table.c.lease_until_s)
+        return (await connection.execute(select(*columns).where(jobs_table.c.job_id == job_id))).one()
 
 
 async def _outbox_counts(database_url: str, job_id: str) -> dict[str, int]:
@@ -164,12 +173,12 @@ def test_a_killed_replicas_analysis_is_taken_over_and_recorded_once(tmp_path, po
         worker.stop()
 
 
-async def _lease_row(database_url: str, job_id: str):
+
+
+async def _row_of(database_url: str, job_id: str):
     engine = make_engine(database_url)
     try:
-        async with engine.connect() as connection:
-            columns = (jobs_table.c.status, jobs_table.c.runner, jobs_table.c.lease_until_s)
-            return (await connection.execute(select(*columns).where(jobs_table.c.job_id == job_id))).one()
+        return await _lease_row(engine, job_id)
     finally:
         await engine.dispose()
 
@@ -194,7 +203,7 @@ def test_a_replica_stopping_gracefully_hands_its_analysis_over(tmp_path, postgre
                 assert a.post(f"/v1/jobs/{job_id}/uploads/ir{index}", content=ir_wav).status_code == 201
             assert a.post(f"/v1/jobs/{job_id}/analyze", json={"source": "impulse_response"}).status_code == 202
     # A stopped during the analysis: the job is still analyzing (not failed), its lease ended at once.
-    row = asyncio.run(_lease_row(postgres_url, job_id))
+    row = asyncio.run(_row_of(postgres_url, job_id))
     assert (row.status, row.runner, row.lease_until_s) == ("analyzing", "a", None)
     with (
         ThreadedServer(create_app(settings("b"))) as server_b,

@@ -126,15 +126,15 @@ class JobStore:
             & (jobs_table.c.runner == self.runner)
         )
 
-    async def renew(self, job_ids: list[str]) -> set[str]:
-        """Extend this runner's lease on ``job_ids`` (no version change: the job itself is not touched);
-        the ids still leased to it (one missing was taken over by another replica)."""
+    async def renew(self, job_ids: list[str]) -> None:
+        """Extend this runner's lease on ``job_ids`` (no version change: the job itself is not touched); a
+        job another replica took over meanwhile stays that replica's."""
         if not job_ids:
-            return set()
-        mine = self._leased_here(job_ids)
+            return
         async with self.engine.begin() as connection:
-            await connection.execute(update(jobs_table).where(mine).values(lease_until_s=time.time() + self.lease_s))
-            return set((await connection.execute(select(jobs_table.c.job_id).where(mine))).scalars())
+            await connection.execute(
+                update(jobs_table).where(self._leased_here(job_ids)).values(lease_until_s=time.time() + self.lease_s)
+            )
 
     async def release(self, job_ids: list[str]) -> None:
         """End this runner's lease on ``job_ids`` now (it stops): the next claim takes them over."""
