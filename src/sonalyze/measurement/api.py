@@ -63,7 +63,8 @@ def http_router() -> APIRouter:
     async def get_job(job_id: str, service: Service, caller: CallerOf) -> JSONResponse:
         return JSONResponse((await service.get_job(job_id, caller)).public())
 
-    @router.api_route("/v1/jobs/{job_id}/sweep.wav", methods=["GET", "HEAD"])
+    @router.get("/v1/jobs/{job_id}/sweep.wav", operation_id="download_sweep")
+    @router.head("/v1/jobs/{job_id}/sweep.wav", operation_id="download_sweep_head")  # one id each in the OpenAPI
     async def download_sweep(job_id: str, service: Service, caller: CallerOf) -> FileResponse:
         job = await service.get_job(job_id, caller)
         return FileResponse(await service.sweep_path(job), media_type="audio/wav", filename=f"sweep-{job_id}.wav")

@@ -26,7 +26,7 @@ MAX_QUEUED = 1000
 class SimulationPushes:
     def __init__(self, gateway_url: str, token: str, *, timeout_s: float = 10.0) -> None:
         # GATEWAY_URL may name several gateways (comma-separated): the client balances and fails over.
-        self._url = ",".join(url + "/internal/broadcast" for url in split_urls(gateway_url))
+        self._url = ",".join(url + "/internal/broadcast" for url in split_urls(gateway_url)) if gateway_url else ""
         self._client = UpstreamClient(timeout_s, max_connections_per_origin=1, internal_token=token)
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(MAX_QUEUED)
         self._task: asyncio.Task[None] | None = None
