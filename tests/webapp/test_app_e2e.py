@@ -284,8 +284,8 @@ async def test_speaker_output_reaches_the_microphones_through_pulseaudio(webapp_
             await page.click("[data-tab=measure]")
             await page.screenshot(path=shots / f"15-pulse-loop-failed-{k}.png", full_page=True)
         print(webapp_backend.log_text()[-4000:])
-        for wav in Path(webapp_backend.data_dir).rglob("speaker-*_mic-*.wav"):  # the recordings, to look at
-            shutil.copy(wav, shots / f"pulse-{wav.parent.name}-{wav.name}")
+        for wav in Path(webapp_backend.data_dir).rglob("speaker-*_mic-*.wav"):  # every job's recordings, to look at
+            shutil.copy(wav, shots / f"pulse-{wav.parent.parent.name}-{wav.name}")  # .../jobs/<job_id>/uploads/
         raise
     await host.screenshot(path=shots / "15-pulse-loop-results.png", full_page=True)
     for pair in range(2):
