@@ -285,12 +285,7 @@ class CpuPool:
             self._running -= 1
             self._free.release()
             self._mean_duration_s = 0.8 * self._mean_duration_s + 0.2 * (time.monotonic() - started)
-        if kind == "result":
-            return payload
-        exc, summary, remote_traceback = payload
-        if exc is None:
-            raise TaskFailed(summary) from RemoteTraceback(remote_traceback)
-        raise exc from RemoteTraceback(remote_traceback)
+        return outcome_value(kind, payload)
 
     async def _run_call(self, call: bytes, timeout_s: float | None, on_progress: ProgressCallback | None) -> tuple[str, Any]:
         """Schedule one call on pebble and wait for it; pebble's failures as this module's errors."""
@@ -402,3 +397,14 @@ class CpuPool:
         deadline = time.monotonic() + 10.0
         while self._running and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+
+
+def outcome_value(kind: str, payload: Any) -> Any:
+    """A task's outcome as the caller sees it: its result, or its exception raised again (from the
+    worker's traceback); ``TaskFailed`` when the exception itself could not travel."""
+    if kind == "result":
+        return payload
+    exc, summary, remote_traceback = payload
+    if exc is None:
+        raise TaskFailed(summary) from RemoteTraceback(remote_traceback)
+    raise exc from RemoteTraceback(remote_traceback)

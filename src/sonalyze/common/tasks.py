@@ -51,10 +51,9 @@ from pydantic_settings import BaseSettings
 from sonalyze.common.cpu_pool import (
     CpuPool,
     ProgressCallback,
-    RemoteTraceback,
-    TaskFailed,
     TaskTimeout,
     _portable_exception,
+    outcome_value,
 )
 from sonalyze.common.errors import Busy
 
@@ -403,13 +402,7 @@ class QueueTasks:
 
 
 def _unpack_outcome(data: bytes) -> Any:
-    kind, payload = pickle.loads(data)
-    if kind == "result":
-        return payload
-    exc, summary, remote_traceback = payload
-    if exc is None:
-        raise TaskFailed(summary) from RemoteTraceback(remote_traceback)
-    raise exc from RemoteTraceback(remote_traceback)
+    return outcome_value(*pickle.loads(data))
 
 
 # ---- in a worker process (``sonalyze worker``) ----
