@@ -39,6 +39,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from sonalyze.common.readiness import database_unready
 from sonalyze.lobby import migrations
 from sonalyze.lobby.lifecycle import LobbyStatus
 from sonalyze.lobby.models import events, join_failures, lobbies, participants, sessions
@@ -141,12 +142,11 @@ class Database:
                     await _end_turns(connection)
 
     async def unreachable(self) -> str | None:
-        """None when the database answers a query, else why not (``/readyz``)."""
-        try:
-            await self.read(lambda conn: conn.execute(select(1)).scalar_one())
-        except Exception as exc:  # any failure to reach it: the reason goes to the probe's answer
-            return f"the lobby database does not answer: {type(exc).__name__}: {exc}"[:300]
-        return None
+        """None when the database answers ``SELECT 1`` within ``READY_TIMEOUT_S``, else why not (``/readyz``).
+        SQLite is a file this process opened at start-up (the migrations ran on it): it answers while we run."""
+        if self.is_sqlite:
+            return None
+        return await database_unready(self._async_engine, "lobby database")
 
     async def read(self, work: Callable[..., T], *args: Any) -> T:
         """``work(connection, *args)`` without writing."""
