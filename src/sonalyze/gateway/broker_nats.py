@@ -25,9 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import uuid
-from collections import deque
-from itertools import islice
 from typing import Any
 
 import nats
@@ -37,6 +34,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
+from sonalyze.gateway.outage import OutageQueue
 from sonalyze.gateway.publication import Deliver, Targets, deliver_publication, encode_publication
 from sonalyze.gateway.push_history import Entry
 
@@ -46,7 +44,6 @@ CONNECT_RETRY_S = 0.5
 REPLY_TIMEOUT_S = 2.0
 RETRY_DELAYS_S = (0.1, 0.2, 0.5, 1.0)
 DUPLICATE_WINDOW_MAX_S = 120.0
-FLUSH_BATCH = 100
 """JetStream's default duplicate window (the stream's is never longer than its ``max_age``)."""
 NATS_ERRORS = (NatsError, OSError, asyncio.TimeoutError)
 STREAM_NAME_FORBIDDEN = re.compile(r"[\s.*>/\\]")
@@ -70,19 +67,10 @@ class NatsBroker:
         self._stream = STREAM_NAME_FORBIDDEN.sub("_", subject)
         self._relay_subject = subject + ".relay"
         self._js: JetStreamContext | None = None
-        self.node = uuid.uuid4().hex[:12]
-        self._node = self.node.encode()
-        self._number = 0
-        """This node's last publication number."""
-        self._local: set[int] = set()
-        """Numbers of this node's publications delivered locally while NATS was down (skipped when they come back)."""
-        self._unseen: dict[int, tuple[Any, bytes]] = {}
-        """This node's publications in the stream (or on their way) not yet read back by its consumer, in
-        order: delivered here at once when NATS is lost (before anything published later), then skipped."""
-        self.queue: deque[tuple[int, bytes]] = deque()
-        """Publications waiting for NATS, in order: (number, stream message)."""
-        self.queue_max = queue_max
-        self.queue_dropped = 0
+        self.outage: OutageQueue[bytes] = OutageQueue(deliver, queue_max)
+        """This node's publications through an outage; what it sends: the stream message."""
+        self.queue = self.outage.queue
+        """Publications waiting for the bus (the ``gateway_outage_queue`` metric)."""
         self._ready = False
         """Caught up and publishing (with a history): False while NATS is down or a catch-up runs."""
         self._recovery: asyncio.Task[None] | None = None
@@ -101,6 +89,11 @@ class NatsBroker:
     def connected(self) -> bool:
         client = self._client
         return client is not None and client.is_connected and (self.history is None or self._ready)
+
+    @property
+    def queue_dropped(self) -> int:
+        """Publications dropped from a full outage queue (the ``gateway_outage_queue_dropped`` metric)."""
+        return self.outage.dropped
 
     async def start(self) -> None:
         self._starter = asyncio.get_running_loop().create_task(self._connect(), name="gateway-nats-broker")
@@ -121,41 +114,19 @@ class NatsBroker:
         return self._deliver(targets, payload)
 
     async def _publish_kept(self, targets: Any, payload: bytes) -> tuple[int | None, int | None]:
-        """Into the stream (in order behind anything queued); NATS down: deliver here and queue."""
-        self._number += 1
-        number = self._number
-        message = b"%s %s %d\n%s" % (b"K" if payload else b"M", self._node, number, encode_publication(targets, payload))
-        if self._ready and not self.queue:
-            self._unseen[number] = (targets, payload)
-            try:
-                await self._send(number, message)
-                return None, None
-            except NATS_ERRORS as exc:
-                self._down(exc)  # delivers here what is not back yet, this one in its place (or it was back)
-                self._enqueue(number, message)  # for the other nodes; JetStream drops it if it got there
-                return None, None
-        if self._ready and self.queue:  # connected, still sending the queue: keep the order
-            self._unseen[number] = (targets, payload)
-            self._enqueue(number, message)
-            return None, None
-        self._local.add(number)
-        self._enqueue(number, message)
-        return self._deliver(targets, payload)  # NATS is down: this node's devices get it now
+        """Into the stream (in order behind anything queued); NATS down: deliver here and queue (:class:`OutageQueue`;
+        JetStream drops a ``Nats-Msg-Id`` it saw)."""
+        number = self.outage.next_number()
+        message = b"%s %s %d\n%s" % (b"K" if payload else b"M", self.outage.node_bytes, number, encode_publication(targets, payload))
+        send, lost = (self._send, self._down) if self._ready else (None, None)
+        return await self.outage.publish(number, targets, payload, message, send, NATS_ERRORS, lost)
 
     async def _send(self, number: int, message: bytes) -> None:
         if self._js is None:
             raise ConnectionError("the nats broker is closed")
         await self._js.publish(
-            self._subject, message, timeout=REPLY_TIMEOUT_S, stream=self._stream, headers={"Nats-Msg-Id": f"{self.node}.{number}"}
+            self._subject, message, timeout=REPLY_TIMEOUT_S, stream=self._stream, headers={"Nats-Msg-Id": f"{self.outage.node}.{number}"}
         )
-
-    def _enqueue(self, number: int, message: bytes) -> None:
-        if len(self.queue) >= self.queue_max:
-            dropped, _ = self.queue.popleft()
-            self._local.discard(dropped)
-            self.queue_dropped += 1
-            logger.warning("outage queue full (%d): dropped the oldest publication", self.queue_max)
-        self.queue.append((number, message))
 
     def _down(self, exc: BaseException | None) -> None:
         """NATS is lost (or this node's read of the stream is): deliver locally and queue until recovered."""
@@ -163,10 +134,7 @@ class NatsBroker:
             logger.warning("broker not ready (nats): %s; delivering locally until it is back", exc)
         self._ready = False
         self._losses += 1
-        unseen, self._unseen = self._unseen, {}
-        for number, (targets, payload) in unseen.items():  # ahead of what this node publishes from now on
-            self._local.add(number)
-            self._deliver(targets, payload)
+        self.outage.lost()  # ahead of what this node publishes from now on
         if self._js is not None and (self._recovery is None or self._recovery.done()):
             self._recovery = asyncio.get_running_loop().create_task(self._recover(), name="gateway-nats-recovery")
 
@@ -185,15 +153,7 @@ class NatsBroker:
                             continue  # lost again meanwhile: catch up again
                         self._ready = True
                         logger.info("broker connected: nats stream %s", self._stream)
-                    while self.queue and self._ready:  # FLUSH_BATCH in flight: drains while publications come
-                        batch = list(islice(self.queue, FLUSH_BATCH))
-                        sent = await asyncio.gather(*[self._send(number, message) for number, message in batch], return_exceptions=True)
-                        failed = next((result for result in sent if isinstance(result, BaseException)), None)
-                        if failed is not None:
-                            raise failed  # the acknowledged ones are dropped as duplicates when sent again
-                        for number, _ in batch:
-                            if self.queue and self.queue[0][0] == number:
-                                self.queue.popleft()
+                    await self.outage.flush(self._send, lambda: self._ready)
                     if self._ready:
                         return
                 except NATS_ERRORS as exc:
@@ -265,11 +225,8 @@ class NatsBroker:
         self.offset = sequence
         head, _, rest = message.data.partition(b"\n")
         kind, node, number = head.split(b" ")
-        if node == self._node:
-            self._unseen.pop(int(number), None)
-            if int(number) in self._local:
-                self._local.discard(int(number))
-                return
+        if node == self.outage.node_bytes and self.outage.came_back(int(number)):
+            return  # delivered here while NATS was down
         if kind == b"M":
             deliver_publication(self._deliver, rest)
             return

@@ -27,14 +27,15 @@ import logging
 import ssl
 import uuid
 from collections import deque
-from itertools import islice
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import hiredis
 import orjson
 
+from sonalyze.gateway.outage import OutageQueue
 from sonalyze.gateway.publication import Deliver, Targets, deliver_publication, encode_publication
 from sonalyze.gateway.push_history import Entry
 
@@ -141,7 +142,6 @@ return offset
 a new epoch, node, its publication number, how long numbers are kept (ms). Returns the offset (0: a
 number seen before)."""
 REPLAY_PAGE = 1000
-FLUSH_BATCH = 100
 
 
 class RedisBroker:
@@ -163,19 +163,11 @@ class RedisBroker:
         self._numbers_ttl_ms = b"%d" % max(round(history_age_s * 2000), 3_600_000)
         self._keys = [channel.encode() + suffix for suffix in (b":stream", b"", b":epoch", b":offset", b":numbers")]
         self._script_sha: bytes | None = None
-        self.node = uuid.uuid4().hex[:12]
-        self._node = self.node.encode()
-        self._number = 0
-        """This node's last publication number."""
-        self._local: set[int] = set()
-        """Numbers of this node's publications delivered locally while Redis was down (skipped when they come back)."""
-        self._unseen: dict[int, tuple[Any, bytes]] = {}
-        """This node's publications sent to Redis and not yet back on its subscription, in order: delivered
-        here at once if the connection is lost (before anything published later), then skipped."""
-        self.queue: deque[tuple[int, bytes, bool]] = deque()
-        """Publications waiting for Redis: (number, message, kept in the stream)."""
-        self.queue_max = queue_max
-        self.queue_dropped = 0
+        self.outage: OutageQueue[tuple[bytes, bool]] = OutageQueue(deliver, queue_max)
+        """This node's publications through an outage; what it sends: (message, kept in the stream)."""
+        self.queue = self.outage.queue
+        """Publications waiting for the bus (the ``gateway_outage_queue`` metric)."""
+        self._node = self.outage.node_bytes
         self._flusher: asyncio.Task[None] | None = None
         self.epoch: str | None = None
         self._epoch_bytes = b""
@@ -190,6 +182,11 @@ class RedisBroker:
     def connected(self) -> bool:
         return self._publisher is not None
 
+    @property
+    def queue_dropped(self) -> int:
+        """Publications dropped from a full outage queue (the ``gateway_outage_queue_dropped`` metric)."""
+        return self.outage.dropped
+
     async def start(self) -> None:
         self._listener = asyncio.get_running_loop().create_task(self._connect_and_listen(), name="gateway-redis-broker")
 
@@ -203,69 +200,41 @@ class RedisBroker:
                     await publisher.command("PUBLISH", self._channel, encode_publication(targets, payload))
                 return None, None
             except REDIS_ERRORS as exc:
-                self._down(exc)
-                publisher.close()  # the listener reconnects
+                self._lost(publisher, exc)
         return self._deliver(targets, payload)  # the bus is down: this node's devices still get it
 
     async def _publish_kept(self, targets: Any, payload: bytes, kept: bool) -> tuple[int | None, int | None]:
         """Through the script when ``kept`` (in order behind anything queued), else as an ``M`` line on the same
-        connection; Redis down: deliver here and queue."""
-        self._number += 1
-        number = self._number
-        message = encode_publication(targets, payload)
+        connection; Redis down: deliver here and queue (:class:`OutageQueue`; the script drops a number it saw)."""
+        number = self.outage.next_number()
         publisher = self._publisher
-        if publisher is not None and not self.queue and self._script_sha is not None:
-            self._unseen[number] = (targets, payload)
-            try:
-                async with asyncio.timeout(REPLY_TIMEOUT_S):
-                    await self._send(publisher, number, message, kept)
-                return None, None
-            except REDIS_ERRORS as exc:
-                self._down(exc)  # delivers here what is not back yet, this one in its place (or it was back)
-                publisher.close()  # the listener reconnects
-                self._enqueue(number, message, kept)  # for the other nodes; the script drops it if it got there
-                return None, None
-        if self._publisher is not None and self.queue:  # connected, still sending the queue: keep the order
-            self._unseen[number] = (targets, payload)
-            self._enqueue(number, message, kept)
-            return None, None
-        self._local.add(number)
-        self._enqueue(number, message, kept)
-        return self._deliver(targets, payload)  # the bus is down: this node's devices get it now
+        send, lost = (None, None) if publisher is None else (partial(self._send, publisher), partial(self._lost, publisher))
+        return await self.outage.publish(number, targets, payload, (encode_publication(targets, payload), kept), send, REDIS_ERRORS, lost)
 
-    def _send(self, publisher: RespConnection, number: int, message: bytes, kept: bool) -> asyncio.Future[Any]:
-        if not kept:  # a membership change or a stream relay: in order on the same connection, no position
-            return publisher.command("PUBLISH", self._keys[1], b"M %s %d\n%s" % (self._node, number, message))
-        return publisher.command(
-            "EVALSHA", self._script_sha, b"5", *self._keys, message, self._history_max, self._history_age_ms,
-            uuid.uuid4().hex[:16], self._node, b"%d" % number, self._numbers_ttl_ms,
-        )
+    async def _send(self, publisher: RespConnection, number: int, item: tuple[bytes, bool]) -> None:
+        message, kept = item
+        async with asyncio.timeout(REPLY_TIMEOUT_S):
+            if not kept:  # a membership change or a stream relay: in order on the same connection, no position
+                await publisher.command("PUBLISH", self._keys[1], b"M %s %d\n%s" % (self._node, number, message))
+                return
+            await publisher.command(
+                "EVALSHA", self._script_sha, b"5", *self._keys, message, self._history_max, self._history_age_ms,
+                uuid.uuid4().hex[:16], self._node, b"%d" % number, self._numbers_ttl_ms,
+            )
 
-    def _enqueue(self, number: int, message: bytes, kept: bool) -> None:
-        if len(self.queue) >= self.queue_max:
-            dropped, _, _ = self.queue.popleft()
-            self._local.discard(dropped)
-            self.queue_dropped += 1
-            logger.warning("outage queue full (%d): dropped the oldest publication", self.queue_max)
-        self.queue.append((number, message, kept))
+    def _lost(self, publisher: RespConnection, exc: BaseException) -> None:
+        self._down(exc)  # delivers here what is not back yet
+        publisher.close()  # the listener reconnects
 
     async def _flush_queue(self, publisher: RespConnection) -> None:
-        """Publish what was queued while Redis was down, in order (``FLUSH_BATCH`` pipelined at a time: the
-        queue drains while publications keep coming); stops (keeping the rest) on an error."""
-        while self.queue and self._publisher is publisher:
-            batch = list(islice(self.queue, FLUSH_BATCH))
-            try:
-                async with asyncio.timeout(REPLY_TIMEOUT_S):
-                    await asyncio.gather(*[self._send(publisher, number, message, kept) for number, message, kept in batch])
-            except REDIS_ERRORS as exc:
-                self._down(exc)
-                publisher.close()
-                return
-            for number, _, _ in batch:
-                if self.queue and self.queue[0][0] == number:
-                    self.queue.popleft()
-        if self.queue:
-            logger.info("outage queue: %d publications wait for the next connection", len(self.queue))
+        """Publish what was queued while Redis was down, in order; stops (keeping the rest) on an error."""
+        try:
+            await self.outage.flush(partial(self._send, publisher), lambda: self._publisher is publisher)
+        except REDIS_ERRORS as exc:
+            self._lost(publisher, exc)
+            return
+        if self.outage.queue:
+            logger.info("outage queue: %d publications wait for the next connection", len(self.outage.queue))
 
     async def replay(self, epoch: object, after: object, upto: int) -> list[Entry] | None:
         """The stream's publications after offset ``after`` up to ``upto``, oldest first; None when the
@@ -337,7 +306,7 @@ class RedisBroker:
                     await self._catch_up(publisher)
                 self._publisher, attempt = publisher, 0
                 logger.info("broker connected: redis channel %s", self._channel.decode())
-                if self.queue:
+                if self.outage.queue:
                     self._flusher = asyncio.get_running_loop().create_task(self._flush_queue(publisher), name="gateway-redis-queue")
                 done, _ = await asyncio.wait([publisher.lost, subscriber.lost], return_when=asyncio.FIRST_COMPLETED)
                 self._down(done.pop().result())
@@ -404,11 +373,8 @@ class RedisBroker:
     def _kept(self, offset: int, offset_bytes: bytes, node: bytes, number: int, rest: bytes) -> None:
         """Deliver one kept publication here (unless this node delivered it while Redis was down)."""
         self.offset = offset
-        if node == self._node:
-            self._unseen.pop(number, None)
-            if number in self._local:
-                self._local.discard(number)
-                return
+        if node == self._node and self.outage.came_back(number):
+            return  # delivered here while Redis was down
         header, _, payload = rest.partition(b"\n")
         try:
             targets = Targets.decode(header)
@@ -434,11 +400,8 @@ class RedisBroker:
         elif kind == b"M ":  # a membership change sent through the history path
             head, _, rest = message.partition(b"\n")
             _, node, number = head.split(b" ")
-            if node == self._node:
-                self._unseen.pop(int(number), None)
-                if int(number) in self._local:
-                    self._local.discard(int(number))
-                    return
+            if node == self._node and self.outage.came_back(int(number)):
+                return
             deliver_publication(self._deliver, rest)
         else:
             deliver_publication(self._deliver, message)
@@ -453,7 +416,4 @@ class RedisBroker:
         if self._publisher is not None:
             logger.warning("broker disconnected (redis): %s; delivering locally until it is back", exc)
         self._publisher = None
-        unseen, self._unseen = self._unseen, {}
-        for number, (targets, payload) in unseen.items():  # ahead of what this node publishes from now on
-            self._local.add(number)
-            self._deliver(targets, payload)
+        self.outage.lost()  # ahead of what this node publishes from now on
