@@ -38,6 +38,7 @@ from scipy import ndimage, signal, stats
 
 from sonalyze.acoustics.bands import OCTAVE_BANDS_HZ, band_available, octave_band_edges_hz
 from sonalyze.acoustics.deconvolution import (
+    PRE_ROLL_S,
     STARTS_AFTER_SWEEP,
     deconvolve_recording,
     ir_window,
@@ -234,9 +235,10 @@ def clock_tolerance_ppm(method: str, params: SweepParams) -> float:
     return STRETCH_TOLERANCE_LOBES * _stretch_lobe_ppm(params)
 
 
-def stretch_clock_ppm(h_all: np.ndarray, peak: int, params: SweepParams) -> StretchClock:
+def stretch_clock_ppm(h_all: np.ndarray, onset: int, params: SweepParams) -> StretchClock:
     """How fast the recording's clock runs against the sweep's, ppm (+: more samples per sweep second),
-    from the recording deconvolved with the labelled sweep (``h_all``, the first sweep's impulse at ``peak``).
+    from the recording deconvolved with the labelled sweep (``h_all``, the first sweep's response starting at
+    ``onset``: its ISO 3382-1 onset, the direct sound).
 
     A recording at ρ = 1 + δ times the sweep's rate delays frequency f by δ·t₀(f), t₀(f) = L·ln(f/f₁),
     L = T/ln(f₂/f₁) (Farina 2000): the deconvolution's phase is off by −2π·δ·L·f·(ln(f/f₁) − 1). Each trial δ
@@ -248,12 +250,15 @@ def stretch_clock_ppm(h_all: np.ndarray, peak: int, params: SweepParams) -> Stre
     lobe on a `STRETCH_FINE_OVERSAMPLING`× oversampled one, parabolic. The estimate is used only when every other maximum more
     than `STRETCH_LOBES` main lobes away peaks below `STRETCH_UNIQUE_RATIO` of it (in rooms whose direct
     sound is weak against the reverberation, the tail's own peaks compete: not unique, None).
+    The segment re-timed is centred on the onset, not on the strongest peak: in such rooms that peak is a
+    reflection up to 19 ms later (phone-chain 0.3 s room), which put the direct sound at or past the
+    segment's end and let the tail win (4 wrong estimates in 120 generated recordings, none since).
     """
     fs_hz = params.fs_hz
     if params.duration_s < STRETCH_MIN_DURATION_S:
         return StretchClock(None, 0.0, 1.0)
     half = int((STRETCH_SPAN_PPM * 1e-6 * params.duration_s + STRETCH_MARGIN_S) * fs_hz)
-    segment = np.take(h_all, np.arange(peak - half, peak + half), mode="wrap")
+    segment = np.take(h_all, np.arange(onset - half, onset + half), mode="wrap")
     n_fft = sp_fft.next_fast_len(segment.size)
     f_hz = sp_fft.fftfreq(n_fft, 1.0 / fs_hz)
     top_hz = min(params.f_end_hz, 0.45 * fs_hz)
@@ -554,10 +559,10 @@ def _dropout_message(broken: list[int], lags: dict[int, float], stretch_ppm: flo
 
 def _responses(
     x: np.ndarray, params: SweepParams, ir_length_s: float | None
-) -> tuple[np.ndarray, int, list[int], list[np.ndarray], dict[int, float], int]:
-    """Deconvolution of ``x`` and its repetitions: ``(h_all, peak, starts, irs, lags, n_ir)`` — each
-    repetition's response window, aligned on the first to a fraction of a sample, and that alignment's
-    lag (samples) per repetition index."""
+) -> tuple[np.ndarray, int, int, list[int], list[np.ndarray], dict[int, float], int]:
+    """Deconvolution of ``x`` and its repetitions: ``(h_all, peak, onset, starts, irs, lags, n_ir)`` — the
+    first repetition's strongest peak and ISO 3382-1 onset, each repetition's response window, aligned on
+    the first to a fraction of a sample, and that alignment's lag (samples) per repetition index."""
     h_all = deconvolve_recording(x, params)
     peak = strongest_peak(h_all, x.size, params, check_start=False)  # an impulse is told first
     period = params.period_samples
@@ -573,7 +578,7 @@ def _responses(
     for k in range(1, len(irs)):
         lags[k] = _fractional_lag(irs[0][:compare], irs[k][:compare])
         irs[k] = _shift(irs[k], lags[k])
-    return h_all, peak, starts, irs, lags, n_ir
+    return h_all, peak, start + int(round(PRE_ROLL_S * params.fs_hz)), starts, irs, lags, n_ir
 
 
 def check_recording(
@@ -595,12 +600,12 @@ def check_recording(
     coarse = track_clock_ppm(x, params)
     if coarse is not None and abs(coarse) > CLOCK_GROSS_PPM:
         raise RecordingRefused("sample_rate_mismatch", _mismatch_message(coarse, declared_hz), empty_section(requested, coarse))
-    h_all, peak, starts, irs, lags, n_ir = _responses(x, params, ir_length_s)
-    stretch = stretch_clock_ppm(h_all, peak, params)
+    h_all, peak, onset, starts, irs, lags, n_ir = _responses(x, params, ir_length_s)
+    stretch = stretch_clock_ppm(h_all, onset, params)
     for k in range(1, len(irs)):  # a glitch in the first sweep: the next repetition's own clock
         if stretch.ppm is not None:
             break
-        stretch = stretch_clock_ppm(h_all, peak + k * params.period_samples + int(round(lags[k])), params)
+        stretch = stretch_clock_ppm(h_all, onset + k * params.period_samples + int(round(lags[k])), params)
     run, broken = _spacing_run(lags, stretch, params)
     spacing = repetition_clock_ppm({k: lags[k] for k in run}, params.period_samples)
     if spacing is not None:
@@ -613,7 +618,7 @@ def check_recording(
         raise RecordingRefused("sample_rate_mismatch", _mismatch_message(clock.ppm, declared_hz), empty_section(requested, clock.ppm))
     if clock.ppm is not None and abs(clock.ppm) >= MIN_CORRECTED_PPM:
         x = correct_clock(x, clock.ppm)
-        h_all, peak, starts, irs, lags, n_ir = _responses(x, params, ir_length_s)
+        h_all, peak, onset, starts, irs, lags, n_ir = _responses(x, params, ir_length_s)
     ppm = clock.ppm
     compare = min(n_ir, int(AGREEMENT_S * params.fs_hz))
     rejected = [k for k, (s, h) in enumerate(zip(starts, irs)) if k in broken or impulse_excess_db(x, h, s, params) > IMPULSE_EXCESS_DB]
