@@ -8,7 +8,8 @@ Where PulseAudio is installed a fourth test routes the speaker page's real outpu
 pages (a null sink and its monitor remapped as the default source of a private daemon).
 The test waits with page functions, which the CSP forbids (eval): contexts use `bypass_csp=True`.
 Screenshots of every screen at 390×844 go to the folder the test prints (``SONALYZE_WEBAPP_SCREENSHOTS``
-to choose it).
+to choose it); a failed test leaves there every page's screenshot and console log, the backend's log and
+the recordings (``conftest.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import re
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -31,13 +31,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 #: Roles a control must have a name for (an unnamed one is unusable with a screen reader).
 NAMED_ROLES = ("button", "textbox", "combobox", "radio", "checkbox", "link", "spinbutton", "slider", "tab")
-
-
-def _shots(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("SONALYZE_WEBAPP_SCREENSHOTS", tmp_path / "screenshots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    print(f"screenshots in {folder}")
-    return folder
 
 
 async def _open(context, url: str):
@@ -69,8 +62,7 @@ def _unnamed_controls(aria_yaml: str) -> list[str]:
     return [line for line in aria_yaml.splitlines() if pattern.match(line)]
 
 
-async def test_whole_session_through_the_ui(webapp_backend, launch_browser, tmp_path):
-    shots = _shots(tmp_path)
+async def test_whole_session_through_the_ui(webapp_backend, launch_browser, shots, tmp_path):
     wav = tmp_path / "room.wav"
     write_capture_wav(wav)
     # the fake microphone file loops one sweep every PERIOD_S: one sweep per job (the app asks for 2 by default)
@@ -175,7 +167,7 @@ async def test_whole_session_through_the_ui(webapp_backend, launch_browser, tmp_
     assert await mic2.locator("#results-body table.metrics[data-kept=yes]").count() == 1
 
 
-async def test_denied_microphone_is_explained(webapp_backend, launch_browser, tmp_path):
+async def test_denied_microphone_is_explained(webapp_backend, launch_browser, shots):
     page = await _open(await launch_browser(extra_args=["--use-fake-device-for-media-stream"], bypass_csp=True), webapp_backend.url)
     await page.click("#create-form button")
     await page.wait_for_selector("#lobby-code:not(:empty)")
@@ -186,10 +178,10 @@ async def test_denied_microphone_is_explained(webapp_backend, launch_browser, tm
     assert await page.text_content("#arm") == "Arm this phone"  # not shown as armed
     assert await page.is_disabled("#start")  # no roles yet: the reason is next to it
     assert "speaker role" in await page.text_content("#start-help")
-    await page.screenshot(path=_shots(tmp_path) / "13-denied.png", full_page=True)
+    await page.screenshot(path=shots / "13-denied.png", full_page=True)
 
 
-async def test_keyboard_and_screen_reader_basics(webapp_backend, launch_browser, tmp_path):
+async def test_keyboard_and_screen_reader_basics(webapp_backend, launch_browser, shots):
     """Every control has an accessible name, the focus order follows the screen, the app works by keyboard."""
     page = await _open(await launch_browser(bypass_csp=True), webapp_backend.url)
     assert not _unnamed_controls(await page.locator("body").aria_snapshot())
@@ -216,7 +208,7 @@ async def test_keyboard_and_screen_reader_basics(webapp_backend, launch_browser,
         assert not _unnamed_controls(await page.locator("body").aria_snapshot()), tab
     await page.get_by_role("button", name="Lobby", exact=True).click()
     assert await page.get_by_role("img", name="QR code of the join link").is_visible()
-    await page.screenshot(path=_shots(tmp_path) / "14-keyboard-lobby.png", full_page=True)
+    await page.screenshot(path=shots / "14-keyboard-lobby.png", full_page=True)
 
 
 @pytest.fixture
@@ -247,12 +239,11 @@ def pulse_loop(tmp_path):
         daemon.wait(timeout=10)
 
 
-async def test_speaker_output_reaches_the_microphones_through_pulseaudio(webapp_backend, launch_browser, pulse_loop, tmp_path):
+async def test_speaker_output_reaches_the_microphones_through_pulseaudio(webapp_backend, launch_browser, pulse_loop, shots):
     """The real play-and-record loop: the speaker page's output goes to a null sink whose monitor is the
     microphone pages' input, so the sweep's playback and timing are the browsers' own. The loop has no
     room: each microphone's analysis must find the whole sweep (a table, not an error: no dropout, the
     recording window holds it) and, with nothing to decay, refuse T30 with its reason."""
-    shots = _shots(tmp_path)
     env = {**os.environ, "PULSE_SERVER": pulse_loop}
     phones = []
     for _ in range(3):
@@ -276,17 +267,8 @@ async def test_speaker_output_reaches_the_microphones_through_pulseaudio(webapp_
         await page.click("#arm")
         await page.wait_for_selector("#arm-state:has-text('Armed')", timeout=20000)
     await host.click("#start")
-    try:
-        for page in phones:
-            await page.wait_for_function("document.querySelectorAll('#results-body section.pair').length === 2", timeout=180000)
-    except Exception:
-        for k, page in enumerate(phones):
-            await page.click("[data-tab=measure]")
-            await page.screenshot(path=shots / f"15-pulse-loop-failed-{k}.png", full_page=True)
-        print(webapp_backend.log_text()[-4000:])
-        for wav in Path(webapp_backend.data_dir).rglob("speaker-*_mic-*.wav"):  # every job's recordings, to look at
-            shutil.copy(wav, shots / f"pulse-{wav.parent.parent.name}-{wav.name}")  # .../jobs/<job_id>/uploads/
-        raise
+    for page in phones:
+        await page.wait_for_function("document.querySelectorAll('#results-body section.pair').length === 2", timeout=180000)
     await host.screenshot(path=shots / "15-pulse-loop-results.png", full_page=True)
     for pair in range(2):
         section = host.locator("#results-body section.pair").nth(pair)
