@@ -485,7 +485,11 @@ class MeasurementService:
                 if self._analyzing.get(job.job_id) is job:
                     del self._analyzing[job.job_id]
             await self._send_to_storage(job, results or {})
-        refused = {name: report["error"]["code"] for name, report in (results or {}).items() if "error" in report}
+        refused = {
+            name: f"{report['error']['code']}: {report['error']['message']}"
+            for name, report in (results or {}).items()
+            if "error" in report
+        }
         log.info("analysis finished", extra={"job_id": job.job_id, "status": job.status.value, "refused": refused})
 
     async def _send_to_storage(self, job: Job, results: dict[str, dict[str, Any]]) -> None:
