@@ -1,4 +1,4 @@
-"""Audio (sweeps, uploads) in one blob store every replica and worker reaches, behind one interface.
+"""Audio (sweeps, uploads, simulated RIRs) in one blob store every replica and worker reaches, behind one interface.
 
 * :class:`LocalBlobStore` — a folder (the embedded default): ``ROOT/{key}``, published with fsync +
   ``os.replace``, so a key never names a half-written file.
@@ -12,17 +12,24 @@ file (the analysis, ``FileResponse`` with ``Range``) take :meth:`BlobStore.local
 itself for the folder and a download into a per-replica cache for S3. All methods are blocking: call them
 through ``asyncio.to_thread``.
 
+A task in a worker process (local pool or ``sonalyze worker``) opens the service's store from its
+:class:`BlobAddress` and writes its bulk output there (simulated RIRs): only keys travel through the task
+queue.
+
 ``BLOB_URL``: empty or ``file:///path`` → folder; ``s3://bucket/prefix`` → S3 (endpoint from
 ``S3_ENDPOINT_URL``, credentials from boto3's usual environment/config chain).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
+import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -187,3 +194,24 @@ def blob_store(blob_url: str, data_dir: Path, *, endpoint_url: str | None = None
             prefix += "/"
         return S3BlobStore(parts.netloc, prefix, data_dir / "blob-cache", endpoint_url=endpoint_url)
     raise ValueError(f"BLOB_URL must be empty, file:///path or s3://bucket[/prefix], not {blob_url!r}")
+
+
+@dataclass(frozen=True)
+class BlobAddress:
+    """A service's blob store as a task in a worker process opens it (``BLOB_URL``, ``DATA_DIR``,
+    ``S3_ENDPOINT_URL``; picklable): :meth:`open` gives one store per address and process."""
+
+    blob_url: str
+    data_dir: Path
+    endpoint_url: str = ""
+
+    def open(self) -> BlobStore:
+        return _open_store(self)
+
+
+@functools.lru_cache(maxsize=4)
+def _open_store(address: BlobAddress) -> BlobStore:
+    # S3's temporary files and read cache go to this machine's temporary folder: the service's DATA_DIR
+    # may not exist where the worker runs.
+    local_dir = Path(tempfile.gettempdir()) / "sonalyze-worker" if address.blob_url.startswith("s3://") else address.data_dir
+    return blob_store(address.blob_url, local_dir, endpoint_url=address.endpoint_url or None)

@@ -11,17 +11,16 @@ the later one gets ``409 conflict`` (``reason: concurrent_update``). ``runner`` 
 an analysis, so a restarted replica fails its own interrupted analyses and no other's.
 
 An analyzing job is leased to its runner until ``lease_until_s`` (Unix time, ``MEASUREMENT_JOB_LEASE_S``
-after each save or :meth:`JobStore.renew`). A runner that stops renewing (killed) loses the job: any
-replica claims it (:meth:`JobStore.claim_expired`: a conditional UPDATE on the version, so one claim wins
-and the former runner's late save gets ``concurrent_update``) and runs its analysis again; a runner that
-stops gracefully ends its leases at once (:meth:`JobStore.release`). A row without a
-lease (written before migration ``0002``) counts as expired.
+after each save or :meth:`JobStore.renew`), with the leases of `sonalyze.common.leases`. A runner that
+stops renewing (killed) loses the job: any replica claims it (:meth:`JobStore.claim_expired`: a
+conditional UPDATE on the version, so one claim wins and the former runner's late save gets
+``concurrent_update``) and runs its analysis again; a runner that stops gracefully ends its leases at once
+(:meth:`JobStore.release`). A row without a lease (written before migration ``0002``) counts as expired.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 from sqlalchemy import JSON, Column, Float, Integer, MetaData, String, Table, delete, insert, select, update
@@ -30,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sonalyze.common import migrations
 from sonalyze.common.blobs import BlobStore
 from sonalyze.common.errors import Conflict
+from sonalyze.common.leases import Leases
 from sonalyze.measurement.jobs import JOB_ID_PATTERN, Job, JobStatus
 
 metadata = MetaData()
@@ -60,18 +60,19 @@ class JobStore:
         self.engine = engine
         self.blobs = blobs
         self.runner = runner
-        self.lease_s = lease_s
+        self.leases = Leases(
+            engine, jobs_table, key="job_id", active=jobs_table.c.status == JobStatus.ANALYZING.value, runner=runner, lease_s=lease_s
+        )
 
     async def migrate(self) -> None:
         await migrations.upgrade(self.engine, MIGRATIONS_DIR)
 
     def _row(self, job: Job, version: int) -> dict:
-        analyzing = job.status is JobStatus.ANALYZING
+        lease = self.leases.granted() if job.status is JobStatus.ANALYZING else {"runner": None, "lease_until_s": None}
         return {
             "status": job.status.value,
             "version": version,
-            "runner": self.runner if analyzing else None,
-            "lease_until_s": time.time() + self.lease_s if analyzing else None,
+            **lease,
             "updated_s": job.updated_at.timestamp(),
             "body": job.model_dump(mode="json"),
         }
@@ -113,61 +114,28 @@ class JobStore:
         """The jobs this replica (``runner``) was analyzing when it stopped."""
         async with self.engine.connect() as connection:
             rows = await connection.execute(
-                select(jobs_table.c.job_id, jobs_table.c.version, jobs_table.c.body).where(
-                    (jobs_table.c.status == JobStatus.ANALYZING.value) & (jobs_table.c.runner == self.runner)
-                )
+                select(jobs_table.c.job_id, jobs_table.c.version, jobs_table.c.body).where(self.leases.held_here())
             )
             return [_job(row) for row in rows]
-
-    def _leased_here(self, job_ids: list[str]):
-        return (
-            jobs_table.c.job_id.in_(job_ids)
-            & (jobs_table.c.status == JobStatus.ANALYZING.value)
-            & (jobs_table.c.runner == self.runner)
-        )
 
     async def renew(self, job_ids: list[str]) -> None:
         """Extend this runner's lease on ``job_ids`` (no version change: the job itself is not touched); a
         job another replica took over meanwhile stays that replica's."""
-        if not job_ids:
-            return
-        async with self.engine.begin() as connection:
-            await connection.execute(
-                update(jobs_table).where(self._leased_here(job_ids)).values(lease_until_s=time.time() + self.lease_s)
-            )
+        await self.leases.renew(job_ids)
 
     async def release(self, job_ids: list[str]) -> None:
         """End this runner's lease on ``job_ids`` now (it stops): the next claim takes them over."""
-        mine = self._leased_here(job_ids)
-        async with self.engine.begin() as connection:
-            await connection.execute(update(jobs_table).where(mine).values(lease_until_s=None))
+        await self.leases.release(job_ids)
 
     async def claim_expired(self, now_s: float, *, exclude: set[str] = frozenset(), limit: int = 16) -> list[Job]:
         """Take over up to ``limit`` analyzing jobs whose lease ended before ``now_s``, but ``exclude`` (the
-        ones this replica still awaits: it renews them): each claim is an UPDATE conditional on the version
-        read, so of several replicas claiming one job one wins."""
-        expired = (jobs_table.c.status == JobStatus.ANALYZING.value) & (
-            jobs_table.c.lease_until_s.is_(None) | (jobs_table.c.lease_until_s < now_s)
-        )
-        if exclude:
-            expired &= jobs_table.c.job_id.notin_(exclude)
-        async with self.engine.connect() as connection:
-            candidates = (
-                await connection.execute(
-                    select(jobs_table.c.job_id, jobs_table.c.version, jobs_table.c.body).where(expired).limit(limit)
-                )
-            ).all()
-        claimed = []
-        for row in candidates:
+        ones this replica still awaits: it renews them); of several replicas claiming one job one wins."""
+        jobs = []
+        for row in await self.leases.claim_expired(now_s, [jobs_table.c.body], exclude=exclude, limit=limit):
             job = _job(row)
-            condition = expired & (jobs_table.c.job_id == job.job_id) & (jobs_table.c.version == job.version)
-            values = {"runner": self.runner, "lease_until_s": time.time() + self.lease_s, "version": job.version + 1}
-            async with self.engine.begin() as connection:
-                result = await connection.execute(update(jobs_table).where(condition).values(**values))
-            if result.rowcount == 1:
-                job.version += 1
-                claimed.append(job)
-        return claimed
+            job.version += 1  # the claim's bump
+            jobs.append(job)
+        return jobs
 
     async def delete_expired(self, before_s: float) -> list[str]:
         """Delete the jobs last changed before ``before_s`` (Unix time) that are not being analyzed, and

@@ -46,7 +46,7 @@ class SimulationSettings(InternalAuthSettings, TaskQueueSettings, BaseSettings):
     database_url: str = Field("", validation_alias="DATABASE_URL")
     """Simulations and the outbox (SQLAlchemy async URL); empty: ``{data_dir}/simulation.db``, ``{data_dir}/outbox.db``."""
     blob_url: str = Field("", validation_alias="BLOB_URL")
-    """RIR files: empty (``data_dir``), ``file:///path`` or ``s3://bucket/prefix`` (`sonalyze.common.blobs`)."""
+    """RIR files (written by the workers): empty (``data_dir``), ``file:///path`` or ``s3://bucket/prefix`` (`sonalyze.common.blobs`)."""
     s3_endpoint_url: str = Field("", validation_alias="S3_ENDPOINT_URL")
     """An S3-compatible server; empty: AWS."""
     replica_id: str = Field(default_factory=socket.gethostname)
@@ -55,6 +55,9 @@ class SimulationSettings(InternalAuthSettings, TaskQueueSettings, BaseSettings):
     """A finished simulation and its RIRs are deleted this long after it finished; 0: kept (SIMULATION_RETENTION_DAYS)."""
     cleanup_interval_s: float = Field(3600.0, gt=0)
     """How often expired simulations are deleted."""
+    job_lease_s: float = Field(15.0, gt=0)
+    """A replica awaiting a simulation renews its lease every third of this; a simulation whose lease
+    lapsed (its replica died) is taken over by another replica (SIMULATION_JOB_LEASE_S)."""
 
     @property
     def simulations_database_url(self) -> str:

@@ -1,13 +1,19 @@
 """Simulations in the database, their RIRs in the blob store: every replica sees every simulation.
 
-    simulations (simulation_id, status, runner, updated_s, job, result)   one row per simulation
+    simulations (simulation_id, status, runner, lease_until_s, device_id, updated_s, job, result)   one row each
     blob simulations/{id}/rir/{s}_{m}.wav                                  one RIR per source–microphone pair
 
 SQLite (``DATA_DIR/simulation.db``) is the embedded default, PostgreSQL the shared one (``DATABASE_URL``);
-the schema is migrated with Alembic at start-up (``sonalyze.simulation.migrations``). ``finish`` publishes
-the RIRs first, then sets the result and the status in one ``UPDATE ... WHERE status = 'running'``: a
-simulation finishes once, and a reader never sees a result whose RIRs are missing. ``runner`` names the
-replica running it, so a restarted replica fails its own interrupted simulations and no other's.
+the schema is migrated with Alembic at start-up (``sonalyze.simulation.migrations``). The task writes the
+RIRs to the blob store (`sonalyze.simulation.worker`) before it answers; ``finish`` then sets the result
+and the status in one ``UPDATE ... WHERE status = 'running' AND runner = this replica``: a simulation
+finishes once, and a reader never sees a result whose RIRs are missing.
+
+A running simulation is leased to its runner (`sonalyze.common.leases`, ``SIMULATION_JOB_LEASE_S``): a
+runner that stops renewing (killed) loses it and another replica claims it (:meth:`SimulationStore.claim_expired`)
+and runs it again; the former runner's late ``finish`` then changes nothing. ``device_id`` is the device
+that asked without waiting: the pushes go to it, from whichever replica finishes. A restarted replica
+fails its own interrupted simulations and no other's.
 """
 
 from __future__ import annotations
@@ -16,18 +22,18 @@ import asyncio
 import enum
 import io
 import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile
-from sqlalchemy import JSON, Column, Float, MetaData, String, Table, delete, insert, select, update
+from sqlalchemy import JSON, Column, Float, MetaData, Row, String, Table, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sonalyze.common import migrations
-from sonalyze.common.blobs import BlobStore, put_bytes
-from sonalyze.common.errors import Conflict, NotFound
+from sonalyze.common.blobs import BlobStore
+from sonalyze.common.errors import NotFound
+from sonalyze.common.leases import Leases
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -39,6 +45,8 @@ simulations_table = Table(
     Column("simulation_id", String(32), primary_key=True),
     Column("status", String(16), nullable=False, index=True),
     Column("runner", String(200)),
+    Column("lease_until_s", Float),
+    Column("device_id", String(128)),
     Column("updated_s", Float, nullable=False, index=True),
     Column("job", JSON, nullable=False),
     Column("result", JSON),
@@ -49,18 +57,6 @@ class JobStatus(enum.StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-
-
-TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED}),
-    JobStatus.SUCCEEDED: frozenset(),
-    JobStatus.FAILED: frozenset(),
-}
-
-
-def check_transition(current: JobStatus, target: JobStatus) -> None:
-    if target not in TRANSITIONS[current]:
-        raise Conflict(f"a {current.value} simulation cannot become {target.value}", code="invalid_transition")
 
 
 def wav_bytes(rir: np.ndarray, fs_hz: int) -> bytes:
@@ -83,20 +79,28 @@ def _check_id(simulation_id: str) -> str:
 class SimulationStore:
     """Jobs and results in the database, RIR files in the blob store."""
 
-    def __init__(self, engine: AsyncEngine, blobs: BlobStore, *, runner: str) -> None:
+    def __init__(self, engine: AsyncEngine, blobs: BlobStore, *, runner: str, lease_s: float = 15.0) -> None:
         self.engine = engine
         self.blobs = blobs
         self.runner = runner
+        running = simulations_table.c.status == JobStatus.RUNNING.value
+        self.leases = Leases(engine, simulations_table, key="simulation_id", active=running, runner=runner, lease_s=lease_s)
 
     async def migrate(self) -> None:
         await migrations.upgrade(self.engine, MIGRATIONS_DIR)
 
-    async def create(self, job: dict[str, Any], *, now_s: float) -> None:
-        """Record a new job (``id``, ``status`` running, ``request``, ``created_at``)."""
+    async def create(self, job: dict[str, Any], *, now_s: float, device_id: str | None = None) -> None:
+        """Record a new job (``id``, ``status`` running, ``request``, ``created_at``), leased to this replica;
+        ``device_id``: where its pushes go."""
         async with self.engine.begin() as connection:
             await connection.execute(
                 insert(simulations_table).values(
-                    simulation_id=_check_id(job["id"]), status=job["status"], runner=self.runner, updated_s=now_s, job=job
+                    simulation_id=_check_id(job["id"]),
+                    status=job["status"],
+                    device_id=device_id,
+                    updated_s=now_s,
+                    job=job,
+                    **self.leases.granted(),
                 )
             )
 
@@ -139,38 +143,31 @@ class SimulationStore:
         finished_at: str,
         now_s: float,
         result: dict[str, Any] | None = None,
-        rirs: Iterable[tuple[int, int, bytes]] = (),
         error: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """The one place a finished simulation is recorded: RIRs, then the result and the job status."""
-        job = await self.job(simulation_id)
-        check_transition(JobStatus(job["status"]), status)
-        for source, microphone, data in rirs:
-            await asyncio.to_thread(put_bytes, self.blobs, rir_key(simulation_id, source, microphone), data)
-        job = {**job, "status": status.value, "finished_at": finished_at, "error": error}
+    ) -> dict[str, Any] | None:
+        """The one place a finished simulation is recorded (its RIRs are in the blob store already): the
+        finished job, or None when it is no longer this replica's to finish (finished, or taken over)."""
+        job = {**await self.job(simulation_id), "status": status.value, "finished_at": finished_at, "error": error}
         async with self.engine.begin() as connection:
             changed = await connection.execute(
                 update(simulations_table)
-                .where(
-                    (simulations_table.c.simulation_id == simulation_id)
-                    & (simulations_table.c.status == JobStatus.RUNNING.value)
-                )
-                .values(status=status.value, runner=None, updated_s=now_s, job=job, result=result)
+                .where((simulations_table.c.simulation_id == simulation_id) & self.leases.held_here())
+                .values(status=status.value, runner=None, lease_until_s=None, updated_s=now_s, job=job, result=result)
             )
-        if changed.rowcount != 1:  # another replica finished it meanwhile
-            check_transition(JobStatus((await self.job(simulation_id))["status"]), status)
-        return job
+        return job if changed.rowcount == 1 else None
 
-    async def running_ids(self) -> list[str]:
-        """This replica's jobs still marked running (at start-up: left by a previous process)."""
+    async def interrupted(self) -> list[Row]:
+        """This replica's simulations still marked running (at start-up: left by a previous process), each
+        row with ``simulation_id`` and ``device_id``."""
+        columns = (simulations_table.c.simulation_id, simulations_table.c.device_id)
         async with self.engine.connect() as connection:
-            rows = await connection.execute(
-                select(simulations_table.c.simulation_id).where(
-                    (simulations_table.c.status == JobStatus.RUNNING.value)
-                    & (simulations_table.c.runner == self.runner)
-                )
-            )
-            return list(rows.scalars())
+            return list((await connection.execute(select(*columns).where(self.leases.held_here()))).all())
+
+    async def claim_expired(self, now_s: float, *, exclude: set[str] = frozenset()) -> list[Row]:
+        """Take over the running simulations whose lease lapsed before ``now_s`` but ``exclude`` (the ones
+        this replica awaits); each row has ``simulation_id``, ``job`` and ``device_id``."""
+        columns = [simulations_table.c.job, simulations_table.c.device_id]
+        return await self.leases.claim_expired(now_s, columns, exclude=exclude)
 
     async def delete_expired(self, before_s: float) -> list[str]:
         """Delete the finished simulations last changed before ``before_s`` (Unix time) and their RIRs."""
