@@ -17,6 +17,7 @@ from sonalyze.acoustics.recording import (
     stretch_clock_ppm,
     tail_check,
     track_clock_ppm,
+    zero_gaps,
 )
 from sonalyze.acoustics.deconvolution import deconvolve_recording
 from sonalyze.acoustics.sweep import SweepParams, exponential_sweep
@@ -90,8 +91,9 @@ def test_clock_from_repeated_sweeps(ppm, room_name, snr_db):
         (2, 3.8, 0.01, [0], "stretched_inverse", ["dropout"]),  # 10 ms lost in the first decay: spacing −2222 ppm
         (2, 3.5, -0.004, [0], "stretched_inverse", ["dropout"]),  # 4 ms of silence inserted there: +889 ppm
         (3, 4.5 + 3.4, 0.02, [1], "repetition_spacing", ["dropout"]),  # between the 2nd and 3rd: the first two measure it
-        # inside the first sweep: an impulse there (rejected), and the spacing follows the sweep's loud part, intact
-        (2, 1.5, -0.004, [0], "repetition_spacing", []),
+        # inside the first sweep: a gap of zeros there (rejected: `dropout`; an impulse before zero_gaps), and the
+        # spacing follows the sweep's loud part, intact
+        (2, 1.5, -0.004, [0], "repetition_spacing", ["dropout"]),
     ],
 )
 def test_dropout_between_repetitions_is_no_clock(count, dropout_at_s, dropout_s, rejected, method, codes):
@@ -177,6 +179,60 @@ def test_single_sweep_clock_in_a_weak_direct_sound_room(duration_s, ppm, snr_db,
     check = check_recording(x, params)
     assert check.clock_method == "stretched_inverse"
     assert check.clock_offset_ppm == pytest.approx(ppm, abs=clock_tolerance_ppm("stretched_inverse", params))
+
+
+GAP_PARAMS = SweepParams(duration_s=3.0, silence_before_s=0.3, silence_after_s=1.3)
+
+
+def _with_gap(x: np.ndarray, params: SweepParams, seed: int, at_s: float, gap_ms: float) -> np.ndarray:
+    """``x`` (recorded by `phone_chain.record` with ``seed``) with ``gap_ms`` of its samples set to zero ``at_s``
+    after its first sweep started (a phone's buffer underrun)."""
+    lead = int(np.random.default_rng(seed).uniform(0.05, 0.6) * params.fs_hz)  # as phone_chain.record draws it
+    at = lead + params.silence_before_samples + int(at_s * params.fs_hz)
+    out = x.copy()
+    out[at : at + max(1, round(gap_ms * params.fs_hz / 1000))] = 0.0
+    return out
+
+
+@pytest.mark.parametrize(("gap_ms", "at_s"), [(0.1, 1.0), (0.25, 2.0), (1.0, 2.9)])
+def test_zero_gap_in_a_single_sweep_is_a_dropout(gap_ms, at_s):
+    """A gap of zeros ≤ 1 ms in the sweep: refused as ``dropout`` (before, ``impulsive_noise``, or for 1 ms early in
+    the sweep ``sample_rate_mismatch``; the 0.1 ms one at 2.0 s passed, moving T20 by 0.08 %)."""
+    x = record(GAP_PARAMS, synthetic_room([0.7] * 7, 48000, seed=6), Chain(snr_db=50, seed=6))
+    with pytest.raises(RecordingRefused) as refused:
+        check_recording(_with_gap(x, GAP_PARAMS, 6, at_s, gap_ms), GAP_PARAMS)
+    assert refused.value.code == "dropout"
+    assert f"{gap_ms:.2f} ms" in refused.value.message
+
+
+def test_zero_gap_rejects_its_repetition():
+    params = SweepParams(duration_s=3.0, silence_before_s=0.3, silence_after_s=1.3, sweep_count=2)
+    x = record(params, synthetic_room([0.7] * 7, 48000, seed=6), Chain(snr_db=50, seed=7))
+    check = check_recording(_with_gap(x, params, 7, params.period_samples / params.fs_hz + 1.5, 0.5), params)
+    assert (check.used, check.rejected) == ([0], [1])
+    assert [r["code"] for r in check.refusals] == ["dropout"] and "repetition 2" in check.refusals[0]["message"]
+
+
+def test_no_zero_gap_in_clean_noisy_quantised_or_silent_recordings():
+    """No gap where there is none — float recordings at 20 and 60 dB SNR, the same quantised to 16 bits with its
+    peak at −40 dBFS, a noise-free sweep at −50 dBFS in 16 bits (its low frequencies round to zero for dozens of
+    samples at each crossing), digital silence before and after — and a 0.25 ms gap found in each once there is one."""
+    room_ir = synthetic_room([0.7] * 7, 48000, seed=6)
+    noisy = [record(GAP_PARAMS, room_ir, Chain(snr_db=snr_db, seed=6)) for snr_db in (20, 60)]
+    quiet = noisy[0] / np.max(np.abs(noisy[0])) * 10 ** (-40 / 20)
+    sweep = exponential_sweep(GAP_PARAMS) * 10 ** (-44 / 20)
+    recordings = [
+        *noisy,
+        np.round(quiet * 32768) / 32768,
+        np.round(sweep * 32768) / 32768,
+        np.concatenate((np.zeros(4800), noisy[1], np.zeros(4800))),
+    ]
+    for x in recordings:
+        assert zero_gaps(x, 48000) == []
+        gapped = x.copy()
+        middle = x.size // 2
+        gapped[middle : middle + 12] = 0.0  # 0.25 ms (float audio: 3 samples are a gap; these 16-bit ones: 6)
+        assert [(a, n) for a, n in zero_gaps(gapped, 48000) if a <= middle < a + n]
 
 
 def test_clean_fixture_clock(sweep_params, room_ir):

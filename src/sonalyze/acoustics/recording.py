@@ -132,6 +132,13 @@ MISSING_ENERGY_LIMIT_DB = {
     "centre_time_s": -25.0,
     "sti": -20.0,
 }
+#: A zero-filled gap (a phone's buffer underrun, `zero_gaps`): a run of at least this many exact zeros, with both
+#: 5 ms neighbours within `GAP_BELOW_LOUDEST_DB` of the recording's loudest 10 ms, and so long that the
+#: neighbours' sound would round to zero that long with a chance below `GAP_CHANCE` (quantised audio).
+GAP_MIN_SAMPLES = 3
+GAP_NEIGHBOUR_S = 0.005
+GAP_BELOW_LOUDEST_DB = 30.0
+GAP_CHANCE = 1e-12
 TRUNCATED = "truncated_recording"
 DROPOUT = "dropout"
 BROADBAND = "broadband"
@@ -371,6 +378,56 @@ def _mismatch_message(ppm: float, declared_fs_hz: float) -> str:
     return message + "; record again and send the file at the rate it was recorded"
 
 
+# -- zero-filled gaps -------------------------------------------------------------------------------
+
+
+def zero_gaps(x: np.ndarray, fs_hz: float) -> list[tuple[int, int]]:
+    """``(start, length)`` in samples of each gap of zeros a phone wrote where it lost audio (a buffer
+    underrun): a run of exact zeros whose 5 ms before and after both hold a power within `GAP_BELOW_LOUDEST_DB` of
+    the recording's loudest 10 ms (digital silence before or after the sound is not a gap), at least
+    `GAP_MIN_SAMPLES` long and longer than such sound rounds to zero by chance. With q the smallest non-zero
+    magnitude (the quantisation step of 16-bit audio; ≈ 0 for float audio) and σ the quieter neighbour's rms, a
+    noisy sample is zero with a chance p ≈ q/(σ·√(2π)), m in a row p^m (kept below `GAP_CHANCE`), and a smooth
+    one crosses zero over ≈ q/|Δx| samples (3× that is needed)."""
+    zero = x == 0.0
+    if np.count_nonzero(zero) < GAP_MIN_SAMPLES:
+        return []
+    edges = np.diff(np.concatenate(([0], zero.astype(np.int8), [0])))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    block = max(1, int(BLOCK_S * fs_hz))
+    n_blocks = x.size // block
+    loudest = float(np.max(np.mean(x[: n_blocks * block].reshape(n_blocks, block) ** 2, axis=1))) if n_blocks else 0.0
+    floor = loudest * 10 ** (-GAP_BELOW_LOUDEST_DB / 10)
+    side = max(2, int(GAP_NEIGHBOUR_S * fs_hz))
+    step = float(np.min(np.abs(x[~zero]))) if np.any(~zero) else 0.0
+    gaps = []
+    for a, b in zip(starts.tolist(), stops.tolist()):
+        if b - a < GAP_MIN_SAMPLES or a < side or b + side > x.size:
+            continue
+        before, after = x[a - side : a], x[b : b + side]
+        power = min(float(np.mean(before**2)), float(np.mean(after**2)))
+        if power < floor:
+            continue
+        chance = step / math.sqrt(2 * math.pi * power)
+        by_chance = math.log(GAP_CHANCE) / math.log(chance) if chance < 1 else math.inf
+        crossing = 3 * step / max(float(np.mean(np.abs(np.diff(before)))), float(np.mean(np.abs(np.diff(after)))), 1e-300)
+        if b - a >= max(by_chance, crossing):
+            gaps.append((a, b - a))
+    return gaps
+
+
+def _gap_message(gaps: list[tuple[int, int]], fs_hz: float, repetitions: list[int], requested: int) -> str:
+    where = ", ".join(f"{1000 * n / fs_hz:.2f} ms at {a / fs_hz:.3f} s" for a, n in gaps)
+    which = f" of repetition {', '.join(str(k + 1) for k in repetitions)}" if requested > 1 else ""
+    return (
+        f"the recording has {'a gap' if len(gaps) == 1 else f'{len(gaps)} gaps'} of zeros during the sweep{which} "
+        f"({where}): the phone lost audio there (a buffer "
+        "underrun); such a gap looks like an impulsive noise to the response and shifts the clock estimate"
+        + ("; that repetition is rejected" if requested > 1 else "")
+        + " — close other apps and record again"
+    )
+
+
 # -- impulsive noise -------------------------------------------------------------------------------
 
 
@@ -601,11 +658,19 @@ def check_recording(
     if coarse is not None and abs(coarse) > CLOCK_GROSS_PPM:
         raise RecordingRefused("sample_rate_mismatch", _mismatch_message(coarse, declared_hz), empty_section(requested, coarse))
     h_all, peak, onset, starts, irs, lags, n_ir = _responses(x, params, ir_length_s)
-    stretch = stretch_clock_ppm(h_all, onset, params)
-    for k in range(1, len(irs)):  # a glitch in the first sweep: the next repetition's own clock
-        if stretch.ppm is not None:
-            break
-        stretch = stretch_clock_ppm(h_all, onset + k * params.period_samples + int(round(lags[k])), params)
+    gaps = zero_gaps(x, params.fs_hz)
+    # a gap in a sweep (a gap in the decay after it moved no value by more than 0.01 %: docs/acoustics.md)
+    gapped = {k: [g for g in gaps if s <= g[0] < s + params.sweep_length_samples] for k, s in enumerate(starts)}
+    gapped = {k: found for k, found in gapped.items() if found}
+    if gapped and len(gapped) == len(starts):
+        message = _gap_message([g for found in gapped.values() for g in found], params.fs_hz, sorted(gapped), requested)
+        section = empty_section(requested)
+        section["sweeps"]["rejected"] = sorted(gapped)
+        raise RecordingRefused(DROPOUT, message, section)
+    stretch = StretchClock(None, 0.0, 1.0)
+    for k in range(len(irs)):  # the first repetition without a gap; a glitch in it: the next one's own clock
+        if stretch.ppm is None and k not in gapped:
+            stretch = stretch_clock_ppm(h_all, onset + k * params.period_samples + int(round(lags.get(k, 0.0))), params)
     run, broken = _spacing_run(lags, stretch, params)
     spacing = repetition_clock_ppm({k: lags[k] for k in run}, params.period_samples)
     if spacing is not None:
@@ -621,7 +686,10 @@ def check_recording(
         h_all, peak, onset, starts, irs, lags, n_ir = _responses(x, params, ir_length_s)
     ppm = clock.ppm
     compare = min(n_ir, int(AGREEMENT_S * params.fs_hz))
-    rejected = [k for k, (s, h) in enumerate(zip(starts, irs)) if k in broken or impulse_excess_db(x, h, s, params) > IMPULSE_EXCESS_DB]
+    rejected = [
+        k for k, (s, h) in enumerate(zip(starts, irs))
+        if k in broken or k in gapped or impulse_excess_db(x, h, s, params) > IMPULSE_EXCESS_DB
+    ]
     kept = [k for k in range(len(irs)) if k not in rejected]
     if len(kept) >= 3:
         stack = np.stack([irs[k][:compare] for k in kept])
@@ -649,6 +717,9 @@ def check_recording(
     check = RecordingCheck(ir, ppm, requested, kept, rejected, {}, clock_method=clock.method, clock_reason=clock.reason)
     if broken:
         check.refusals.append({"code": DROPOUT, "message": _dropout_message(broken, lags, stretch.ppm, params.period_samples)})
+    if gapped:
+        message = _gap_message([g for found in gapped.values() for g in found], params.fs_hz, sorted(gapped), requested)
+        check.refusals.append({"code": DROPOUT, "message": message})
     _truncation(check, params.fs_hz)
     return check
 
