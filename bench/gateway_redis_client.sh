@@ -1,32 +1,39 @@
 #!/usr/bin/env bash
-# Issue 16, "One Redis client" (bench/gateway_scale.md): the Redis broker on its own RESP client (this tree)
-# against the same broker on redis-py with hiredis (broker_redis.py of REDIS_PY_COMMIT, run from a copy of
-# this tree's src/ with only that file replaced), side by side in one run, rounds interleaved. One JSON line
-# per run appended to bench/gateway_scale_results.jsonl.
+# Issue 16, "One Redis client": the gateway's Redis broker on its own RESP client against the same pub/sub
+# path on redis-py with hiredis (bench/gateway_redis_py/redis_py_broker.py, put in place by that folder's
+# sitecustomize.py when SONALYZE_BENCH_REDIS_CLIENT=redis-py: no file of the tree is swapped), side by side
+# in one run: every round runs each benchmark on both clients, the order alternating from round to round.
+#   broker:  one node publishing, another subscribed (bench/gateway_scale.py broker), CPU per message;
+#   cluster: two gateway instances on Redis, 1,000 devices (bench/gateway_scale.py cluster), CPU per
+#            delivery: the measure of the fan-out target (README, Performance).
+# Both without a push history (PUSH_HISTORY_MAX=0: the bench broker keeps none). One JSON line per run is
+# appended to bench/gateway_redis_client.jsonl; the summary (median, min-max per setup) is printed at the end.
+#   REDIS_URL=redis://127.0.0.1:23379/0 ROUNDS=4 bash bench/gateway_redis_client.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-OUT=bench/gateway_scale_results.jsonl
+OUT=bench/gateway_redis_client.jsonl
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
-REDIS_PY_COMMIT=${REDIS_PY_COMMIT:-75d2917}
-ROUNDS=${ROUNDS:-3}
-REDIS_PY=$(mktemp -d)
-trap 'rm -r "$REDIS_PY"' EXIT
-cp -r src "$REDIS_PY/"
-git show "$REDIS_PY_COMMIT:src/sonalyze/gateway/broker_redis.py" > "$REDIS_PY/src/sonalyze/gateway/broker_redis.py"
+ROUNDS=${ROUNDS:-4}
+SECONDS_PER_PHASE=${SECONDS_PER_PHASE:-8}
+RUN_ID=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+export PUSH_HISTORY_MAX=0
+export PYTHONPATH="$PWD/bench/gateway_redis_py${PYTHONPATH:+:$PYTHONPATH}"
+
+run() {  # run CLIENT ARGS...: one benchmark on one client, its result line tagged with the run and round
+  local client=$1; shift
+  SONALYZE_BENCH_REDIS_CLIENT=$client $PY bench/gateway_scale.py "$@" --label "$client" | tail -1 \
+    | $PY -c "import sys, orjson; print(orjson.dumps({'run': '$RUN_ID', 'round': $round, **orjson.loads(sys.stdin.read())}).decode())" >> $OUT
+}
 
 for round in $(seq "$ROUNDS"); do
-  for targets in 1 1000; do
-    messages=$(( targets == 1 ? 20000 : 2000 ))
-    $PY bench/gateway_scale.py broker --broker "$REDIS_URL" --targets $targets --messages $messages \
-      --label "own RESP client" | tail -1 >> $OUT
-    PYTHONPATH=$REDIS_PY/src $PY bench/gateway_scale.py broker --broker "$REDIS_URL" --targets $targets --messages $messages \
-      --label "redis-py + hiredis" | tail -1 >> $OUT
+  if (( round % 2 )); then clients="own redis-py"; else clients="redis-py own"; fi
+  for client in $clients; do
+    run "$client" broker --broker "$REDIS_URL" --targets 1 --messages 5000
+    run "$client" broker --broker "$REDIS_URL" --targets 1000 --messages 2000
   done
-  $PY bench/gateway_scale.py cluster --instances 2 --broker "$REDIS_URL" --clients 1000 --seconds 8 \
-    --label "2 x redis, own RESP client" | tail -1 >> $OUT
-  PYTHONPATH=$REDIS_PY/src $PY bench/gateway_scale.py cluster --instances 2 --broker "$REDIS_URL" --clients 1000 --seconds 8 \
-    --label "2 x redis, redis-py + hiredis" | tail -1 >> $OUT
-  $PY bench/gateway_scale.py cluster --instances 1 --broker memory:// --clients 1000 --seconds 8 \
-    --label "1 x memory (reference)" | tail -1 >> $OUT
+  for client in $clients; do
+    run "$client" cluster --instances 2 --broker "$REDIS_URL" --clients 1000 --seconds "$SECONDS_PER_PHASE"
+  done
 done
+$PY bench/gateway_redis_summary.py "$OUT" "$RUN_ID"
