@@ -28,14 +28,15 @@ import re
 from typing import Any
 
 import nats
-import orjson
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
 from sonalyze.gateway.outage import OutageQueue
-from sonalyze.gateway.publication import Deliver, Targets, deliver_publication, encode_publication
+from sonalyze.gateway.publication import (
+    Deliver, Targets, deliver_publication, encode_publication, position_prefix, resync_local, stamp_position,
+)
 from sonalyze.gateway.push_history import Entry
 
 logger = logging.getLogger("sonalyze.gateway.broker")
@@ -195,7 +196,7 @@ class NatsBroker:
             self._new_epoch(epoch, 0)  # NATS lost the history and a new one began: from its start
         if last > self.offset and first > self.offset + 1:
             self.offset = first - 1
-            self._resync_local("history")
+            resync_local(self._deliver, self.epoch, self.offset, "history")
         await self._subscribe(self.offset + 1)
         self._caught_up_once = True
 
@@ -227,31 +228,12 @@ class NatsBroker:
         kind, node, number = head.split(b" ")
         if node == self.outage.node_bytes and self.outage.came_back(int(number)):
             return  # delivered here while NATS was down
-        if kind == b"M":
-            deliver_publication(self._deliver, rest)
-            return
-        header, _, payload = rest.partition(b"\n")
-        try:
-            targets = Targets.decode(header)
-        except (ValueError, AttributeError) as exc:
-            logger.warning("dropped a bus message that is not a gateway publication: %s", exc)
-            return
-        self._deliver(targets, self._stamp(payload, sequence))
-
-    def _stamp(self, payload: bytes, offset: int) -> bytes:
-        return b"%s%s%d}}" % (payload[:-1], self._pos_prefix, offset)
+        deliver_publication(self._deliver, rest, None if kind == b"M" else self._pos_prefix, sequence)  # M: a membership change
 
     def _new_epoch(self, epoch: str, offset: int) -> None:
         self.epoch = epoch
-        self._pos_prefix = b',"pos":{"epoch":"' + epoch.encode() + b'","offset":'
+        self._pos_prefix = position_prefix(epoch.encode())
         self.offset = offset
-
-    def _resync_local(self, reason: str) -> None:
-        """Every local device missed pushes the stream no longer has: it reloads its state."""
-        logger.warning("the push history cannot fill this node's gap (%s): local devices are told to resync", reason)
-        position = {"epoch": self.epoch, "offset": self.offset}
-        envelope = {"type": "event", "event": "resync_required", "data": {"pos": position, "reason": reason}}  # models.event_envelope (not imported: models imports broker)
-        self._deliver(Targets(everyone=True), orjson.dumps(envelope))
 
     async def replay(self, epoch: object, after: object, upto: int) -> list[Entry] | None:
         """The stream's publications after sequence ``after`` up to ``upto``, oldest first; None when the
@@ -282,7 +264,7 @@ class NatsBroker:
                     if head[:1] != b"K":
                         continue  # a membership change: live state, not a push
                     header, _, payload = rest.partition(b"\n")
-                    found.append(Entry(sequence, 0.0, Targets.decode(header), self._stamp(payload, sequence)))
+                    found.append(Entry(sequence, 0.0, Targets.decode(header), stamp_position(payload, self._pos_prefix, sequence)))
         except (*NATS_ERRORS, NotFoundError) as exc:
             logger.warning("reading the nats stream failed: %s", exc)
             return None

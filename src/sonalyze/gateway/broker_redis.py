@@ -33,10 +33,11 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import hiredis
-import orjson
 
 from sonalyze.gateway.outage import OutageQueue
-from sonalyze.gateway.publication import Deliver, Targets, deliver_publication, encode_publication
+from sonalyze.gateway.publication import (
+    Deliver, Targets, deliver_publication, encode_publication, position_prefix, resync_local, stamp_position,
+)
 from sonalyze.gateway.push_history import Entry
 
 logger = logging.getLogger("sonalyze.gateway.broker")
@@ -248,7 +249,7 @@ class RedisBroker:
         if read is None:
             return None
         return [
-            Entry(offset, 0.0, Targets.decode(rest.partition(b"\n")[0]), self._stamp(rest.partition(b"\n")[2], b"%d" % offset))
+            Entry(offset, 0.0, Targets.decode(rest.partition(b"\n")[0]), stamp_position(rest.partition(b"\n")[2], self._pos_prefix, offset))
             for offset, _, _, rest in read
             if offset <= upto
         ]
@@ -283,9 +284,6 @@ class RedisBroker:
         except REDIS_ERRORS as exc:
             logger.warning("reading the redis stream failed: %s", exc)
             return None
-
-    def _stamp(self, payload: bytes, offset: bytes) -> bytes:
-        return b"%s%s%s}}" % (payload[:-1], self._pos_prefix, offset)
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -346,10 +344,10 @@ class RedisBroker:
                 missed = await self._read_after(publisher, self.offset)
                 if missed is None:
                     self.offset = newest
-                    self._resync_local("history")
+                    resync_local(self._deliver, self.epoch, self.offset, "history")
                 else:
                     for entry_offset, node, number, rest in missed:
-                        self._kept(entry_offset, b"%d" % entry_offset, node, number, rest)
+                        self._kept(entry_offset, node, number, rest)
         self._caught_up_once = True
         held, self._held = self._held, None
         for message in held or ():
@@ -363,25 +361,12 @@ class RedisBroker:
             if message[:2] != b"H ":
                 self._message(message)
 
-    def _resync_local(self, reason: str) -> None:
-        """Every local device missed pushes the stream no longer has: it reloads its state."""
-        position = {"epoch": self.epoch, "offset": self.offset} if self.epoch is not None else None
-        logger.warning("the push history cannot fill this node's gap (%s): local devices are told to resync", reason)
-        envelope = {"type": "event", "event": "resync_required", "data": {"pos": position, "reason": reason}}  # models.event_envelope (not imported: models imports broker)
-        self._deliver(Targets(everyone=True), orjson.dumps(envelope))
-
-    def _kept(self, offset: int, offset_bytes: bytes, node: bytes, number: int, rest: bytes) -> None:
+    def _kept(self, offset: int, node: bytes, number: int, rest: bytes) -> None:
         """Deliver one kept publication here (unless this node delivered it while Redis was down)."""
         self.offset = offset
         if node == self._node and self.outage.came_back(number):
             return  # delivered here while Redis was down
-        header, _, payload = rest.partition(b"\n")
-        try:
-            targets = Targets.decode(header)
-        except (ValueError, AttributeError) as exc:
-            logger.warning("dropped a bus message that is not a gateway publication: %s", exc)
-            return
-        self._deliver(targets, self._stamp(payload, offset_bytes))
+        deliver_publication(self._deliver, rest, self._pos_prefix, offset)
 
     def _message(self, message: bytes) -> None:
         if self._held is not None:
@@ -396,7 +381,7 @@ class RedisBroker:
                 self._new_epoch(epoch, 0)
             elif offset <= self.offset:
                 return  # delivered by the catch-up already
-            self._kept(offset, offset_bytes, node, int(number), rest)
+            self._kept(offset, node, int(number), rest)
         elif kind == b"M ":  # a membership change sent through the history path
             head, _, rest = message.partition(b"\n")
             _, node, number = head.split(b" ")
@@ -409,7 +394,7 @@ class RedisBroker:
     def _new_epoch(self, epoch: bytes, offset: int) -> None:
         self._epoch_bytes = epoch
         self.epoch = epoch.decode()
-        self._pos_prefix = b',"pos":{"epoch":"' + epoch + b'","offset":'
+        self._pos_prefix = position_prefix(epoch)
         self.offset = offset
 
     def _down(self, exc: BaseException) -> None:

@@ -56,12 +56,33 @@ def encode_publication(targets: Targets, payload: bytes) -> bytes:
     return targets.encode() + b"\n" + payload
 
 
-def deliver_publication(deliver: Deliver, message: bytes) -> None:
-    """Deliver one bus message locally; a message that is not a publication is logged and dropped."""
+def deliver_publication(deliver: Deliver, message: bytes, prefix: bytes | None = None, offset: int = 0) -> None:
+    """Deliver one bus message locally, with its position when ``prefix`` (:func:`position_prefix`) is given;
+    a message that is not a publication is logged and dropped."""
     header, _, payload = message.partition(b"\n")
     try:
         targets = Targets.decode(header)
-    except (orjson.JSONDecodeError, AttributeError) as exc:
+    except (ValueError, AttributeError) as exc:  # orjson.JSONDecodeError is a ValueError
         logger.warning("dropped a bus message that is not a gateway publication: %s", exc)
         return
-    deliver(targets, payload)
+    deliver(targets, payload if prefix is None else stamp_position(payload, prefix, offset))
+
+
+def position_prefix(epoch: bytes) -> bytes:
+    """What :func:`stamp_position` splices in before the offset, for one history's ``epoch`` (built once per epoch)."""
+    return b',"pos":{"epoch":"' + epoch + b'","offset":'
+
+
+def stamp_position(payload: bytes, prefix: bytes, offset: int) -> bytes:
+    """``payload`` (an encoded JSON object) with ``"pos": {"epoch", "offset"}`` added as its last member, without
+    decoding it: it is encoded once for every recipient (issue 18)."""
+    return b"%s%s%d}}" % (payload[:-1], prefix, offset)
+
+
+def resync_local(deliver: Deliver, epoch: str | None, offset: int, reason: str) -> None:
+    """Every local device missed pushes the history no longer has: each is told to reload its state
+    (``resync_required`` with the history's position, None when there is no history yet)."""
+    logger.warning("the push history cannot fill this node's gap (%s): local devices are told to resync", reason)
+    position = {"epoch": epoch, "offset": offset} if epoch is not None else None
+    envelope = {"type": "event", "event": "resync_required", "data": {"pos": position, "reason": reason}}  # models.event_envelope (not imported: models imports broker)
+    deliver(Targets(everyone=True), orjson.dumps(envelope))
