@@ -100,7 +100,9 @@ def _init_worker(progress_queue: Any, memory_limit_mb: float | None) -> None:
 
     def fetch_task_unless_retired(channel: Any) -> Any:
         # pebble's worker loop calls this module-level function for its next task; exit code 0 is how a
-        # worker ends after ``max_tasks``: pebble starts another and charges no task with the exit.
+        # worker ends after ``max_tasks``: pebble starts another and charges no task with the exit. A private
+        # hook: pebble has no public per-task retirement, and its public ``max_tasks=1`` (a fresh worker per
+        # task) costs +150-350 ms per task against 100-500 ms analyses (bench/cpu_pool_retire.md).
         if _retired:
             pebble_process.process_exit(0)
         return fetch_task(channel)
