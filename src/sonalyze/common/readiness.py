@@ -26,13 +26,13 @@ async def database_unready(engine: AsyncEngine, name: str, timeout_s: float = RE
     probe = asyncio.ensure_future(_select_1(engine))
     try:
         await asyncio.wait_for(asyncio.shield(probe), timeout_s)
-    except TimeoutError as exc:
-        probe.cancel()
-        _cleaning_up.add(probe)
-        probe.add_done_callback(_cleaned_up)
-        return _reason(name, exc)
-    except Exception as exc:  # any failure to reach it: the reason is the answer
-        return _reason(name, exc)
+    except Exception as exc:  # any failure to reach it (TimeoutError at the bound): the reason is the answer
+        return f"the {name} does not answer: {type(exc).__name__}: {exc}"[:300]
+    finally:
+        if not probe.done():  # past the bound, or the caller went away
+            probe.cancel()
+            _cleaning_up.add(probe)
+            probe.add_done_callback(_cleaned_up)
     return None
 
 
@@ -45,7 +45,3 @@ def _cleaned_up(probe: asyncio.Task[None]) -> None:
     _cleaning_up.discard(probe)
     if not probe.cancelled():
         probe.exception()  # retrieved: a failed clean-up is expected here, not an unhandled error
-
-
-def _reason(name: str, exc: BaseException) -> str:
-    return f"the {name} does not answer: {type(exc).__name__}: {exc}"[:300]
