@@ -39,7 +39,11 @@ import logging
 import math
 import os
 import pickle
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -53,6 +57,7 @@ from sonalyze.common.cpu_pool import (
     ProgressCallback,
     TaskTimeout,
     _portable_exception,
+    _rss_mb,
     outcome_value,
 )
 from sonalyze.common.errors import Busy
@@ -90,6 +95,18 @@ class TaskQueueSettings(BaseSettings):
         le=3600,
         validation_alias=AliasChoices("task_queue_heartbeat_timeout_s", "TASK_QUEUE_HEARTBEAT_TIMEOUT_S"),
         description="a worker silent this long is taken for dead and its running tasks are queued again",
+    )
+    task_queue_max_tasks_per_process: int = Field(
+        1000,
+        ge=1,
+        validation_alias=AliasChoices("task_queue_max_tasks_per_process", "TASK_QUEUE_MAX_TASKS_PER_PROCESS"),
+        description="a `sonalyze worker` process is replaced by a new one after this many tasks",
+    )
+    task_queue_max_process_rss_mb: float = Field(
+        1024.0,
+        gt=0,
+        validation_alias=AliasChoices("task_queue_max_process_rss_mb", "TASK_QUEUE_MAX_PROCESS_RSS_MB"),
+        description="... or after a task that leaves its resident memory above this (MB)",
     )
 
 
@@ -226,8 +243,8 @@ def redis_broker(url: str, heartbeat_timeout_s: float) -> Any:
                         message = Message.decode(self.message_cache.pop(0))
                         self.queued_message_ids.add(message.message_id)
                         return MessageProxy(message)
-                    if self.outstanding_message_count >= self.prefetch:
-                        time.sleep(BUSY_POLL_S)  # its tasks run: their acks come from this thread's loop
+                    if self.outstanding_message_count >= self.prefetch or _retiring.is_set():
+                        time.sleep(BUSY_POLL_S)  # its tasks run (their acks come from this thread's loop), or it retires
                         return None
                     self.message_cache = self.broker.do_fetch(self.queue_name, self.prefetch - self.outstanding_message_count)
                     if not self.message_cache:
@@ -408,6 +425,8 @@ def _unpack_outcome(data: bytes) -> Any:
 # ---- in a worker process (``sonalyze worker``) ----
 
 _worker_redis: Any = None
+_retiring = threading.Event()
+"""Set in a worker process that takes no more messages (:func:`recycling`)."""
 
 
 def _execute(task_id: str, encoded: str) -> None:
@@ -451,7 +470,7 @@ def _execute(task_id: str, encoded: str) -> None:
 
 def setup_worker() -> None:
     """Called by Dramatiq in each worker process (``sonalyze worker``): the broker from the environment,
-    BLAS single-threaded (the processes are the parallelism, bench/simulation.md)."""
+    with :func:`recycling`; BLAS single-threaded (the processes are the parallelism, bench/simulation.md)."""
     import dramatiq
     import redis
     from threadpoolctl import threadpool_limits
@@ -462,7 +481,49 @@ def setup_worker() -> None:
         raise SystemExit("sonalyze worker needs TASK_QUEUE_URL (redis://host:port/db)")
     threadpool_limits(limits=1)
     _worker_redis = redis.Redis.from_url(settings.task_queue_url)
-    dramatiq.set_broker(redis_broker(settings.task_queue_url, settings.task_queue_heartbeat_timeout_s))
+    broker = redis_broker(settings.task_queue_url, settings.task_queue_heartbeat_timeout_s)
+    broker.add_middleware(recycling(settings.task_queue_max_tasks_per_process, settings.task_queue_max_process_rss_mb))
+    dramatiq.set_broker(broker)
+
+
+def recycling(max_tasks: int, max_rss_mb: float) -> Any:
+    """A Dramatiq middleware that retires its worker process after ``max_tasks`` tasks, or after a task that
+    leaves its resident memory above ``max_rss_mb`` (a long-lived Python process keeps the peak heap of its
+    largest task). Before that task's acknowledgement the process stops fetching messages (``_retiring``);
+    after it, it asks the process's Dramatiq master to stop (SIGTERM): Dramatiq stops the process
+    gracefully (tasks running finish and are acknowledged, prefetched messages go back to the queue) and
+    :func:`worker_main` starts a new one. Dramatiq has no such option: its maintainer declined a
+    max-tasks-per-child middleware (Bogdanp/dramatiq#236), and its example restarts every process of a
+    master at once (SIGHUP), so each master here runs one process."""
+    import dramatiq
+
+    class Recycling(dramatiq.Middleware):
+        def __init__(self) -> None:
+            self.tasks = 0
+            self.retiring = False
+            self.signalled = False
+            self.lock = threading.Lock()
+
+        def before_ack(self, broker: Any, message: Any) -> None:
+            with self.lock:
+                self.tasks += 1
+                if self.retiring or (self.tasks < max_tasks and _rss_mb(os.getpid()) <= max_rss_mb):
+                    return
+                self.retiring = True
+            _retiring.set()
+
+        def after_ack(self, broker: Any, message: Any) -> None:
+            with self.lock:
+                if not self.retiring or self.signalled:
+                    return
+                self.signalled = True
+            log.info("worker process %d retires after %d tasks (%.0f MB resident)", os.getpid(), self.tasks, _rss_mb(os.getpid()))
+            os.kill(os.getppid(), signal.SIGTERM)
+
+        before_nack = before_ack
+        after_nack = after_ack
+
+    return Recycling()
 
 
 WORKER_PRELOAD = ("sonalyze.measurement.analysis", "sonalyze.simulation.worker")
@@ -470,20 +531,59 @@ WORKER_PRELOAD = ("sonalyze.measurement.analysis", "sonalyze.simulation.worker")
 
 
 def worker_main(*, processes: int, threads: int, queues: Sequence[str], poll_ms: int = 1000) -> int:
-    """``sonalyze worker``: Dramatiq's worker processes on ``queues`` (its CLI: signals, graceful stop).
+    """``sonalyze worker``: ``processes`` Dramatiq workers on ``queues``, each a Dramatiq master (its CLI:
+    signals, graceful stop) with one worker process; a master that ends cleanly while the others run was
+    recycled (:func:`recycling`) and is started again; one that fails stops the others, and its exit code
+    is this one's (Dramatiq's own rule).
 
     ``threads`` tasks at once per process (1 for CPU-bound work); each process takes at most that many
     messages at a time, so a message never waits behind a busy process while another is idle. ``poll_ms``:
     how long an idle process waits for a wake-up before asking Redis again (:func:`redis_broker`); it must
     stay well below ``TASK_QUEUE_HEARTBEAT_TIMEOUT_S``, since each ask is the process's heartbeat.
+    SIGTERM is passed on to the masters; SIGINT (Ctrl-C) reaches every process of the group by itself.
     """
-    os.environ["dramatiq_queue_prefetch"] = str(threads)
-    os.environ["dramatiq_worker_timeout"] = str(poll_ms)
-    from dramatiq import cli
+    from sonalyze.common.logging import configure_logging
 
-    args = [
-        "sonalyze.common.tasks:setup_worker", *WORKER_PRELOAD,
-        "--processes", str(processes), "--threads", str(threads), "--queues", *queues,
-        "--worker-shutdown-timeout", "600000",
+    configure_logging("worker")
+    env = {**os.environ, "dramatiq_queue_prefetch": str(threads), "dramatiq_worker_timeout": str(poll_ms)}
+    command = [
+        sys.executable, "-m", "dramatiq", "sonalyze.common.tasks:setup_worker", *WORKER_PRELOAD,
+        "--processes", "1", "--threads", str(threads), "--queues", *queues, "--worker-shutdown-timeout", "600000",
     ]
-    return cli.main(cli.make_argument_parser().parse_args(args))
+    masters: dict[int, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def start() -> None:
+        master = subprocess.Popen(command, env=env)
+        masters[master.pid] = master
+        if stopping:  # a signal came while it started
+            master.send_signal(signal.SIGTERM)
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        if signum == signal.SIGTERM:
+            for master in list(masters.values()):
+                master.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for _ in range(processes):
+        start()
+    code = 0
+    while masters:
+        pid, status = os.wait()
+        master = masters.pop(pid, None)
+        if master is None:
+            continue
+        master.returncode = os.waitstatus_to_exitcode(status)
+        if stopping:  # asked to stop: a process retiring meanwhile gets a second SIGTERM, which Dramatiq
+            continue  # answers by exiting at once (its tasks are done: it fetched none after its last)
+        if master.returncode == 0:
+            log.info("a worker process was recycled; starting another")
+            start()
+        else:
+            log.error("a worker process ended with exit code %d; stopping the others", master.returncode)
+            code = master.returncode
+            stop(signal.SIGTERM, None)
+    return 1 if code < 0 else code
