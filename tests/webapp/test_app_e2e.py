@@ -15,11 +15,15 @@ the recordings (``conftest.py``).
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import time
+import warnings
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +35,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 #: Roles a control must have a name for (an unnamed one is unusable with a screen reader).
 NAMED_ROLES = ("button", "textbox", "combobox", "radio", "checkbox", "link", "spinbutton", "slider", "tab")
+#: What the analysis answers when the audio reaching the page was broken before the app got it: on a
+#: loaded machine Chromium's capture thread misses its turn and the stream carries 10 ms of zeros or loses
+#: samples (seen: 441 zero samples = one 10 ms capture buffer, with the app's gap_frames 0). The analysis
+#: must refuse such a recording, and a person would measure again: the test does, when the app itself lost
+#: no block (gap_frames 0 in every upload's capture facts), at most MEASURE_ATTEMPTS times in all.
+CAPTURE_FAULTS = frozenset({"dropout", "impulsive_noise", "sample_rate_mismatch"})
+MEASURE_ATTEMPTS = 3
+FINAL_STEP_LABELS = ("Measurement complete", "Measurement failed", "Measurement cancelled")
 
 
 async def _open(context, url: str):
@@ -54,6 +66,33 @@ async def _qr_link(page) -> str:
     codes = zxingcpp.read_barcodes(image)
     assert len(codes) == 1 and codes[0].format == zxingcpp.BarcodeFormat.QRCode, codes
     return codes[0].text
+
+
+def _capture_faults(backend) -> dict[str, str]:
+    """The refused uploads of the latest analysed job (read from the measurement's job database), when every
+    refusal is a capture fault (``CAPTURE_FAULTS``) and the app lost no block; else nothing."""
+    with sqlite3.connect(Path(backend.data_dir) / "measurement.db") as db:
+        row = db.execute("SELECT body FROM measurement_jobs ORDER BY updated_s DESC LIMIT 1").fetchone()
+    job = json.loads(row[0]) if row else {}
+    refused = {name: report["error"]["code"] for name, report in (job.get("results") or {}).items() if "error" in report}
+    app_lost_blocks = any((upload.get("capture") or {}).get("gap_frames") != 0 for upload in job.get("uploads", []))
+    return refused if refused and set(refused.values()) <= CAPTURE_FAULTS and not app_lost_blocks else {}
+
+
+async def _until_measured(host, backend) -> None:
+    """Wait until the host's session is over; measure again (the host's "Measure again") while a recording
+    was lost to the browser's capture (``CAPTURE_FAULTS``). Any other outcome is left to the caller's checks."""
+    final = f"{list(FINAL_STEP_LABELS)}.includes(document.querySelector('#step').textContent)"
+    for attempt in range(1, MEASURE_ATTEMPTS + 1):
+        await host.wait_for_function(final, timeout=180000, polling=250)
+        faults = _capture_faults(backend)
+        if not faults:
+            return
+        assert attempt < MEASURE_ATTEMPTS, f"every attempt lost a recording to the browser's capture: {faults}"
+        warnings.warn(f"attempt {attempt}: the browser's capture broke {faults} (the app lost no block): measuring again", stacklevel=1)
+        await host.click("[data-tab=measure]")
+        await host.click("#start")
+        await host.wait_for_function(f"!{final}", timeout=60000, polling=250)
 
 
 def _unnamed_controls(aria_yaml: str) -> list[str]:
@@ -113,15 +152,18 @@ async def test_whole_session_through_the_ui(webapp_backend, launch_browser, shot
     await mic1.click("[data-tab=room]")
     assert await mic1.input_value("#dim-0") == "6"
 
-    for page in (host, mic1, mic2):
+    for page in (host, mic2):  # mic1 is armed after its reload below: until then the session waits for it
         await page.click("[data-tab=measure]")
         await page.click("#arm")
         await page.wait_for_selector("#arm-state:has-text('Armed')", timeout=20000)
-    assert await mic1.is_visible("#meter-box")
-    await mic1.screenshot(path=shots / "06-armed-mic.png", full_page=True)
+    assert await mic2.is_visible("#meter-box")
+    await mic2.screenshot(path=shots / "06-armed-mic.png", full_page=True)
 
     await host.click("#start")
-    await mic1.reload()  # mid-session: it must find the session, ask to be armed again, and carry on
+    # mid-session (the session waits for mic1, so the reload always lands before the recording, however
+    # loaded the machine): it must find the session, ask to be armed, and carry on
+    await host.wait_for_selector("#session-devices li.waiting:has-text('Mic one')", timeout=60000)
+    await mic1.reload()
     await mic1.wait_for_selector("#conn[data-state=online]", timeout=30000)
     await mic1.wait_for_selector("#activity:has-text('tap')", timeout=60000)
     await mic1.screenshot(path=shots / "07-rejoined-mic.png", full_page=True)
@@ -129,8 +171,9 @@ async def test_whole_session_through_the_ui(webapp_backend, launch_browser, shot
     await host.wait_for_selector("#step:has-text('quiet')", timeout=60000)
     await host.screenshot(path=shots / "08-playing-host.png", full_page=True)
     await mic2.screenshot(path=shots / "09-recording-mic.png", full_page=True)
+    await _until_measured(host, webapp_backend)
     for page in (host, mic1, mic2):
-        await page.wait_for_function("document.querySelectorAll('#results-body table.metrics:not(.spread)').length === 2", timeout=180000)
+        await page.wait_for_function("document.querySelectorAll('#results-body table.metrics:not(.spread)').length === 2", timeout=60000)
     await host.screenshot(path=shots / "10-results-host.png", full_page=True)
     await mic1.screenshot(path=shots / "11-results-mic.png")
 
@@ -267,8 +310,9 @@ async def test_speaker_output_reaches_the_microphones_through_pulseaudio(webapp_
         await page.click("#arm")
         await page.wait_for_selector("#arm-state:has-text('Armed')", timeout=20000)
     await host.click("#start")
+    await _until_measured(host, webapp_backend)
     for page in phones:
-        await page.wait_for_function("document.querySelectorAll('#results-body section.pair').length === 2", timeout=180000)
+        await page.wait_for_function("document.querySelectorAll('#results-body section.pair').length === 2", timeout=60000)
     await host.screenshot(path=shots / "15-pulse-loop-results.png", full_page=True)
     for pair in range(2):
         section = host.locator("#results-body section.pair").nth(pair)
