@@ -3,7 +3,8 @@
 Two ``sonalyze serve simulation`` processes on one PostgreSQL and one blob folder, each with its own local
 process pool, pushing to a recording gateway: replica A accepts ``simulation.run`` (``wait: false``) and is
 killed (SIGKILL) once the simulation runs; replica B claims it when A's lease lapses, runs it again and
-the requesting device gets ``simulation.completed`` once; the simulation is recorded once.
+the requesting device gets ``simulation.completed`` once; the simulation is recorded once. A replica that
+stops gracefully releases its leases instead: the next one takes over at once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import httpx
 import pytest
@@ -19,9 +21,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from sonalyze.common.internal_auth import internal_headers
+from sonalyze.simulation.main import create_app
+from sonalyze.simulation.store import simulations_table
 from sonalyze.storage.db import make_engine
 from sonalyze.storage.outbox import outbox_table
-from tests.simulation.conftest import flat, shoebox_request
+from tests.simulation.conftest import flat, make_settings, shoebox_request
 from tests.support.servers import INTERNAL_TOKEN, SERVICE_HEADERS, ServiceProcess, ThreadedServer
 
 LEASE_S = 2.0
@@ -124,3 +128,45 @@ def test_a_killed_replicas_simulation_is_taken_over_and_completed_once(tmp_path,
     assert ends == ["simulation.completed"], gateway.events()
     records = asyncio.run(_outbox_job_records(postgres_url, simulation_id))
     assert [record["status"] for record in records] == ["succeeded"]  # recorded once, by B
+
+
+def _lease_row(database_url: str, simulation_id: str):
+    async def read():
+        engine = make_engine(database_url)
+        try:
+            async with engine.connect() as connection:
+                columns = (simulations_table.c.status, simulations_table.c.runner, simulations_table.c.lease_until_s)
+                return (await connection.execute(select(*columns).where(simulations_table.c.simulation_id == simulation_id))).one()
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
+def test_a_replica_stopping_gracefully_hands_its_simulation_over(tmp_path) -> None:
+    """The embedded database shared by two replicas in turn: A stops mid-simulation and releases its lease
+    (the simulation is not failed); B, started afterwards, takes it over at once and finishes it."""
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'simulations.db'}"
+
+    def settings(name: str):
+        return make_settings(
+            tmp_path / name, database_url=database_url, blob_url=f"file://{tmp_path / 'blobs'}", replica_id=name, job_lease_s=60.0
+        )
+
+    with ThreadedServer(create_app(settings("a"))) as server_a, httpx.Client(base_url=server_a.url, headers=SERVICE_HEADERS) as a:
+        asked = a.post(
+            "/gateway/handle", json={"event": "simulation.run", "data": {**SLOW, "wait": False}, "device_id": "phone-1"}, timeout=30
+        ).json()
+        simulation_id = asked["data"]["id"]
+        deadline_s = time.monotonic() + 60.0
+        while a.get("/health").json()["workers"]["running"] == 0:  # the task runs in A's pool
+            assert time.monotonic() < deadline_s
+            time.sleep(0.05)
+    assert tuple(_lease_row(database_url, simulation_id)) == ("running", "a", None)  # released, not failed
+    with ThreadedServer(create_app(settings("b"))) as server_b, httpx.Client(base_url=server_b.url, headers=SERVICE_HEADERS) as b:
+        deadline_s = time.monotonic() + 120.0  # the lease already ended: B's first lease turn claims it
+        while (kept := b.get(f"/simulations/{simulation_id}").json())["status"] == "running":
+            assert time.monotonic() < deadline_s, kept
+            time.sleep(0.1)
+        assert kept["status"] == "succeeded" and len(kept["pairs"]) == 2, kept
+        assert b.get(kept["pairs"][0]["rir"]["path"]).status_code == 200
