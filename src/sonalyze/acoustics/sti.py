@@ -66,29 +66,37 @@ def modulation_transfer_function(
 
     With one Lundeby ``truncations`` entry per band, each band's energy is noise-compensated: noise power
     subtracted up to the crossing, zero after it, and the tail P·q^k (q = e^(−13.8/(T_late·fs))) added
-    with its exact transform P·e^(−jωt_c)/(1 − q·e^(−jω/fs)).
+    with its exact transform P·e^(−jωt_c)/(1 − q·e^(−jω/fs)) (`energy_mtf`).
     """
     energy = np.asarray(band_irs, dtype=np.float64) ** 2
-    tails = np.zeros((energy.shape[0], MODULATION_FREQUENCIES_HZ.size), dtype=np.complex128)
-    tail_totals = np.zeros((energy.shape[0], 1))
-    if truncations is not None:
-        energy = energy.copy()
-        omega = 2.0 * np.pi * MODULATION_FREQUENCIES_HZ / fs_hz
-        for k, tr in enumerate(truncations):
-            if not tr.decay_found:
-                raise ValueError("an octave band of the impulse response has no decay above the noise floor")
-            energy[k, : tr.index] -= tr.noise_power
-            energy[k, tr.index :] = 0.0
-            if tr.tail_energy > 0 and tr.late_rt_s:
-                q = np.exp(-6.0 * np.log(10.0) / (tr.late_rt_s * fs_hz))
-                p_cross = tr.tail_energy * (1.0 - q)
-                tails[k] = p_cross * np.exp(-1j * omega * tr.index) / (1.0 - q * np.exp(-1j * omega))
-                tail_totals[k] = tr.tail_energy
+    if truncations is None:
+        return energy_mtf(list(energy), fs_hz)
+    for tr in truncations:
+        if not tr.decay_found:
+            raise ValueError("an octave band of the impulse response has no decay above the noise floor")
+    return energy_mtf([e[: tr.index] - tr.noise_power for e, tr in zip(energy, truncations)], fs_hz, truncations)
+
+
+def energy_mtf(energies: list[np.ndarray], fs_hz: float, truncations: list[Truncation] | None = None) -> np.ndarray:
+    """`modulation_transfer_function` of the bands' energies h² from the onset — noise subtracted and cut at
+    each truncation's crossing when ``truncations`` are given, whose tails are then added (the analysis has
+    them already: `energy.EnergyDecay.energy`)."""
+    n_bands = len(energies)
+    tails = np.zeros((n_bands, MODULATION_FREQUENCIES_HZ.size), dtype=np.complex128)
+    tail_totals = np.zeros((n_bands, 1))
+    omega = 2.0 * np.pi * MODULATION_FREQUENCIES_HZ / fs_hz
+    for k, tr in enumerate(truncations or []):
+        if tr.tail_energy > 0 and tr.late_rt_s:
+            q = np.exp(-6.0 * np.log(10.0) / (tr.late_rt_s * fs_hz))
+            p_cross = tr.tail_energy * (1.0 - q)
+            tails[k] = p_cross * np.exp(-1j * omega * tr.index) / (1.0 - q * np.exp(-1j * omega))
+            tail_totals[k] = tr.tail_energy
     bin_len = max(1, int(round(ENVELOPE_BIN_S * fs_hz)))
-    n_bins = -(-energy.shape[-1] // bin_len)
-    padded = np.zeros((energy.shape[0], n_bins * bin_len))
-    padded[:, : energy.shape[-1]] = energy
-    envelope = padded.reshape(energy.shape[0], n_bins, bin_len).sum(axis=-1)
+    n_bins = -(-max(e.size for e in energies) // bin_len)
+    padded = np.zeros((n_bands, n_bins * bin_len))
+    for k, e in enumerate(energies):
+        padded[k, : e.size] = e
+    envelope = padded.reshape(n_bands, n_bins, bin_len).sum(axis=-1)
     # energy-weighted time of each bin keeps the phase exact for a bin's centre of gravity
     t_s = (np.arange(n_bins) * bin_len + (bin_len - 1) / 2.0) / fs_hz
     kernel = np.exp(-2j * np.pi * np.outer(t_s, MODULATION_FREQUENCIES_HZ))
