@@ -38,12 +38,12 @@ def queue_url() -> str:
 
 
 class Worker:
-    """``sonalyze worker --processes 1`` in its own process group, stopped with SIGTERM as Kubernetes does."""
+    """``sonalyze worker`` in its own process group, stopped with SIGTERM as Kubernetes does."""
 
-    def __init__(self, queue_url: str, **env: str) -> None:
+    def __init__(self, queue_url: str, processes: int = 1, **env: str) -> None:
         self.log = tempfile.NamedTemporaryFile(prefix="sonalyze-worker-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sonalyze", "worker", "--processes", "1", "--poll-ms", "200"],
+            [sys.executable, "-m", "sonalyze", "worker", "--processes", str(processes), "--poll-ms", "200"],
             env={**os.environ, "TASK_QUEUE_URL": queue_url, "PYTHONUNBUFFERED": "1", **env},
             cwd=REPO_ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )

@@ -1,7 +1,8 @@
 """A running simulation is leased to the replica awaiting it; when that replica dies, another one takes it over.
 
-Two ``sonalyze serve simulation`` processes on one PostgreSQL and one blob folder, each with its own local
-process pool, pushing to a recording gateway: replica A accepts ``simulation.run`` (``wait: false``) and is
+Two ``sonalyze serve simulation`` processes on one PostgreSQL and one blob folder, their simulations on the
+task queue (Redis database 15 of the test server, flushed first; one ``sonalyze worker`` with two
+processes), pushing to a recording gateway: replica A accepts ``simulation.run`` (``wait: false``) and is
 killed (SIGKILL) once the simulation runs; replica B claims it when A's lease lapses, runs it again and
 the requesting device gets ``simulation.completed`` once; the simulation is recorded once. A replica that
 stops gracefully releases its leases instead: the next one takes over at once.
@@ -26,9 +27,12 @@ from sonalyze.simulation.store import simulations_table
 from sonalyze.storage.db import make_engine
 from sonalyze.storage.outbox import outbox_table
 from tests.simulation.conftest import flat, make_settings, shoebox_request
+from tests.integration.test_worker_recycling import Worker
+from tests.support.infra import REDIS_URL, require
 from tests.support.servers import INTERNAL_TOKEN, SERVICE_HEADERS, ServiceProcess, ThreadedServer
 
 LEASE_S = 2.0
+REDIS_DB = 15
 GATEWAY_PORT, REPLICA_PORTS = 25100, {"a": 25101, "b": 25102}
 UNREACHABLE_STORAGE_URL = "http://127.0.0.1:25199"
 """Nothing listens there (this test's port range): the storage records stay in the outbox, countable."""
@@ -78,10 +82,24 @@ async def _outbox_job_records(database_url: str, simulation_id: str) -> list[dic
         await engine.dispose()
 
 
+@pytest.fixture
+def queue_url() -> str:
+    import redis
+
+    require(REDIS_URL, 6379, "Redis")
+    url = REDIS_URL.rsplit("/", 1)[0] + f"/{REDIS_DB}"
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+    return url
+
+
 @pytest.mark.postgres
-def test_a_killed_replicas_simulation_is_taken_over_and_completed_once(tmp_path, postgres_url) -> None:
+@pytest.mark.redis
+def test_a_killed_replicas_simulation_is_taken_over_and_completed_once(tmp_path, postgres_url, queue_url) -> None:
     gateway = RecordingGateway()
+    worker = Worker(queue_url, processes=2)  # A's task still runs on one: B's runs on the other
     common = {
+        "TASK_QUEUE_URL": queue_url,
         "DATABASE_URL": postgres_url,
         "BLOB_URL": f"file://{tmp_path / 'blobs'}",
         "GATEWAY_URL": f"http://127.0.0.1:{GATEWAY_PORT}",
@@ -108,9 +126,10 @@ def test_a_killed_replicas_simulation_is_taken_over_and_completed_once(tmp_path,
             ).json()
             simulation_id = asked["data"]["id"]
             assert asked["data"]["status"] == "running", asked
-            gateway.wait_for("simulation.progress", 60)  # A's task runs
+            gateway.wait_for("simulation.progress", 120)  # A's task runs on the worker
             replicas["a"].kill()
             with httpx.Client(base_url=replicas["b"].url, headers=SERVICE_HEADERS, timeout=30) as b:
+                assert b.get("/health").json()["workers"]["task_queue"] == "redis"
                 assert b.get(f"/simulations/{simulation_id}").json()["status"] == "running"
                 completed = gateway.wait_for("simulation.completed", 120)["data"]  # A's lease lapses, B runs it
                 kept = b.get(f"/simulations/{simulation_id}").json()
@@ -122,6 +141,7 @@ def test_a_killed_replicas_simulation_is_taken_over_and_completed_once(tmp_path,
         finally:
             for replica in replicas.values():
                 replica.stop()  # B's pushes and outbox rows are all sent or queued now
+            worker.close()
     pushed = [p for p in gateway.pushes if p["data"].get("id") == simulation_id]
     assert {tuple(p["targets"]["device_ids"]) for p in pushed} == {("phone-1",)}
     ends = [p["event"] for p in pushed if p["event"] != "simulation.progress"]
