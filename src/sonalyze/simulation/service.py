@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from sonalyze.common.blobs import BlobAddress, blob_store
 from sonalyze.common.cpu_pool import DEFAULT_PRELOAD, CpuPool
 from sonalyze.common.errors import Conflict, SonalyzeError, from_validation_error
+from sonalyze.common.readiness import database_unready
 from sonalyze.common.retention import cleanup_forever
 from sonalyze.common.tasks import task_runner
 from sonalyze.simulation.config import SimulationSettings
@@ -169,12 +170,7 @@ class SimulationService:
 
     async def ready(self) -> str | None:
         """None when this replica can take work: its database and the task queue answer; else why not."""
-        try:
-            async with self.store.engine.connect() as connection:
-                await asyncio.wait_for(connection.exec_driver_sql("SELECT 1"), 2.0)
-        except Exception as exc:
-            return f"the simulation database does not answer: {type(exc).__name__}"
-        return await self.tasks.ready()
+        return await database_unready(self.store.engine, "simulation database") or await self.tasks.ready()
 
     async def get(self, simulation_id: str) -> dict[str, Any]:
         job, result = await self.store.job_and_result(simulation_id)
