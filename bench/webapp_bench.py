@@ -12,13 +12,14 @@ load ≤ 250 KB.
 
 Then one whole session through the UI with one speaker and three microphones (Chromium's fake microphone
 fed tests/webapp/fake_capture.py's file), measuring (targets of issue 13):
-- from the last microphone's upload (its ``POST`` answered: ``fetch`` wrapped in the page) to the results
+- from the last microphone's upload (its ``POST`` answered: the app's "Uploaded …" status line) to the results
   table on every screen (a MutationObserver in each page): ``Date.now()`` of one machine, ≤ 1.5 s;
 - long tasks (``PerformanceObserver`` ``longtask``, > 50 ms) on each page while it records or plays
   (from "Recording" / the countdown to the upload / "Sweep played"): none, for 60 fps.
 ``--session-runs N`` repeats the session in the same lobby. Where the time goes: the services' log says
 when each upload was stored and each analysis finished; long animation frames (Chromium's
-``long-animation-frame`` entries) name the scripts that ran in each long frame; Chromium's trace of each page
+``long-animation-frame`` entries, from "Recording" / the countdown to the upload's answer: the end of a
+recording's work included) name the scripts that ran in each long frame; Chromium's trace of each page
 (:class:`MainThreadTrace`) gives each long task's CPU time next to its wall time, which tells the app's work
 from a page waiting for a core on a loaded machine.
 """
@@ -105,7 +106,7 @@ RESULTS_TARGET_S = 1.5
 #: Stamps in the page (an init script, before the app runs): when the results table appears, long tasks,
 #: and when this phone starts/stops recording or playing (from the app's own status lines).
 PROBE = """
-window.__probe = {results: null, pushed: null, longtasks: [], frames: [], busy: [], uploaded: null, sessionsBefore: 0};
+window.__probe = {results: null, pushed: null, longtasks: [], frames: [], busy: [], uploaded: null, handedOn: null, sessionsBefore: 0};
 const WebSocket0 = window.WebSocket;
 window.WebSocket = class extends WebSocket0 {  // when the results push arrives (before the app renders it)
   constructor(...args) {
@@ -114,12 +115,6 @@ window.WebSocket = class extends WebSocket0 {  // when the results push arrives 
       if (window.__probe.pushed === null && typeof e.data === "string" && e.data.includes('"measurement.results"')) window.__probe.pushed = Date.now();
     });
   }
-};
-const fetch0 = window.fetch;
-window.fetch = async (input, init) => {
-  const response = await fetch0(input, init);
-  if (init?.method === "POST" && String(input).includes("/uploads/")) window.__probe.uploaded = Date.now();
-  return response;
 };
 new PerformanceObserver((list) => { for (const e of list.getEntries()) window.__probe.longtasks.push([e.startTime, e.duration]); })
   .observe({type: "longtask", buffered: true});
@@ -139,6 +134,8 @@ new MutationObserver(() => {
   const open = p.busy.length && p.busy[p.busy.length - 1].length === 1;
   if (!open && (activity.startsWith("Recording") || countdown.startsWith("Sweep in"))) { p.busy.push([performance.now()]); performance.mark("busy-start"); }
   if (open && (activity.startsWith("Uploading") || activity.startsWith("Sweep played"))) { p.busy[p.busy.length - 1].push(performance.now()); performance.mark("busy-end"); }
+  // the upload answered (the app's next status line): from the stop to here the recording is assembled and handed on
+  if (p.uploaded === null && activity.startsWith("Uploaded")) { p.uploaded = Date.now(); p.handedOn = performance.now(); }
 }).observe(document, {subtree: true, childList: true, characterData: true});
 """
 
@@ -235,7 +232,7 @@ async def session(url: str, data_dir: Path, runs: int) -> list[dict]:
             await page.wait_for_selector("#arm-state:has-text('Armed')", timeout=30000)
         for run in range(runs):
             for page in pages:
-                await page.evaluate("Object.assign(window.__probe, {results: null, pushed: null, longtasks: [], frames: [], busy: [], uploaded: null, "
+                await page.evaluate("Object.assign(window.__probe, {results: null, pushed: null, longtasks: [], frames: [], busy: [], uploaded: null, handedOn: null, "
                                     "sessionsBefore: document.querySelectorAll('#session-pick option').length})")
             for trace in traces:
                 await trace.start()
@@ -265,7 +262,9 @@ async def session(url: str, data_dir: Path, runs: int) -> list[dict]:
                  if any(len(span) == 2 and span[0] <= start <= span[1] for span in probe["busy"])]
                 for probe in probes
             ]
-            frames = [[f for f in probe["frames"] if any(len(span) == 2 and span[0] <= f["start"] <= span[1] for span in probe["busy"])]
+            # long animation frames from the start of recording/playing to the upload's answer (the flush, the
+            # WAV and its hand-off to the upload come after the busy span: a long frame there is the app's too)
+            frames = [[f for f in probe["frames"] if any(span[0] <= f["start"] <= max(span[-1], probe["handedOn"] or 0) for span in probe["busy"])]
                       for probe in probes]
             stamps = backend_stamps(data_dir / "serve.log", started_s, time.time())
             analysed_s = max(stamps["analysis_finished"], default=float("nan"))

@@ -90,6 +90,8 @@ async def _until_measured(host, backend) -> None:
             return
         assert attempt < MEASURE_ATTEMPTS, f"every attempt lost a recording to the browser's capture: {faults}"
         warnings.warn(f"attempt {attempt}: the browser's capture broke {faults} (the app lost no block): measuring again", stacklevel=1)
+        # not while the host's prediction of the refused session runs: its simulation would starve the next recording
+        await host.wait_for_function("!document.querySelector('#results-status').textContent.startsWith('Asking')", timeout=150000, polling=250)
         await host.click("[data-tab=measure]")
         await host.click("#start")
         await host.wait_for_function(f"!{final}", timeout=60000, polling=250)

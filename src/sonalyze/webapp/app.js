@@ -280,12 +280,11 @@ async function perform(duty, s, key) {
       const micIndex = s.microphones.indexOf(me());
       const name = uploadName(s.speaker_index, micIndex);
       const facts = { ...audio.captureFacts(), gap_frames: recording.gapFrames, clipped_samples: recording.clippedSamples };
-      const response = await conn.http(uploadPath(s.job_id, name), {
-        method: "POST", body: new Blob([recording.wav], { type: "audio/wav" }),
-        headers: { "Content-Type": "audio/wav", "X-Capture-Facts": base64UrlJson(facts) },
-      });
+      const response = await conn.postFromWorker(uploadPath(s.job_id, name), recording.wav,
+        { "Content-Type": "audio/wav", "X-Capture-Facts": base64UrlJson(facts) });
       if (response.status !== 201) {
-        const body = await response.json().catch(() => ({}));
+        let body = {};
+        try { body = JSON.parse(response.text); } catch { /* not JSON: the status says it */ }
         throw new Error(`upload refused: ${body.error?.message ?? response.statusText} (${body.error?.code ?? response.status})`);
       }
       state.local.uploaded = true;

@@ -141,8 +141,30 @@ export class Connection extends EventTarget {
 
   /** HTTP through the gateway with the device credential (C1: X-Device-Token). */
   http(path, init = {}) {
-    const headers = new Headers(init.headers ?? {});
-    if (this.token) headers.set("X-Device-Token", this.token);
-    return fetch(path, { ...init, headers });
+    return fetch(path, { ...init, headers: this.credentialed(init.headers) });
+  }
+
+  /** POST `body` (an ArrayBuffer, transferred: unusable here afterwards) from upload-worker.js, with the
+   *  device credential; `{status, statusText, text}`. Handing a recording's megabytes to fetch on the page
+   *  held its thread 40–90 ms on a loaded machine (bench/webapp.md): the page only passes the buffer on. */
+  postFromWorker(path, body, headers = {}) {
+    this.uploader ??= new Worker(new URL("./upload-worker.js", import.meta.url), { type: "module" });
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      const listener = ({ data }) => {
+        if (data.id !== id) return;
+        this.uploader.removeEventListener("message", listener);
+        if (data.error) reject(new Error(data.error)); else resolve(data);
+      };
+      this.uploader.addEventListener("message", listener);
+      const url = new URL(path, location.href).href; // a worker resolves relative URLs against its own script
+      this.uploader.postMessage({ id, url, body, headers: Object.fromEntries(this.credentialed(headers)) }, [body]);
+    });
+  }
+
+  credentialed(headers) {
+    const out = new Headers(headers ?? {});
+    if (this.token) out.set("X-Device-Token", this.token);
+    return out;
   }
 }
