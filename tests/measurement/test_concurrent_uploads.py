@@ -81,3 +81,45 @@ async def test_simultaneous_uploads_with_two_workers_end_in_one_result_each(two_
     messages = [record.getMessage() for record in caplog.records]
     assert not [m for m in messages if "taken over" in m or "taking over" in m or "crashed" in m], messages
     assert messages.count("analysis finished") == ROUNDS
+
+
+async def test_simultaneous_uploads_to_two_replicas_are_both_kept(tmp_path, room) -> None:
+    """The gateway spreads a session's uploads over the replicas: the two uploads of one job reach two
+    replicas at once and both save the job (version-checked). Each must be kept: the later save takes the
+    job again as the other replica saved it (without that, one upload in most rounds got 409 concurrent_update)."""
+    replicas = [
+        MeasurementSettings(
+            data_dir=tmp_path / "measurement",  # one job database and blob folder, as replicas share them
+            max_upload_mb=4.0,
+            analysis_workers=1,
+            analyze_wait_s=60,
+            replica_id=f"replica-{name}",
+            internal_auth_token=INTERNAL_TOKEN,
+        )
+        for name in "ab"
+    ]
+    with ThreadedServer(create_app(replicas[0])) as a, ThreadedServer(create_app(replicas[1])) as b:
+        clients = [httpx.AsyncClient(base_url=server.url, timeout=60, headers=SERVICE_HEADERS) for server in (a, b)]
+        try:
+            for round_index in range(ROUNDS):
+                job = (await clients[0].post("/v1/jobs", json={"lobby_id": "lobby-1", "sweep": SHORT_SWEEP})).json()
+                sweep, _ = soundfile.read(io.BytesIO((await clients[0].get(job["audio_url"])).content), dtype="float64")
+                names = [f"speaker-0_mic-{k}.wav" for k in range(MICROPHONES)]
+                answers = await asyncio.gather(
+                    *(
+                        client.post(
+                            f"/v1/jobs/{job['job_id']}/uploads/{name}",
+                            content=encode(sweep_recording(sweep, room, FS_HZ, offset_s=0.2 + 0.1 * k, noise_dbfs=-80.0, seed=k), FS_HZ),
+                            headers={"Content-Type": "audio/wav"},
+                        )
+                        for k, (client, name) in enumerate(zip(clients, names))
+                    )
+                )
+                assert [answer.status_code for answer in answers] == [201] * MICROPHONES, (round_index, [a.text[:300] for a in answers])
+                saved = (await clients[1].get(f"/v1/jobs/{job['job_id']}")).json()
+                assert sorted(upload["name"] for upload in saved["uploads"]) == names, round_index
+                done = (await clients[0].post(f"/v1/jobs/{job['job_id']}/analyze", json={"source": "sweep_deconvolution", "uploads": names})).json()
+                assert done["status"] == "done" and all("error" not in done["results"][name] for name in names), (round_index, done.get("error"))
+        finally:
+            for client in clients:
+                await client.aclose()

@@ -70,6 +70,10 @@ log = logging.getLogger(__name__)
 #: Lobby session uploads analysed as they arrive, kept until their job's analyze takes them (oldest dropped).
 EARLY_ANALYSES_MAX = 64
 
+UPLOAD_SAVE_ATTEMPTS = 5
+"""An upload's save is tried again from the job as saved when another replica changed it meanwhile (the
+microphones of one session upload at once, and the gateway spreads them over the replicas)."""
+
 FINAL_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED})
 PROGRESS_SAVE_INTERVAL_S = 0.25
 """An analysis's progress reaches the database (and so every replica's answers) at most this often."""
@@ -277,13 +281,20 @@ class MeasurementService:
                     await receive_raw(chunks, out, limit)
             facts = await asyncio.to_thread(inspect_audio, partial, max_duration_s=self.settings.max_upload_s)
             async with self._lock(job_id):
-                job = await self._load(job_id)
-                self._check_can_upload(job, name)
-                job.move_to(JobStatus.UPLOADING, "upload")
-                await asyncio.to_thread(self.store.blobs.put_file, upload_key(job_id, name), partial)
-                upload = Upload(name=name, uploaded_at=utc_now(), capture=capture, **facts.model_dump())
-                job.uploads.append(upload)
-                await self._save(job)
+                for attempt in range(1, UPLOAD_SAVE_ATTEMPTS + 1):
+                    job = await self._load(job_id)
+                    self._check_can_upload(job, name)
+                    job.move_to(JobStatus.UPLOADING, "upload")
+                    if attempt == 1:
+                        await asyncio.to_thread(self.store.blobs.put_file, upload_key(job_id, name), partial)
+                    upload = Upload(name=name, uploaded_at=utc_now(), capture=capture, **facts.model_dump())
+                    job.uploads.append(upload)
+                    try:
+                        await self._save(job)
+                        break
+                    except Conflict:  # another replica stored another upload of this job meanwhile: add to its version
+                        if attempt == UPLOAD_SAVE_ATTEMPTS:
+                            raise
         finally:
             partial.unlink(missing_ok=True)
         log.info("upload stored", extra={"job_id": job_id, "upload": name, "size_bytes": upload.size_bytes})
