@@ -135,7 +135,8 @@ new MutationObserver(() => {
   if (!open && (activity.startsWith("Recording") || countdown.startsWith("Sweep in"))) { p.busy.push([performance.now()]); performance.mark("busy-start"); }
   if (open && (activity.startsWith("Uploading") || activity.startsWith("Sweep played"))) { p.busy[p.busy.length - 1].push(performance.now()); performance.mark("busy-end"); }
   // the upload answered (the app's next status line): from the stop to here the recording is assembled and handed on
-  if (p.uploaded === null && activity.startsWith("Uploaded")) { p.uploaded = Date.now(); p.handedOn = performance.now(); }
+  const ended = p.busy.length && p.busy[p.busy.length - 1].length === 2;  // this session's recording is over
+  if (p.uploaded === null && ended && activity.startsWith("Uploaded")) { p.uploaded = Date.now(); p.handedOn = performance.now(); }
 }).observe(document, {subtree: true, childList: true, characterData: true});
 """
 
