@@ -1,6 +1,6 @@
 """Simulation service benchmark: the issue's scenario, timed and CPU-metered, every path interleaved.
 
-    .venv/bin/python bench/simulation_bench.py [--repeats 9] [--fs 16000] [--baseline-src DIR]
+    .venv/bin/python bench/simulation_bench.py [--repeats 9] [--fs 16000] [--baseline-src DIR] [--port N]
 
 Scenario: an 8 × 6 × 3 m shoebox (every surface α = 0.15, s = 0.2), 1 source, 4 microphones, image
 sources to order 10 plus ray tracing, fixed seed (so every run does the same work).
@@ -134,13 +134,14 @@ def free_port() -> int:
 class Server:
     """``sonalyze serve simulation`` in a child process, from this tree or from ``src`` (an older one)."""
 
-    def __init__(self, src: Path | None) -> None:
+    def __init__(self, src: Path | None, port: int | None = None) -> None:
         self.env = {**os.environ, "SIMULATION_DATA_DIR": tempfile.mkdtemp(prefix="simulation-bench-"), "LOG_LEVEL": "WARNING", "INTERNAL_AUTH_TOKEN": BENCH_TOKEN}
         if src is not None:
             self.env["PYTHONPATH"] = str(src)
         self.cwd = src if src is not None else REPO
-        for _attempt in range(3):  # a free port can be taken by another program before the server binds it
-            port = free_port()
+        fixed_port = port
+        for _attempt in range(1 if fixed_port else 3):  # a free port can be taken by another program before the server binds it
+            port = fixed_port or free_port()
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", "sonalyze", "serve", "simulation", "--host", "127.0.0.1", "--port", str(port)],
                 env=self.env,
@@ -191,13 +192,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--fs", type=int, default=16000)
     parser.add_argument("--baseline-src", type=Path, help="also run a server from this src folder (an older tree)")
+    parser.add_argument("--port", type=int, help="the service's port (the baseline's: the next one); default: any free port")
     args = parser.parse_args()
     body = request_body(args.fs)
     load_at_start = os.getloadavg()[0]
 
-    servers = {"service": Server(None)}
+    servers = {"service": Server(None, args.port)}
     if args.baseline_src is not None:
-        servers["service@baseline"] = Server(args.baseline_src.resolve())
+        servers["service@baseline"] = Server(args.baseline_src.resolve(), args.port and args.port + 1)
     wall: dict[str, list[float]] = {"pyroomacoustics": [], "engine": []}
     cpu: dict[str, list[float]] = {"pyroomacoustics": [], "engine": []}
     shell_wall: dict[str, list[float]] = {name: [] for name in servers}

@@ -95,6 +95,18 @@ def _bank_response(fs_hz: float, n_fft: int, bands_hz: tuple[int, ...]) -> np.nd
     return out
 
 
+@functools.lru_cache(maxsize=32)
+def _bank_power_response(fs_hz: float, n_fft: int, bands_hz: tuple[int, ...]) -> np.ndarray:
+    """`_bank_response` squared (the power response), read-only."""
+    out = _bank_response(fs_hz, n_fft, bands_hz) ** 2
+    out.flags.writeable = False
+    return out
+
+
+def _power(spectrum: np.ndarray) -> np.ndarray:
+    return spectrum.real**2 + spectrum.imag**2
+
+
 def _available(bands_hz: tuple[int, ...], fs_hz: float) -> tuple[int, ...]:
     return tuple(b for b in bands_hz if band_available(b, fs_hz))
 
@@ -148,11 +160,12 @@ def band_irs_and_leakage(
     filtered, spectrum, n_fft = _filter_fft(padded, fs_hz, bands)
     out = {}
     for i, band_hz in enumerate(bands):
-        h = filtered[i, start : padded.size].copy()
+        h = filtered[i, start : padded.size]  # a row of the FFT's own output: no copy needed
         pre_energy = float(np.sum(filtered[i, start - lead_n : start] ** 2))
         h[0] = np.copysign(np.sqrt(h[0] ** 2 + pre_energy), h[0])
         out[band_hz] = h
-    return out, _leakage(spectrum, fs_hz, n_fft, bands), _tilt_db(spectrum, fs_hz, n_fft, bands)
+    power = _power(spectrum)
+    return out, _leakage(power, fs_hz, n_fft, bands), _tilt_db(power, fs_hz, n_fft, bands)
 
 
 def band_tilt_db(x: np.ndarray, fs_hz: float, bands_hz: tuple[int, ...] = OCTAVE_BANDS_HZ) -> dict[int, float]:
@@ -164,19 +177,18 @@ def band_tilt_db(x: np.ndarray, fs_hz: float, bands_hz: tuple[int, ...] = OCTAVE
     """
     x = np.asarray(x, dtype=np.float64)
     n_fft = sp_fft.next_fast_len(x.size, real=True)
-    return _tilt_db(sp_fft.rfft(x, n_fft), fs_hz, n_fft, _available(tuple(bands_hz), fs_hz))
+    return _tilt_db(_power(sp_fft.rfft(x, n_fft)), fs_hz, n_fft, _available(tuple(bands_hz), fs_hz))
 
 
-def _tilt_db(spectrum: np.ndarray, fs_hz: float, n_fft: int, bands: tuple[int, ...]) -> dict[int, float]:
+def _tilt_db(power: np.ndarray, fs_hz: float, n_fft: int, bands: tuple[int, ...]) -> dict[int, float]:
+    """``power``: |X|² of the signal's rfft of length ``n_fft``."""
     freqs_hz = np.fft.rfftfreq(n_fft, 1.0 / fs_hz)
-    power = spectrum.real**2 + spectrum.imag**2
-    csum = np.concatenate(([0.0], np.cumsum(power)))
     out = {}
     for band_hz in bands:
         lo_hz, hi_hz = octave_band_edges_hz(band_hz)
         i_lo, i_mid, i_hi = np.searchsorted(freqs_hz, [lo_hz, exact_centre_hz(band_hz), hi_hz])
-        lower = (csum[i_mid] - csum[i_lo]) / max(1, i_mid - i_lo)
-        upper = (csum[i_hi] - csum[i_mid]) / max(1, i_hi - i_mid)
+        lower = float(power[i_lo:i_mid].sum()) / max(1, i_mid - i_lo)
+        upper = float(power[i_mid:i_hi].sum()) / max(1, i_hi - i_mid)
         out[band_hz] = float(10.0 * np.log10(upper / lower)) if lower > 0 and upper > 0 else float("inf")
     return out
 
@@ -191,16 +203,18 @@ def leakage_fraction(x: np.ndarray, fs_hz: float, bands_hz: tuple[int, ...] = OC
     """
     x = np.asarray(x, dtype=np.float64)
     n_fft = sp_fft.next_fast_len(x.size, real=True)
-    return _leakage(sp_fft.rfft(x, n_fft), fs_hz, n_fft, _available(tuple(bands_hz), fs_hz))
+    return _leakage(_power(sp_fft.rfft(x, n_fft)), fs_hz, n_fft, _available(tuple(bands_hz), fs_hz))
 
 
-def _leakage(spectrum: np.ndarray, fs_hz: float, n_fft: int, bands: tuple[int, ...]) -> dict[int, float]:
+def _leakage(power: np.ndarray, fs_hz: float, n_fft: int, bands: tuple[int, ...]) -> dict[int, float]:
+    """``power``: |X|² of the signal's rfft of length ``n_fft``."""
     freqs_hz = np.fft.rfftfreq(n_fft, 1.0 / fs_hz)
-    weighted = _bank_response(float(fs_hz), n_fft, bands) ** 2 * (spectrum.real**2 + spectrum.imag**2)
+    weighted = _bank_power_response(float(fs_hz), n_fft, bands) * power
     out = {}
     for i, band_hz in enumerate(bands):
-        lo_hz, hi_hz = octave_band_edges_hz(band_hz)
+        # the bins in [lo, hi): one slice of the ascending frequencies
+        i_lo, i_hi = np.searchsorted(freqs_hz, octave_band_edges_hz(band_hz))
         total = float(weighted[i].sum())
-        inside = float(weighted[i, (freqs_hz >= lo_hz) & (freqs_hz < hi_hz)].sum())
+        inside = float(weighted[i, i_lo:i_hi].sum())
         out[band_hz] = 1.0 - inside / total if total > 0 else 1.0
     return out

@@ -84,6 +84,33 @@ def _block_levels_db(energy: np.ndarray, block: int, noise: float = 0.0) -> tupl
     return centres, level_db
 
 
+def _backward_integral(energy: np.ndarray, noise: float = 0.0) -> np.ndarray:
+    """Σ_{j ≥ i} (energy[j] − noise) for every i (Schroeder's backward integration, Chu's noise subtracted).
+
+    Written into a contiguous reversed copy and summed there: numpy's cumsum over a reversed (negative
+    stride) view is 2–3× slower; the additions and their order, hence every value, are the same.
+    """
+    reversed_energy = np.subtract(energy[::-1], noise)
+    return np.cumsum(reversed_energy, out=reversed_energy)[::-1]
+
+
+def _first_at_or_below(values_of, size: int, level: float, start: int = 0) -> int | None:
+    """Index i ≥ ``start`` of the first value ≤ ``level`` (NaN never is) of a sequence of ``size`` values
+    that ``values_of(a, b)`` gives for [a, b); None when there is none.
+
+    Reads chunks that double in length: a decay curve crosses its upper levels early, and a comparison
+    over the whole curve (the ``argmax`` of a full mask) would cost a pass per level for one index.
+    """
+    chunk = 4096
+    while start < size:
+        stop = min(size, start + chunk)
+        hits = np.flatnonzero(values_of(start, stop) <= level)
+        if hits.size:
+            return start + int(hits[0])
+        start, chunk = stop, 2 * chunk
+    return None
+
+
 def _line_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     """Least-squares slope, intercept and correlation coefficient of y(x)."""
     xm = x - x.mean()
@@ -121,10 +148,17 @@ def lundeby_truncation(ir: np.ndarray, fs_hz: float) -> Truncation:
     ``ir`` starts at the onset (t = 0). When no decay above the noise can be found the truncation is the
     whole IR with no tail (so the Schroeder curve is plain) and ``late_rt_s`` is None.
     """
-    energy = as_signal(ir) ** 2
+    return truncation_of_energy(as_signal(ir) ** 2, fs_hz)
+
+
+def truncation_of_energy(energy: np.ndarray, fs_hz: float) -> Truncation:
+    """`lundeby_truncation` of an IR's squared samples h² (float64, finite; the analysis squares a band once
+    for this, the Schroeder curve and the energy parameters)."""
     n = energy.size
     peak_block = max(1, int(PEAK_WINDOW_S * fs_hz))
-    csum = np.concatenate(([0.0], np.cumsum(energy)))
+    csum = np.empty(n + 1)  # Σ energy[:i]
+    csum[0] = 0.0
+    np.cumsum(energy, out=csum[1:])
     peak_power = float((csum[peak_block:] - csum[:-peak_block]).max() / peak_block) if n >= peak_block else energy.mean()
     tail_start = int(n * (1.0 - NOISE_TAIL_FRACTION))
     noise = float(energy[tail_start:].mean())
@@ -140,7 +174,7 @@ def lundeby_truncation(ir: np.ndarray, fs_hz: float) -> Truncation:
         tail = p_cross * (60.0 / rate) * fs_hz / _LN10_6
         return Truncation(index, noise_power, dr_db, 60.0 / rate, tail)
 
-    block = _initial_block(energy, fs_hz, noise)
+    block = _initial_block(csum, fs_hz, noise)
     centres, level_db = _block_levels_db(energy, block)
     noise_db = 10.0 * math.log10(noise)
     if level_db.size < 3:
@@ -174,13 +208,18 @@ def lundeby_truncation(ir: np.ndarray, fs_hz: float) -> Truncation:
     return result(index, noise, slope, intercept)
 
 
-def _initial_block(energy: np.ndarray, fs_hz: float, noise: float) -> int:
+def _initial_block(csum: np.ndarray, fs_hz: float, noise: float) -> int:
     """Lundeby's first block length, scaled to the decay: 1/5 of the time the noise-subtracted
     Schroeder curve (Chu) takes to fall 10 dB, within Lundeby's 10–50 ms; a decay that falls 10 dB in
-    less than 50 ms (T < 0.3 s, which a 10 ms block would swallow) gets that 1/5 down to 1 ms."""
-    edc = np.cumsum((energy - noise)[::-1])[::-1]
-    fallen = edc <= edc[0] * 0.1
-    t10_s = (int(np.argmax(fallen)) if fallen.any() else energy.size) / fs_hz
+    less than 50 ms (T < 0.3 s, which a 10 ms block would swallow) gets that 1/5 down to 1 ms.
+    ``csum``: the energy's cumulative sum with a leading 0 (the curve is read from it, no second pass)."""
+    n = csum.size - 1
+
+    def edc(a: int, b: int) -> np.ndarray:
+        return (csum[-1] - csum[a:b]) - noise * np.arange(n - a, n - b, -1)
+
+    t10 = _first_at_or_below(edc, n, edc(0, 1)[0] * 0.1)
+    t10_s = (n if t10 is None else t10) / fs_hz
     low_s = INITIAL_BLOCK_MIN_S if t10_s >= BLOCKS_PER_10DB * INITIAL_BLOCK_MIN_S else FASTEST_BLOCK_S
     return max(1, int(np.clip(t10_s / BLOCKS_PER_10DB, low_s, INITIAL_BLOCK_MAX_S) * fs_hz))
 
@@ -194,18 +233,23 @@ def schroeder_curve_db(ir: np.ndarray, fs_hz: float, truncation: Truncation | No
     end (only right for a noise-free IR). ``ir`` starts at the onset. Raises ValueError when the
     truncation found no decay above the noise.
     """
-    energy = as_signal(ir) ** 2
+    return curve_db_of_energy(as_signal(ir) ** 2, truncation)
+
+
+def curve_db_of_energy(energy: np.ndarray, truncation: Truncation | None = None) -> np.ndarray:
+    """`schroeder_curve_db` of an IR's squared samples h² (float64, finite)."""
     if truncation is not None and not truncation.decay_found:
         raise ValueError("no decay above the noise floor: the decay curve is undefined")
     end = energy.size if truncation is None else truncation.index
     tail = 0.0 if truncation is None else truncation.tail_energy
     noise = 0.0 if truncation is None else truncation.noise_power
-    edc = np.cumsum((energy[:end] - noise)[::-1])[::-1] + tail
+    edc = _backward_integral(energy[:end], noise) + tail
     if not edc[0] > 0:
         raise ValueError("no energy above the noise floor")
     curve_db = np.full(energy.size, np.nan)  # NaN after the truncation and where the integral is not positive
-    positive = np.flatnonzero(edc > 0)
-    curve_db[positive] = 10.0 * np.log10(edc[positive] / edc[0])
+    np.divide(edc, edc[0], out=edc)
+    np.log10(edc, out=curve_db[:end], where=edc > 0)
+    curve_db[:end] *= 10.0
     return curve_db
 
 
@@ -245,13 +289,17 @@ def reverberation_time(
     top_db, bottom_db = range_db
     name = {EDT_RANGE_DB: "EDT", T20_RANGE_DB: "T20", T30_RANGE_DB: "T30"}.get(tuple(range_db), "T")
     edc = np.asarray(edc_db, dtype=np.float64)
-    finite = np.isfinite(edc)
-    i0 = int(np.argmax(edc <= top_db))
-    below = (edc <= bottom_db) & finite
-    if not finite[0] or edc[i0] > top_db or not below.any():
+
+    def curve(a: int, b: int) -> np.ndarray:
+        return edc[a:b]
+
+    i0 = _first_at_or_below(curve, edc.size, top_db)
+    # the first point ≤ bottom_db lies at or after the first ≤ top_db (every earlier one is > top_db or NaN)
+    i_bottom = None if i0 is None else _first_at_or_below(curve, edc.size, bottom_db, i0)
+    if not math.isfinite(edc[0]) or i_bottom is None:
         reason = f"decay curve does not reach {bottom_db:g} dB for {name} (it ends at the noise floor)"
         return DecayFit(None, None, False, reason, codes.INSUFFICIENT_DYNAMIC_RANGE)
-    i1 = int(np.argmax(below)) + 1
+    i1 = i_bottom + 1
     if i1 - i0 < 3:
         reason = f"too few samples between {top_db:g} and {bottom_db:g} dB"
         return DecayFit(None, None, False, reason, codes.INSUFFICIENT_DYNAMIC_RANGE)

@@ -45,8 +45,19 @@ class EnergyDecay:
     moment. Build one per band IR and ask it for every parameter (the module functions do just that)."""
 
     def __init__(self, ir: np.ndarray, fs_hz: float, truncation: Truncation | None):
+        self._set(as_signal(ir) ** 2, fs_hz, truncation)
+
+    @classmethod
+    def of_energy(cls, energy: np.ndarray, fs_hz: float, truncation: Truncation | None) -> EnergyDecay:
+        """The same from the IR's squared samples h² (float64, finite), which the analysis has already."""
+        self = cls.__new__(cls)
+        self._set(energy, fs_hz, truncation)
+        return self
+
+    def _set(self, energy: np.ndarray, fs_hz: float, truncation: Truncation | None) -> None:
         self.fs_hz = float(fs_hz)
-        energy = as_signal(ir) ** 2
+        self._after: dict[int, float] = {}
+        self._centre_time_s: float | None = None
         if truncation is not None and not truncation.decay_found:
             raise ValueError("no decay above the noise floor")
         self.end = energy.size if truncation is None else truncation.index
@@ -60,10 +71,13 @@ class EnergyDecay:
             raise ValueError("impulse response has no energy after its onset")
 
     def after(self, n: int) -> float:
-        """Energy from sample n on (Σh², unit sample)."""
-        if n < self.end:
-            return float(self.energy[n:].sum()) + self.tail
-        return self.tail * math.exp(-(n - self.end) * self.tail_rate)
+        """Energy from sample n on (Σh², unit sample); each n summed once (the values and their gates ask
+        for the same few boundaries)."""
+        if n not in self._after:
+            self._after[n] = (
+                float(self.energy[n:].sum()) + self.tail if n < self.end else self.tail * math.exp(-(n - self.end) * self.tail_rate)
+            )
+        return self._after[n]
 
     def tail_after(self, n: int) -> float:
         """Part of `after` (n) that is the extrapolated tail."""
@@ -83,6 +97,11 @@ class EnergyDecay:
         return self.tail + subtracted, self.tail_moment_s() + subtracted * 0.5 * self.end / self.fs_hz
 
     def centre_time_s(self) -> float:
+        if self._centre_time_s is None:
+            self._centre_time_s = self._centre_time()
+        return self._centre_time_s
+
+    def _centre_time(self) -> float:
         t_s = np.arange(self.end) / self.fs_hz
         return (float(np.sum(t_s * self.energy)) + self.tail_moment_s()) / self.total  # not BLAS: decay._line_fit
 
