@@ -7,16 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import pickle
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import soundfile
@@ -33,65 +26,14 @@ from tests.common import cpu_tasks
 from tests.measurement.audio import encode, sweep_recording
 from tests.measurement.conftest import FS_HZ, RT_S, SHORT_SWEEP, room  # noqa: F401  (the fixture)
 from tests.simulation.conftest import make_settings, shoebox_request
-from tests.support.infra import REDIS_URL, require
+from tests.support.cluster import HEARTBEAT_TIMEOUT_S, Worker, redis_database
 
 pytestmark = [pytest.mark.redis]
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-HEARTBEAT_TIMEOUT_S = 2.0
 
 
 @pytest.fixture
 def queue_url() -> str:
-    require(REDIS_URL, 6379, "Redis")
-    parts = urlsplit(REDIS_URL)
-    url = f"redis://{parts.hostname or '127.0.0.1'}:{parts.port or 6379}/9"
-    import redis
-
-    with redis.Redis.from_url(url) as client:
-        client.flushdb()
-    return url
-
-
-class Worker:
-    """``sonalyze worker`` in its own process group (a ``kill -9`` of the group is a machine going away)."""
-
-    def __init__(self, queue_url: str, processes: int = 1) -> None:
-        env = {
-            **os.environ,
-            "TASK_QUEUE_URL": queue_url,
-            "TASK_QUEUE_HEARTBEAT_TIMEOUT_S": str(HEARTBEAT_TIMEOUT_S),
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.log = tempfile.NamedTemporaryFile(prefix="sonalyze-worker-", suffix=".log", delete=False)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sonalyze", "worker", "--processes", str(processes), "--poll-ms", "200"],
-            env=env, cwd=REPO_ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    def owns(self, pid: int) -> bool:
-        try:
-            return os.getpgid(pid) == self.process.pid
-        except ProcessLookupError:
-            return False
-
-    def kill(self) -> None:
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_text(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
+    return redis_database(9)
 
 
 @pytest.fixture

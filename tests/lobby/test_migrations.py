@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
@@ -90,3 +91,21 @@ async def test_0004_0005_up_down_up_keep_the_rows(database_url: str):
                 assert differences == []
     finally:
         await engine.dispose()
+
+
+async def test_replicas_starting_together_on_an_empty_postgresql_migrate_one_after_the_other(postgres_url: str):
+    """Several lobbies start at once (a Deployment of two): each waits for the one migrating, none fails
+    on the version table the other is creating (it did without the migration lock)."""
+    engines = [create_async_engine(postgres_url) for _ in range(4)]
+
+    async def migrate(engine) -> None:
+        async with engine.begin() as conn:
+            await conn.run_sync(migrations.upgrade)
+
+    try:
+        await asyncio.gather(*(migrate(engine) for engine in engines))
+        async with engines[0].connect() as conn:
+            assert await conn.run_sync(_differences_from_the_models) == []
+    finally:
+        for engine in engines:
+            await engine.dispose()

@@ -63,3 +63,55 @@ async def test_a_claimed_lobby_is_passed_over_while_another_transaction_holds_it
             await timer.rollback()
     finally:
         await engine.dispose()
+
+
+async def test_an_analysis_whose_replica_stopped_renewing_is_claimed_once(postgres_url: str):
+    """The replica awaiting an analysis holds the session's lease; while it renews nobody takes it, once it
+    lapses one of two claiming replicas gets it, and the former runner's late renewal changes nothing."""
+    from sqlalchemy import update
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from sonalyze.lobby import migrations, store
+    from sonalyze.lobby.session_machine import StepTimeouts, new_session
+
+    lease_s = 10.0
+    engine = create_async_engine(postgres_url)
+
+    async def run(work):
+        async with engine.begin() as connection:
+            return await connection.run_sync(work)
+
+    def claim(runner: str, now_s: float):
+        return lambda conn: store.claim_lapsed_analyses(conn, runner=runner, now_s=now_s, until_s=now_s + lease_s, exclude=set())
+
+    def lease_row(conn):
+        return conn.execute(store.sessions.select().with_only_columns(store.sessions.c.runner, store.sessions.c.lease_until_s)).one()
+
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(migrations.upgrade)
+        state = new_session(
+            session_id="S1", lobby_id="L1", job_id="J1", speakers=["spk"], microphones=["mic"], now_s=0.0, timeouts=StepTimeouts()
+        ).state
+
+        def analyzing_session(conn) -> None:
+            store.insert_lobby(conn, lobby_id="L1", code="ABCDEFGH", name=None, host_device_id="spk", now_s=0.0)
+            store.insert_session(conn, state, now_s=0.0)
+            conn.execute(update(store.sessions).values(step="analyzing"))  # a row from before migration 0007: no lease
+
+        await run(analyzing_session)
+        assert [s.session_id for s in await run(claim("a", 100.0))] == ["S1"]  # no lease yet: claimable
+        assert await run(claim("b", 105.0)) == []  # a's lease holds
+        await run(lambda conn: store.renew_analyses(conn, ["S1"], runner="a", until_s=115.0))
+        assert await run(claim("b", 112.0)) == []  # renewed
+        claims = await asyncio.gather(run(claim("b", 120.0)), run(claim("c", 120.0)))  # a stopped renewing
+        assert sorted(len(claimed) for claimed in claims) == [0, 1]
+        winner = "b" if claims[0] else "c"
+        await run(lambda conn: store.renew_analyses(conn, ["S1"], runner="a", until_s=999.0))  # a, late
+        assert tuple(await run(lease_row)) == (winner, 130.0)
+        await run(lambda conn: store.renew_analyses(conn, ["S1"], runner=winner, until_s=None))  # the winner stops
+        assert [s.session_id for s in await run(claim("a", 121.0))] == ["S1"]  # handed over at once
+        await run(lambda conn: conn.execute(update(store.sessions).values(step="completed")))
+        assert await run(claim("b", 1000.0)) == []  # no analysis to await
+    finally:
+        await engine.dispose()

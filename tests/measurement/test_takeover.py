@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -24,9 +23,8 @@ from sonalyze.measurement.settings import MeasurementSettings
 from sonalyze.measurement.store import JobStore, jobs_table
 from sonalyze.storage.db import make_engine
 from sonalyze.storage.outbox import outbox_table
-from tests.integration.test_task_queue import Worker
-from tests.support.infra import REDIS_URL, require
-from tests.support.servers import INTERNAL_TOKEN, SERVICE_HEADERS, ServiceProcess, ThreadedServer
+from tests.support.cluster import Worker, measurement_replica, redis_database
+from tests.support.servers import INTERNAL_TOKEN, SERVICE_HEADERS, ThreadedServer
 
 LEASE_S = 2.0
 OWNER_LEASE_S = 0.4
@@ -87,14 +85,7 @@ async def test_a_lapsed_lease_is_claimed_once_and_the_former_runner_cannot_save(
 
 @pytest.fixture
 def queue_url() -> str:
-    require(REDIS_URL, 6379, "Redis")
-    parts = urlsplit(REDIS_URL)
-    url = f"redis://{parts.hostname or '127.0.0.1'}:{parts.port or 6379}/13"
-    import redis
-
-    with redis.Redis.from_url(url) as client:
-        client.flushdb()
-    return url
+    return redis_database(13)
 
 
 async def _lease_row(engine: AsyncEngine, job_id: str):
@@ -126,17 +117,10 @@ async def _outbox_counts(database_url: str, job_id: str) -> dict[str, int]:
 @pytest.mark.redis
 def test_a_killed_replicas_analysis_is_taken_over_and_recorded_once(tmp_path, postgres_url, queue_url, ir_wav):
     worker = Worker(queue_url)
-    common = {
-        "DATABASE_URL": postgres_url,
-        "BLOB_URL": f"file://{tmp_path / 'blobs'}",
-        "TASK_QUEUE_URL": queue_url,
-        "STORAGE_URL": UNREACHABLE_STORAGE_URL,
-        "MEASUREMENT_JOB_LEASE_S": str(LEASE_S),
-        "MEASUREMENT_ANALYZE_WAIT_S": "0",
-    }
+    settings = {"STORAGE_URL": UNREACHABLE_STORAGE_URL, "MEASUREMENT_JOB_LEASE_S": str(LEASE_S), "MEASUREMENT_ANALYZE_WAIT_S": "0"}
     replicas = {
-        name: ServiceProcess(
-            "measurement", env={**common, "MEASUREMENT_DATA_DIR": str(tmp_path / name), "MEASUREMENT_REPLICA_ID": name}
+        name: measurement_replica(
+            name, database_url=postgres_url, blob_dir=tmp_path / "blobs", data_dir=tmp_path, queue_url=queue_url, env=settings
         )
         for name in ("a", "b")
     }

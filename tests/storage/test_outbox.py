@@ -283,6 +283,20 @@ async def test_two_replicas_on_one_outbox_send_each_row_once_and_keep_each_aggre
             assert (await reader.get("devices", f"dev-{device}"))["name"] == f"v{versions - 1}"
 
 
+async def test_replicas_starting_together_on_an_empty_postgresql_create_the_table_once(postgres_url):
+    """Each replica's start creates the outbox table if missing: together, one waits for the other (without
+    the lock both found no table and the second CREATE TABLE failed: the replica did not start)."""
+    storage = StorageClient("http://127.0.0.1:1")  # never called
+    replicas = [Outbox(postgres_url, storage) for _ in range(4)]
+    try:
+        await asyncio.gather(*(replica.create_table() for replica in replicas))
+        assert await replicas[0].pending() == 0
+    finally:
+        for replica in replicas:
+            await replica.engine.dispose()
+        await storage.aclose()
+
+
 async def test_a_dead_replicas_claim_is_taken_over_after_the_lease(storage, tmp_path):
     url = f"sqlite+aiosqlite:///{tmp_path / 'writer.db'}"
     sends: list[tuple[str, str, float, float]] = []

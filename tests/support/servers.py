@@ -58,9 +58,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def free_port_block(size: int) -> int:
-    """The first of ``size`` consecutive TCP ports on 127.0.0.1 that nothing listens on right now."""
-    for base in range(23000, 60000, 97):
+def free_port_block(size: int, first: int = 23000, last: int = 60000) -> int:
+    """The first of ``size`` consecutive TCP ports on 127.0.0.1 in [first, last) that nothing listens on right now."""
+    for base in range(first, last - size, 97):
         try:
             sockets = []
             for offset in range(size):
@@ -173,10 +173,20 @@ class ServiceProcess:
         return self.process.pid
 
     def start(self, timeout_s: float = 60.0) -> "ServiceProcess":
+        self.spawn()
+        return self.wait_started(timeout_s)
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it. The calling thread is its parent: the child is stopped
+        when that thread ends (PR_SET_PDEATHSIG), so spawn from the thread that outlives it."""
         command = [sys.executable, "-m", "sonalyze", "serve", self.spec.name, "--host", "127.0.0.1", "--port", str(self.port)]
         self.process = subprocess.Popen(
             command, env=self.env, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
         )
+
+    def wait_started(self, timeout_s: float = 60.0) -> "ServiceProcess":
+        """Wait until the spawned process answers its health path (any thread may wait)."""
+        assert self.process is not None
         try:
             wait_http_ok(self.url + self.spec.health_path, timeout_s, is_alive=lambda: self.process.poll() is None)
         except Exception as exc:

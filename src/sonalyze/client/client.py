@@ -4,6 +4,11 @@ Wire protocol (gateway seed): the client sends ``{"event", "request_id", "data"}
 ``{"type": "response", "event", "request_id", "data"}`` or ``{"type": "error", "event", "request_id",
 "error": {"code", "message", "details"?}}`` and pushes ``{"type": "event", "event", "data"}``.
 
+Several gateways (``SonalyzeClient("http://a:8000,http://b:8000")``, the replicas of one cluster on one
+Redis or NATS broker) stand in for a load balancer: the client connects to them in turn and, when one
+refuses the connection (it died), to the next (:mod:`sonalyze.common.replicas`); its HTTP calls do the
+same. A reconnect after a drop resumes on whichever gateway answers: the cluster shares the push history.
+
 Identity (contract C1): a new client connects to ``/ws``, sends ``identify {}`` and keeps the device token
 the gateway issues (optionally in ``credentials_path``, mode 0600); later connections and reconnects present
 it as ``?device_token=``, HTTP calls as ``X-Device-Token``. A bare ``device_id`` without a token only works
@@ -27,6 +32,8 @@ import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from sonalyze.common.replicas import Replicas, request_any
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +120,13 @@ class SonalyzeClient:
         self.device_id = device_id
         """None until the gateway issued a device (first ``connect()`` without credentials)."""
         self.device_token = device_token
-        self.gateway_url = _http_url(gateway_url)
+        self.gateways = Replicas(",".join(_http_url(url.strip()) for url in gateway_url.split(",")))
+        """The gateway URLs (several: one cluster's replicas), tried in turn; one refusing connections is passed over."""
         self._reconnect = reconnect
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._request_timeout_s = request_timeout_s
-        self._http = httpx.AsyncClient(base_url=self.gateway_url, timeout=http_timeout_s)
+        self._http = httpx.AsyncClient(timeout=http_timeout_s)
         if device_token is not None:
             self._http.headers["X-Device-Token"] = device_token
         self._ws: ClientConnection | None = None
@@ -129,6 +137,7 @@ class SonalyzeClient:
         self._events: list[PushedEvent] = []
         self._events_changed = asyncio.Condition()
         self._request_ids = itertools.count(1)
+        self._gateway_url: str | None = None
         self.reconnects = 0
         self.position: dict[str, Any] | None = None
         """``{"epoch", "offset"}`` of the last push seen: where a reconnect resumes."""
@@ -149,12 +158,29 @@ class SonalyzeClient:
         return self._connected.is_set()
 
     @property
-    def _ws_url(self) -> str:
-        return _ws_url(self.gateway_url, self.device_id, self.device_token, self.position)
+    def gateway_url(self) -> str:
+        """The gateway used last (the first one before any call)."""
+        return self._gateway_url or self.gateways.urls[0]
+
+    async def _open(self) -> ClientConnection:
+        """A WebSocket to the next gateway that accepts one (each refusing gateway is passed over)."""
+        refused: Exception | None = None
+        for url in self.gateways.order():
+            try:
+                connection = await connect(_ws_url(url, self.device_id, self.device_token, self.position), max_size=None, open_timeout=10)
+            except OSError as exc:  # refused: the gateway is down; the next one may take the device
+                self.gateways.failed(url)
+                refused = exc
+                continue
+            self.gateways.answered(url)
+            self._gateway_url = url
+            return connection
+        assert refused is not None
+        raise refused
 
     async def connect(self) -> None:
         """Open the WebSocket and start reading; without credentials, get a new device first (``identify {}``)."""
-        self._ws = await connect(self._ws_url, max_size=None, open_timeout=10)
+        self._ws = await self._open()
         self._connected.set()
         self._reader = asyncio.create_task(self._read_forever(), name=f"sonalyze-client-{self.device_id or 'new'}")
         if self.device_id is None:  # a new device, or a token whose device we have yet to learn
@@ -238,20 +264,21 @@ class SonalyzeClient:
         path = f"/v1/jobs/{quote(job_id)}/uploads/{quote(name)}"
         if isinstance(audio, Path):
             with audio.open("rb") as body:
-                response = await self._http.post(path, content=_file_chunks(body), headers={"content-type": content_type})
+                response = await self.http("POST", path, content=_file_chunks(body), headers={"content-type": content_type})
         else:
-            response = await self._http.post(path, content=audio, headers={"content-type": content_type})
+            response = await self.http("POST", path, content=audio, headers={"content-type": content_type})
         return _json_or_raise(response)
 
     async def http(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Any HTTP call through the gateway (``/v1/jobs/...``, ``/v1/measurement/...``, ``/v1/simulation/...``)."""
-        return await self._http.request(method, path, **kwargs)
+        """Any HTTP call through the gateway (``/v1/jobs/...``, ``/v1/measurement/...``, ``/v1/simulation/...``);
+        with several gateways, the next one when a gateway refuses the connection."""
+        return await request_any(self._http, self.gateways, method, path, **kwargs)
 
     async def get_json(self, path: str) -> dict[str, Any]:
-        return _json_or_raise(await self._http.get(path))
+        return _json_or_raise(await self.http("GET", path))
 
     async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return _json_or_raise(await self._http.post(path, json=body))
+        return _json_or_raise(await self.http("POST", path, json=body))
 
     async def _read_forever(self) -> None:
         backoff_s = self._backoff_initial_s
@@ -271,7 +298,7 @@ class SonalyzeClient:
                 await asyncio.sleep(backoff_s * (0.5 + random.random() / 2))
                 backoff_s = min(backoff_s * 2, self._backoff_max_s)
                 try:
-                    self._ws = await connect(self._ws_url, max_size=None, open_timeout=10)
+                    self._ws = await self._open()
                 except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake) as exc:  # a gateway starting may drop or refuse the upgrade
                     log.info("reconnect of %s failed: %s", self.device_id, exc)
                     continue

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sonalyze.common.internal_auth import InternalAuthSettings
@@ -25,7 +25,16 @@ class LobbySettings(InternalAuthSettings, BaseSettings):
     session_upload_timeout_s: float = Field(60.0, gt=0)
     session_analysis_timeout_s: float = Field(120.0, gt=0)
     session_host_timeout_s: float = Field(600.0, gt=0)
-    timer_interval_s: float = Field(0.5, gt=0, description="how often deadlines and idle lobbies are checked")
+    timer_interval_s: float = Field(0.5, gt=0, description="how often analysis leases, deadlines and idle lobbies are checked")
+    replica_id: str = Field(
+        "", validation_alias=AliasChoices("lobby_replica_id", "LOBBY_REPLICA_ID"),
+        description="names this replica in the sessions whose analysis it awaits; empty: a fresh id per process",
+    )
+    analysis_lease_s: float = Field(
+        15.0, gt=0, validation_alias=AliasChoices("lobby_analysis_lease_s", "LOBBY_ANALYSIS_LEASE_S"),
+        description="the replica awaiting a session's analysis renews its lease every timer tick; when it lapses "
+        "(the replica died) another replica awaits the analysis",
+    )
     broadcast_queue_size: int = Field(10_000, gt=0)
     broadcast_workers: int = Field(4, gt=0)
     http_timeout_s: float = Field(10.0, gt=0)

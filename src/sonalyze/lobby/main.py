@@ -211,11 +211,12 @@ class GatewayHandleFastPath:
 
 
 async def _timer_loop(app: FastAPI, settings: LobbySettings) -> None:
-    """Step deadlines every tick; idle lobbies every tenth of the idle timeout (at most once a minute)."""
+    """Analysis leases and step deadlines every tick; idle lobbies every tenth of the idle timeout (at most once a minute)."""
     sweep_every_s = min(60.0, settings.lobby_idle_timeout_s / 10)
     next_sweep_s = 0.0
     while True:
         try:
+            await app.state.sessions.keep_analyses()
             await app.state.sessions.check_deadlines()
             if time.monotonic() >= next_sweep_s:
                 next_sweep_s = time.monotonic() + sweep_every_s
@@ -268,8 +269,10 @@ def create_app(
             sample_rate_hz=settings.sample_rate_hz,
             sweep_duration_s=settings.sweep_duration_s,
             sweep_count=settings.sweep_count,
+            runner=settings.replica_id,
+            analysis_lease_s=settings.analysis_lease_s,
         )
-        await sessions.resume()
+        await sessions.keep_analyses()
         timer = asyncio.create_task(_timer_loop(app, settings), name="lobby-timers")
         try:
             yield

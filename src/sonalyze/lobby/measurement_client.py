@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from sonalyze.common.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from sonalyze.common.errors import SonalyzeError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from sonalyze.common.replicas import Replicas, request_any
 
 FINAL_JOB_STATUSES = frozenset({"done", "failed"})
@@ -74,28 +74,50 @@ class MeasurementClient:
     async def get_job(self, job_id: str) -> dict[str, Any]:
         return (await self._request("GET", f"/v1/jobs/{job_id}")).json()
 
-    async def analyze(self, job_id: str, uploads: list[str]) -> dict[str, Any]:
+    async def analyze(self, job_id: str, uploads: list[str], *, timeout_s: float) -> dict[str, Any]:
         """``POST /v1/jobs/{id}/analyze`` (sweep deconvolution) and wait for the finished job.
 
-        A 202 answer, or a 409 because that analysis is already running (the lobby restarted while it
-        ran), is followed by polling ``GET /v1/jobs/{id}``. A failed analysis raises ``upstream_error``.
+        A 202 answer, or a 409 because that analysis is already running (another lobby replica asked, or
+        this one restarted), is followed by polling ``GET /v1/jobs/{id}``. A failed analysis raises
+        ``upstream_error``. The measurement replica asked may die meanwhile (the connection drops or
+        times out: ``upstream_unavailable``, ``upstream_timeout``): the request is sent again and the job
+        polled again, on the other replicas, until ``timeout_s`` has passed (another replica takes the
+        job's analysis over when its runner's lease lapses).
         """
+        deadline_s = asyncio.get_running_loop().time() + timeout_s
         body = {"source": "sweep_deconvolution", "uploads": uploads}
-        try:
-            response = await self._request("POST", f"/v1/jobs/{job_id}/analyze", json=body)
-            job = response.json()
-        except UpstreamError as exc:
-            if (exc.details or {}).get("status") != 409:
-                raise
-            job = await self.get_job(job_id)
-            if job.get("status") != "analyzing":
-                raise
+        job: dict[str, Any] | None = None
+        while job is None:
+            try:
+                job = (await self._request("POST", f"/v1/jobs/{job_id}/analyze", json=body)).json()
+            except UpstreamError as exc:
+                if (exc.details or {}).get("status") != 409:
+                    raise
+                job = await self._get_job_until(job_id, deadline_s)
+                if job.get("status") != "analyzing":
+                    raise
+            except (UpstreamUnavailable, UpstreamTimeout) as exc:
+                await self._pause_until(deadline_s, exc)
         while job.get("status") not in FINAL_JOB_STATUSES:
             await asyncio.sleep(self._poll_interval_s)
-            job = await self.get_job(job_id)
+            job = await self._get_job_until(job_id, deadline_s)
         if job["status"] == "failed":
             raise UpstreamError(f"the analysis of job {job_id} failed: {job.get('error')}", details={"job_id": job_id, "error": job.get("error")})
         return job
+
+    async def _get_job_until(self, job_id: str, deadline_s: float) -> dict[str, Any]:
+        """``get_job``, asked again while the measurement replicas cannot answer, until ``deadline_s``."""
+        while True:
+            try:
+                return await self.get_job(job_id)
+            except (UpstreamUnavailable, UpstreamTimeout) as exc:
+                await self._pause_until(deadline_s, exc)
+
+    async def _pause_until(self, deadline_s: float, failure: SonalyzeError) -> None:
+        """Wait a poll interval before asking again; past ``deadline_s``, raise ``failure`` (what failed last)."""
+        if asyncio.get_running_loop().time() + self._poll_interval_s > deadline_s:
+            raise failure
+        await asyncio.sleep(self._poll_interval_s)
 
 
 def _error_of(response: httpx.Response) -> Any:

@@ -78,4 +78,8 @@ sessions = Table(
     Column("deadline_s", Float, nullable=True, index=True),
     Column("created_s", Float, nullable=False),
     Column("updated_s", Float, nullable=False),
+    # The replica awaiting the ``analyzing`` step's analysis, and until when (Unix s) unless it renews
+    # (migration 0007): when it dies, another replica claims the session and awaits the analysis.
+    Column("runner", String(64), nullable=True),
+    Column("lease_until_s", Float, nullable=True),
 )

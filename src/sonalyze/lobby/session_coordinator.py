@@ -2,10 +2,13 @@
 
 * Each signal is one transaction: read the session row, apply :mod:`sonalyze.lobby.session_machine`, write it
   back only if its ``version`` did not move (else retry), and collect the pushes.
-* ``Analyze`` effects run in background tasks after the commit; their answer is fed back in.
-* A timer loop fails sessions whose step deadline passed. Deadlines and the ``analyzing`` step live in
-  the database, so after a restart the loop and :meth:`SessionCoordinator.resume` pick every session up
-  where it was.
+* ``Analyze`` effects run in background tasks after the commit; their answer is fed back in. The replica
+  awaiting an analysis holds a lease on the session (``runner``, ``lease_until_s``, taken in the
+  transaction that moved it to ``analyzing``) and renews it on every timer tick; when it dies, the lease
+  lapses and another replica claims the session and awaits the analysis instead (:meth:`keep_analyses`;
+  asking the measurement service again is safe: an analysis already running is awaited, not repeated).
+* A timer loop fails sessions whose step deadline passed. Deadlines, the ``analyzing`` step and its lease
+  live in the database, so every replica picks every session up where it was.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from sonalyze.lobby.session_machine import (
     Ended,
     Push,
     SessionState,
-    SessionStep,
     Signal,
     StepTimeouts,
     Transition,
@@ -63,7 +65,11 @@ class SessionCoordinator:
         sample_rate_hz: int,
         sweep_duration_s: float,
         sweep_count: int = 1,
+        runner: str | None = None,
+        analysis_lease_s: float = 15.0,
     ) -> None:
+        """``runner`` names this replica in the sessions whose analysis it awaits (default: a fresh id per
+        process); ``analysis_lease_s``: how long a lease lasts unless renewed."""
         self.lobbies = lobbies
         self.db = lobbies.db
         self.measurement = measurement
@@ -71,7 +77,10 @@ class SessionCoordinator:
         self.sample_rate_hz = sample_rate_hz
         self.sweep_duration_s = sweep_duration_s
         self.sweep_count = sweep_count
-        self._tasks: set[asyncio.Task] = set()
+        self.runner = runner or f"lobby-{uuid.uuid4().hex[:12]}"
+        self.analysis_lease_s = analysis_lease_s
+        self._awaiting: dict[str, asyncio.Task] = {}
+        """Session id to the task awaiting its analysis here (its lease is renewed while it runs)."""
         lobbies.on_device_left = self._device_left
 
     # ------------------------------------------------------------------------------------------- requests
@@ -195,7 +204,10 @@ class SessionCoordinator:
                 return transition.state, []
             if not store.save_session(conn, transition.state, version=row.version, now_s=now_s):
                 raise _VersionMoved
-            return transition.state, self._effects_in_tx(conn, pushes, transition, lobby, members, now_s)
+            analyses = self._effects_in_tx(conn, pushes, transition, lobby, members, now_s)
+            if analyses:
+                store.lease_analysis(conn, session_id, runner=self.runner, until_s=now_s + self.analysis_lease_s)
+            return transition.state, analyses
 
         for _ in range(_SAVE_ATTEMPTS):
             try:
@@ -232,15 +244,19 @@ class SessionCoordinator:
             self._effects_in_tx(conn, pushes, transition, lobby, members, now_s)
 
     def _spawn_analysis(self, session_id: str, command: Analyze) -> None:
+        log.info(
+            "awaiting the analysis of session %s (speaker %d)", session_id, command.speaker_index,
+            extra={"session_id": session_id, "runner": self.runner},
+        )
         task = asyncio.create_task(self._analyze(session_id, command), name=f"lobby-analyze-{session_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._awaiting[session_id] = task
+        task.add_done_callback(lambda done: self._awaiting.get(session_id) is done and self._awaiting.pop(session_id))
 
     async def _analyze(self, session_id: str, command: Analyze) -> None:
         result: dict[str, Any] | None = None
         error: str | None = None
         try:
-            job = await self.measurement.analyze(command.job_id, list(command.uploads))
+            job = await self.measurement.analyze(command.job_id, list(command.uploads), timeout_s=self.timeouts.analysis_s)
             results = job.get("results") or {}
             result = {"job_id": command.job_id, "results": {name: results.get(name) for name in command.uploads}}
         except SonalyzeError as exc:
@@ -272,20 +288,38 @@ class SessionCoordinator:
             await self._update(session_id, apply, skip_locked=True)
         return len(due)
 
-    async def resume(self) -> None:
-        """After a start-up: re-issue the analysis of every session that was ``analyzing``."""
+    async def keep_analyses(self) -> int:
+        """Renew the leases of the analyses awaited here, then await those whose replica stopped renewing
+        (killed; at start-up also those of a replica that stopped); returns how many were taken over.
 
-        def analyzing(conn: Connection) -> list[SessionState]:
-            return [store.get_session(conn, sid).state for sid in store.sessions_in_step(conn, SessionStep.ANALYZING.value)]
-
-        for state in await self.db.read(analyzing):
-            log.info("resuming the analysis of session %s (speaker %d)", state.session_id, state.speaker_index)
+        Runs at start-up and on every timer tick of every replica."""
+        now_s = self.lobbies.clock()
+        awaited = sorted(self._awaiting)
+        if awaited:
+            until_s = now_s + self.analysis_lease_s
+            await self.db.write(lambda conn: store.renew_analyses(conn, awaited, runner=self.runner, until_s=until_s))
+        claimed = await self.db.write(
+            lambda conn: store.claim_lapsed_analyses(
+                conn, runner=self.runner, now_s=now_s, until_s=now_s + self.analysis_lease_s, exclude=set(awaited)
+            )
+        )
+        for state in claimed:
+            log.warning("taking over the analysis of session %s (speaker %d)", state.session_id, state.speaker_index)
             self._spawn_analysis(state.session_id, analyze_command(state))
+        return len(claimed)
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
+        """Hand the analyses awaited here over at once (their leases end), then stop awaiting them."""
+        awaited = sorted(self._awaiting)
+        if awaited:
+            try:
+                await self.db.write(lambda conn: store.renew_analyses(conn, awaited, runner=self.runner, until_s=None))
+            except Exception:  # noqa: BLE001 - the leases then lapse by themselves
+                log.warning("could not hand over the analyses of %d sessions", len(awaited), exc_info=True)
+        tasks = list(self._awaiting.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _collect(pushes: Pushes, transition: Transition, members: list[ParticipantRow]) -> None:

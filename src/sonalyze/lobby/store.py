@@ -45,7 +45,7 @@ from sonalyze.lobby.lifecycle import LobbyStatus
 from sonalyze.lobby.models import events, join_failures, lobbies, participants, sessions
 from sonalyze.lobby.rows import LobbyRow, ParticipantRow, SessionRow
 from sonalyze.lobby.storage_records import device_record, lobby_record, measurement_record, participant_record
-from sonalyze.lobby.session_machine import TERMINAL_STEPS, SessionState
+from sonalyze.lobby.session_machine import TERMINAL_STEPS, SessionState, SessionStep
 from sonalyze.storage.client import StorageClient
 from sonalyze.storage.db import make_engine
 from sonalyze.storage.outbox import Outbox, outbox_table, put_row
@@ -576,8 +576,35 @@ def due_sessions(conn: Connection, *, now_s: float) -> list[str]:
     return list(conn.execute(query).scalars())
 
 
-def sessions_in_step(conn: Connection, step: str) -> list[str]:
-    return list(conn.execute(select(sessions.c.id).where(sessions.c.step == step)).scalars())
+_ANALYZING = sessions.c.step == SessionStep.ANALYZING.value
+
+
+def lease_analysis(conn: Connection, session_id: str, *, runner: str, until_s: float) -> None:
+    """``runner`` awaits the session's analysis until ``until_s`` (in the transaction that moved it to
+    ``analyzing``: there is never an analyzing session without its runner)."""
+    conn.execute(update(sessions).where(sessions.c.id == session_id).values(runner=runner, lease_until_s=until_s))
+
+
+def renew_analyses(conn: Connection, session_ids: list[str], *, runner: str, until_s: float | None) -> None:
+    """Extend (``until_s`` None: end) ``runner``'s leases on the analyses of ``session_ids`` it still holds;
+    one another replica took over meanwhile stays that replica's."""
+    held = sessions.c.id.in_(session_ids) & _ANALYZING & (sessions.c.runner == runner)
+    conn.execute(update(sessions).where(held).values(lease_until_s=until_s))
+
+
+def claim_lapsed_analyses(conn: Connection, *, runner: str, now_s: float, until_s: float, exclude: set[str]) -> list[SessionState]:
+    """Take over the analyzing sessions whose runner stopped renewing before ``now_s`` (or that have none:
+    a row from before migration 0007), but ``exclude``. Each claim is an UPDATE conditional on the lapsed
+    lease: of several replicas claiming one session, one wins."""
+    lapsed = _ANALYZING & (sessions.c.lease_until_s.is_(None) | (sessions.c.lease_until_s < now_s))
+    if exclude:
+        lapsed &= sessions.c.id.not_in(exclude)
+    claimed = []
+    for session_id in conn.execute(select(sessions.c.id).where(lapsed)).scalars().all():
+        taken = conn.execute(update(sessions).where(lapsed & (sessions.c.id == session_id)).values(runner=runner, lease_until_s=until_s))
+        if taken.rowcount == 1:
+            claimed.append(get_session(conn, session_id).state)
+    return claimed
 
 
 # ----------------------------------------------------------------------------------------------- storage records

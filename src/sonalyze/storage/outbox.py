@@ -31,6 +31,7 @@ import logging
 import random
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,10 @@ outbox_table = Table(
     Column("claimed_until_s", Float),
     Index("ix_storage_outbox_state_aggregate_seq", "state", "aggregate", "seq"),
 )
+
+
+CREATE_LOCK_KEY = zlib.crc32(b"sonalyze.storage.outbox")
+"""The PostgreSQL advisory lock :meth:`Outbox.create_table` holds while it creates or alters the table."""
 
 
 class Operation(enum.StrEnum):
@@ -165,8 +170,13 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
 
     async def create_table(self) -> None:
-        """Create the outbox table if missing, add the claim columns to an older one (``start`` does it too)."""
+        """Create the outbox table if missing, add the claim columns to an older one (``start`` does it too).
+
+        On PostgreSQL under an advisory lock: replicas starting together create it one after the other (each
+        ``CREATE TABLE`` checks first, but two checks before either creation both find nothing)."""
         async with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CREATE_LOCK_KEY})
             await connection.run_sync(_create_or_add_claim_columns)
 
     async def enqueue(
