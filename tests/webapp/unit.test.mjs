@@ -92,7 +92,12 @@ test("session model: the view names devices and says who is awaited", () => {
   const lobby = { participants: [{ device_id: "spk", name: "Anna" }, { device_id: "m1", name: null }, { device_id: "m2" }] };
   const view = sessionView(session({ waiting_for: ["m2"] }), lobby, "m1");
   assert.equal(view.turn, "speaker 1 of 1: Anna");
-  assert.deepEqual(view.devices.map((d) => [d.name, d.state, d.me]), [["Anna", "done", false], ["device m1", "done", true], ["device m2", "waiting for this device", false]]);
+  assert.deepEqual(view.devices.map((d) => [d.name, d.state, d.me]), [["Anna", "ready", false], ["device m1", "ready", true], ["device m2", "waiting for this device", false]]);
+  // while the sweep plays the microphones record and the speaker is playing, not "done" and "waiting"
+  const playing = sessionView(session({ step: "playing", waiting_for: ["spk"] }), lobby, "m1");
+  assert.deepEqual(playing.devices.map((d) => d.state), ["playing the sweep", "recording", "recording"]);
+  const uploading = sessionView(session({ step: "uploading", waiting_for: ["m2"] }), lobby, "m1");
+  assert.deepEqual(uploading.devices.map((d) => d.state), ["played", "uploaded", "waiting for this device"]);
   const failed = sessionView(session({ step: "failed", failure: { code: "step_timeout", reason: "waited for m2" } }), lobby, "m1");
   assert.equal(failed.failure, "step_timeout: waited for m2");
   assert.equal(nameOf(lobby, "zzz-long-id"), "device zzz-lo");

@@ -69,15 +69,25 @@ export function duties(session, me, local, isHost) {
   return out;
 }
 
+/** What a device of this turn the session is not waiting for has done or is doing, per step: a microphone
+ *  records from "recording_starting" until it uploads, the speaker has played once "playing" no longer waits for it. */
+const MICROPHONE_STATE = { preparing: "ready", recording_starting: "recording", playing: "recording", uploading: "uploaded", analyzing: "uploaded", speaker_done: "uploaded" };
+const SPEAKER_STATE = { preparing: "ready", recording_starting: "ready", playing: "played", uploading: "played", analyzing: "played", speaker_done: "played" };
+
 /** What the session panel shows: the step, who is the speaker, and each device's state in this turn. */
 export function sessionView(session, lobby, me) {
   if (!session) return null;
   const waiting = new Set(session.waiting_for ?? []);
   const final = FINAL_STEPS.has(session.step);
   const role = (id) => (id === session.speaker_device_id ? "speaker (now)" : session.speakers.includes(id) ? "speaker" : "microphone");
+  const state = (id) => {
+    const speaking = id === session.speaker_device_id;
+    if (final || (!speaking && !session.microphones.includes(id))) return "";
+    if (waiting.has(id)) return speaking && session.step === "playing" ? "playing the sweep" : "waiting for this device";
+    return (speaking ? SPEAKER_STATE : MICROPHONE_STATE)[session.step] ?? "";
+  };
   const devices = [...new Set([...session.speakers, ...session.microphones])].map((id) => ({
-    device_id: id, name: nameOf(lobby, id), me: id === me, role: role(id),
-    state: final ? "" : waiting.has(id) ? "waiting for this device" : (id === session.speaker_device_id || session.microphones.includes(id)) ? "done" : "",
+    device_id: id, name: nameOf(lobby, id), me: id === me, role: role(id), state: state(id),
   }));
   const failure = session.failure ? `${session.failure.code}: ${session.failure.reason ?? session.failure.message ?? ""}`.trim() : null;
   return {
