@@ -6,7 +6,7 @@ worker`` processes, one storage service, on PostgreSQL (a database per service) 
 the task queue and the gateways' stream). Four virtual phones (two speakers, two microphones) drive each
 session through ``sonalyze.client``, spread over both gateways (the client's several gateway URLs stand
 in for the load balancer). A first session runs with nothing killed; then one session each kills a
-gateway (while the microphones upload), the lobby awaiting the analysis, the measurement replica running
+gateway (as the first analysis starts), the lobby awaiting the analysis, the measurement replica running
 it, the worker analysing a recording. The victim is started again only after its session (a pod's
 restart may take any time: the other replica must carry the session alone). After every session:
 
@@ -48,7 +48,7 @@ from tests.integration.storage_reads import all_records
 from tests.measurement.audio import encode, room_ir, sweep_recording
 from tests.support import infra
 from tests.support.cluster import Worker, measurement_replica, redis_database
-from tests.support.servers import ServiceProcess, free_port_block
+from tests.support.servers import ServiceProcess, free_port_block, service_http
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
@@ -221,17 +221,28 @@ class Session:
     shared: _Shared = field(default_factory=_Shared)
     messages: list[str] = field(default_factory=list)
 
-    def pushed(self, event: str) -> bool:
-        return any(message.get("event") == event for client in self.clients.values() for message in client.received)
+    def pushed(self, event: str, **data: Any) -> bool:
+        """Some phone received ``event`` (with ``data`` among its fields)."""
+        return any(
+            message.get("event") == event and data.items() <= message["data"].items()
+            for client in self.clients.values()
+            for message in client.received
+        )
 
 
-async def run_session(cluster: Cluster, during: Callable[[Session], Awaitable[None]] | None = None) -> Session:
-    """One whole session (two speakers, two microphones); ``during`` runs beside it (the kill)."""
+async def run_session(
+    cluster: Cluster, during: Callable[[Session], Awaitable[None]] | None = None, *, reconnect_after_s: float = 0.1
+) -> Session:
+    """One whole session (two speakers, two microphones); ``during`` runs beside it (the kill); a phone
+    whose connection dropped reconnects after ``reconnect_after_s`` (half to all of it, doubling after each
+    failure)."""
     session = Session()
     shared = session.shared
     shared.ending = asyncio.get_running_loop().create_future()
     names = SPEAKERS + MICROPHONES
-    session.clients = {name: RecordingClient(cluster.gateway_urls(index % 2)) for index, name in enumerate(names)}
+    session.clients = {
+        name: RecordingClient(cluster.gateway_urls(index % 2), backoff_initial_s=reconnect_after_s) for index, name in enumerate(names)
+    }
     await asyncio.gather(*(client.connect() for client in session.clients.values()))
     shared.names = {client.device_id: name for name, client in session.clients.items()}
     config = DemoConfig(gateway_url=cluster.gateway_urls(0), sample_rate_hz=FS_HZ, session_timeout_s=SESSION_TIMEOUT_S)
@@ -258,7 +269,10 @@ async def run_session(cluster: Cluster, during: Callable[[Session], Awaitable[No
         ending: PushedEvent = await asyncio.wait_for(asyncio.shield(shared.ending), SESSION_TIMEOUT_S)
         assert ending.event == "measurement.session_completed", (ending, session.messages, cluster.logs())
         # The lobby's last pushes (session_ended) follow the ending: wait for them before the phones hang up.
-        await poll(lambda: not undelivered(cluster, session), "every push delivered", DELIVERY_TIMEOUT_S)
+        try:
+            await poll(lambda: not undelivered(cluster, session), "every push delivered", DELIVERY_TIMEOUT_S)
+        except AssertionError as exc:
+            raise AssertionError(f"pushes addressed to phones never reached them (phone: offsets): {undelivered(cluster, session)}") from exc
         if beside is not None:
             await asyncio.wait_for(beside, SESSION_TIMEOUT_S)
         return session
@@ -437,18 +451,27 @@ def _cpu_s(worker: Worker) -> float:
     return total_ticks / os.sysconf("SC_CLK_TCK")
 
 
-async def test_a_gateway_killed_while_the_microphones_upload(cluster) -> None:
-    """Half the phones lose their gateway: they reconnect to the other one and resume from the shared
-    history; an upload cut off is sent again through the other gateway."""
-    victim = cluster.gateways[0]
+def _replayed(gateway: ServiceProcess) -> float:
+    """``gateway_replayed_pushes_total`` of ``gateway``: kept pushes it wrote to resuming connections."""
+    metrics = service_http.get(gateway.url + "/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("gateway_replayed_pushes_total"))
+
+
+async def test_a_gateway_killed_while_the_speaker_is_analysed(cluster) -> None:
+    """Half the phones lose their gateway as the first speaker's analysis starts: they reconnect to the
+    other one (after a second, as phones on a poor network do) and get the results pushed meanwhile from
+    the shared history."""
+    victim, survivor = cluster.gateways
+    replayed_before = _replayed(survivor)
 
     async def kill(session: Session) -> None:
-        await poll(lambda: session.pushed("measurement.stop_recording"), "the first uploads")
+        await poll(lambda: session.pushed("measurement.session_updated", step="analyzing"), "the first analysis")
         victim.kill()
 
-    session = await run_session(cluster, kill)
+    session = await run_session(cluster, kill, reconnect_after_s=1.0)
     victim.start(STARTUP_TIMEOUT_S)  # its pod restarted (after the session: nothing waited for it)
-    assert sum(client.reconnects for client in session.clients.values()) >= 2  # the phones of the dead gateway
+    assert sum(client.reconnects for client in session.clients.values()) == len(session.clients) // 2
+    assert _replayed(survivor) > replayed_before  # pushes were published while they were away
     await check_session(cluster, session)
 
 
