@@ -1,4 +1,4 @@
-"""The Redis broker's own connections (RESP through hiredis): delivery on every node, AUTH, a hung server."""
+"""The Redis broker on redis-py: delivery on every node in order, AUTH, a hung server, subscriptions dropped and resumed."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import uuid
 
 import orjson
 import pytest
+import redis.asyncio as redis
 
 from sonalyze.gateway.publication import Targets
-from sonalyze.gateway.broker_redis import REPLY_TIMEOUT_S, RedisBroker, open_resp_connection
+from sonalyze.gateway.broker_redis import REPLY_TIMEOUT_S, RedisBroker
 from tests.support import infra
 from tests.support.servers import free_port
 
@@ -115,6 +116,26 @@ async def test_a_hung_server_times_out_the_publish_and_delivery_goes_local(own_r
         await broker.close()
 
 
+
+async def test_publications_issued_behind_a_hung_one_go_local_with_it_in_order(own_redis) -> None:
+    """50 publications at once to a frozen server: each is delivered here within about one reply timeout, in
+    order (those issued behind the first fail with it, not each after a timeout of its own)."""
+    process, port, password = own_redis
+    local = Recorder()
+    broker = RedisBroker(f"redis://:{password.replace(' ', '%20')}@127.0.0.1:{port}", "hung-many:broadcast", local)
+    await broker.start()
+    try:
+        await until(lambda: broker.connected)
+        os.kill(process.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        payloads = [b'{"n":%d}' % n for n in range(50)]
+        answers = await asyncio.gather(*(broker.publish(Targets(device_ids=["a"]), payload) for payload in payloads))
+        assert time.monotonic() - started < REPLY_TIMEOUT_S + 1.0
+        assert set(answers) == {(1, 1)}
+        assert [payload for _, payload in local.received] == payloads
+    finally:
+        await broker.close()
+
 async def test_nodes_resubscribing_while_a_node_publishes_deliver_every_publication_once_in_order(own_redis) -> None:
     """Both nodes' subscriptions are dropped mid-burst, eight times: the publisher queues and flushes while the
     other node subscribes again. A publication that comes with the SUBSCRIBE reply is held until the node has
@@ -123,7 +144,7 @@ async def test_nodes_resubscribing_while_a_node_publishes_deliver_every_publicat
     url = f"redis://:{password.replace(' ', '%20')}@127.0.0.1:{port}/0"
     publisher_got, other_got = Recorder(), Recorder()
     publisher, other = (RedisBroker(url, "burst:broadcast", recorder, 100_000) for recorder in (publisher_got, other_got))
-    admin = await open_resp_connection(url)
+    admin = redis.Redis.from_url(url)
     for broker in (publisher, other):
         await broker.start()
     try:
@@ -140,7 +161,7 @@ async def test_nodes_resubscribing_while_a_node_publishes_deliver_every_publicat
             for _ in range(5):
                 await batch()
             # both nodes lose their subscription (and reconnect by themselves) while a batch is on its way
-            await asyncio.gather(batch(), admin.command("CLIENT", "KILL", "TYPE", "pubsub"))
+            await asyncio.gather(batch(), admin.client_kill_filter(_type="pubsub"))
             deadline = time.monotonic() + 20
             while not (publisher.connected and other.connected and not publisher.queue):  # publishing all along
                 assert time.monotonic() < deadline, "the nodes did not reconnect"
@@ -150,7 +171,7 @@ async def test_nodes_resubscribing_while_a_node_publishes_deliver_every_publicat
             # subscription and had not seen back yet is delivered there before anything it publishes after
             assert [orjson.loads(payload)["n"] for _, payload in recorder.received] == list(range(sent))  # each once, in order
     finally:
-        admin.close()
+        await admin.aclose()
         for broker in (publisher, other):
             await broker.close()
 

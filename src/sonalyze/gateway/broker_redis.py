@@ -1,10 +1,17 @@
 """Redis pub/sub broker: one channel per cluster, every node subscribed, each delivering locally.
 
-Two plain connections speak RESP through hiredis's C parser instead of redis-py's per-message machinery
-(a coroutine chain, a retry wrapper and a health check around every read): a publisher that pipelines
-``PUBLISH`` commands and matches the replies in order, and a subscriber whose ``data_received`` hands each
-message to local delivery at once, with no task or await in between (bench/gateway_scale.md: the cost
-per message and instance). Pub/sub channels are server-wide: the URL's database number does not matter.
+On redis-py's asyncio client with hiredis as its parser, the gateway's one Redis client (issue 16; what it
+costs against the own RESP client it replaced: bench/gateway_redis_client.md). Each connection attempt
+opens one client with two connections: one sends the commands in the order they were issued (this node's
+publications keep their order on the bus), pipelined by one task (what is issued while a batch awaits its
+replies goes as the next batch), and a ``PubSub`` subscription read by one task that hands each message to
+local delivery as it is read. Pub/sub channels are server-wide: the URL's database number does not matter.
+
+redis-py does not retry here (``Retry(NoBackoff(), 0)``; by default its ``PubSub`` connects again and
+resubscribes by itself, and the node would miss what was published in between without catching up, and a
+retried ``PUBLISH`` could arrive twice). Any failure on either connection reaches the broker and ends
+both; the broker connects again itself, subscribes, and catches up from the stream. Commands issued
+behind a failed one fail at once (they go to the outage queue) instead of waiting for a new connection.
 
 With a push history (issue 18, ``PUSH_HISTORY_MAX`` > 0) a message is published by a Lua script that, in
 one atomic step, gives it the cluster's next offset (``INCR``), appends it to a Redis stream (``XADD``
@@ -24,15 +31,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import uuid
-from collections import deque
-from collections.abc import Callable
 from functools import partial
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-import hiredis
+import redis.asyncio as redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 from sonalyze.gateway.outage import OutageQueue
 from sonalyze.gateway.publication import (
@@ -45,78 +52,9 @@ logger = logging.getLogger("sonalyze.gateway.broker")
 RECONNECT_DELAYS_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 CONNECT_TIMEOUT_S = 1.0
 REPLY_TIMEOUT_S = 2.0
-REDIS_ERRORS = (OSError, ConnectionError, TimeoutError, hiredis.ReplyError, hiredis.ProtocolError)
-
-
-class RespConnection(asyncio.Protocol):
-    """One Redis connection: commands pipelined, replies matched in order; ``message`` pushes go to ``on_message``."""
-
-    def __init__(self, on_message: Callable[[bytes], None] | None = None) -> None:
-        self._reader = hiredis.Reader()
-        self._waiting: deque[asyncio.Future[Any]] = deque()
-        self._on_message = on_message
-        self._transport: asyncio.Transport | None = None
-        self.lost: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
-        """Resolved (with the reason) when the connection is gone."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        reader = self._reader
-        reader.feed(data)
-        while (reply := reader.gets()) is not False:
-            if type(reply) is list and reply[0] == b"message" and self._on_message is not None:
-                self._on_message(reply[2])
-            elif self._waiting:
-                waiter = self._waiting.popleft()
-                if not waiter.done():
-                    if isinstance(reply, hiredis.ReplyError):
-                        waiter.set_exception(reply)
-                    else:
-                        waiter.set_result(reply)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        reason = ConnectionError(f"redis connection lost: {exc}" if exc else "redis closed the connection")
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.done():
-                waiter.set_exception(reason)
-        if not self.lost.done():
-            self.lost.set_result(reason)
-
-    def command(self, *args: bytes | str) -> asyncio.Future[Any]:
-        """Send one command; the future gets its reply (a ``hiredis.ReplyError`` is raised from it)."""
-        if self._transport is None or self.lost.done():
-            raise ConnectionError("redis connection is closed")
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiting.append(waiter)
-        self._transport.write(hiredis.pack_command(args))
-        return waiter
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-
-
-async def open_resp_connection(url: str, on_message: Callable[[bytes], None] | None = None) -> RespConnection:
-    """Connect to ``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS) and authenticate."""
-    parts = urlsplit(url)
-    tls = ssl.create_default_context() if parts.scheme == "rediss" else None
-    _, connection = await asyncio.wait_for(
-        asyncio.get_running_loop().create_connection(
-            lambda: RespConnection(on_message), parts.hostname or "127.0.0.1", parts.port or 6379, ssl=tls
-        ),
-        CONNECT_TIMEOUT_S,
-    )
-    if parts.password is not None:
-        credentials = (unquote(parts.username), unquote(parts.password)) if parts.username else (unquote(parts.password),)
-        try:
-            await asyncio.wait_for(connection.command("AUTH", *credentials), REPLY_TIMEOUT_S)
-        except BaseException:
-            connection.close()
-            raise
-    return connection
+"""Bounds every reply (redis-py's ``socket_timeout``), but for the subscription's reads, which wait for messages."""
+REDIS_ERRORS = (OSError, RedisError)
+"""What a failed command raises (``TimeoutError`` and the built-in ``ConnectionError`` are ``OSError``)."""
 
 
 PUBLISH_SCRIPT = b"""
@@ -154,8 +92,15 @@ class RedisBroker:
         self._url = url
         self._channel = channel.encode()
         self._deliver = deliver
-        self._publisher: RespConnection | None = None
-        """Set while both connections are up (and the subscription confirmed)."""
+        self._client: redis.Redis | None = None
+        """The connection attempt's client, until one of its connections fails: commands on another fail at once."""
+        self._client_lost: asyncio.Future[BaseException] | None = None
+        """Resolved (with the reason) when a command on ``_client`` failed: the listener connects again."""
+        self._commands: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        """Commands issued and not yet sent, in order, with what waits for each reply."""
+        self._commands_issued = asyncio.Event()
+        self._publisher: redis.Redis | None = None
+        """``_client`` once subscribed (and caught up): what publications go through."""
         self._listener: asyncio.Task[None] | None = None
         self.history = self if history_max else None
         """Itself when it keeps a push history (what ``Gateway.history`` resumes from)."""
@@ -197,11 +142,10 @@ class RedisBroker:
         publisher = self._publisher
         if publisher is not None:
             try:
-                async with asyncio.timeout(REPLY_TIMEOUT_S):
-                    await publisher.command("PUBLISH", self._channel, encode_publication(targets, payload))
-                return None, None
-            except REDIS_ERRORS as exc:
-                self._lost(publisher, exc)
+                await self._command(publisher, b"PUBLISH", self._channel, encode_publication(targets, payload))
+            except REDIS_ERRORS:
+                return self._deliver(targets, payload)  # lost on its way: this node's devices get it at least
+            return None, None
         return self._deliver(targets, payload)  # the bus is down: this node's devices still get it
 
     async def _publish_kept(self, targets: Any, payload: bytes, kept: bool) -> tuple[int | None, int | None]:
@@ -212,22 +156,75 @@ class RedisBroker:
         send, lost = (None, None) if publisher is None else (partial(self._send, publisher), partial(self._lost, publisher))
         return await self.outage.publish(number, targets, payload, (encode_publication(targets, payload), kept), send, REDIS_ERRORS, lost)
 
-    async def _send(self, publisher: RespConnection, number: int, item: tuple[bytes, bool]) -> None:
+    async def _send(self, publisher: redis.Redis, number: int, item: tuple[bytes, bool]) -> None:
         message, kept = item
-        async with asyncio.timeout(REPLY_TIMEOUT_S):
-            if not kept:  # a membership change or a stream relay: in order on the same connection, no position
-                await publisher.command("PUBLISH", self._keys[1], b"M %s %d\n%s" % (self._node, number, message))
-                return
-            await publisher.command(
-                "EVALSHA", self._script_sha, b"5", *self._keys, message, self._history_max, self._history_age_ms,
-                uuid.uuid4().hex[:16], self._node, b"%d" % number, self._numbers_ttl_ms,
-            )
+        if not kept:  # a membership change or a stream relay: in order on the same connection, no position
+            await self._command(publisher, b"PUBLISH", self._keys[1], b"M %s %d\n%s" % (self._node, number, message))
+            return
+        await self._command(
+            publisher, b"EVALSHA", self._script_sha, b"5", *self._keys, message, self._history_max, self._history_age_ms,
+            uuid.uuid4().hex[:16], self._node, b"%d" % number, self._numbers_ttl_ms,
+        )
 
-    def _lost(self, publisher: RespConnection, exc: BaseException) -> None:
-        self._down(exc)  # delivers here what is not back yet
-        publisher.close()  # the listener reconnects
+    async def _command(self, client: redis.Redis, *args: Any) -> Any:
+        """One command on ``client``'s connection, sent after every command issued before it; raises at once
+        when the connection attempt of ``client`` has ended (and a failure ends it: :meth:`_send_commands`).
+        Named in bytes, a command gets Redis's reply as hiredis parsed it (redis-py's response callbacks are
+        looked up by ``str`` names)."""
+        if client is not self._client:
+            raise ConnectionError("the redis connection was lost")
+        reply = asyncio.get_running_loop().create_future()
+        self._commands.append((args, reply))
+        self._commands_issued.set()
+        return await reply
 
-    async def _flush_queue(self, publisher: RespConnection) -> None:
+    async def _send_commands(self, client: redis.Redis) -> None:
+        """For one connection attempt: send the commands in the order they were issued, pipelined (what is
+        issued while a batch waits for its replies goes in the next batch, as one ``Pipeline``), and hand
+        out the replies; on a failure, fail what was issued and end the attempt (:meth:`_lost`)."""
+        batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        try:
+            while True:
+                await self._commands_issued.wait()
+                self._commands_issued.clear()
+                while self._commands:
+                    batch, self._commands = self._commands, []
+                    if len(batch) == 1:  # one command: without a pipeline's own cost
+                        replies = [await client.execute_command(*batch[0][0])]
+                    else:
+                        pipeline = client.pipeline(transaction=False)
+                        for args, _ in batch:
+                            pipeline.execute_command(*args)
+                        replies = await pipeline.execute(raise_on_error=False)
+                    for (_, reply), value in zip(batch, replies):
+                        if not reply.done():
+                            if isinstance(value, Exception):
+                                reply.set_exception(value)
+                            else:
+                                reply.set_result(value)
+                    batch = []
+        except REDIS_ERRORS as exc:
+            self._lost(client, exc)
+            self._fail_commands(batch, exc)
+        except asyncio.CancelledError:  # the attempt ended: what was sent gets no reply
+            self._fail_commands(batch, ConnectionError("the redis connection was closed"))
+            raise
+
+    def _fail_commands(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]], exc: BaseException) -> None:
+        """What waits for ``batch`` and every command issued after it gets ``exc``."""
+        waiting, self._commands = batch + self._commands, []
+        for _, reply in waiting:
+            if not reply.done():
+                reply.set_exception(exc)
+
+    def _lost(self, client: redis.Redis, exc: BaseException) -> None:
+        """A command on ``client`` failed: the connection attempt ends (nothing more when it ended already)."""
+        if client is self._client and self._client_lost is not None:
+            self._client = None  # what waits behind fails at once
+            self._client_lost.set_result(exc)  # the listener connects again
+            self._down(exc)  # delivers here what is not back yet
+
+    async def _flush_queue(self, publisher: redis.Redis) -> None:
         """Publish what was queued while Redis was down, in order; stops (keeping the rest) on an error."""
         try:
             await self.outage.flush(partial(self._send, publisher), lambda: self._publisher is publisher)
@@ -254,7 +251,7 @@ class RedisBroker:
             if offset <= upto
         ]
 
-    async def _read_after(self, publisher: RespConnection, after: int) -> list[tuple[int, bytes, int, bytes]] | None:
+    async def _read_after(self, client: redis.Redis, after: int) -> list[tuple[int, bytes, int, bytes]] | None:
         """Every stream entry after offset ``after``, oldest first, as (offset, node, number, targets and
         payload); None when the stream does not reach back that far or Redis fails."""
         found: list[tuple[int, bytes, int, bytes]] = []
@@ -262,8 +259,7 @@ class RedisBroker:
         oldest = None
         try:
             while True:
-                async with asyncio.timeout(REPLY_TIMEOUT_S):
-                    page = await publisher.command("XREVRANGE", self._keys[0], cursor, b"-", b"COUNT", b"%d" % REPLAY_PAGE)
+                page = await self._command(client, b"XREVRANGE", self._keys[0], cursor, b"-", b"COUNT", b"%d" % REPLAY_PAGE)
                 for _, fields in page:
                     head, _, rest = fields[1].partition(b"\n")
                     _, entry_epoch, offset_bytes, node, number = head.split(b" ")
@@ -291,36 +287,57 @@ class RedisBroker:
             await asyncio.gather(self._listener, return_exceptions=True)
 
     async def _connect_and_listen(self) -> None:
+        loop = asyncio.get_running_loop()
         attempt = 0
         while True:
-            connections: list[RespConnection] = []
+            client = redis.Redis.from_url(
+                self._url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=REPLY_TIMEOUT_S, retry=Retry(NoBackoff(), 0)
+            )  # its pool: the subscription's connection and the one the commands use, one batch at a time
+            lost: asyncio.Future[BaseException] = loop.create_future()
+            self._client, self._client_lost = client, lost
+            tasks = [loop.create_task(self._send_commands(client), name="gateway-redis-commands")]
             try:
-                connections.append(publisher := await open_resp_connection(self._url))
                 if self.history is not None:
-                    self._held = []  # from the first message on: one may come with the SUBSCRIBE reply, before the catch-up
-                connections.append(subscriber := await open_resp_connection(self._url, self._message))
-                await asyncio.wait_for(subscriber.command("SUBSCRIBE", self._channel), REPLY_TIMEOUT_S)
+                    self._held = []  # from the first message on: one may come right after the SUBSCRIBE reply, before the catch-up
+                subscription = client.pubsub()
+                await subscription.subscribe(self._channel)  # connects and authenticates
+                if await subscription.get_message(timeout=REPLY_TIMEOUT_S) is None:  # the SUBSCRIBE reply comes first
+                    raise TimeoutError("redis did not confirm the subscription")
+                reader = loop.create_task(self._read(subscription), name="gateway-redis-subscription")
+                tasks.append(reader)
                 if self.history is not None:
-                    await self._catch_up(publisher)
-                self._publisher, attempt = publisher, 0
+                    await self._catch_up(client)
+                self._publisher, attempt = client, 0
                 logger.info("broker connected: redis channel %s", self._channel.decode())
                 if self.outage.queue:
-                    self._flusher = asyncio.get_running_loop().create_task(self._flush_queue(publisher), name="gateway-redis-queue")
-                done, _ = await asyncio.wait([publisher.lost, subscriber.lost], return_when=asyncio.FIRST_COMPLETED)
-                self._down(done.pop().result())
+                    self._flusher = loop.create_task(self._flush_queue(client), name="gateway-redis-queue")
+                await asyncio.wait([reader, lost], return_when=asyncio.FIRST_COMPLETED)
+                self._down(lost.result() if lost.done() else reader.exception() or ConnectionError("the subscription ended"))
             except REDIS_ERRORS as exc:
                 self._down(exc)
                 if attempt == 0:
                     logger.warning("broker not reachable (redis channel %s): %s; retrying", self._channel.decode(), exc)
             finally:
-                self._publisher = None
-                for connection in connections:
-                    connection.close()
+                self._publisher = self._client = None
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                self._fail_commands([], ConnectionError("the redis connection was closed"))  # issued, never sent
+                await asyncio.gather(client.aclose(), return_exceptions=True)  # both connections (a dead one may fail to close)
                 self._drop_held()
             await asyncio.sleep(RECONNECT_DELAYS_S[min(attempt, len(RECONNECT_DELAYS_S) - 1)])
             attempt += 1
 
-    async def _catch_up(self, publisher: RespConnection) -> None:
+    async def _read(self, subscription: PubSub) -> None:
+        """Hand each message of the subscription to ``_message`` as it is read; returns (raising) when the
+        connection fails, which ends the connection attempt."""
+        message = self._message
+        while True:
+            reply = await subscription.get_message(ignore_subscribe_messages=True, timeout=None)
+            if reply is not None:
+                message(reply["data"])
+
+    async def _catch_up(self, client: redis.Redis) -> None:
         """After (re)subscribing: deliver what the stream got since this node's last offset (other nodes'
         queued publications after an outage), then what arrived on the bus meanwhile, in offset order.
         When the stream cannot say (history lost or trimmed) the local devices are told to resynchronize.
@@ -328,10 +345,10 @@ class RedisBroker:
         Bus messages are held from before the subscription (``_connect_and_listen``) until this is done: one
         delivered before the catch-up would move this node's offset past publications it has not delivered
         yet, and the catch-up would skip them (a node subscribing while another flushed its outage queue
-        got the second queued publication with the SUBSCRIBE reply, and never the first). If it fails,
+        got the second queued publication right after the SUBSCRIBE reply, and never the first). If it fails,
         ``_connect_and_listen`` drops them: the next connection's catch-up reads them from the stream."""
-        self._script_sha = await asyncio.wait_for(publisher.command("SCRIPT", "LOAD", PUBLISH_SCRIPT), REPLY_TIMEOUT_S)
-        epoch, offset = await asyncio.wait_for(publisher.command("MGET", self._keys[2], self._keys[3]), REPLY_TIMEOUT_S)
+        self._script_sha = await self._command(client, b"SCRIPT", b"LOAD", PUBLISH_SCRIPT)
+        epoch, offset = await self._command(client, b"MGET", self._keys[2], self._keys[3])
         newest = int(offset or 0)
         if epoch is None:  # an empty Redis: the next publication starts a history (and comes on the bus)
             self.epoch, self._epoch_bytes, self.offset = None, b"", 0
@@ -341,7 +358,7 @@ class RedisBroker:
             if epoch != self._epoch_bytes:
                 self._new_epoch(epoch, 0)  # Redis lost the history and a new one began: from its start
             if newest > self.offset:
-                missed = await self._read_after(publisher, self.offset)
+                missed = await self._read_after(client, self.offset)
                 if missed is None:
                     self.offset = newest
                     resync_local(self._deliver, self.epoch, self.offset, "history")

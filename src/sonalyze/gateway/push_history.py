@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any, NamedTuple
 
+from sonalyze.gateway.publication import position_prefix, stamp_position
+
 
 class Entry(NamedTuple):
     offset: int
@@ -42,12 +44,12 @@ class PushHistory:
         self._max_age_s = max_age_s
         self._clock = clock
         self._entries: deque[Entry] = deque()
-        self._pos_prefix = b',"pos":{"epoch":"' + self.epoch.encode() + b'","offset":'
+        self._pos_prefix = position_prefix(self.epoch.encode())
 
     def append(self, targets: Any, payload: bytes) -> bytes:
         """Give ``payload`` (an encoded JSON object) the next position; returns it with ``pos`` added."""
         self.offset += 1
-        stamped = b"%s%s%d}}" % (payload[:-1], self._pos_prefix, self.offset)
+        stamped = stamp_position(payload, self._pos_prefix, self.offset)
         now_s = self._clock()
         entries = self._entries
         entries.append(Entry(self.offset, now_s, targets, stamped))
