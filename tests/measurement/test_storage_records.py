@@ -111,3 +111,36 @@ async def test_a_lobby_job_leaves_its_measurement_record_to_the_lobby(storage, m
     assert {item["id"] for item in stored} == {f"{job_id}:{name}" for name in NAMES}
     measurements = await all_records(storage.url, "measurements")
     assert [(m["id"], m["kind"], m["status"]) for m in measurements] == [(job_id, "sweep_session", "analyzing")]
+
+
+async def test_a_job_and_its_storage_records_commit_together(database_url, tmp_path):
+    """``JobStore.save``/``create`` with outbox rows write them in the job's transaction (a replica killed
+    after the save cannot lose them); a save refused as ``concurrent_update`` queues none."""
+    from sonalyze.common.blobs import LocalBlobStore
+    from sonalyze.common.errors import Conflict
+    from sonalyze.measurement.store import JobStore
+    from sonalyze.storage.db import make_engine
+    from sonalyze.storage.outbox import outbox_metadata, put_row
+
+    store = JobStore(make_engine(database_url), LocalBlobStore(tmp_path / "blobs"), runner="a")
+    try:
+        await store.migrate()
+        async with store.engine.begin() as connection:
+            await connection.run_sync(outbox_metadata.create_all)
+        sweep = tmp_path / "sweep.wav"
+        sweep.write_bytes(b"x")
+        job = Job.create(SweepParams(fs_hz=48000, duration_s=1.0))
+
+        def row(upload: str) -> dict:
+            return put_row("analysis_outputs", output_record(job, upload, {"t30_s": 0.5}), aggregate=job.job_id)
+
+        await store.create(job, sweep, records=[row("a.wav")])
+        assert await outbox_count(database_url) == 1
+        stale = job.model_copy(deep=True)
+        await store.save(job, records=[row("b.wav"), row("c.wav")])
+        assert await outbox_count(database_url) == 3
+        with pytest.raises(Conflict):
+            await store.save(stale, records=[row("d.wav")])
+        assert await outbox_count(database_url) == 3  # rolled back with the refused save
+    finally:
+        await store.engine.dispose()

@@ -21,7 +21,9 @@ conditional UPDATE on the version, so one claim wins and the former runner's lat
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import JSON, Column, Float, Integer, MetaData, String, Table, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,6 +33,7 @@ from sonalyze.common.blobs import BlobStore
 from sonalyze.common.errors import Conflict
 from sonalyze.common.leases import Leases
 from sonalyze.measurement.jobs import JOB_ID_PATTERN, Job, JobStatus
+from sonalyze.storage.outbox import outbox_table
 
 metadata = MetaData()
 jobs_table = Table(
@@ -77,24 +80,33 @@ class JobStore:
             "body": job.model_dump(mode="json"),
         }
 
-    async def create(self, job: Job, sweep_file: Path) -> None:
-        """Publish the sweep, then insert the job: a job that exists always has its sweep."""
+    async def create(self, job: Job, sweep_file: Path, *, records: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Publish the sweep, then insert the job (with ``records``, as :meth:`save`): a job that exists
+        always has its sweep."""
         await asyncio.to_thread(self.blobs.put_file, sweep_key(job.job_id), sweep_file)
         async with self.engine.begin() as connection:
             await connection.execute(insert(jobs_table).values(job_id=job.job_id, **self._row(job, 1)))
+            if records:
+                await connection.execute(insert(outbox_table), list(records))
         job.version = 1
 
-    async def save(self, job: Job) -> None:
-        """Write ``job`` if nobody changed it since this replica read it; else 409 ``concurrent_update``."""
+    async def save(self, job: Job, *, records: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Write ``job`` if nobody changed it since this replica read it; else 409 ``concurrent_update``.
+
+        ``records`` are storage outbox rows (:func:`sonalyze.storage.outbox.put_row`; the outbox table in
+        this database) committed in the same transaction as the job: a replica killed right after the
+        save cannot lose them, and a refused save queues none."""
         seen = job.version
         condition = (jobs_table.c.job_id == job.job_id) & (jobs_table.c.version == seen)
         async with self.engine.begin() as connection:
             result = await connection.execute(update(jobs_table).where(condition).values(**self._row(job, seen + 1)))
-        if result.rowcount != 1:
-            raise Conflict(
-                f"job {job.job_id} was changed meanwhile (by another replica); try again",
-                details={"reason": "concurrent_update"},
-            )
+            if result.rowcount != 1:
+                raise Conflict(
+                    f"job {job.job_id} was changed meanwhile (by another replica); try again",
+                    details={"reason": "concurrent_update"},
+                )
+            if records:
+                await connection.execute(insert(outbox_table), list(records))
         job.version = seen + 1
 
     async def load(self, job_id: str) -> Job | None:

@@ -224,6 +224,10 @@ class Outbox:
         if isinstance(session, AsyncSession):
             _wake_after_commit(session, self._wake)
 
+    def wake(self) -> None:
+        """Deliver at once: the caller committed rows (:func:`put_row`) in a transaction of its own."""
+        self._wake.set()
+
     async def start(self) -> None:
         await self.create_table()
         if self._task is None:
