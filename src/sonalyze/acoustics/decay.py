@@ -76,7 +76,7 @@ class Truncation:
 def _block_levels_db(energy: np.ndarray, block: int, noise: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Mean energy per block minus ``noise`` (in dB, −∞ at or below it) and block centre times in samples."""
     n_blocks = energy.size // block
-    means = energy[: n_blocks * block].reshape(n_blocks, block).mean(axis=1) - noise
+    means = energy[: n_blocks * block].reshape(n_blocks, block).sum(axis=1) / block - noise  # = mean, without its overhead
     centres = (np.arange(n_blocks) + 0.5) * block
     level_db = np.full(n_blocks, -np.inf)  # (no np.errstate: entering it costs more than the logarithms)
     positive = means > 0.0
@@ -104,26 +104,30 @@ def _first_at_or_below(values_of, size: int, level: float, start: int = 0) -> in
     chunk = 4096
     while start < size:
         stop = min(size, start + chunk)
-        hits = np.flatnonzero(values_of(start, stop) <= level)
-        if hits.size:
-            return start + int(hits[0])
+        hits = values_of(start, stop) <= level
+        first = int(hits.argmax())
+        if hits[first]:
+            return start + first
         start, chunk = stop, 2 * chunk
     return None
 
 
 def _line_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     """Least-squares slope, intercept and correlation coefficient of y(x)."""
-    xm = x - x.mean()
-    ym = y - y.mean()
+    # Σ/n is what ndarray.mean computes (the same sum and division), without its Python overhead (≈ 4 µs a call)
+    x_mean = float(x.sum()) / x.size
+    y_mean = float(y.sum()) / y.size
+    xm = x - x_mean
+    ym = y - y_mean
     # sums of products, not BLAS dot products: OpenBLAS hands a long 1-D product to a second thread and
     # waits for it, 16 ms instead of 0.05 ms when the other core is busy (a caller that has not limited
     # BLAS to one thread, e.g. the simulation engine in process)
-    sxx = float(np.sum(xm * xm))
-    syy = float(np.sum(ym * ym))
-    sxy = float(np.sum(xm * ym))
+    sxx = float((xm * xm).sum())
+    syy = float((ym * ym).sum())
+    sxy = float((xm * ym).sum())
     slope = sxy / sxx
     r = sxy / math.sqrt(sxx * syy) if syy > 0 else 1.0
-    return slope, float(y.mean() - slope * x.mean()), r
+    return slope, y_mean - slope * x_mean, r
 
 
 def _decay_fit(
@@ -161,7 +165,7 @@ def truncation_of_energy(energy: np.ndarray, fs_hz: float) -> Truncation:
     np.cumsum(energy, out=csum[1:])
     peak_power = float((csum[peak_block:] - csum[:-peak_block]).max() / peak_block) if n >= peak_block else energy.mean()
     tail_start = int(n * (1.0 - NOISE_TAIL_FRACTION))
-    noise = float(energy[tail_start:].mean())
+    noise = float(energy[tail_start:].sum()) / (n - tail_start)
     if noise <= 0.0:
         return Truncation(n, 0.0, math.inf, None, 0.0)
 
@@ -186,7 +190,7 @@ def truncation_of_energy(energy: np.ndarray, fs_hz: float) -> Truncation:
     cross = min((noise_db - intercept) / slope, n)
     for _ in range(MAX_ITERATIONS):
         noise_from = int(min(cross + 10.0 / -slope, tail_start))
-        noise_new = float(energy[noise_from:].mean()) if noise_from < n else noise
+        noise_new = float(energy[noise_from:].sum()) / (n - noise_from) if noise_from < n else noise
         if noise_new <= 0.0:  # digital silence after the decay: noise-free, nothing to truncate
             return Truncation(n, 0.0, math.inf, None, 0.0)
         noise_db = 10.0 * math.log10(noise_new)

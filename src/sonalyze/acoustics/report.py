@@ -400,7 +400,7 @@ def _curves_json(curves: dict[str, np.ndarray], fs_hz: float) -> dict[str, Any]:
     for band in OCTAVE_BANDS_HZ:
         out.setdefault(str(band), [None] * idx.size)
     ordered = {str(b): out[str(b)] for b in OCTAVE_BANDS_HZ} | {BROADBAND: out[BROADBAND]}
-    return {"time_s": [_json_float(i / fs_hz) for i in idx.tolist()], "bands": ordered}
+    return {"time_s": [round(t_s, 6) for t_s in (idx / fs_hz).tolist()], "bands": ordered}  # = _json_float (finite)
 
 
 def analyze_sweep_recording(
