@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -22,7 +23,13 @@ class MeasurementSettings(InternalAuthSettings, TaskQueueSettings, BaseSettings)
     )
     max_upload_mb: float = Field(default=50.0, gt=0, description="largest accepted upload request body, MiB")
     analysis_workers: int = Field(
-        default=1, ge=1, le=64, description="analyses running at once (one process each) without TASK_QUEUE_URL"
+        # Two where there are two cores: a lobby's microphones upload within a second of each other, and their
+        # analyses side by side bring the results to every screen sooner (bench/webapp.md). The web app
+        # sessions lost under load with 2 were the browser's capture and a test race, not this (bench/webapp.md).
+        default_factory=lambda: min(2, os.cpu_count() or 1),
+        ge=1,
+        le=64,
+        description="analyses running at once (one process each) without TASK_QUEUE_URL; default 2, 1 on one core",
     )
     analysis_queue: int = Field(
         default=4, ge=0, le=1000, description="analyses waiting for a worker before 503 busy, without TASK_QUEUE_URL"
