@@ -5,6 +5,7 @@ import { BlockBatcher, FrameAssembler, sampleStats } from "../../src/sonalyze/we
 import { encodeWavFloat32, readWavHeader } from "../../src/sonalyze/webapp/wav.js";
 import { duties, sessionView, backoffMs, nameOf } from "../../src/sonalyze/webapp/session-model.js";
 import { reportTable, toCsv, spread, pairsOf } from "../../src/sonalyze/webapp/results.js";
+import { MARKERS, categoryOffsets, markerPath } from "../../src/sonalyze/webapp/plots.js";
 import { contains, defaultPositions, polygonProblem, roomFromForm, defaultRoomForm, positionErrors, parseCorners } from "../../src/sonalyze/webapp/room-model.js";
 
 test("WAV: RIFF header fields and the float samples, byte for byte", () => {
@@ -92,7 +93,8 @@ test("session model: the view names devices and says who is awaited", () => {
   const lobby = { participants: [{ device_id: "spk", name: "Anna" }, { device_id: "m1", name: null }, { device_id: "m2" }] };
   const view = sessionView(session({ waiting_for: ["m2"] }), lobby, "m1");
   assert.equal(view.turn, "speaker 1 of 1: Anna");
-  assert.deepEqual(view.devices.map((d) => [d.name, d.state, d.me]), [["Anna", "ready", false], ["device m1", "ready", true], ["device m2", "waiting for this device", false]]);
+  // an unnamed phone is "Phone N" by its place in the lobby (join order), never a fragment of its id
+  assert.deepEqual(view.devices.map((d) => [d.name, d.state, d.me]), [["Anna", "ready", false], ["Phone 2", "ready", true], ["Phone 3", "waiting for this device", false]]);
   // while the sweep plays the microphones record and the speaker is playing, not "done" and "waiting"
   const playing = sessionView(session({ step: "playing", waiting_for: ["spk"] }), lobby, "m1");
   assert.deepEqual(playing.devices.map((d) => d.state), ["playing the sweep", "recording", "recording"]);
@@ -100,7 +102,9 @@ test("session model: the view names devices and says who is awaited", () => {
   assert.deepEqual(uploading.devices.map((d) => d.state), ["played", "uploaded", "waiting for this device"]);
   const failed = sessionView(session({ step: "failed", failure: { code: "step_timeout", reason: "waited for m2" } }), lobby, "m1");
   assert.equal(failed.failure, "step_timeout: waited for m2");
-  assert.equal(nameOf(lobby, "zzz-long-id"), "device zzz-lo");
+  assert.equal(nameOf(lobby, "zzz-long-id"), "a phone that left");
+  assert.equal(nameOf(lobby, null), "nobody");
+  assert.equal(nameOf({ participants: [{ device_id: "m1", name: "" }] }, "m1"), "Phone 1");
   assert.equal(backoffMs(0, 0.5), 500);
   assert.equal(backoffMs(20, 0.5), 15000);
   assert.ok(backoffMs(3, 0) >= 2800 && backoffMs(3, 0.999) <= 5200);
@@ -169,4 +173,16 @@ test("devices joining one by one get distinct spots inside the room, kept ones s
     assert.ok(Math.hypot(points[i][0] - points[j][0], points[i][1] - points[j][1]) >= 1.5, `${points[i]} vs ${points[j]}`);
   }
   assert.deepEqual(defaultPositions(L, ["a", "e"], { a: [1, 1, 1] }).a, [1, 1, 1]);
+});
+
+test("plots: series over bands are drawn side by side with distinct markers, so equal values never hide one another", () => {
+  assert.deepEqual(categoryOffsets(1, 42), [0]);
+  assert.deepEqual(categoryOffsets(2, 42), [-3, 3]); // two microphones with identical values: 6 px apart
+  const five = categoryOffsets(5, 20); // many series in a narrow slot: spread over 40 % of it, centred
+  assert.ok(Math.abs(five[4] - five[0] - 8) < 1e-12 && Math.abs(five[2]) < 1e-12);
+  assert.equal(new Set(MARKERS).size, MARKERS.length);
+  const paths = MARKERS.map((shape) => markerPath(shape, 10, 20, 3));
+  assert.equal(new Set(paths).size, MARKERS.length);
+  assert.equal(markerPath("square", 10, 20, 3), "M7,17L13,17L13,23L7,23Z");
+  assert.equal(markerPath("circle", 10, 20, 3), "M7,20a3,3 0 1,0 6,0a3,3 0 1,0 -6,0Z");
 });

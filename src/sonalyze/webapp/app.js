@@ -583,7 +583,7 @@ function renderResults() {
   if (!state.lobby) return;
   const pick = $("session-pick");
   const withResults = [...state.sessions.values()].filter((s) => s.results?.length);
-  const options = withResults.map((s, i) => new Option(`Session ${i + 1} — ${s.step}, ${s.results.length} speaker(s)`, s.session_id, false, s.session_id === state.shownSession));
+  const options = withResults.map((s, i) => new Option(`Session ${i + 1}: ${s.step}, ${s.results.length} speaker${s.results.length === 1 ? "" : "s"}`, s.session_id, false, s.session_id === state.shownSession));
   pick.replaceChildren(...options);
   const session = state.sessions.get(state.shownSession) ?? withResults[withResults.length - 1];
   const body = $("results-body");
@@ -803,21 +803,38 @@ async function predict({ again }) {
   const room = state.lobby?.room;
   if (!session || !room) { $("results-status").textContent = "Describe and share the room first (Room tab): the prediction needs it."; return; }
   $("results-status").textContent = "Asking the simulation for a prediction…";
+  renderPredicting(true);
   for (const entry of session.results) {
     const pos = (id) => room.devices?.[id]?.position_m;
     const microphones = entry.microphones.map(pos);
     const key = `${session.session_id}:${entry.speaker_index}`;
     if (predicting.has(key) || (!again && state.predictions.has(key))) continue;
-    predicting.add(key);
     if (!pos(entry.speaker_device_id) || microphones.some((p) => !p)) { state.predictions.set(key, { error: "the shared room has no position for some devices" }); continue; }
+    predicting.add(key);
     try {
       // 24 kHz: the lowest rate with every octave band (docs/simulation.md), a third less work than 48 kHz
       state.predictions.set(key, await simulate({ room: room.room, sources: [pos(entry.speaker_device_id)], microphones, sample_rate_hz: 24000 }));
     } catch (error) { state.predictions.set(key, { error: describe(error) }); } finally { predicting.delete(key); }
   }
-  $("results-status").textContent = "";
+  if (!predicting.size) { $("results-status").textContent = ""; renderPredicting(false); } // another speaker's may still run
   renderResults();
 }
+
+/** The predict button while a prediction runs: disabled, saying so, with the simulation's progress. */
+function renderPredicting(on) {
+  const button = $("predict");
+  button.disabled = on;
+  button.textContent = on ? "Predicting…" : "Predict from the shared room";
+  button.setAttribute("aria-busy", String(on));
+  const bar = $("predict-progress");
+  bar.hidden = !on;
+  if (on) bar.removeAttribute("value");
+}
+conn.on("simulation.progress", (data) => {
+  if (!simulations.has(data.id) || !Number.isFinite(data.fraction)) return;
+  $("predict-progress").value = data.fraction;
+  $("predict").textContent = `Predicting… ${Math.round(100 * data.fraction)} %`;
+});
 
 function download(name, type, text) {
   const url = URL.createObjectURL(new Blob([text], { type }));

@@ -29,11 +29,13 @@ export const INSTRUCTION_STEP = {
 export const uploadName = (speakerIndex, micIndex) => `speaker-${speakerIndex}_mic-${micIndex}.wav`;
 export const uploadPath = (jobId, name) => `/v1/jobs/${jobId}/uploads/${name}`;
 
-/** A participant's label: its name (C2), else a short form of its device id. */
+/** A participant's label: its name (C2), else "Phone N" by its place in the lobby's participants (join
+ *  order, docs/lobby.md); a device id is not readable. Only shown: the name sent to the lobby is unchanged. */
 export function nameOf(lobby, deviceId) {
-  const p = lobby?.participants?.find((x) => x.device_id === deviceId);
-  if (p?.name) return p.name;
-  return deviceId ? `device ${String(deviceId).slice(0, 6)}` : "nobody";
+  if (!deviceId) return "nobody";
+  const index = lobby?.participants?.findIndex((x) => x.device_id === deviceId) ?? -1;
+  if (index < 0) return "a phone that left";
+  return lobby.participants[index].name || `Phone ${index + 1}`;
 }
 
 /**
