@@ -136,6 +136,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
             "DATABASE_URL": databases["lobby"], "GATEWAY_URL": urls["gateway"], "MEASUREMENT_URL": urls["measurement"],
             "STORAGE_URL": storage_url, "SAMPLE_RATE_HZ": str(FS_HZ), "SWEEP_DURATION_S": str(SWEEP_S),
             "LOBBY_ANALYSIS_LEASE_S": str(LEASE_S), "TIMER_INTERVAL_S": "0.2", "LOBBY_REPLICA_ID": name,
+            "HTTP_TIMEOUT_S": "8", "STORAGE_OUTBOX_LEASE_S": "10",  # a killed lobby's claimed records wait 10 s, not 60
         })
         for name, port in zip(LOBBY_NAMES, ports["lobby"], strict=True)
     ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sonalyze.common.internal_auth import InternalAuthSettings
@@ -20,6 +20,10 @@ class LobbySettings(InternalAuthSettings, BaseSettings):
     )
     measurement_url: str = "http://127.0.0.1:8002"
     storage_url: str = Field("", description="the storage service; records go there through an outbox in the lobby DB. Empty: no storage writes")
+    storage_outbox_lease_s: float = Field(
+        60.0, gt=0, description="a replica's claim on a storage outbox row; must exceed HTTP_TIMEOUT_S (a storage call). "
+        "A replica killed while sending leaves the row to the others after this"
+    )
     lobby_idle_timeout_s: float = Field(3600.0, gt=0)
     session_step_timeout_s: float = Field(30.0, gt=0)
     session_upload_timeout_s: float = Field(60.0, gt=0)
@@ -43,6 +47,12 @@ class LobbySettings(InternalAuthSettings, BaseSettings):
     sweep_count: int = Field(1, ge=1, le=5, description="sweeps per job unless measurement.create_session asks (contract C3)")
     join_failure_limit: int = Field(10, ge=1, description="failed lookups by join code per device and window before rate_limited")
     join_failure_window_s: float = Field(600.0, gt=0, description="the window of JOIN_FAILURE_LIMIT")
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_call(self) -> "LobbySettings":
+        if self.storage_outbox_lease_s <= self.http_timeout_s:
+            raise ValueError("STORAGE_OUTBOX_LEASE_S must exceed HTTP_TIMEOUT_S: a claim may not lapse while its storage call runs")
+        return self
 
     @property
     def join_limit(self) -> JoinLimit:

@@ -248,7 +248,7 @@ def create_app(
             if settings.storage_url
             else None
         )
-        db = Database(settings.database_url, storage=storage)
+        db = Database(settings.database_url, storage=storage, outbox_lease_s=settings.storage_outbox_lease_s)
         await db.start()
         broadcaster = Broadcaster(
             settings.gateway_url,

@@ -56,7 +56,9 @@ T = TypeVar("T")
 class Database:
     """The lobby's engine; with ``storage`` also the outbox that delivers its records to the storage service."""
 
-    def __init__(self, url: str, *, storage: StorageClient | None = None) -> None:
+    def __init__(self, url: str, *, storage: StorageClient | None = None, outbox_lease_s: float = 60.0) -> None:
+        """``outbox_lease_s``: how long a replica's claim on an outbox row lasts (longer than a storage call
+        may take); a replica killed while it sends leaves the row to the others after that."""
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self._outbox_engine: AsyncEngine | None = None
@@ -68,7 +70,7 @@ class Database:
             self._async_engine = create_async_engine(parsed, pool_size=10, max_overflow=20)
         self.outbox: Outbox | None = None
         if storage is not None:
-            self.outbox = Outbox(self._delivery_engine(parsed), storage)
+            self.outbox = Outbox(self._delivery_engine(parsed), storage, lease_s=outbox_lease_s)
 
     def _delivery_engine(self, parsed: Any) -> AsyncEngine:
         """The engine the outbox delivers from: the lobby's own on PostgreSQL; on SQLite an aiosqlite
