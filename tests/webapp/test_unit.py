@@ -1,4 +1,5 @@
-"""The app's pure modules (WAV encoding, frame indexing, session model, results, room checks) under Node's test runner."""
+"""The app's pure modules (WAV encoding, frame indexing, session model and default names, results, room checks,
+plot markers and offsets) under Node's test runner."""
 
 from __future__ import annotations
 
