@@ -16,7 +16,7 @@ from scipy.signal import resample_poly
 from sonalyze.common.blobs import STALE_PARTIAL_S
 from sonalyze.measurement.main import create_app
 from sonalyze.measurement.settings import MeasurementSettings
-from tests.measurement.audio import decode, encode
+from tests.measurement.audio import decode, encode, room_ir
 from tests.measurement.conftest import FS_HZ, RT_S, SHORT_SWEEP, record_job_sweep
 from tests.support.servers import INTERNAL_TOKEN, SERVICE_HEADERS, ThreadedServer, service_http
 
@@ -387,12 +387,14 @@ def test_jobs_survive_a_restart_and_interrupted_analyses_fail(tmp_path, ir_wav):
         assert again.status_code == 202
 
 
-def test_an_analysis_past_its_timeout_fails_the_job_with_a_reason(tmp_path, ir_wav):
-
+def test_an_analysis_past_its_timeout_fails_the_job_with_a_reason(tmp_path):
+    # The pool sees a timeout when a message arrives or every 0.1 s (pebble's tick): the analysis must outlast
+    # that tick, so the response is 30 s long (≈ 0.45 s of analysis here; a 1.2 s one takes 20 ms).
+    long_ir_wav = encode(room_ir(FS_HZ, RT_S, 30.0) * 0.5, FS_HZ)
     settings = MeasurementSettings(internal_auth_token=INTERNAL_TOKEN, data_dir=tmp_path / "m", analysis_timeout_s=0.001)
     with ThreadedServer(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=60, headers=SERVICE_HEADERS) as http:
         job_id = _create(http)["job_id"]
-        assert http.post(f"/v1/jobs/{job_id}/uploads/ir", content=ir_wav).status_code == 201
+        assert http.post(f"/v1/jobs/{job_id}/uploads/ir", content=long_ir_wav).status_code == 201
         failed = http.post(f"/v1/jobs/{job_id}/analyze", json={"source": "impulse_response"})
         assert failed.status_code == 200
         job = failed.json()

@@ -88,7 +88,7 @@ async def test_a_standalone_job_is_stored_with_its_outputs_once(storage, measure
 
     async def delivered_again() -> bool:
         (record,) = await all_records(storage.url, "measurements")
-        return record["finished_at"] > measurements[0]["finished_at"] and await outbox_count(f"sqlite+aiosqlite:///{tmp_path / 'measurement' / 'outbox.db'}") == 0
+        return record["finished_at"] > measurements[0]["finished_at"] and await outbox_count(f"sqlite+aiosqlite:///{tmp_path / 'measurement' / 'measurement.db'}") == 0
 
     await eventually(delivered_again, timeout_s=30, what="the second analysis delivered")
     again = await all_records(storage.url, "analysis_outputs", measurement_id=job_id)

@@ -1,7 +1,7 @@
 """The analysis of a job's uploads, run in a worker process, and the summary over them.
 
 :func:`analyze_uploads` is the task (`sonalyze.common.tasks`: the local pool or a queue worker): it reads
-each upload from the blob store (:class:`BlobLocation`), hands it to
+each upload from the blob store (``sonalyze.common.blobs.BlobAddress``), hands it to
 ``sonalyze.acoustics.report`` (impulse response as is, or a recording of the job's sweep to
 deconvolve) and returns one report per upload. An upload the acoustics refuses (ValueError: the sweep
 is missing or cut, the decay is too short...) gets ``{"error": {...}}`` instead of failing the others.
@@ -9,13 +9,10 @@ is missing or cut, the decay is too short...) gets ``{"error": {...}}`` instead 
 
 from __future__ import annotations
 
-import functools
 import math
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any
 
 import numpy as np
@@ -25,36 +22,10 @@ from scipy.signal import resample_poly
 from sonalyze.acoustics.recording import RecordingRefused
 from sonalyze.acoustics.report import analyze_impulse_response, analyze_sweep_recording
 from sonalyze.acoustics.sweep import SweepParams
-from sonalyze.common.blobs import BlobStore, blob_store, check_key
+from sonalyze.common.blobs import BlobAddress
 from sonalyze.measurement.jobs import AnalysisSource
 
 BANDED_METRICS = ("t20_s", "t30_s", "edt_s", "c50_db", "c80_db", "d50", "centre_time_s", "drr_db")
-
-
-@dataclass(frozen=True)
-class BlobLocation:
-    """The measurement service's blob store as a worker opens it (``BLOB_URL``, ``DATA_DIR``, ``S3_ENDPOINT_URL``)."""
-
-    blob_url: str
-    data_dir: Path
-    endpoint_url: str = ""
-
-    def local_path(self, key: str) -> Path:
-        if self.blob_url.startswith("s3://"):
-            path = _s3_store(self).local_path(key)
-        else:  # a folder: read in place (opening a LocalBlobStore would clear the replica's partial uploads)
-            root = Path(urlsplit(self.blob_url).path) if self.blob_url else self.data_dir
-            path = root / check_key(key)
-        if path is None or not path.is_file():
-            raise FileNotFoundError(f"no blob {key!r} in the measurement blob store")
-        return path
-
-
-@functools.lru_cache(maxsize=4)
-def _s3_store(location: BlobLocation) -> BlobStore:
-    """One S3 store per location and process; its reads are cached in this machine's temporary folder."""
-    cache_dir = Path(tempfile.gettempdir()) / "sonalyze-worker"
-    return blob_store(location.blob_url, cache_dir, endpoint_url=location.endpoint_url or None)
 
 
 @dataclass(frozen=True)
@@ -65,7 +36,7 @@ class AnalysisTask:
     sweep: SweepParams
     uploads: tuple[tuple[str, str], ...]
     """(upload name, blob key) in ``blobs``."""
-    blobs: BlobLocation
+    blobs: BlobAddress
     captures: tuple[dict[str, Any] | None, ...] = ()
     """Each upload's capture facts (same order as ``uploads``), None where the client sent none."""
 
@@ -96,7 +67,10 @@ def capture_flags(capture: dict[str, Any] | None, wav_fs_hz: int) -> list[str]:
 
 
 def _analyze_one(task: AnalysisTask, key: str, capture: dict[str, Any] | None) -> dict[str, Any]:
-    signal, fs_hz = _first_channel(task.blobs.local_path(key))
+    path = task.blobs.open().local_path(key)
+    if path is None:
+        raise FileNotFoundError(f"no blob {key!r} in the measurement blob store")
+    signal, fs_hz = _first_channel(path)
     if task.source is AnalysisSource.IMPULSE_RESPONSE:
         return analyze_impulse_response(signal, fs_hz)
     declared_fs_hz = fs_hz

@@ -29,15 +29,16 @@ from typing import Any
 import soundfile
 
 from sonalyze.acoustics.sweep import SweepParams, exponential_sweep
-from sonalyze.common.blobs import PARTIAL_SUFFIX, blob_store
+from sonalyze.common.blobs import PARTIAL_SUFFIX, BlobAddress, blob_store
 from sonalyze.common.cpu_pool import DEFAULT_PRELOAD, CpuPool
 from sonalyze.common.errors import BadRequest, Conflict, Forbidden, NotFound, SonalyzeError, Unprocessable
 from sonalyze.common.internal_auth import Caller, internal_headers
 from sonalyze.measurement.access import JobAccess, require_device
 from sonalyze.common.logging import log_context
+from sonalyze.common.readiness import database_unready
 from sonalyze.common.retention import cleanup_forever
 from sonalyze.common.tasks import task_runner
-from sonalyze.measurement.analysis import AnalysisTask, BlobLocation, analyze_uploads, summarize
+from sonalyze.measurement.analysis import AnalysisTask, analyze_uploads, summarize
 from sonalyze.measurement import storage_records
 from sonalyze.measurement.jobs import (
     AnalysisSource,
@@ -63,7 +64,7 @@ from sonalyze.measurement.uploads import (
     receive_raw,
 )
 from sonalyze.storage.db import make_engine
-from sonalyze.storage.outbox import writer_outbox
+from sonalyze.storage.outbox import put_row, writer_outbox
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class MeasurementService:
                 memory_limit_mb=settings.worker_memory_mb,
             ),
         )
-        self.blobs_location = BlobLocation(settings.blob_url, settings.data_dir.resolve(), settings.s3_endpoint_url)
+        self.blobs_location = BlobAddress(settings.blob_url, settings.data_dir.resolve(), settings.s3_endpoint_url)
         self.access = JobAccess(
             settings.lobby_url,
             headers=internal_headers(settings.internal_auth_token),
@@ -113,7 +114,8 @@ class MeasurementService:
         self._warm_up: asyncio.Task[None] | None = None
         self._cleanup: asyncio.Task[None] | None = None
         self._leases: asyncio.Task[None] | None = None
-        self.outbox = writer_outbox(settings.storage_url, settings.internal_auth_token, settings.database_url, settings.data_dir)
+        # In the job database: a job and its storage records commit in one transaction (JobStore.save).
+        self.outbox = writer_outbox(settings.storage_url, settings.internal_auth_token, settings.jobs_database_url)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -208,11 +210,12 @@ class MeasurementService:
         sweep_file = self._temp_path()
         try:
             await asyncio.to_thread(_write_sweep, sweep_file, params, job.sample_rate_hz)
-            await self.store.create(job, sweep_file)
+            records = self._storage_rows(job, {})
+            await self.store.create(job, sweep_file, records=records)
         finally:
             sweep_file.unlink(missing_ok=True)
-        if self.outbox is not None and job.lobby_id is None:
-            await self.outbox.enqueue("measurements", storage_records.measurement_record(job), aggregate=job.job_id)
+        if records:
+            self.outbox.wake()
         log.info("job created", extra={"job_id": job.job_id, "sample_rate_hz": job.sample_rate_hz})
         return job
 
@@ -246,9 +249,13 @@ class MeasurementService:
             lock = self._locks[job_id] = asyncio.Lock()
         return lock
 
-    async def _save(self, job: Job) -> None:
+    async def _save(self, job: Job, *, results: dict[str, dict[str, Any]] | None = None) -> None:
+        """Save the job; with ``results`` (an analysis ended) its storage records in the same transaction."""
         job.updated_at = utc_now()
-        await self.store.save(job)
+        records = self._storage_rows(job, results) if results is not None else []
+        await self.store.save(job, records=records)
+        if records:
+            self.outbox.wake()
 
     # -- uploads ---------------------------------------------------------------------------------
 
@@ -403,7 +410,7 @@ class MeasurementService:
         )
 
     def _analysis_task(self, job: Job, source: AnalysisSource, names: list[str]) -> AnalysisTask:
-        """What a worker needs to analyze ``names`` of ``job``: blob keys, not local files (`BlobLocation`)."""
+        """What a worker needs to analyze ``names`` of ``job``: blob keys, not local files (`BlobAddress`)."""
         return AnalysisTask(
             source=source,
             sweep=job.sweep_params,
@@ -488,14 +495,13 @@ class MeasurementService:
             job.progress = Progress(fraction=1.0, message="failed" if error else "done")
             job.move_to(JobStatus.FAILED if error else JobStatus.DONE, "finish the analysis")
             try:
-                await self._save(job)
+                await self._save(job, results=results or {})
             except Conflict:  # another replica took the job over (this one's lease lapsed): its result counts
                 log.warning("analysis result dropped: the job was taken over", extra={"job_id": job.job_id})
                 return
             finally:
                 if self._analyzing.get(job.job_id) is job:
                     del self._analyzing[job.job_id]
-            await self._send_to_storage(job, results or {})
         refused = {
             name: f"{report['error']['code']}: {report['error']['message']}"
             for name, report in (results or {}).items()
@@ -503,17 +509,15 @@ class MeasurementService:
         }
         log.info("analysis finished", extra={"job_id": job.job_id, "status": job.status.value, "refused": refused})
 
-    async def _send_to_storage(self, job: Job, results: dict[str, dict[str, Any]]) -> None:
-        """Queue the outputs of this analysis (and a standalone job's measurement record) for storage.
-
-        Under the job's lock, after the save: a job's records enter the outbox in the order of its
-        analyses, so an older analysis never overwrites a newer one in storage.
-        """
+    def _storage_rows(self, job: Job, results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """The outbox rows of ``results`` (and of a standalone job's measurement record), saved with the
+        job: a replica killed after the save cannot lose them, and since the job's saves are ordered by its
+        version, an older analysis never overwrites a newer one in storage."""
         if self.outbox is None:
-            return
+            return []
         puts = [("measurements", storage_records.measurement_record(job))] if job.lobby_id is None else []
         puts += [("analysis_outputs", storage_records.output_record(job, name, result)) for name, result in results.items()]
-        await self.outbox.enqueue_all(puts, aggregate=job.job_id)  # all of them or none
+        return [put_row(resource, record, aggregate=job.job_id) for resource, record in puts]
 
     def health(self) -> dict[str, Any]:
         return {
@@ -524,12 +528,7 @@ class MeasurementService:
 
     async def ready(self) -> str | None:
         """None when this replica can take work: the job database and the task queue answer; else why not."""
-        try:
-            async with self.store.engine.connect() as connection:
-                await asyncio.wait_for(connection.exec_driver_sql("SELECT 1"), 2.0)
-        except Exception as exc:
-            return f"the job database does not answer: {type(exc).__name__}"
-        return await self.tasks.ready()
+        return await database_unready(self.store.engine, "job database") or await self.tasks.ready()
 
 
 def _write_sweep(path: Path, params: SweepParams, fs_hz: int) -> None:

@@ -60,7 +60,7 @@ class MeasurementSettings(InternalAuthSettings, TaskQueueSettings, BaseSettings)
     database_url: str = Field(
         default="",
         validation_alias="DATABASE_URL",
-        description="jobs and the storage outbox (SQLAlchemy async URL); empty: DATA_DIR/measurement.db, DATA_DIR/outbox.db",
+        description="jobs and the storage outbox (SQLAlchemy async URL); empty: DATA_DIR/measurement.db",
     )
     blob_url: str = Field(
         default="",

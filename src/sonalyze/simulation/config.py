@@ -44,7 +44,7 @@ class SimulationSettings(InternalAuthSettings, TaskQueueSettings, BaseSettings):
     storage_url: str = Field("", validation_alias="STORAGE_URL")
     """The storage service; when set, every finished simulation is sent there through an outbox."""
     database_url: str = Field("", validation_alias="DATABASE_URL")
-    """Simulations and the outbox (SQLAlchemy async URL); empty: ``{data_dir}/simulation.db``, ``{data_dir}/outbox.db``."""
+    """Simulations and the outbox (SQLAlchemy async URL); empty: ``{data_dir}/simulation.db``."""
     blob_url: str = Field("", validation_alias="BLOB_URL")
     """RIR files (written by the workers): empty (``data_dir``), ``file:///path`` or ``s3://bucket/prefix`` (`sonalyze.common.blobs`)."""
     s3_endpoint_url: str = Field("", validation_alias="S3_ENDPOINT_URL")

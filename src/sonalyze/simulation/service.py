@@ -38,7 +38,7 @@ from sonalyze.simulation.storage_records import job_record, result_records
 from sonalyze.simulation.store import JobStatus, SimulationStore
 from sonalyze.simulation.worker import run_simulation
 from sonalyze.storage.db import make_engine
-from sonalyze.storage.outbox import writer_outbox
+from sonalyze.storage.outbox import put_row, writer_outbox
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ class SimulationService:
         """The simulations whose task this replica awaits: it renews their leases."""
         self._closing = False
         self.pushes = SimulationPushes(settings.gateway_url, settings.internal_auth_token)
-        self.outbox = writer_outbox(settings.storage_url, settings.internal_auth_token, settings.database_url, settings.data_dir)
+        # In the simulation database: a finished simulation and its storage records commit together (store.finish).
+        self.outbox = writer_outbox(settings.storage_url, settings.internal_auth_token, settings.simulations_database_url)
 
     async def start(self) -> None:
         """Migrate the database, start the storage outbox and (in the background) the workers; fail this
@@ -154,13 +155,22 @@ class SimulationService:
     ) -> dict[str, Any] | None:
         """Record a finished simulation, then (if configured) send it through the storage outbox; None when
         it was not this replica's to finish any more (taken over or finished elsewhere): nothing is recorded."""
+        def outbox_rows(job: dict[str, Any]) -> list[dict[str, Any]]:
+            puts = [("simulation_jobs", job_record(job, result))]
+            puts += [("simulation_results", r) for r in result_records(simulation_id, result)] if result is not None else []
+            return [put_row(resource, record, aggregate=simulation_id) for resource, record in puts]
+
         job = await self.store.finish(
-            simulation_id, status=status, finished_at=utc_now(), now_s=time.time(), result=result, error=error
+            simulation_id,
+            status=status,
+            finished_at=utc_now(),
+            now_s=time.time(),
+            result=result,
+            error=error,
+            outbox_rows=outbox_rows if self.outbox is not None else None,
         )
         if job is not None and self.outbox is not None:
-            records = [("simulation_jobs", job_record(job, result))]
-            records += [("simulation_results", r) for r in result_records(simulation_id, result)] if result is not None else []
-            await self.outbox.enqueue_all(records, aggregate=simulation_id)  # the job and its pairs in one commit
+            self.outbox.wake()
         return job
 
     def health(self) -> dict[str, Any]:

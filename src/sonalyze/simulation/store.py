@@ -22,6 +22,7 @@ import asyncio
 import enum
 import io
 import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from sonalyze.common import migrations
 from sonalyze.common.blobs import BlobStore
 from sonalyze.common.errors import NotFound
 from sonalyze.common.leases import Leases
+from sonalyze.storage.outbox import outbox_table
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -144,9 +146,14 @@ class SimulationStore:
         now_s: float,
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
+        outbox_rows: Callable[[dict[str, Any]], Sequence[Mapping[str, Any]]] | None = None,
     ) -> dict[str, Any] | None:
         """The one place a finished simulation is recorded (its RIRs are in the blob store already): the
-        finished job, or None when it is no longer this replica's to finish (finished, or taken over)."""
+        finished job, or None when it is no longer this replica's to finish (finished, or taken over).
+
+        ``outbox_rows(job)``: the storage outbox rows of the finished job (the outbox table in this database),
+        committed in the same transaction: a replica killed right after finishing cannot lose them, and a
+        finish that is not this replica's queues none."""
         job = {**await self.job(simulation_id), "status": status.value, "finished_at": finished_at, "error": error}
         async with self.engine.begin() as connection:
             changed = await connection.execute(
@@ -154,7 +161,11 @@ class SimulationStore:
                 .where((simulations_table.c.simulation_id == simulation_id) & self.leases.held_here())
                 .values(status=status.value, runner=None, lease_until_s=None, updated_s=now_s, job=job, result=result)
             )
-        return job if changed.rowcount == 1 else None
+            if changed.rowcount != 1:
+                return None
+            if outbox_rows is not None:
+                await connection.execute(insert(outbox_table), list(outbox_rows(job)))
+        return job
 
     async def interrupted(self) -> list[Row]:
         """This replica's simulations still marked running (at start-up: left by a previous process), each

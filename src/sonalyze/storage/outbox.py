@@ -33,7 +33,6 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -400,10 +399,11 @@ def _wake_after_commit(session: AsyncSession, wake: asyncio.Event) -> None:
     event.listen(session.sync_session, "after_commit", lambda _session: wake.set(), once=True)
 
 
-def writer_outbox(storage_url: str, internal_auth_token: str, database_url: str, data_dir: Path) -> Outbox | None:
-    """The outbox of a writer service (measurement, simulation): its rows in ``database_url``, else in
-    ``data_dir/outbox.db``; None without ``storage_url`` (nothing is sent to storage)."""
+def writer_outbox(storage_url: str, internal_auth_token: str, database_url: str) -> Outbox | None:
+    """The outbox of a writer service (measurement, simulation): its rows in ``database_url``, the service's
+    own database (its state and its records commit together); None without ``storage_url`` (nothing is
+    sent to storage)."""
     if not storage_url:
         return None
     storage = StorageClient(storage_url, headers=internal_headers(internal_auth_token))
-    return Outbox(database_url or f"sqlite+aiosqlite:///{data_dir.resolve() / 'outbox.db'}", storage)
+    return Outbox(database_url, storage)
