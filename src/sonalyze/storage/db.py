@@ -6,11 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import orjson
-from sqlalchemy import event, text
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from sonalyze.common.json import dumps
+from sonalyze.common.readiness import database_unready
 
 
 def _json_text(value: object) -> str:
@@ -65,12 +66,7 @@ class StorageDatabase:
             yield connection
 
     async def reachable(self) -> bool:
-        try:
-            async with self.engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
-            return True
-        except Exception:  # noqa: BLE001 - any failure means "not reachable" for the health check
-            return False
+        return await database_unready(self.engine, "storage database") is None
 
     async def dispose(self) -> None:
         await self.engine.dispose()
