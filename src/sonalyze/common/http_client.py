@@ -18,7 +18,9 @@ is ``upstream_error`` (:func:`contract_answer`).
 An upstream's base URL may name several replicas, comma-separated (``http://a:8001,http://b:8001``):
 each exchange goes to the next in turn, and one whose connection is refused goes to the next replica —
 nothing was sent, so that is always safe — the same balancing and passive health check as the services'
-own clients (:class:`sonalyze.common.replicas.Replicas`). A single URL takes none of this.
+own clients (:class:`sonalyze.common.replicas.Replicas`), and its active one: each replica's ``ready_path``
+(``/readyz``, at its origin) probed in the background until :meth:`UpstreamClient.aclose`. A single URL
+takes none of this.
 """
 
 from __future__ import annotations
@@ -287,8 +289,13 @@ class StreamedResponse:
 class UpstreamClient:
     """Pooled keep-alive HTTP/1.1 to the upstreams (``http://`` only: they are internal services)."""
 
-    def __init__(self, timeout_s: float, max_connections_per_origin: int = 256, internal_token: str = "") -> None:
+    def __init__(
+        self, timeout_s: float, max_connections_per_origin: int = 256, internal_token: str = "", ready_path: str | None = "/readyz"
+    ) -> None:
+        """``ready_path``: the upstreams' readiness endpoint, probed on each replica of a several-URL upstream
+        (:class:`Replicas`; None: passive failover only)."""
         self.timeout_s = timeout_s
+        self.ready_path = ready_path
         self._token_line = b"x-internal-token: %s\r\n" % internal_token.encode("latin-1") if internal_token else b""
         """``X-Internal-Token`` on every request (contract C1): the upstreams take calls from the gateway only."""
         self.max_connections_per_origin = max_connections_per_origin
@@ -321,7 +328,7 @@ class UpstreamClient:
             return (*target(base_url), None)
         replicas = self._replicas.get(base_url)
         if replicas is None:
-            replicas = self._replicas[base_url] = Replicas(base_url)
+            replicas = self._replicas[base_url] = Replicas(base_url, ready_path=self.ready_path)
         failover = _Failover(replicas, replicas.order(), target)
         return (*target(failover.url), failover)
 
@@ -377,6 +384,7 @@ class UpstreamClient:
         self.deadlines.close()
         for pool in self._pools.values():
             pool.close()
+        await asyncio.gather(*(replicas.aclose() for replicas in self._replicas.values()))
 
     # internals
 

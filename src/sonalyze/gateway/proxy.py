@@ -73,7 +73,8 @@ def upstream_query(query: bytes) -> bytes:
 
 async def proxy(request: Request, base_url: str, path: str, client: UpstreamClient, device_id: str | None) -> StreamingResponse:
     """Stream ``request`` to ``base_url + path`` and the upstream's answer back, status and headers included.
-    ``base_url`` may name several replicas (comma-separated): the client balances and fails over.
+    ``base_url`` may name several replicas (comma-separated): the client balances, fails over and keeps a
+    replica whose ``/readyz`` answers 503 out (``REPLICA_CHECK_INTERVAL_S``, :class:`UpstreamClient`).
 
     The upstream learns the acting device from ``X-Device-Id`` (the authenticated one, absent without a
     credential); a client's own ``X-Device-Id``/``X-Internal-Token``/``X-Device-Token`` never pass.

@@ -85,7 +85,8 @@ class JobAccess:
         timeout_s: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._replicas = Replicas(lobby_url) if lobby_url else None  # LOBBY_URL may name several, comma-separated
+        # LOBBY_URL may name several, comma-separated; the lobby's readiness is its /readyz
+        self._replicas = Replicas(lobby_url, ready_path="/readyz") if lobby_url else None
         self._http = httpx.AsyncClient(headers=headers, timeout=timeout_s) if lobby_url else None
         self.retention_s = retention_s
         self.cache_s = cache_s
@@ -93,6 +94,8 @@ class JobAccess:
         self._cache: dict[tuple[str, str], tuple[float, SessionGrant | None]] = {}
 
     async def aclose(self) -> None:
+        if self._replicas is not None:
+            await self._replicas.aclose()
         if self._http is not None:
             await self._http.aclose()
 

@@ -74,8 +74,9 @@ class StorageClient:
         timeout_s: float = 10.0,
         headers: dict[str, str] | None = None,
     ) -> None:
-        self.replicas = Replicas(base_url)
-        """``base_url`` may name several replicas, comma-separated (`sonalyze.common.replicas`)."""
+        self.replicas = Replicas(base_url, ready_path="/healthz")
+        """``base_url`` may name several replicas, comma-separated (`sonalyze.common.replicas`; storage's
+        readiness is its ``/healthz``: 503 when its database does not answer)."""
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=timeout_s,
@@ -89,6 +90,7 @@ class StorageClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        await self.replicas.aclose()
         await self._http.aclose()
 
     async def _request(self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None) -> Any:
