@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.support import infra
+from tests.support.cluster import redis_database
 
 
 @pytest.fixture
@@ -35,6 +36,13 @@ async def database_url(request, tmp_path) -> AsyncIterator[str]:
 @pytest.fixture
 def redis_url() -> str:
     return infra.require(infra.REDIS_URL, 6379, "Redis")
+
+
+@pytest.fixture
+def queue_url(request) -> str:
+    """A task queue of the test module's own: Redis database ``REDIS_DB`` (the module's constant, one number
+    per module so modules running at once do not share one), emptied first."""
+    return redis_database(request.module.REDIS_DB)
 
 
 @pytest.fixture

@@ -26,14 +26,11 @@ from tests.common import cpu_tasks
 from tests.measurement.audio import encode, sweep_recording
 from tests.measurement.conftest import FS_HZ, RT_S, SHORT_SWEEP, room  # noqa: F401  (the fixture)
 from tests.simulation.conftest import make_settings, shoebox_request
-from tests.support.cluster import HEARTBEAT_TIMEOUT_S, Worker, redis_database
+from tests.support.cluster import HEARTBEAT_TIMEOUT_S, Worker
 
 pytestmark = [pytest.mark.redis]
 
-
-@pytest.fixture
-def queue_url() -> str:
-    return redis_database(9)
+REDIS_DB = 9
 
 
 @pytest.fixture

@@ -6,66 +6,17 @@ of the test server, flushed first; a real ``sonalyze worker`` process).
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from sonalyze.common.tasks import QueueTasks
 from tests.common import cpu_tasks
-from tests.support.infra import REDIS_URL, require
+from tests.support.cluster import Worker
 
 pytestmark = [pytest.mark.redis]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 REDIS_DB = 12
-
-
-@pytest.fixture
-def queue_url() -> str:
-    import redis
-
-    require(REDIS_URL, 6379, "Redis")
-    url = REDIS_URL.rsplit("/", 1)[0] + f"/{REDIS_DB}"
-    with redis.Redis.from_url(url) as client:
-        client.flushdb()
-    return url
-
-
-class Worker:
-    """``sonalyze worker`` in its own process group, stopped with SIGTERM as Kubernetes does."""
-
-    def __init__(self, queue_url: str, processes: int = 1, **env: str) -> None:
-        self.log = tempfile.NamedTemporaryFile(prefix="sonalyze-worker-", suffix=".log", delete=False)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sonalyze", "worker", "--processes", str(processes), "--poll-ms", "200"],
-            env={**os.environ, "TASK_QUEUE_URL": queue_url, "PYTHONUNBUFFERED": "1", **env},
-            cwd=REPO_ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    def owns(self, pid: int) -> bool:
-        try:
-            return os.getpgid(pid) == self.process.pid
-        except ProcessLookupError:
-            return False
-
-    def log_text(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
-
-    def close(self) -> int | None:
-        """SIGTERM to the supervisor only; its exit code (None: it had to be killed)."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-            return None
 
 
 @pytest.mark.parametrize(
@@ -86,7 +37,7 @@ async def test_a_worker_process_is_replaced_and_no_task_is_lost(queue_url, tmp_p
     async def submit() -> asyncio.Task:
         return await queue.submit(cpu_tasks.record_run_and_wait, str(runs), str(release), on_progress=lambda *_: None)
 
-    worker = Worker(queue_url, **env)
+    worker = Worker(queue_url, env=env)
     queue = QueueTasks(queue_url, "analysis", max_in_flight=100)
     try:
         in_turn = 2 * tasks_per_process + 1
@@ -108,5 +59,5 @@ async def test_a_worker_process_is_replaced_and_no_task_is_lost(queue_url, tmp_p
         assert "was recycled" in worker.log_text()
     finally:
         await queue.close()
-        code = worker.close()
+        code = worker.terminate()  # as Kubernetes stops it
     assert code == 0, worker.log_text()[-3000:]

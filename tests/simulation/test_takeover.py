@@ -27,8 +27,7 @@ from sonalyze.simulation.store import simulations_table
 from sonalyze.storage.db import make_engine
 from sonalyze.storage.outbox import outbox_table
 from tests.simulation.conftest import flat, make_settings, shoebox_request
-from tests.integration.test_worker_recycling import Worker
-from tests.support.infra import REDIS_URL, require
+from tests.support.cluster import Worker
 from tests.support.servers import INTERNAL_TOKEN, SERVICE_HEADERS, ServiceProcess, ThreadedServer
 
 LEASE_S = 2.0
@@ -82,17 +81,6 @@ async def _outbox_job_records(database_url: str, simulation_id: str) -> list[dic
         await engine.dispose()
 
 
-@pytest.fixture
-def queue_url() -> str:
-    import redis
-
-    require(REDIS_URL, 6379, "Redis")
-    url = REDIS_URL.rsplit("/", 1)[0] + f"/{REDIS_DB}"
-    with redis.Redis.from_url(url) as client:
-        client.flushdb()
-    return url
-
-
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_a_killed_replicas_simulation_is_taken_over_and_completed_once(tmp_path, postgres_url, queue_url) -> None:
@@ -141,7 +129,7 @@ def test_a_killed_replicas_simulation_is_taken_over_and_completed_once(tmp_path,
         finally:
             for replica in replicas.values():
                 replica.stop()  # B's pushes and outbox rows are all sent or queued now
-            worker.close()
+            worker.stop()
     pushed = [p for p in gateway.pushes if p["data"].get("id") == simulation_id]
     assert {tuple(p["targets"]["device_ids"]) for p in pushed} == {("phone-1",)}
     ends = [p["event"] for p in pushed if p["event"] != "simulation.progress"]

@@ -1,6 +1,8 @@
 """Services on the real Redis task queue: a Redis database of the test's own, ``sonalyze worker`` processes,
 measurement replicas sharing one PostgreSQL and one blob folder (tests/integration/test_task_queue.py,
-tests/measurement/test_takeover.py, tests/integration/test_replicas_kill.py)."""
+tests/integration/test_worker_recycling.py, tests/measurement/test_takeover.py, tests/simulation/test_takeover.py,
+tests/integration/test_replicas_kill.py); the ``queue_url`` fixture (tests/conftest.py) is :func:`redis_database`
+of the module's ``REDIS_DB``."""
 
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ def redis_database(db: int) -> str:
 
 
 class Worker:
-    """``sonalyze worker`` in its own process group (a ``kill -9`` of the group is a machine going away)."""
+    """``sonalyze worker`` in its own process group (a ``kill -9`` of the group is a machine going away);
+    ``env`` adds to or overrides its environment (``TASK_QUEUE_MAX_TASKS_PER_PROCESS``)."""
 
     def __init__(self, queue_url: str, processes: int = 1, env: dict[str, str] | None = None) -> None:
         environment = {
@@ -63,7 +66,18 @@ class Worker:
             pass
         self.process.wait(timeout=10)
 
+    def terminate(self, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM to the supervisor only, as Kubernetes stops a pod's main process (the supervisor stops its
+        own worker processes); its exit code, or None when it had to be killed after ``timeout_s``."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
     def stop(self) -> None:
+        """Clean-up: SIGTERM to the whole group, SIGKILL after 30 s."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:

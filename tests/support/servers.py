@@ -91,7 +91,21 @@ def wait_http_ok(url: str, timeout_s: float = 30.0, is_alive: Callable[[], bool]
     raise TimeoutError(f"{url} did not answer 200 within {timeout_s} s ({last_error})")
 
 
-class ThreadedServer:
+class Loopback:
+    """A server on 127.0.0.1 at ``port``: its HTTP and WebSocket base URLs."""
+
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+
+class ThreadedServer(Loopback):
     """A uvicorn server for ``app`` in a background thread with its own event loop.
 
     Use it as a context manager, or ``start()``/``stop()``; ``restart()`` serves again on the same port.
@@ -103,14 +117,6 @@ class ThreadedServer:
         self.options = {"loop": "uvloop", "http": "httptools", "log_level": "warning", **uvicorn_options}
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
 
     def start(self) -> "ThreadedServer":
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, **self.options)
@@ -144,7 +150,7 @@ class ThreadedServer:
         self.stop()
 
 
-class ServiceProcess:
+class ServiceProcess(Loopback):
     """``python -m sonalyze serve NAME`` in a child process on a free port, as in production.
 
     Its output goes to a log file (``log_text()``) that tests print when something fails.
@@ -158,14 +164,6 @@ class ServiceProcess:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "INTERNAL_AUTH_TOKEN": INTERNAL_TOKEN, **(env or {})}
         self.process: subprocess.Popen | None = None
         self._log = tempfile.NamedTemporaryFile(prefix=f"sonalyze-{service}-", suffix=".log", delete=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int:
