@@ -15,7 +15,7 @@ restart may take any time: the other replica must carry the session alone). Afte
   and one analysis output per recording, and both services' outboxes are empty;
 - every device got every push meant for it once: the positions it received are exactly the gateways'
   stream entries addressed to it, none twice, and its ``lobby.updated`` pushes are the lobby's log from
-  its join on, each ``seq`` once.
+  its join on, each ``seq`` once; ``lobby.events`` through its gateway answers it that whole log.
 """
 
 from __future__ import annotations
@@ -34,17 +34,16 @@ import numpy as np
 import orjson
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from sonalyze.client import GatewayError, PushedEvent, SonalyzeClient
-from sonalyze.demo.session import RETRY_DELAYS_S, DemoConfig, DemoFailed, VirtualDevice, _Shared
+from sonalyze.client import PushedEvent, SonalyzeClient
+from sonalyze.demo.session import DemoConfig, VirtualDevice, _Shared
 from sonalyze.lobby.models import events as lobby_events
 from sonalyze.lobby.models import sessions as lobby_sessions
 from sonalyze.measurement.store import jobs_table
 from sonalyze.measurement.storage_records import output_id
 from sonalyze.storage.db import make_engine
-from sonalyze.storage.outbox import outbox_table
-from tests.integration.storage_reads import all_records
+from tests.integration.storage_reads import all_records, outbox_count
 from tests.measurement.audio import encode, room_ir, sweep_recording
 from tests.support import infra
 from tests.support.cluster import Worker, measurement_replica, redis_database
@@ -185,32 +184,12 @@ class RecordingClient(SonalyzeClient):
 
 
 class Phone(VirtualDevice):
-    """The demo's virtual phone, recording a synthetic room instead of asking the simulation service, and
-    sending a request again when the gateway answers that the lobby replica it went to dropped it (killed:
-    it may or may not have carried it out; a signal carried out already is refused as ``wrong_step``,
-    which the demo's request takes as done)."""
+    """The demo's virtual phone (it sends a request again when the lobby replica it went to was killed),
+    recording a synthetic room instead of asking the simulation service."""
 
-    async def request(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
-        for delay_s in RETRY_DELAYS_S:
-            try:
-                return await super().request(event, data)
-            except GatewayError as exc:
-                if exc.code not in ("upstream_unavailable", "upstream_timeout"):
-                    raise
-                await asyncio.sleep(delay_s)
-        raise DemoFailed(f"{self.name}: {event} found no lobby replica through {len(RETRY_DELAYS_S)} attempts")
-
-    async def _record_and_upload(self, instruction: dict[str, Any]) -> None:
+    async def _record(self, instruction: dict[str, Any]) -> bytes:
         sweep = await self._sweep(instruction["job_id"])
-        recording = sweep_recording(sweep, room_ir(FS_HZ, RT_S, 0.8), FS_HZ, offset_s=0.1, noise_dbfs=-80.0)
-        self.progress(f"{self.name} uploads {instruction['upload_name']}")
-        response = await self.http(
-            "POST", instruction["upload_path"], content=encode(recording, FS_HZ), headers={"content-type": "audio/wav"}
-        )
-        if response.status_code == 409 and "upload_exists" in response.text:
-            return  # the first attempt was stored before its connection dropped
-        if response.status_code != 201:
-            raise DemoFailed(f"upload of {instruction['upload_name']} refused: {response.status_code} {response.text[:300]}")
+        return encode(sweep_recording(sweep, room_ir(FS_HZ, RT_S, 0.8), FS_HZ, offset_s=0.1, noise_dbfs=-80.0), FS_HZ)
 
 
 @dataclass
@@ -221,6 +200,8 @@ class Session:
     clients: dict[str, RecordingClient] = field(default_factory=dict)
     shared: _Shared = field(default_factory=_Shared)
     messages: list[str] = field(default_factory=list)
+    logs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each phone's ``lobby.events`` answer (through its gateway and either lobby) after the session."""
 
     def pushed(self, event: str, **data: Any) -> bool:
         """Some phone received ``event`` (with ``data`` among its fields)."""
@@ -274,6 +255,7 @@ async def run_session(
             await poll(lambda: not undelivered(cluster, session), "every push delivered", DELIVERY_TIMEOUT_S)
         except AssertionError as exc:
             raise AssertionError(f"pushes addressed to phones never reached them (phone: offsets): {undelivered(cluster, session)}") from exc
+        session.logs = {phone.name: await phone.request("lobby.events", {"lobby_id": session.lobby_id, "limit": 1000}) for phone in phones}
         if beside is not None:
             await asyncio.wait_for(beside, SESSION_TIMEOUT_S)
         return session
@@ -311,15 +293,6 @@ async def poll(probe: Callable[[], Any], what: str, timeout_s: float = SESSION_T
 # ---- what every session must leave behind ----------------------------------------------------------------
 
 
-async def _outbox_rows(database_url: str) -> int:
-    engine = make_engine(database_url)
-    try:
-        async with engine.connect() as connection:
-            return (await connection.execute(select(func.count()).select_from(outbox_table))).scalar_one()
-    finally:
-        await engine.dispose()
-
-
 async def check_storage(cluster: Cluster, session: Session) -> None:
     """Each record of the session in storage once: nothing waits in an outbox, nothing is missing or extra."""
     for service in ("lobby", "measurement"):
@@ -339,7 +312,7 @@ async def check_storage(cluster: Cluster, session: Session) -> None:
 
 
 async def _empty(database_url: str) -> bool:
-    return await _outbox_rows(database_url) == 0
+    return await outbox_count(database_url) == 0
 
 
 def stream_entries(cluster: Cluster) -> list[tuple[int, list[str], dict[str, Any]]]:
@@ -380,7 +353,8 @@ def undelivered(cluster: Cluster, session: Session) -> dict[str, list[int]]:
 
 
 async def check_pushes(cluster: Cluster, session: Session) -> None:
-    """Every device got each push addressed to it once: by the stream's offsets and by the lobby's seq."""
+    """Every device got each push addressed to it once: by the stream's offsets and by the lobby's seq; and
+    ``lobby.events`` answered each the lobby's whole log."""
     entries = stream_entries(cluster)
     events = await lobby_log(cluster, session.lobby_id)
     for name, client in session.clients.items():
@@ -398,6 +372,9 @@ async def check_pushes(cluster: Cluster, session: Session) -> None:
         expected = [event["seq"] for event in events if event["seq"] > joined or (event["seq"] == joined and event["type"] != "created")]
         assert seqs == expected, (name, "lobby.updated by seq", seqs, expected)
     assert not any(message["event"] == "resync_required" for client in session.clients.values() for message in client.received)
+    logged = [(event["seq"], event["type"], event["device_id"]) for event in events]
+    for name, answer in session.logs.items():  # what a phone reads through the gateway is the whole log too
+        assert [(event["seq"], event["type"], event["device_id"]) for event in answer.get("events", [])] == logged, (name, answer)
 
 
 async def check_session(cluster: Cluster, session: Session) -> None:
@@ -476,48 +453,49 @@ async def test_a_gateway_killed_while_the_speaker_is_analysed(cluster) -> None:
     await check_session(cluster, session)
 
 
-async def test_the_lobby_awaiting_the_analysis_killed(cluster) -> None:
-    """The other lobby takes the session's analysis over once the dead one's lease lapsed."""
+async def kill_the_runner(
+    cluster: Cluster,
+    replicas: list[ServiceProcess],
+    names: tuple[str, ...],
+    database_url: str,
+    runner_query: Callable[[Session], Any],
+    taking_over: Callable[[Session], str],
+) -> None:
+    """A session during which the replica running its analysis is killed: the one of ``replicas`` (named as
+    ``names``) that ``runner_query(session)`` finds in ``database_url`` (None until there is one); the other
+    one must say ``taking_over(session)`` in its log."""
     killed: list[ServiceProcess] = []
 
     async def kill(session: Session) -> None:
-        def query():
-            columns = lobby_sessions.c
-            if not session.session_id:
-                return None
-            return select(columns.runner).where(columns.id == session.session_id, columns.step == "analyzing")
-
-        runner = await poll_runner(cluster.databases["lobby"], query, "an analysis awaited")
-        killed.append(cluster.lobbies[LOBBY_NAMES.index(runner)])
+        runner = await poll_runner(database_url, lambda: runner_query(session), "an analysis running")
+        killed.append(replicas[names.index(runner)])
         killed[0].kill()
 
     session = await run_session(cluster, kill)
     killed[0].start(STARTUP_TIMEOUT_S)
-    survivor = next(lobby for lobby in cluster.lobbies if lobby is not killed[0])
-    assert "taking over the analysis of session " + session.session_id in survivor.log_text()
+    survivor = next(replica for replica in replicas if replica is not killed[0])
+    assert taking_over(session) in survivor.log_text()
     await check_session(cluster, session)
+
+
+async def test_the_lobby_awaiting_the_analysis_killed(cluster) -> None:
+    """The other lobby takes the session's analysis over once the dead one's lease lapsed."""
+    columns = lobby_sessions.c
+    await kill_the_runner(
+        cluster, cluster.lobbies, LOBBY_NAMES, cluster.databases["lobby"],
+        lambda session: select(columns.runner).where(columns.id == session.session_id, columns.step == "analyzing") if session.session_id else None,
+        lambda session: "taking over the analysis of session " + session.session_id,
+    )
 
 
 async def test_the_measurement_replica_running_the_analysis_killed(cluster) -> None:
     """The other replica claims the job once the dead one's lease lapsed and runs the analysis again."""
-    killed: list[ServiceProcess] = []
-
-    async def kill(session: Session) -> None:
-        def query():
-            columns = jobs_table.c
-            if not session.job_id:
-                return None
-            return select(columns.runner).where(columns.job_id == session.job_id, columns.status == "analyzing")
-
-        runner = await poll_runner(cluster.databases["measurement"], query, "an analysis running")
-        killed.append(cluster.measurements[MEASUREMENT_NAMES.index(runner)])
-        killed[0].kill()
-
-    session = await run_session(cluster, kill)
-    killed[0].start(STARTUP_TIMEOUT_S)
-    survivor = next(replica for replica in cluster.measurements if replica is not killed[0])
-    assert "taking over the analysis" in survivor.log_text()
-    await check_session(cluster, session)
+    columns = jobs_table.c
+    await kill_the_runner(
+        cluster, cluster.measurements, MEASUREMENT_NAMES, cluster.databases["measurement"],
+        lambda session: select(columns.runner).where(columns.job_id == session.job_id, columns.status == "analyzing") if session.job_id else None,
+        lambda session: "taking over the analysis",
+    )
 
 
 async def test_the_worker_analysing_a_recording_killed(cluster) -> None:

@@ -22,7 +22,7 @@ import itertools
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -280,23 +280,34 @@ class SonalyzeClient:
     async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return _json_or_raise(await self.http("POST", path, json=body))
 
+    def backoff_delays_s(self) -> Iterator[float]:
+        """The waits between reconnect attempts: exponential back-off from ``backoff_initial_s``, doubling up
+        to ``backoff_max_s``, each a random half to all of its step (jitter: phones dropped together do not
+        come back together). Endless; callers retrying something else take as many as they allow."""
+        step_s = self._backoff_initial_s
+        while True:
+            yield step_s * (0.5 + random.random() / 2)
+            step_s = min(step_s * 2, self._backoff_max_s)
+
     async def _read_forever(self) -> None:
-        backoff_s = self._backoff_initial_s
+        delays_s = self.backoff_delays_s()
         while not self._closing:
+            received = False
             try:
                 assert self._ws is not None
                 async for message in self._ws:
-                    backoff_s = self._backoff_initial_s
+                    received = True
                     await self._dispatch(orjson.loads(message))
             except ConnectionClosed:
                 pass
+            if received:  # the back-off starts again after a connection that carried messages
+                delays_s = self.backoff_delays_s()
             self._connected.clear()
             self._fail_pending()
             if self._closing or not self._reconnect:
                 return
             while not self._closing:
-                await asyncio.sleep(backoff_s * (0.5 + random.random() / 2))
-                backoff_s = min(backoff_s * 2, self._backoff_max_s)
+                await asyncio.sleep(next(delays_s))
                 try:
                     self._ws = await self._open()
                 except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake) as exc:  # a gateway starting may drop or refuse the upgrade

@@ -4,7 +4,8 @@ Five devices connect (``sonalyze.client``); ``speaker-a`` creates a lobby, the o
 host shares the room snapshot, assigns two speakers and three microphones, starts, and runs the session.
 Every device reacts to the lobby's instructions as a phone would, and like a phone it survives the gateway
 restarting mid-session: the client reconnects and resumes by itself (``sonalyze.client``), a request
-whose connection dropped is sent again, and after every reconnect the device reads
+whose connection dropped, or that the gateway could not get answered (a service's replica restarting), is
+sent again, and after every reconnect the device reads
 ``measurement.session_status`` and carries out the step still waiting for it (an instruction pushed while
 it was away may be in no history: the lobby drops pushes the gateway cannot take). A microphone "records" by asking the
 simulation service (``/v1/simulation/simulate``) for the room impulse response from the current speaker
@@ -18,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,14 +29,20 @@ import httpx
 import numpy as np
 import soundfile
 
-from sonalyze.client import ConnectionLost, GatewayError, PushedEvent, SonalyzeClient
+from sonalyze.client import GatewayError, PushedEvent, SonalyzeClient
 from sonalyze.demo.recording import virtual_recording, wav_bytes
 from sonalyze.demo.rooms import MICROPHONES, ROOMS, SPEAKERS, room_snapshot
 
 ENDINGS = ("measurement.session_completed", "measurement.session_failed", "measurement.session_cancelled")
 ENDING_OF_STEP = {"completed": ENDINGS[0], "failed": ENDINGS[1], "cancelled": ENDINGS[2]}
-RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 2.0, 2.0, 5.0, 5.0, 5.0, 5.0)
-"""Between the attempts of a request or an HTTP call the gateway did not answer (about 30 s in all)."""
+ATTEMPTS = 12
+"""Attempts of a request or an HTTP call that did not get through, spaced by the client's reconnect back-off
+(``SonalyzeClient.backoff_delays_s``; by default 0.1 s doubling to 5 s, jittered: 18-36 s in all)."""
+NOT_THROUGH = ("connection_lost", "upstream_unavailable", "upstream_timeout")
+"""A request's errors that say it may or may not have been carried out: the connection dropped before the
+answer, or the gateway could not reach the service's replica or got no answer from it (a replica restarting)."""
+MOVED_ON = ("wrong_step", "session_mismatch")
+"""Refusals of a request sent again: the first attempt was carried out and the session moved on."""
 
 
 @dataclass(frozen=True)
@@ -131,22 +139,26 @@ class VirtualDevice:
                 await self._on(pushed)
 
     async def request(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
-        """``client.request``, sent again when the connection dropped before the answer; refused on a later
-        attempt (``wrong_step``, ``session_mismatch``): the first one did arrive and the session moved on."""
-        for attempt, delay_s in enumerate(RETRY_DELAYS_S):
+        """``client.request``, sent again after the client's back-off while it does not get through
+        (:data:`NOT_THROUGH`); an attempt after one that may have been carried out and refused as
+        :data:`MOVED_ON` answers ``{}`` (the first did arrive). Any other refusal is raised."""
+        sent = False
+        for delay_s in self._delays_s():
             try:
                 return await self.client.request(event, data)
-            except ConnectionLost:
-                await asyncio.sleep(delay_s)
-            except GatewayError:
-                if attempt == 0:
+            except GatewayError as exc:
+                if sent and exc.code in MOVED_ON:
+                    return {}
+                if exc.code not in NOT_THROUGH:
                     raise
-                return {}
-        raise DemoFailed(f"{self.name}: {event} got no answer through {len(RETRY_DELAYS_S)} reconnects")
+            sent = True
+            await asyncio.sleep(delay_s)
+        raise DemoFailed(f"{self.name}: {event} did not get through in {ATTEMPTS} attempts")
 
     async def http(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """``client.http``, tried again while the gateway is unreachable or restarting (502/503)."""
-        for delay_s in RETRY_DELAYS_S:
+        """``client.http``, tried again after the client's back-off while the gateway is unreachable or
+        restarting (502/503)."""
+        for delay_s in self._delays_s():
             try:
                 response = await self.client.http(method, path, **kwargs)
             except httpx.TransportError:
@@ -156,6 +168,10 @@ class VirtualDevice:
                 return response
             await asyncio.sleep(delay_s)
         raise DemoFailed(f"{self.name}: {method} {path} failed while the gateway was unreachable")
+
+    def _delays_s(self) -> Iterator[float]:
+        """One wait after each of :data:`ATTEMPTS` attempts."""
+        return itertools.islice(self.client.backoff_delays_s(), ATTEMPTS)
 
     async def _on(self, pushed: PushedEvent) -> None:
         data = pushed.data
@@ -201,6 +217,17 @@ class VirtualDevice:
         return self.shared.sweeps[job_id]
 
     async def _record_and_upload(self, instruction: dict[str, Any]) -> None:
+        wav = await self._record(instruction)
+        self.progress(f"{self.name} uploads {instruction['upload_name']}")
+        response = await self.http("POST", instruction["upload_path"], content=wav, headers={"content-type": "audio/wav"})
+        if response.status_code == 409 and "upload_exists" in response.text:
+            return  # sent before the connection dropped: the job has it
+        if response.status_code != 201:
+            raise DemoFailed(f"upload of {instruction['upload_name']} refused: {response.status_code} {response.text[:300]}")
+
+    async def _record(self, instruction: dict[str, Any]) -> bytes:
+        """The WAV this microphone records for ``measurement.stop_recording`` ``instruction``: the job's sweep
+        through the simulated room's impulse response from the speaker of the turn to this device."""
         speaker = self.shared.speaker_of_turn[instruction["speaker_index"]]
         speaker_name = self.shared.names[speaker]
         self.progress(f"{self.name} asks the simulation for the room's answer from {speaker_name}")
@@ -232,14 +259,7 @@ class VirtualDevice:
             fs_hz=self.config.sample_rate_hz,
             rng=self.rng,
         )
-        self.progress(f"{self.name} uploads {instruction['upload_name']}")
-        response = await self.http(
-            "POST", instruction["upload_path"], content=wav_bytes(recording, self.config.sample_rate_hz), headers={"content-type": "audio/wav"}
-        )
-        if response.status_code == 409 and "upload_exists" in response.text:
-            return  # sent before the connection dropped: the job has it
-        if response.status_code != 201:
-            raise DemoFailed(f"upload of {instruction['upload_name']} refused: {response.status_code} {response.text[:300]}")
+        return wav_bytes(recording, self.config.sample_rate_hz)
 
 
 async def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> DemoResult:
