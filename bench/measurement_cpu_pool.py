@@ -19,8 +19,9 @@ import soundfile
 from scipy.signal import fftconvolve
 
 from sonalyze.acoustics.sweep import SweepParams, exponential_sweep
+from sonalyze.common.blobs import BlobAddress
 from sonalyze.common.cpu_pool import DEFAULT_PRELOAD, CpuPool
-from sonalyze.measurement.analysis import AnalysisTask, BlobLocation, analyze_uploads
+from sonalyze.measurement.analysis import AnalysisTask, analyze_uploads
 from sonalyze.measurement.jobs import AnalysisSource
 
 
@@ -44,7 +45,7 @@ async def main(rounds: int) -> None:
     params = SweepParams()
     path = Path(tempfile.mkdtemp()) / "mic.wav"
     _recording(params, path)
-    task = AnalysisTask(AnalysisSource.SWEEP_DECONVOLUTION, params, (("mic", path.name),), BlobLocation("", path.parent))
+    task = AnalysisTask(AnalysisSource.SWEEP_DECONVOLUTION, params, (("mic", path.name),), BlobAddress("", path.parent))
     pool = CpuPool(1, 0, preload=(*DEFAULT_PRELOAD, "sonalyze.measurement.analysis"))
     start = time.perf_counter()
     await pool.warm_up()

@@ -1,7 +1,11 @@
 """The task queue (sonalyze.common.tasks, Dramatiq on Redis) against the local pool (CpuPool).
 
 1. Throughput: ``--tasks`` sweep analyses (5 s sweep, 48 kHz) submitted at once through the queue, served by
-   ``sonalyze worker --processes 1`` then ``--processes 2`` (interleaved ``--rounds`` times): analyses per second.
+   ``sonalyze worker --processes 1`` then ``--processes 2`` (interleaved ``--rounds`` times): analyses per second,
+   and the CPU time each analysis cost every process involved (the worker processes, this submitting process,
+   Redis when it runs on this machine: ``psutil``, before/after each batch). Beside it, the same analyses in 1
+   and 2 plain processes without the queue (``multiprocessing``, one BLAS thread each, as the workers): the
+   machine's own 2/1 ratio for this work, the ceiling of the queue's.
    The same with tasks that sleep 0.5 s (``time.sleep``: no CPU), which shows the queue's own parallelism
    when other work on a shared machine takes the cores.
 2. Overhead per task: a no-op task's round trip (submit -> result), sequential, through the local pool and
@@ -9,13 +13,16 @@
 
     .venv/bin/python bench/task_queue_bench.py [--redis redis://127.0.0.1:6379/10] [--tasks 16] [--rounds 2]
 
-Uses (and flushes) the given Redis database.
+``--worker-src DIR`` runs the workers from another source tree (``DIR/sonalyze``: a copy with another
+``common/tasks.py``), to compare two versions of the worker side in one session. Uses (and flushes) the
+given Redis database.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import signal
 import statistics
@@ -25,22 +32,26 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measurement_cpu_pool import _recording  # noqa: E402  (the same recording as the pool's benchmark)
 
 from sonalyze.acoustics.sweep import SweepParams  # noqa: E402
+from sonalyze.common.blobs import BlobAddress  # noqa: E402
 from sonalyze.common.cpu_pool import DEFAULT_PRELOAD, CpuPool  # noqa: E402
 from sonalyze.common.tasks import LocalTasks, QueueTasks  # noqa: E402
-from sonalyze.measurement.analysis import AnalysisTask, BlobLocation, analyze_uploads  # noqa: E402
+from sonalyze.measurement.analysis import AnalysisTask, analyze_uploads  # noqa: E402
 from sonalyze.measurement.jobs import AnalysisSource  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start_worker(url: str, processes: int, poll_ms: int) -> subprocess.Popen:
+def start_worker(url: str, processes: int, poll_ms: int, src: str = "") -> subprocess.Popen:
     env = {**os.environ, "TASK_QUEUE_URL": url}
+    if src:
+        env["PYTHONPATH"] = src
     return subprocess.Popen(
         [sys.executable, "-m", "sonalyze", "worker", "--processes", str(processes), "--poll-ms", str(poll_ms)],
         env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -64,6 +75,59 @@ async def throughput(queue: QueueTasks, fn, arg, count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def _cpu_s(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return times.user + times.system
+
+
+class CpuMeter:
+    """CPU seconds spent by the worker processes (``sonalyze worker``'s tree), this process and Redis."""
+
+    def __init__(self, worker: subprocess.Popen, redis_pid: int | None) -> None:
+        root = psutil.Process(worker.pid)
+        self.groups = {
+            "worker processes": [root, *root.children(recursive=True)],
+            "submitter": [psutil.Process()],
+            "redis-server": [psutil.Process(redis_pid)] if redis_pid else [],
+        }
+        self.start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        return {name: sum(_cpu_s(p) for p in processes) for name, processes in self.groups.items()}
+
+    def per_task_ms(self, tasks: int) -> dict[str, float]:
+        end = self._read()
+        return {name: 1000 * (end[name] - self.start[name]) / tasks for name in end}
+
+
+def _local_redis_pid(client: redis.Redis) -> int | None:
+    pid = int(client.info("server")["process_id"])
+    try:
+        psutil.Process(pid).cpu_times()
+    except psutil.Error:  # another machine, or not ours to read
+        return None
+    return pid
+
+
+def _single_blas_thread() -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
+
+
+def plain_rate(pool: multiprocessing.pool.Pool, task: AnalysisTask, count: int) -> tuple[float, float]:
+    """Analyses per second in the pool's processes, and the CPU milliseconds each analysis cost them."""
+    processes = [psutil.Process(child.pid) for child in pool._pool]  # the pool's worker processes
+    cpu_s = sum(_cpu_s(p) for p in processes)
+    start = time.perf_counter()
+    pool.map(analyze_uploads, [task] * count, chunksize=1)
+    rate = count / (time.perf_counter() - start)
+    return rate, 1000 * (sum(_cpu_s(p) for p in processes) - cpu_s) / count
+
+
 async def round_trips(runner, count: int) -> list[float]:
     times = []
     for _ in range(count):
@@ -74,33 +138,59 @@ async def round_trips(runner, count: int) -> list[float]:
     return times
 
 
-async def main(url: str, tasks: int, rounds: int, poll_ms: int, trips: int) -> None:
-    redis.Redis.from_url(url).flushdb()
+def _ratio(values: dict[int, list[float]]) -> float:
+    return statistics.median(values[2]) / statistics.median(values[1])
+
+
+async def main(url: str, tasks: int, rounds: int, poll_ms: int, trips: int, src: str) -> None:
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    redis_pid = _local_redis_pid(client)
     params = SweepParams()
     path = Path(tempfile.mkdtemp()) / "mic.wav"
     _recording(params, path)
-    task = AnalysisTask(AnalysisSource.SWEEP_DECONVOLUTION, params, (("mic", path.name),), BlobLocation("", path.parent))
+    task = AnalysisTask(AnalysisSource.SWEEP_DECONVOLUTION, params, (("mic", path.name),), BlobAddress("", path.parent))
     queue = QueueTasks(url, "analysis", max_in_flight=1000)
+    context = multiprocessing.get_context("forkserver")
+    plain_pools = {n: context.Pool(n, initializer=_single_blas_thread) for n in (1, 2)}
+    for n, pool in plain_pools.items():
+        plain_rate(pool, task, 2 * n)  # imported and warm
     rates: dict[int, list[float]] = {1: [], 2: []}
+    plain: dict[int, list[float]] = {1: [], 2: []}
     sleeps: dict[int, list[float]] = {1: [], 2: []}
+    cpu: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+    plain_cpu: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(rounds):
         for processes in (1, 2):
-            worker = start_worker(url, processes, poll_ms)
+            rate, cpu_ms = plain_rate(plain_pools[processes], task, tasks)
+            plain[processes].append(rate)
+            plain_cpu[processes].append(cpu_ms)
+            worker = start_worker(url, processes, poll_ms, src)
             try:
                 await warm(queue, processes)
+                meter = CpuMeter(worker, redis_pid)
                 rates[processes].append(await throughput(queue, analyze_uploads, task, tasks))
+                cpu[processes].append(meter.per_task_ms(tasks))
                 sleeps[processes].append(await throughput(queue, time.sleep, 0.5, 8))
             finally:
                 stop_worker(worker)
+    for pool in plain_pools.values():
+        pool.terminate()
+    print(f"load average {os.getloadavg()[0]:.1f}; workers from {src or 'this tree'}")
     for processes in (1, 2):
-        print(f"{processes} worker process(es): {', '.join(f'{v:.2f}' for v in rates[processes])} analyses/s; "
+        print(f"{processes} worker process(es): {', '.join(f'{v:.2f}' for v in rates[processes])} analyses/s through the queue; "
+              f"{', '.join(f'{v:.2f}' for v in plain[processes])} in plain processes; "
               f"{', '.join(f'{v:.2f}' for v in sleeps[processes])} sleep tasks/s")
-    print(f"ratio 2/1 (medians): analyses {statistics.median(rates[2]) / statistics.median(rates[1]):.2f}, "
-          f"sleep tasks {statistics.median(sleeps[2]) / statistics.median(sleeps[1]):.2f}")
+        names = cpu[processes][0]
+        medians = {name: statistics.median(sample[name] for sample in cpu[processes]) for name in names}
+        print("  CPU per analysis (ms, medians): " + ", ".join(f"{name} {value:.1f}" for name, value in medians.items())
+              + f"; plain processes {statistics.median(plain_cpu[processes]):.1f}")
+    print(f"ratio 2/1 (medians): analyses through the queue {_ratio(rates):.2f}, in plain processes {_ratio(plain):.2f}, "
+          f"sleep tasks {_ratio(sleeps):.2f}")
 
     local = LocalTasks(CpuPool(1, 0, preload=(*DEFAULT_PRELOAD, "sonalyze.measurement.analysis")))
     await local.warm_up()
-    worker = start_worker(url, 1, poll_ms)
+    worker = start_worker(url, 1, poll_ms, src)
     try:
         await warm(queue, 1)
         local_s = await round_trips(local, trips)
@@ -122,5 +212,6 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--poll-ms", type=int, default=1000)
     parser.add_argument("--trips", type=int, default=50)
+    parser.add_argument("--worker-src", default="", help="run the workers from this source folder (PYTHONPATH)")
     args = parser.parse_args()
-    asyncio.run(main(args.redis, args.tasks, args.rounds, args.poll_ms, args.trips))
+    asyncio.run(main(args.redis, args.tasks, args.rounds, args.poll_ms, args.trips, args.worker_src))

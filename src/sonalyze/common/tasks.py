@@ -214,8 +214,6 @@ def _wake_key(queue: str) -> str:
 
 WAKE_TOKENS_MAX = 64
 """Wake-up tokens kept per queue (one per submitted task; a token nobody takes costs one empty fetch)."""
-BUSY_POLL_S = 0.005
-"""How often a process that has all the messages it may take looks for its finished ones (no Redis call)."""
 
 
 def redis_broker(url: str, heartbeat_timeout_s: float) -> Any:
@@ -225,8 +223,11 @@ def redis_broker(url: str, heartbeat_timeout_s: float) -> Any:
     up to its poll interval late, or burns CPU polling often (8.5 % of a core per idle process at 20 ms,
     bench/task_queue.md). Here an idle consumer blocks on a wake-up list instead (``BLPOP`` for up to the
     poll interval), which the submitter pushes a token to after each message: the task starts at once and
-    an idle worker asks Redis about once per interval. Maintenance (putting a dead worker's messages back)
-    runs on 10 % of the broker's calls rather than 0.1 %, as calls are that much rarer.
+    an idle worker asks Redis about once per interval. A consumer whose process has all the messages it may
+    take waits for one of them to be acknowledged (an event its ``ack`` sets), not on a timer: it fetches
+    the next message as soon as a task ends and does not wake while the task runs. Maintenance (putting a
+    dead worker's messages back) runs on 10 % of the broker's calls rather than 0.1 %, as calls are that
+    much rarer.
     """
     import dramatiq
     from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
@@ -236,6 +237,23 @@ def redis_broker(url: str, heartbeat_timeout_s: float) -> Any:
     import redis
 
     class WakingConsumer(_RedisConsumer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.settled = threading.Event()
+            """Set by a worker thread once it acknowledged (or rejected) one of this consumer's messages."""
+
+        def ack(self, message: Any) -> None:
+            try:
+                super().ack(message)
+            finally:
+                self.settled.set()
+
+        def nack(self, message: Any) -> None:
+            try:
+                super().nack(message)
+            finally:
+                self.settled.set()
+
         def __next__(self) -> Any:
             try:
                 while True:
@@ -243,8 +261,9 @@ def redis_broker(url: str, heartbeat_timeout_s: float) -> Any:
                         message = Message.decode(self.message_cache.pop(0))
                         self.queued_message_ids.add(message.message_id)
                         return MessageProxy(message)
+                    self.settled.clear()  # before the count: an ack after it sets the event, one before it is counted
                     if self.outstanding_message_count >= self.prefetch or _retiring.is_set():
-                        time.sleep(BUSY_POLL_S)  # its tasks run (their acks come from this thread's loop), or it retires
+                        self.settled.wait(self.timeout / 1000)  # its tasks run, or it retires
                         return None
                     self.message_cache = self.broker.do_fetch(self.queue_name, self.prefetch - self.outstanding_message_count)
                     if not self.message_cache:
@@ -436,16 +455,21 @@ def _execute(task_id: str, encoded: str) -> None:
     events, outcome_key, cancel = _keys(task_id)
     client = _worker_redis
 
-    def push(*event: Any) -> None:
+    def push(*event: Any, outcome: bytes | None = None) -> None:
+        """One round trip: the event (after the outcome, when given: set once, a second run leaves the first)."""
         with client.pipeline(transaction=False) as pipe:
+            if outcome is not None:
+                pipe.set(outcome_key, outcome, nx=True, ex=OUTCOME_TTL_S)
             pipe.rpush(events, pickle.dumps(event))
             pipe.expire(events, OUTCOME_TTL_S)
             pipe.execute()
 
-    if client.exists(outcome_key):  # ran before: answer again (its worker may have died before "done")
+    with client.pipeline(transaction=False) as pipe:
+        ran, cancelled = pipe.exists(outcome_key).exists(cancel).execute()
+    if ran:  # ran before: answer again (its worker may have died before "done")
         push("done")
         return
-    if client.exists(cancel):
+    if cancelled:
         return
     fn, args, kwargs, with_progress = pickle.loads(base64.b64decode(encoded))
     push("started", os.getpid(), socket.gethostname())
@@ -464,8 +488,7 @@ def _execute(task_id: str, encoded: str) -> None:
         data = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         data = pickle.dumps(("error", (None, f"the task's answer cannot be sent back: {exc}", "")))
-    client.set(outcome_key, data, nx=True, ex=OUTCOME_TTL_S)  # a second run leaves the first outcome
-    push("done")
+    push("done", outcome=data)
 
 
 def setup_worker() -> None:
