@@ -153,11 +153,12 @@ async def run(args: argparse.Namespace) -> dict:
         database_url, database_name = await infra.create_postgres_database()
     else:
         database_url, database_name = f"sqlite:///{tempfile.mkdtemp(prefix='lobby-bench-')}/lobby.db", None
-    gateway_port = free_port()
+    gateway_port = args.port_base + 1 if args.port_base else free_port()
     quiet = {"LOG_LEVEL": "WARNING"}
     lobby_path = {"PYTHONPATH": args.lobby_pythonpath} if args.lobby_pythonpath else {}
     lobby = ServiceProcess(
         "lobby",
+        port=args.port_base or None,
         env={"DATABASE_URL": database_url, "GATEWAY_URL": f"http://127.0.0.1:{gateway_port}", "INTERNAL_AUTH_TOKEN": TOKEN, **quiet, **lobby_path},
     )
     lobby.start()
@@ -268,6 +269,7 @@ def main() -> None:
     parser.add_argument("--lobby-rate", type=float, default=0.0, help="open loop: lobbies started per second (0: closed loop)")
     parser.add_argument("--client-core", type=int, default=1, help="the core this load generator runs on (-1: any)")
     parser.add_argument("--lobby-pythonpath", default="", help="run the lobby from another copy of the package (before/after)")
+    parser.add_argument("--port-base", type=int, default=0, help="the lobby on this port, the gateway on the next (0: free ports)")
     parser.add_argument("--profile", default="", help="py-spy the measured part into this file (.svg; .json: speedscope; .txt: collapsed stacks)")
     parser.add_argument("--profile-target", choices=["lobby", "gateway"], default="lobby")
     parser.add_argument("--show-logs", action="store_true", help="print the end of both services' logs")

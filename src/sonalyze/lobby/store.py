@@ -7,10 +7,12 @@ one transaction through :meth:`Database.write`. How it runs depends on the URL:
   transaction is a few statements of an embedded database (~0.1 ms in WAL mode with
   ``synchronous=NORMAL``, no fsync per commit); handing it to a thread (aiosqlite hops once per
   statement) cost more CPU than the work and capped the service at a few hundred events/s. Inline calls
-  also make writers take turns, so they never meet ``database is locked``. ``sqlite+aiosqlite://`` URLs
-  are accepted and run this way. The statements of the lobby path (:class:`Statement`) run straight on
-  the sqlite3 connection as SQL compiled once: SQLAlchemy's execution path (parameter processing,
-  result objects, pool checkout per transaction) cost several times what SQLite spends on them.
+  also make writers take turns, so they never meet ``database is locked``; the WAL is checkpointed in a
+  thread, not in the commits (:mod:`sonalyze.lobby.sqlite_file`: a checkpoint's fsyncs stopped the loop).
+  ``sqlite+aiosqlite://`` URLs are accepted and run this way. The statements of the lobby path
+  (:class:`Statement`) run straight on the sqlite3 connection as SQL compiled once: SQLAlchemy's execution
+  path (parameter processing, result objects, pool checkout per transaction) cost several times what
+  SQLite spends on them.
 * PostgreSQL: the asyncpg engine; the same functions run through ``Connection.run_sync``.
 
 Durable records (lobbies, participants, events, sessions) are written only by the functions of this
@@ -46,6 +48,7 @@ from sonalyze.lobby.models import events, join_failures, lobbies, participants, 
 from sonalyze.lobby.rows import LobbyRow, ParticipantRow, SessionRow
 from sonalyze.lobby.storage_records import device_record, lobby_record, measurement_record, participant_record
 from sonalyze.lobby.session_machine import TERMINAL_STEPS, SessionState, SessionStep
+from sonalyze.lobby.sqlite_file import CHECKPOINT_INTERVAL_S, WalCheckpointer, apply_pragmas
 from sonalyze.storage.client import StorageClient
 from sonalyze.storage.db import make_engine
 from sonalyze.storage.outbox import Outbox, outbox_table, put_row
@@ -56,16 +59,27 @@ T = TypeVar("T")
 class Database:
     """The lobby's engine; with ``storage`` also the outbox that delivers its records to the storage service."""
 
-    def __init__(self, url: str, *, storage: StorageClient | None = None, outbox_lease_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        storage: StorageClient | None = None,
+        outbox_lease_s: float = 60.0,
+        checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
+    ) -> None:
         """``outbox_lease_s``: how long a replica's claim on an outbox row lasts (longer than a storage call
-        may take); a replica killed while it sends leaves the row to the others after that."""
+        may take); a replica killed while it sends leaves the row to the others after that.
+        ``checkpoint_interval_s``: how often a SQLite file's WAL is checkpointed (:class:`WalCheckpointer`)."""
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self._outbox_engine: AsyncEngine | None = None
         self._sqlite: Connection | None = None
+        self._checkpointer: WalCheckpointer | None = None
         if self.is_sqlite:
             self._engine = create_engine(parsed.set(drivername="sqlite+pysqlite"))
-            event.listen(self._engine, "connect", _sqlite_pragmas)
+            event.listen(self._engine, "connect", apply_pragmas)
+            if parsed.database and parsed.database != ":memory:":
+                self._checkpointer = WalCheckpointer(parsed.database, interval_s=checkpoint_interval_s)
         else:
             self._async_engine = create_async_engine(parsed, pool_size=10, max_overflow=20)
         self.outbox: Outbox | None = None
@@ -79,11 +93,15 @@ class Database:
         if not self.is_sqlite:
             return self._async_engine
         self._outbox_engine = make_engine(parsed.set(drivername="sqlite+aiosqlite"))
+        event.listen(self._outbox_engine.sync_engine, "connect", apply_pragmas)  # synchronous=NORMAL too
         return self._outbox_engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def start(self) -> None:
-        """Migrate, then start delivering the outbox (rows a previous process left are sent first)."""
+        """Migrate, start the WAL checkpoints, then start delivering the outbox (rows a previous process
+        left are sent first)."""
         await self.write(migrations.upgrade)
+        if self._checkpointer is not None:
+            self._checkpointer.start()
         if self.outbox is not None:
             await self.outbox.start()
 
@@ -93,6 +111,8 @@ class Database:
             await self.outbox.client.aclose()
         if self._outbox_engine is not None:
             await self._outbox_engine.dispose()
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         if self.is_sqlite:
             if self._sqlite is not None:
                 self._sqlite.close()
@@ -237,13 +257,6 @@ def _with_storage_records(conn: Connection, work: Callable[..., T], *args: Any) 
         return result
     finally:
         del conn.info[_CHANGES]  # the info dict outlives the transaction (it belongs to the DBAPI connection)
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=10000"):
-        cursor.execute(f"PRAGMA {pragma}")
-    cursor.close()
 
 
 # ----------------------------------------------------------------------------------------------- rows
