@@ -173,6 +173,8 @@ async def test_whole_session_through_the_ui(webapp_backend, launch_browser, shot
     await host.wait_for_selector("#step:has-text('quiet')", timeout=60000)
     await host.screenshot(path=shots / "08-playing-host.png", full_page=True)
     await mic2.screenshot(path=shots / "09-recording-mic.png", full_page=True)
+    await mic2.wait_for_selector("#activity:has-text('Uploaded')", state="attached", timeout=120000)  # the WAV built and POSTed by upload-worker.js
+    await mic2.screenshot(path=shots / "09b-uploaded-mic.png", full_page=True)
     await _until_measured(host, webapp_backend)
     for page in (host, mic1, mic2):
         await page.wait_for_function("document.querySelectorAll('#results-body table.metrics:not(.spread)').length === 2", timeout=60000)

@@ -1,8 +1,10 @@
 // Unit tests of the app's pure modules, run by `node --test` (test_unit.py runs them from pytest).
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { BlockBatcher, FrameAssembler, sampleStats } from "../../src/sonalyze/webapp/frames.js";
-import { encodeWavFloat32, readWavHeader } from "../../src/sonalyze/webapp/wav.js";
+import { MessageChannel, receiveMessageOnPort } from "node:worker_threads";
+import { createHash } from "node:crypto";
+import { BlockBatcher, FrameAssembler, assemble, gapFrames, recordingFrames, sampleStats } from "../../src/sonalyze/webapp/frames.js";
+import { encodeWavFloat32, readWavHeader, wavOfRecording } from "../../src/sonalyze/webapp/wav.js";
 import { duties, sessionView, backoffMs, nameOf } from "../../src/sonalyze/webapp/session-model.js";
 import { reportTable, toCsv, spread, pairsOf } from "../../src/sonalyze/webapp/results.js";
 import { MARKERS, categoryOffsets, markerPath } from "../../src/sonalyze/webapp/plots.js";
@@ -23,6 +25,38 @@ test("WAV: RIFF header fields and the float samples, byte for byte", () => {
   assert.throws(() => encodeWavFloat32(samples, 44100.5));
   const view2 = new DataView(encodeWavFloat32(Float32Array.from([9, 0.75, -0.125]).subarray(1), 48000)); // a view at an offset
   assert.deepEqual([view2.getFloat32(58, true), view2.getFloat32(62, true), view2.byteLength], [0.75, -0.125, 58 + 8]);
+});
+
+/** Two recordings as the worklet delivers them (a batch from before the start, a lost batch, one past the
+ *  stop), and the SHA-256 of the WAV the page built from them on its main thread before the assembly moved
+ *  to upload-worker.js (FrameAssembler.toSamples + encodeWavFloat32 of commit c33be7a). */
+function knownRecordings() {
+  const short = new FrameAssembler(1100);
+  short.add(1000, Float32Array.from({ length: 256 }, (_, i) => (i - 128) / 256));
+  short.add(1384, Float32Array.from({ length: 128 }, (_, i) => -i / 128));
+  short.stop(1600);
+  const nineSeconds = new FrameAssembler(5000); // 9 s at 44.1 kHz in the worklet's 2048-frame batches
+  for (let frame = 4096; frame < 5000 + 9 * 44100 + 4096; frame += 2048) {
+    if (frame !== 4096 + 2048 * 50) nineSeconds.add(frame, Float32Array.from({ length: 2048 }, (_, i) => Math.sin((frame + i) * 0.0123) * 0.8));
+  }
+  nineSeconds.stop(5000 + 9 * 44100);
+  return [[short, "f9eba11c60761df506bc484b16c112a975319d0d73b83f27ec69c4d3b6ee5f34", 216, 500],
+          [nineSeconds, "25ea2868eac6c7e6eab90ce58bb874142248e9cf153a7f999711dd254368d821", 2048, 396900]];
+}
+
+test("WAV of a recording (upload-worker.js): byte for byte the WAV the page used to build, from transferred batches", () => {
+  for (const [assembler, sha256, gap, frames] of knownRecordings()) {
+    const recording = { sampleRateHz: 44100, ...assembler.recording };
+    assert.deepEqual([gapFrames(recording), recordingFrames(recording)], [gap, frames]);
+    const { port1, port2 } = new MessageChannel(); // the hand-off as the page does it: the buffers transferred
+    port1.postMessage({ recording }, assembler.buffers);
+    const received = receiveMessageOnPort(port2).message.recording;
+    port1.close();
+    assert.ok(assembler.batches.every((b) => b.samples.length === 0), "the page's samples are detached: moved, not copied");
+    const wav = wavOfRecording(received);
+    assert.equal(createHash("sha256").update(new Uint8Array(wav)).digest("hex"), sha256);
+    assert.deepEqual(readWavHeader(wav), { formatTag: 3, channels: 1, sampleRateHz: 44100, bitsPerSample: 32, frames });
+  }
 });
 
 test("frames: the worklet's batches carry their peak and clipped count; the assembler sums them", () => {
@@ -57,14 +91,18 @@ test("frames: the assembler puts every sample at its render frame and fills gaps
   a.add(1000, Float32Array.from({ length: 256 }, (_, i) => 1000 + i)); // 1000–1255, starts before the recording
   a.add(1384, Float32Array.from({ length: 128 }, (_, i) => 1384 + i)); // gap 1256–1383
   a.stop(1600);
-  const out = a.toSamples();
+  const out = assemble(a.recording);
   assert.equal(out.length, 500);
   for (let n = 0; n < out.length; n++) {
     const frame = 1100 + n;
     const expected = frame < 1256 ? frame : frame < 1384 ? 0 : frame < 1512 ? frame : 0;
     assert.equal(out[n], expected, `sample ${n}`);
   }
-  assert.equal(a.gapFrames, 128 + 88);
+  assert.equal(gapFrames(a.recording), 128 + 88);
+  assert.equal(recordingFrames(a.recording), 500);
+  const open = new FrameAssembler(1100); // never stopped: ends at the last sample received
+  open.add(1000, Float32Array.from({ length: 256 }));
+  assert.deepEqual([open.recording.endFrame, assemble(open.recording).length, gapFrames(open.recording)], [1256, 156, 0]);
 });
 
 const session = (extra) => ({ session_id: "s", lobby_id: "l", job_id: "j", step: "preparing", speaker_index: 0, speaker_device_id: "spk",

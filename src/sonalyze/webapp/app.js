@@ -276,11 +276,11 @@ async function perform(duty, s, key) {
     }
     case "upload": {
       setActivity("Uploading the recording…");
-      const recording = await audio.stopRecording();
+      const stopped = await audio.stopRecording();
       const micIndex = s.microphones.indexOf(me());
       const name = uploadName(s.speaker_index, micIndex);
-      const facts = { ...audio.captureFacts(), gap_frames: recording.gapFrames, clipped_samples: recording.clippedSamples };
-      const response = await conn.postFromWorker(uploadPath(s.job_id, name), recording.wav,
+      const facts = { ...audio.captureFacts(), gap_frames: stopped.gapFrames, clipped_samples: stopped.clippedSamples };
+      const response = await conn.postFromWorker(uploadPath(s.job_id, name), { recording: stopped.recording }, stopped.buffers,
         { "Content-Type": "audio/wav", "X-Capture-Facts": base64UrlJson(facts) });
       if (response.status !== 201) {
         let body = {};
@@ -288,7 +288,7 @@ async function perform(duty, s, key) {
         throw new Error(`upload refused: ${body.error?.message ?? response.statusText} (${body.error?.code ?? response.status})`);
       }
       state.local.uploaded = true;
-      setActivity(`Uploaded ${recording.seconds.toFixed(1)} s at ${audio.ctx.sampleRate} Hz.`);
+      setActivity(`Uploaded ${stopped.seconds.toFixed(1)} s at ${audio.ctx.sampleRate} Hz.`);
       answer(await conn.request("measurement.recording_uploaded", { ...guard, upload_name: name }));
       return;
     }
@@ -911,6 +911,7 @@ $("arm").addEventListener("click", async () => {
     $("arm-warnings").replaceChildren(...warnings.map((w) => Object.assign(document.createElement("li"), { textContent: w })));
     $("arm-state").textContent = `Armed: audio running at ${audio.ctx.sampleRate} Hz${audio.node ? ", microphone open" : ""}${audio.wakeLock ? ", screen kept on" : ""}.`;
     $("meter-box").hidden = !audio.node;
+    if (audio.node) conn.startUploader(); // now, not in the task that ends the first recording
   } catch (error) {
     $("arm-state").textContent = "Not armed.";
     showError("arm-error", error.message);

@@ -1,8 +1,7 @@
 // The phone's audio: one AudioContext (resumed by the Arm tap), the raw microphone through an
 // AudioWorklet (never MediaRecorder), the sweep played at an exact context time, and the capture facts
 // sent with each upload (contract C3).
-import { FrameAssembler } from "./frames.js";
-import { encodeWavFloat32 } from "./wav.js";
+import { FrameAssembler, gapFrames, recordingFrames } from "./frames.js";
 
 const PROCESSING = ["echoCancellation", "noiseSuppression", "autoGainControl"];
 /** Waited after the sweep file's end before saying it was played (output buffers the browser does not report). */
@@ -108,15 +107,17 @@ export class AudioEngine {
 
   get recording() { return this.assembler !== null; }
 
-  /** Stops at the worklet's current frame; the WAV at the context's actual rate and what it holds. */
+  /** Stops at the worklet's current frame. `recording`: the batches at the context's actual rate, for
+   *  upload-worker.js to assemble and encode (wav.js wavOfRecording), with the sample `buffers` to transfer:
+   *  no per-sample work here, in the worklet's "flushed" message task (bench/webapp.md). */
   async stopRecording() {
     const assembler = this.assembler;
     const endFrame = await new Promise((resolve) => { this.pendingFlush = resolve; this.node.port.postMessage("flush"); });
     assembler.stop(endFrame);
     this.assembler = null;
-    const samples = assembler.toSamples();
-    return { wav: encodeWavFloat32(samples, this.ctx.sampleRate), seconds: samples.length / this.ctx.sampleRate,
-             gapFrames: assembler.gapFrames, clippedSamples: assembler.clippedSamples, peak: assembler.peak };
+    const recording = { sampleRateHz: this.ctx.sampleRate, ...assembler.recording };
+    return { recording, buffers: assembler.buffers, seconds: recordingFrames(recording) / this.ctx.sampleRate,
+             gapFrames: gapFrames(recording), clippedSamples: assembler.clippedSamples, peak: assembler.peak };
   }
 
   discardRecording() { this.assembler = null; }

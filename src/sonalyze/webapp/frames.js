@@ -1,6 +1,7 @@
 // Raw capture indexed by the audio render frame (AudioWorkletGlobalScope.currentFrame): a block that
 // arrives late or never is a gap of zeros at its place, so sample n of the recording is always render
-// frame start + n, whatever the main thread was doing. Pure: used by capture-worklet.js and by app code.
+// frame start + n, whatever the main thread was doing. Pure: used by capture-worklet.js, audio.js and (through
+// wav.js) upload-worker.js.
 
 export const BLOCK_FRAMES = 128;
 
@@ -47,13 +48,13 @@ export function sampleStats(samples) {
   return { peak, clipped };
 }
 
-/** On the main thread: places batches at `frame − startFrame`; gaps are zeros; ends at `endFrame`. */
+/** On the main thread: collects the worklet's batches of one recording from `startFrame`; `stop(endFrame)`
+ *  ends it. Nothing per sample: the samples are assembled by `assemble`, in upload-worker.js. */
 export class FrameAssembler {
   constructor(startFrame) {
     this.startFrame = startFrame;
     this.endFrame = null;
     this.batches = [];
-    this.gapFrames = 0;
     this.peak = 0;
     this.clippedSamples = 0;
   }
@@ -67,19 +68,38 @@ export class FrameAssembler {
 
   stop(endFrame) { this.endFrame = endFrame; }
 
-  /** The recording from startFrame to endFrame (or to the last sample received). */
-  toSamples() {
+  /** The recording as a structured-clonable message `{startFrame, endFrame, batches}` (`endFrame`: the stop,
+   *  or the last sample received) for `assemble`. */
+  get recording() {
     const lastFrame = this.batches.reduce((m, b) => Math.max(m, b.frame + b.samples.length), this.startFrame);
-    const end = this.endFrame ?? lastFrame;
-    const out = new Float32Array(Math.max(0, end - this.startFrame));
-    let covered = 0;
-    for (const { frame, samples } of this.batches) {
-      const from = Math.max(frame, this.startFrame), to = Math.min(frame + samples.length, end);
-      if (to <= from) continue;
-      out.set(samples.subarray(from - frame, to - frame), from - this.startFrame);
-      covered += to - from;
-    }
-    this.gapFrames = out.length - covered;
-    return out;
+    return { startFrame: this.startFrame, endFrame: this.endFrame ?? lastFrame, batches: this.batches };
   }
+
+  /** The batches' sample buffers, each once: to transfer with `recording` (postMessage), not copy. */
+  get buffers() { return [...new Set(this.batches.map((b) => b.samples.buffer))]; }
+}
+
+/** The frames a recording spans: from `startFrame` to `endFrame`. */
+export const recordingFrames = ({ startFrame, endFrame }) => Math.max(0, endFrame - startFrame);
+
+/** Each batch's part inside the recording: `[batch, from, to]` in render frames (the worklet's batches do not overlap). */
+function* partsInside({ startFrame, endFrame, batches }) {
+  for (const batch of batches) {
+    const from = Math.max(batch.frame, startFrame), to = Math.min(batch.frame + batch.samples.length, endFrame);
+    if (to > from) yield [batch, from, to];
+  }
+}
+
+/** Frames of the recording no batch delivered (zeros in `assemble`), from the batches' spans alone. */
+export function gapFrames(recording) {
+  let covered = 0;
+  for (const [, from, to] of partsInside(recording)) covered += to - from;
+  return recordingFrames(recording) - covered;
+}
+
+/** The recording's samples: each batch at `frame − startFrame`, gaps zeros, up to `endFrame`. */
+export function assemble(recording) {
+  const out = new Float32Array(recordingFrames(recording));
+  for (const [{ frame, samples }, from, to] of partsInside(recording)) out.set(samples.subarray(from - frame, to - frame), from - recording.startFrame);
+  return out;
 }

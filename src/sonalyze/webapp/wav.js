@@ -1,6 +1,13 @@
 // WAV encoding of a mono recording (RIFF/WAVE, Microsoft "Multimedia Programming Interface and Data
 // Specifications 1.0", 1991): IEEE float 32-bit (format tag 3, with the `fact` chunk the spec asks of
 // non-PCM data), so the samples the AudioWorklet delivered reach the analysis unchanged.
+import { assemble } from "./frames.js";
+
+/** The WAV of a stopped recording, `{sampleRateHz, startFrame, endFrame, batches}` (audio.js
+ *  stopRecording): built in upload-worker.js, off the page's thread. */
+export function wavOfRecording(recording) {
+  return encodeWavFloat32(assemble(recording), recording.sampleRateHz);
+}
 
 /** @param {Float32Array} samples  @param {number} sampleRateHz  @returns {ArrayBuffer} */
 export function encodeWavFloat32(samples, sampleRateHz) {

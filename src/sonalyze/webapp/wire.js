@@ -144,22 +144,40 @@ export class Connection extends EventTarget {
     return fetch(path, { ...init, headers: this.credentialed(init.headers) });
   }
 
-  /** POST `body` (an ArrayBuffer, transferred: unusable here afterwards) from upload-worker.js, with the
-   *  device credential; `{status, statusText, text}`. Handing a recording's megabytes to fetch on the page
-   *  held its thread 40–90 ms on a loaded machine (bench/webapp.md): the page only passes the buffer on. */
-  postFromWorker(path, body, headers = {}) {
-    this.uploader ??= new Worker(new URL("./upload-worker.js", import.meta.url), { type: "module" });
+  /** A POST to `path` from upload-worker.js, with the device credential: the worker builds the body from
+   *  `message` (`{recording}`: the WAV of audio.js's stopped recording) and answers `{status, statusText,
+   *  text}`; `transfer`: the buffers handed over with it (transferred: unusable here afterwards). Building a
+   *  recording's WAV and handing its megabytes to fetch on the page held its thread 28–92 ms on a loaded
+   *  machine (bench/webapp.md): the page only passes the batches on. */
+  postFromWorker(path, message, transfer, headers = {}) {
+    const uploader = this.startUploader();
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
-      const listener = ({ data }) => {
-        if (data.id !== id) return;
-        this.uploader.removeEventListener("message", listener);
-        if (data.error) reject(new Error(data.error)); else resolve(data);
+      const settle = (error, data) => {
+        uploader.removeEventListener("message", answered);
+        uploader.removeEventListener("error", failed);
+        if (error) reject(error); else resolve(data);
       };
-      this.uploader.addEventListener("message", listener);
+      const answered = ({ data }) => { if (data.id === id) settle(data.error && new Error(data.error), data); };
+      const failed = (event) => settle(new Error(`the upload worker failed: ${event.message ?? "it could not start"}`));
+      uploader.addEventListener("message", answered);
+      uploader.addEventListener("error", failed);
       const url = new URL(path, location.href).href; // a worker resolves relative URLs against its own script
-      this.uploader.postMessage({ id, url, body, headers: Object.fromEntries(this.credentialed(headers)) }, [body]);
+      uploader.postMessage({ ...message, id, url, headers: Object.fromEntries(this.credentialed(headers)) }, transfer);
     });
+  }
+
+  /** upload-worker.js, started once: a microphone starts it when armed, so that the hand-off at the end of
+   *  its first recording does not (a few ms more in that task, 12 ms on a loaded machine: bench/webapp.md). */
+  startUploader() {
+    if (!this.uploader) {
+      const uploader = new Worker(new URL("./upload-worker.js", import.meta.url), { type: "module" });
+      uploader.addEventListener("error", () => { // it could not load (or threw): the next upload starts a new one
+        if (this.uploader === uploader) { uploader.terminate(); this.uploader = null; }
+      });
+      this.uploader = uploader;
+    }
+    return this.uploader;
   }
 
   credentialed(headers) {
