@@ -76,6 +76,20 @@ def unavailable_reason(band_hz: float, fs_hz: float) -> str:
     )
 
 
+#: A band's decay is analysed in blocks of samples (`decay.BandEnergy`) at a block rate of at least this many
+#: times its upper edge: h² holds nothing above 2·f_hi (the filter is −123 dB at twice the upper edge), so its
+#: ripple stays below the block grid's Nyquist frequency.
+BLOCK_RATE_PER_UPPER_EDGE = 4.0
+
+
+def block_factor(band_hz: float, fs_hz: float, divides: int) -> int:
+    """Samples per block for the decay analysis of band ``band_hz`` at ``fs_hz``: the largest divisor of
+    ``divides`` (the STI envelope's bin, so its bins are whole blocks) keeping the block rate at least
+    `BLOCK_RATE_PER_UPPER_EDGE` × the band's upper edge (48 kHz: 48 at 125 Hz … 2 at 4 kHz, 1 at 8 kHz)."""
+    largest = fs_hz / (BLOCK_RATE_PER_UPPER_EDGE * octave_band_edges_hz(band_hz)[1])
+    return max(m for m in range(1, divides + 1) if divides % m == 0 and (m == 1 or m <= largest))
+
+
 def octave_response(freqs_hz: np.ndarray, band_hz: float) -> np.ndarray:
     """Zero-phase amplitude response (real, 0…1) of the octave filter for ``band_hz`` at ``freqs_hz``."""
     lo_hz, hi_hz = octave_band_edges_hz(band_hz)

@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from sonalyze.acoustics.decay import Truncation
+from sonalyze.acoustics.decay import BandEnergy, Truncation, block_sums
 from sonalyze.acoustics.onset import as_signal
 
 DIRECT_HALF_WINDOW_S = 0.0025
@@ -42,31 +42,37 @@ _LN10_6 = 6.0 * math.log(10.0)
 
 class EnergyDecay:
     """h² (noise subtracted) with the Lundeby tail attached: energy after any sample and its first
-    moment. Build one per band IR and ask it for every parameter (the module functions do just that)."""
+    moment. Build one per band IR and ask it for every parameter (the module functions do just that).
+
+    From a `decay.BandEnergy` (`of_band`) the sums run over its blocks of M samples, and a boundary inside a
+    block adds that block's full-rate h² up to it: every sum is the full-rate one (no rectangle-rule edge)."""
 
     def __init__(self, ir: np.ndarray, fs_hz: float, truncation: Truncation | None):
-        self._set(as_signal(ir) ** 2, fs_hz, truncation)
+        self._set(BandEnergy.of_ir(as_signal(ir)), fs_hz, truncation)
 
     @classmethod
-    def of_energy(cls, energy: np.ndarray, fs_hz: float, truncation: Truncation | None) -> EnergyDecay:
-        """The same from the IR's squared samples h² (float64, finite), which the analysis has already."""
+    def of_band(cls, band: BandEnergy, fs_hz: float, truncation: Truncation | None) -> EnergyDecay:
+        """The same from a band's h² and block sums (``truncation`` in full-rate units, `decay.truncation_of_band`),
+        which the analysis has already."""
         self = cls.__new__(cls)
-        self._set(energy, fs_hz, truncation)
+        self._set(band, fs_hz, truncation)
         return self
 
-    def _set(self, energy: np.ndarray, fs_hz: float, truncation: Truncation | None) -> None:
+    def _set(self, band: BandEnergy, fs_hz: float, truncation: Truncation | None) -> None:
         self.fs_hz = float(fs_hz)
         self._after: dict[int, float] = {}
         self._centre_time_s: float | None = None
         if truncation is not None and not truncation.decay_found:
             raise ValueError("no decay above the noise floor")
-        self.end = energy.size if truncation is None else truncation.index
+        self.band = band
+        self.factor = band.factor
+        self.end = band.blocks.size * band.factor if truncation is None else truncation.index
         self.noise = 0.0 if truncation is None else truncation.noise_power
-        self.energy = energy[: self.end] - self.noise
+        self.blocks = band.blocks[: self.end // self.factor] - self.noise * self.factor  # noise-subtracted block energies
         self.tail = 0.0 if truncation is None else truncation.tail_energy
         late_rt_s = None if truncation is None else truncation.late_rt_s
         self.tail_rate = _LN10_6 / late_rt_s / self.fs_hz if late_rt_s else math.inf  # 1/sample
-        self.total = float(self.energy.sum()) + self.tail
+        self.total = float(self.blocks.sum()) + self.tail
         if self.total <= 0.0:
             raise ValueError("impulse response has no energy after its onset")
 
@@ -74,10 +80,18 @@ class EnergyDecay:
         """Energy from sample n on (Σh², unit sample); each n summed once (the values and their gates ask
         for the same few boundaries)."""
         if n not in self._after:
-            self._after[n] = (
-                float(self.energy[n:].sum()) + self.tail if n < self.end else self.tail * math.exp(-(n - self.end) * self.tail_rate)
-            )
+            if n < self.end:
+                block = -(-n // self.factor)  # the first whole block from n; the samples before it from h²
+                edge = float(self.band.energy[n : block * self.factor].sum()) - self.noise * (block * self.factor - n)
+                self._after[n] = float(self.blocks[block:].sum()) + edge + self.tail
+            else:
+                self._after[n] = self.tail * math.exp(-(n - self.end) * self.tail_rate)
         return self._after[n]
+
+    def binned(self, length: int) -> np.ndarray:
+        """The noise-subtracted energy summed over consecutive bins of ``length`` samples (a multiple of the
+        block factor) from the onset to the truncation (the last bin partial)."""
+        return block_sums(self.blocks, length // self.factor, pad=True)
 
     def tail_after(self, n: int) -> float:
         """Part of `after` (n) that is the extrapolated tail."""
@@ -102,9 +116,14 @@ class EnergyDecay:
         return self._centre_time_s
 
     def _centre_time(self) -> float:
-        t_s = np.arange(self.end) / self.fs_hz
-        return (float(np.sum(t_s * self.energy)) + self.tail_moment_s()) / self.total  # not BLAS: decay._line_fit
-
+        # Σ j·(h²_j − noise) = M·Σ b·block_b + Σ_b Σ_r r·(h²_(Mb+r) − noise), r = 0 … M − 1 within each block
+        m = self.factor
+        moment = float((np.arange(self.blocks.size) * self.blocks).sum()) * m  # not BLAS: decay._line_fit
+        if m > 1:
+            within = self.band.energy[: self.end].reshape(-1, m) * np.arange(m)
+            moment += float(within.sum()) - self.noise * self.blocks.size * m * (m - 1) / 2.0
+        moment_s = moment / self.fs_hz
+        return (moment_s + self.tail_moment_s()) / self.total
 
     def split(self, te_ms: float) -> tuple[float, float]:
         """(early, late) energy around ``te_ms``."""

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from sonalyze.acoustics import codes, decay, energy, spectrum, sti
-from sonalyze.acoustics.bands import OCTAVE_BANDS_HZ, band_irs_and_leakage, exact_centre_hz, unavailable_reason
+from sonalyze.acoustics.bands import OCTAVE_BANDS_HZ, band_irs_and_leakage, block_factor, exact_centre_hz, unavailable_reason
 from sonalyze.acoustics.deconvolution import mono
 from sonalyze.acoustics.onset import as_signal, find_onset
 from sonalyze.acoustics.recording import RecordingRefused, apply_refusals, check_recording
@@ -226,7 +226,9 @@ def analyze_impulse_response(
 
     The IR may have any pre-delay (the onset is found per ISO 3382-1 A.2.1); each band is filtered with
     the zero-phase octave bank, its decay noise-compensated (Chu + Lundeby) and T20/T30/EDT, C50/C80/D50,
-    Ts, DRR computed from the onset, each behind its validity gate (docs/acoustics.md "Refusals").
+    Ts, DRR computed from the onset, each behind its validity gate (docs/acoustics.md "Refusals"). A band
+    whose upper edge lies far below fs/2 is analysed on blocks of M samples (`bands.block_factor`,
+    `decay.BandEnergy`): its energy sums are the full-rate ones, its line fits within ≈ 10⁻⁴ of them.
     STI options (IEC 60268-16): ``speech_levels_db`` and ``noise_levels_db``, 7 octave-band levels in dB
     re the recording's full scale of the speech (or the test signal at speech level) and of the
     measured background noise, give the SNR correction; with ``calibration_db`` (dB SPL at 0 dBFS of
@@ -256,10 +258,12 @@ def analyze_impulse_response(
     e_metrics = {name: _Metric() for name in ENERGY_METRICS}
     curvature, dynamic_range = _Metric(), _Metric()
     band_irs, leakage_by_band, tilt_by_band = band_irs_and_leakage(x, fs_hz, onset)
-    signals: dict[str, np.ndarray] = {str(b): h for b, h in band_irs.items()}
     leakage = {str(b): v for b, v in leakage_by_band.items()}
     tilt = {str(b): v for b, v in tilt_by_band.items()}
-    band_energy_db = {str(b): 10.0 * math.log10(float(np.sum(h**2)) or 1e-300) for b, h in band_irs.items()}
+    # each band's h² and its block sums (`decay.BandEnergy`): the low bands' decays run on blocks of M samples
+    grid = math.gcd(sti.envelope_bin_samples(fs_hz), decay.grid_samples(fs_hz))  # whole blocks in Lundeby's and the STI's bins
+    energies = {str(b): decay.BandEnergy.of_ir(h, block_factor(b, fs_hz, grid)) for b, h in band_irs.items()}
+    band_energy_db = {key: 10.0 * math.log10(float(e.blocks.sum()) or 1e-300) for key, e in energies.items()}
     below_upper_db = {
         str(b): band_energy_db[str(u)] - band_energy_db[str(b)]
         for b, u in zip(OCTAVE_BANDS_HZ, OCTAVE_BANDS_HZ[1:])
@@ -267,20 +271,19 @@ def analyze_impulse_response(
     }
     band_refusals: dict[str, tuple[str, str]] = {}
     for band in OCTAVE_BANDS_HZ:
-        if str(band) not in signals:
+        if str(band) not in energies:
             band_refusals[str(band)] = (codes.BAND_UNAVAILABLE, unavailable_reason(band, fs_hz))
             for metric in (*t_metrics.values(), *e_metrics.values(), curvature, dynamic_range):
                 metric.set(str(band), None, unavailable_reason(band, fs_hz), codes.BAND_UNAVAILABLE)
     broadband = x[onset:]
-    signals[BROADBAND] = broadband
+    energies[BROADBAND] = decay.BandEnergy.of_ir(broadband)
     peak_index = int(np.argmax(np.abs(broadband)))
-    curves: dict[str, np.ndarray] = {}
+    curves: dict[str, decay.DecayCurve] = {}
     truncations: dict[str, decay.Truncation] = {}
     decays: dict[str, energy.EnergyDecay] = {}
 
-    for key, h in signals.items():
-        h_squared = h * h  # the band's energy, squared once for the truncation, the curve and the ratios
-        truncation = decay.truncation_of_energy(h_squared, fs_hz)
+    for key, band_energy in energies.items():
+        truncation = decay.truncation_of_band(band_energy, fs_hz)
         truncations[key] = truncation
         dr_db = truncation.dynamic_range_db
         dynamic_range.set(key, dr_db, "no noise floor found in the impulse response (noise-free)", codes.NO_NOISE_FLOOR)
@@ -289,16 +292,12 @@ def analyze_impulse_response(
             band_refusals[key] = refusal
             for metric in (*t_metrics.values(), *e_metrics.values(), curvature):
                 metric.set(key, None, refusal[1], refusal[0])
-            curves[key] = np.full(h.size, np.nan)
             continue
-        edc_db = decay.curve_db_of_energy(h_squared, truncation)
-        curves[key] = edc_db
-        fits = {}
-        for name, range_db in T_METRICS.items():
-            fit = decay.reverberation_time(
-                edc_db, fs_hz, range_db, dynamic_range_db=dr_db, max_nonlinearity_permille=max_nonlinearity_permille
-            )
-            fits[name] = fit
+        curve = curves[key] = decay.decay_curve(band_energy, truncation)
+        fits = dict(zip(T_METRICS, decay.reverberation_times(
+            curve, fs_hz, list(T_METRICS.values()), dynamic_range_db=dr_db, max_nonlinearity_permille=max_nonlinearity_permille
+        )))
+        for name, fit in fits.items():
             t_metrics[name].set(key, fit.rt_s if fit.valid else None, fit.reason, fit.code)
             t_metrics[name].correlation[key] = _json_float(fit.correlation)
             t_metrics[name].nonlinearity[key] = _json_float(fit.nonlinearity_permille, 3)
@@ -307,7 +306,7 @@ def analyze_impulse_response(
         else:
             curvature.set(key, None, "needs valid T20 and T30", codes.DEPENDS_ON_REFUSED)
         try:
-            decay_energy = decays[key] = energy.EnergyDecay.of_energy(h_squared, fs_hz, truncation)
+            decay_energy = decays[key] = energy.EnergyDecay.of_band(band_energy, fs_hz, truncation)
         except ValueError as exc:
             for metric in e_metrics.values():
                 metric.set(key, None, str(exc), codes.NOT_COMPUTABLE)
@@ -336,10 +335,10 @@ def analyze_impulse_response(
         "curvature_percent": curvature.to_json(),
         **{name: m.to_json() for name, m in e_metrics.items()},
         "dynamic_range_db": dynamic_range.to_json(),
-        "sti": _sti_json(signals[BROADBAND].size, decays, truncations, band_refusals, fs_hz, snr_db, band_levels_db),
+        "sti": _sti_json(broadband.size, decays, truncations, band_refusals, fs_hz, snr_db, band_levels_db),
     }
     if include_curves:
-        result["decay_curves"] = _curves_json(curves, fs_hz)
+        result["decay_curves"] = _curves_json(curves, broadband.size, fs_hz)
         freqs_hz, level_db = spectrum.frequency_response_db(broadband, fs_hz, 3)
         result["frequency_response"] = {"frequency_hz": _json_floats(freqs_hz, 3), "level_db": _json_floats(level_db, 3)}
     return result
@@ -374,7 +373,8 @@ def _sti_json(
     if gate is not None:
         return refused(*gate)
     try:
-        mtf = sti.energy_mtf([decays[k].energy for k in keys], fs_hz, band_truncations)
+        bin_samples = sti.envelope_bin_samples(fs_hz)
+        mtf = sti.envelope_mtf([decays[k].binned(bin_samples) for k in keys], fs_hz, band_truncations)
         res = sti.sti_from_mtf(mtf, snr_db=snr_db, band_levels_db=band_levels_db)
     except ValueError as exc:
         code = codes.INVALID_MTF if "invalid measurement" in str(exc) else codes.NOT_COMPUTABLE
@@ -389,16 +389,16 @@ def _sti_json(
     }
 
 
-def _curves_json(curves: dict[str, np.ndarray], fs_hz: float) -> dict[str, Any]:
-    n = curves[BROADBAND].size
+def _curves_json(curves: dict[str, decay.DecayCurve], n: int, fs_hz: float) -> dict[str, Any]:
+    """``curves``: the bands' (and broadband) Schroeder curves, a refused one absent; ``n``: the IR's samples."""
     idx = np.unique(np.linspace(0, n - 1, min(CURVE_POINTS, n)).astype(int))
     out: dict[str, list[float | None]] = {}
-    for key, edc_db in curves.items():
-        values = edc_db[idx]
+    for key, curve in curves.items():
+        values = curve.db_at(idx)
         # rounded as one array (a Python round per point cost ≈ 2 ms per response: 2400 points)
         out[key] = _json_floats(np.where(values > CURVE_FLOOR_DB, values, np.nan), 3)  # NaN after the truncation
-    for band in OCTAVE_BANDS_HZ:
-        out.setdefault(str(band), [None] * idx.size)
+    for key in (*map(str, OCTAVE_BANDS_HZ), BROADBAND):
+        out.setdefault(key, [None] * idx.size)
     ordered = {str(b): out[str(b)] for b in OCTAVE_BANDS_HZ} | {BROADBAND: out[BROADBAND]}
     return {"time_s": [round(t_s, 6) for t_s in (idx / fs_hz).tolist()], "bands": ordered}  # = _json_float (finite)
 

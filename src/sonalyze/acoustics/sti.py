@@ -23,7 +23,7 @@ import numpy as np
 
 from sonalyze.acoustics import codes
 from sonalyze.acoustics.bands import OCTAVE_BANDS_HZ, band_available, octave_band_irs, unavailable_reason
-from sonalyze.acoustics.decay import Truncation, lundeby_truncation
+from sonalyze.acoustics.decay import Truncation, block_sums, lundeby_truncation
 from sonalyze.acoustics.onset import as_signal, find_onset
 
 MODULATION_FREQUENCIES_HZ = np.array([0.63, 0.8, 1.0, 1.25, 1.6, 2.0, 2.5, 3.15, 4.0, 5.0, 6.3, 8.0, 10.0, 12.5])
@@ -78,11 +78,22 @@ def modulation_transfer_function(
     return energy_mtf([e[: tr.index] - tr.noise_power for e, tr in zip(energy, truncations)], fs_hz, truncations)
 
 
+def envelope_bin_samples(fs_hz: float) -> int:
+    """Samples per bin of the energy envelope the MTF sums (`ENVELOPE_BIN_S`)."""
+    return max(1, int(round(ENVELOPE_BIN_S * fs_hz)))
+
+
 def energy_mtf(energies: list[np.ndarray], fs_hz: float, truncations: list[Truncation] | None = None) -> np.ndarray:
     """`modulation_transfer_function` of the bands' energies h² from the onset — noise subtracted and cut at
-    each truncation's crossing when ``truncations`` are given, whose tails are then added (the analysis has
-    them already: `energy.EnergyDecay.energy`)."""
-    n_bands = len(energies)
+    each truncation's crossing when ``truncations`` are given, whose tails are then added."""
+    length = envelope_bin_samples(fs_hz)
+    return envelope_mtf([block_sums(e, length, pad=True) for e in energies], fs_hz, truncations)
+
+
+def envelope_mtf(envelopes: list[np.ndarray], fs_hz: float, truncations: list[Truncation] | None = None) -> np.ndarray:
+    """`energy_mtf` of the energies already summed over bins of `envelope_bin_samples` (the analysis has them from
+    its blocks: `energy.EnergyDecay.binned`)."""
+    n_bands = len(envelopes)
     tails = np.zeros((n_bands, MODULATION_FREQUENCIES_HZ.size), dtype=np.complex128)
     tail_totals = np.zeros((n_bands, 1))
     omega = 2.0 * np.pi * MODULATION_FREQUENCIES_HZ / fs_hz
@@ -92,12 +103,11 @@ def energy_mtf(energies: list[np.ndarray], fs_hz: float, truncations: list[Trunc
             p_cross = tr.tail_energy * (1.0 - q)
             tails[k] = p_cross * np.exp(-1j * omega * tr.index) / (1.0 - q * np.exp(-1j * omega))
             tail_totals[k] = tr.tail_energy
-    bin_len = max(1, int(round(ENVELOPE_BIN_S * fs_hz)))
-    n_bins = -(-max(e.size for e in energies) // bin_len)
-    padded = np.zeros((n_bands, n_bins * bin_len))
-    for k, e in enumerate(energies):
-        padded[k, : e.size] = e
-    envelope = padded.reshape(n_bands, n_bins, bin_len).sum(axis=-1)
+    bin_len = envelope_bin_samples(fs_hz)
+    n_bins = max(e.size for e in envelopes)
+    envelope = np.zeros((n_bands, n_bins))
+    for k, e in enumerate(envelopes):
+        envelope[k, : e.size] = e
     kernel = _modulation_kernel(n_bins, bin_len, float(fs_hz))
     total = envelope.sum(axis=-1, keepdims=True) + tail_totals
     if np.any(total <= 0):
