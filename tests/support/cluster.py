@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,6 +21,8 @@ from tests.support.servers import REPO_ROOT, ServiceProcess
 HEARTBEAT_TIMEOUT_S = 2.0
 """``TASK_QUEUE_HEARTBEAT_TIMEOUT_S`` of the tests' workers and services: a killed worker's task runs again
 on another one this long after its last heartbeat."""
+WORKER_READY_LINE = "Worker process is ready for action."
+"""What Dramatiq logs once a worker process's consumers run (dramatiq/cli.py, after ``Worker.start``)."""
 
 
 def redis_database(db: int) -> str:
@@ -46,11 +49,21 @@ class Worker:
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
+        self.processes = processes
         self.log = tempfile.NamedTemporaryFile(prefix="sonalyze-worker-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sonalyze", "worker", "--processes", str(processes), "--poll-ms", "200"],
             env=environment, cwd=REPO_ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Wait until each of its processes takes tasks (:data:`WORKER_READY_LINE`): its start-up (imports: two
+        workers took 10-18 s at load 10-14 on 2 cores) is then no part of what a test times."""
+        deadline_s = time.monotonic() + timeout_s
+        while self.log_text().count(WORKER_READY_LINE) < self.processes:
+            assert self.process.poll() is None, f"the worker exited while starting:\n{self.log_text()[-3000:]}"
+            assert time.monotonic() < deadline_s, f"the worker was not ready within {timeout_s} s:\n{self.log_text()[-3000:]}"
+            time.sleep(0.05)
 
     def owns(self, pid: int) -> bool:
         """``pid`` is one of this worker's processes."""
