@@ -1,7 +1,7 @@
 """An analyzing job is leased to the replica awaiting it; when that replica dies, another one takes it over.
 
 The store's lease on SQLite and PostgreSQL, then two ``sonalyze serve measurement`` processes on one
-PostgreSQL with a ``sonalyze worker`` on Redis (database 13, flushed first): replica A is killed (SIGKILL)
+PostgreSQL with a ``sonalyze worker`` on Redis (database ``REDIS_DB``, flushed first): replica A is killed (SIGKILL)
 while its analysis runs, replica B finishes the job and records its result once.
 """
 
@@ -23,16 +23,16 @@ from sonalyze.measurement.settings import MeasurementSettings
 from sonalyze.measurement.store import JobStore, jobs_table
 from sonalyze.storage.db import make_engine
 from sonalyze.storage.outbox import outbox_table
-from tests.support.cluster import Worker, measurement_replica, redis_database
-from tests.support.servers import INTERNAL_TOKEN, SERVICE_HEADERS, ThreadedServer
+from tests.support.cluster import Worker, measurement_replica
+from tests.support.servers import INTERNAL_TOKEN, SERVICE_HEADERS, ThreadedServer, free_port
 
+REDIS_DB = 13
+"""This module's database of the test Redis (the ``queue_url`` fixture)."""
 LEASE_S = 2.0
 OWNER_LEASE_S = 0.4
 """The store test's first runner: short, so its lease lapses within the test."""
 UPLOADS = 30
 """Enough uploads that the analysis (≈ 30 ms each in a warm worker, after its start-up) outlasts A's kill."""
-UNREACHABLE_STORAGE_URL = "http://127.0.0.1:19799"
-"""Nothing listens there (this helper's port range): the storage records stay in the outbox, countable."""
 
 
 def _analyzing_job() -> Job:
@@ -83,11 +83,6 @@ async def test_a_lapsed_lease_is_claimed_once_and_the_former_runner_cannot_save(
         await owner.engine.dispose()
 
 
-@pytest.fixture
-def queue_url() -> str:
-    return redis_database(13)
-
-
 async def _lease_row(engine: AsyncEngine, job_id: str):
     async with engine.connect() as connection:
         columns = (jobs_table.c.status, jobs_table.c.runner, jobs_table.c.lease_until_s)
@@ -117,7 +112,8 @@ async def _outbox_counts(database_url: str, job_id: str) -> dict[str, int]:
 @pytest.mark.redis
 def test_a_killed_replicas_analysis_is_taken_over_and_recorded_once(tmp_path, postgres_url, queue_url, ir_wav):
     worker = Worker(queue_url)
-    settings = {"STORAGE_URL": UNREACHABLE_STORAGE_URL, "MEASUREMENT_JOB_LEASE_S": str(LEASE_S), "MEASUREMENT_ANALYZE_WAIT_S": "0"}
+    # Nothing listens at STORAGE_URL: the storage records stay in the outbox, countable.
+    settings = {"STORAGE_URL": f"http://127.0.0.1:{free_port()}", "MEASUREMENT_JOB_LEASE_S": str(LEASE_S), "MEASUREMENT_ANALYZE_WAIT_S": "0"}
     replicas = {
         name: measurement_replica(
             name, database_url=postgres_url, blob_dir=tmp_path / "blobs", data_dir=tmp_path, queue_url=queue_url, env=settings
@@ -127,6 +123,7 @@ def test_a_killed_replicas_analysis_is_taken_over_and_recorded_once(tmp_path, po
     try:
         for replica in replicas.values():
             replica.start()
+        worker.wait_ready()  # its start-up is no part of the 60 s below
         a, b = (httpx.Client(base_url=replicas[name].url, timeout=60, headers=SERVICE_HEADERS) for name in ("a", "b"))
         with a, b:
             job_id = a.post("/v1/jobs").json()["job_id"]
@@ -186,7 +183,12 @@ def test_a_replica_stopping_gracefully_hands_its_analysis_over(tmp_path, postgre
             for index in range(UPLOADS):
                 assert a.post(f"/v1/jobs/{job_id}/uploads/ir{index}", content=ir_wav).status_code == 201
             assert a.post(f"/v1/jobs/{job_id}/analyze", json={"source": "impulse_response"}).status_code == 202
-    # A stopped during the analysis: the job is still analyzing (not failed), its lease ended at once.
+            deadline_s = time.monotonic() + 60.0  # A's worker reports its progress: stop A while it does
+            while not (job := a.get(f"/v1/jobs/{job_id}").json())["progress"]["message"].startswith("analyzing ir"):
+                assert job["status"] == "analyzing" and time.monotonic() < deadline_s, job
+                time.sleep(0.01)
+    # A stopped during the analysis: the job is still analyzing (not failed), its lease ended at once, and the
+    # reports its pool delivered while its worker stopped did not lease the job to A again.
     row = asyncio.run(_row_of(postgres_url, job_id))
     assert (row.status, row.runner, row.lease_until_s) == ("analyzing", "a", None)
     with (

@@ -435,6 +435,10 @@ class MeasurementService:
             except asyncio.CancelledError:  # this replica stops: another one (or this one restarted) takes over
                 if running is not None:
                     running.cancel()
+                # No longer awaited here: a progress report the pool still delivers while its worker stops
+                # (`_save_progress`) must not save the job, which would lease it to this replica again.
+                if self._analyzing.get(job.job_id) is job:
+                    del self._analyzing[job.job_id]
                 await self.store.release([job.job_id])
                 raise
             except SonalyzeError as exc:
