@@ -22,12 +22,11 @@ from sonalyze.simulation.service import SimulationService, parse_request
 from sonalyze.simulation.store import rir_key
 from sonalyze.simulation.worker import run_simulation
 from tests.simulation.conftest import make_settings, shoebox_request
-from tests.support.infra import REDIS_URL, require
 from tests.support.s3 import make_bucket, s3_server, set_credentials
 
 REQUEST = shoebox_request(microphones=[(5, 2, 1.2), (6, 4, 1.5)], seed=4)
 REDIS_DB = 14
-"""This module's database of the test Redis (its keys are unique per test: nothing is flushed)."""
+"""This module's database of the test Redis (the ``queue_url`` fixture)."""
 
 
 def _bytes_inside(value: Any) -> list[bytes]:
@@ -77,17 +76,15 @@ def test_the_task_writes_the_rirs_to_the_blob_store_and_answers_a_small_result(b
 
 
 @pytest.mark.redis
-def test_through_the_queue_redis_holds_the_small_result_not_the_rirs(tmp_path) -> None:
+def test_through_the_queue_redis_holds_the_small_result_not_the_rirs(tmp_path, queue_url) -> None:
     """The task queue's actor, in this process, on the real Redis: the outcome it stores is the small result."""
     import redis
 
-    require(REDIS_URL, 6379, "Redis")
-    url = REDIS_URL.rsplit("/", 1)[0] + f"/{REDIS_DB}"
     simulation_id, task_id = uuid.uuid4().hex, uuid.uuid4().hex
     address = BlobAddress("", tmp_path / "data")
     call = (run_simulation, (parse_request(REQUEST),), {"simulation_id": simulation_id, "max_rir_s": 2.0, "blobs": address}, False)
     _events, outcome_key, _cancel = tasks._keys(task_id)
-    tasks._worker_redis = client = redis.Redis.from_url(url)
+    tasks._worker_redis = client = redis.Redis.from_url(queue_url)
     try:
         tasks._execute(task_id, base64.b64encode(pickle.dumps(call)).decode("ascii"))
         stored = client.get(outcome_key)

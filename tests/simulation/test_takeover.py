@@ -28,13 +28,10 @@ from sonalyze.storage.db import make_engine
 from sonalyze.storage.outbox import outbox_table
 from tests.simulation.conftest import flat, make_settings, shoebox_request
 from tests.support.cluster import Worker
-from tests.support.servers import INTERNAL_TOKEN, SERVICE_HEADERS, ServiceProcess, ThreadedServer
+from tests.support.servers import INTERNAL_TOKEN, SERVICE_HEADERS, ServiceProcess, ThreadedServer, free_port
 
 LEASE_S = 2.0
 REDIS_DB = 15
-GATEWAY_PORT, REPLICA_PORTS = 25100, {"a": 25101, "b": 25102}
-UNREACHABLE_STORAGE_URL = "http://127.0.0.1:25199"
-"""Nothing listens there (this test's port range): the storage records stay in the outbox, countable."""
 #: Seconds of work on one core (48 kHz ray tracing in a reverberant room, two pairs): outlasts the kill.
 SLOW = shoebox_request(material=flat(0.05, 0.2), ray_tracing=True, sample_rate_hz=48000, microphones=[(5, 2, 1.2), (6, 4, 1.5)])
 
@@ -85,24 +82,23 @@ async def _outbox_job_records(database_url: str, simulation_id: str) -> list[dic
 @pytest.mark.redis
 def test_a_killed_replicas_simulation_is_taken_over_and_completed_once(tmp_path, postgres_url, queue_url) -> None:
     gateway = RecordingGateway()
+    gateway_server = ThreadedServer(gateway.app)
     worker = Worker(queue_url, processes=2)  # A's task still runs on one: B's runs on the other
     common = {
         "TASK_QUEUE_URL": queue_url,
         "DATABASE_URL": postgres_url,
         "BLOB_URL": f"file://{tmp_path / 'blobs'}",
-        "GATEWAY_URL": f"http://127.0.0.1:{GATEWAY_PORT}",
-        "STORAGE_URL": UNREACHABLE_STORAGE_URL,
+        "GATEWAY_URL": gateway_server.url,
+        "STORAGE_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens: the storage records stay in the outbox
         "SIMULATION_JOB_LEASE_S": str(LEASE_S),
     }
     replicas = {
         name: ServiceProcess(
-            "simulation",
-            env={**common, "SIMULATION_DATA_DIR": str(tmp_path / name), "SIMULATION_REPLICA_ID": name},
-            port=REPLICA_PORTS[name],
+            "simulation", env={**common, "SIMULATION_DATA_DIR": str(tmp_path / name), "SIMULATION_REPLICA_ID": name}
         )
         for name in ("a", "b")
     }
-    with ThreadedServer(gateway.app, port=GATEWAY_PORT):
+    with gateway_server:
         try:
             for replica in replicas.values():  # one after the other: a child dies with the thread that started it
                 replica.start()
