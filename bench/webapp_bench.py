@@ -21,13 +21,15 @@ when each upload was stored and each analysis finished; long animation frames (C
 ``long-animation-frame`` entries, from "Recording" / the countdown to the upload's answer: the end of a
 recording's work included) name the scripts that ran in each long frame; Chromium's trace of each page
 (:class:`MainThreadTrace`) gives each long task's CPU time next to its wall time, which tells the app's work
-from a page waiting for a core on a loaded machine.
+from a page waiting for a core on a loaded machine, and the task of the worklet's "flushed" message (the end
+of a recording up to its hand-off to ``upload-worker.js``) on each microphone, long or not.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -125,6 +127,11 @@ new PerformanceObserver((list) => { for (const e of list.getEntries()) window.__
   scripts: e.scripts.map((s) => ({ms: Math.round(s.duration), invoker: s.invoker, fn: s.sourceFunctionName, at: `${s.sourceURL.split("/").pop()}:${s.sourceCharPosition}`,
                                  layout_ms: Math.round(s.forcedStyleAndLayoutDuration)}))}); })
   .observe({type: "long-animation-frame", buffered: true});
+// The worklet's "flushed" message ends a recording: a mark as its handler starts, so the trace names the task it
+// ran in (the handler and the microtasks it set going: stopRecording's end and the hand-off to the upload).
+const onmessage0 = Object.getOwnPropertyDescriptor(MessagePort.prototype, "onmessage");
+Object.defineProperty(MessagePort.prototype, "onmessage", {configurable: true, get() { return onmessage0.get.call(this); },
+  set(handler) { onmessage0.set.call(this, handler && ((e) => { if (e.data?.type === "flushed") performance.mark("flushed"); return handler(e); })); }});
 new MutationObserver(() => {
   const p = window.__probe;
   const sessions = document.querySelectorAll("#session-pick option").length;  // a new session's results
@@ -173,24 +180,41 @@ class MainThreadTrace:
         config = {"includedCategories": ["toplevel", "blink.user_timing"], "excludedCategories": ["*"]}
         await self.cdp.send("Tracing.start", {"traceConfig": config, "transferMode": "ReportEvents"})
 
-    async def long_tasks_while_busy(self) -> list[dict]:
-        """Main-thread tasks over 50 ms (wall) between the probe's busy-start and busy-end marks."""
+    async def end(self) -> None:
         await self.cdp.send("Tracing.end")
         await self.done.wait()
+
+    def main_thread_tasks(self) -> list[dict]:
         main = {(e["pid"], e["tid"]) for e in self.events
                 if e.get("ph") == "M" and e.get("name") == "thread_name" and e["args"].get("name") == "CrRendererMain"}
-        marks = sorted((e["ts"], e["name"]) for e in self.events if e.get("cat") == "blink.user_timing" and e["name"] in ("busy-start", "busy-end"))
+        return [e for e in self.events
+                if e.get("ph") == "X" and e.get("name") == "ThreadControllerImpl::RunTask" and (e["pid"], e["tid"]) in main]
+
+    def marks(self, *names: str) -> list[tuple[int, str]]:
+        return sorted((e["ts"], e["name"]) for e in self.events if e.get("cat") == "blink.user_timing" and e["name"] in names)
+
+    def long_tasks_while_busy(self) -> list[dict]:
+        """Main-thread tasks over 50 ms (wall) between the probe's busy-start and busy-end marks."""
         spans, opened = [], None
-        for ts, name in marks:
+        for ts, name in self.marks("busy-start", "busy-end"):
             if name == "busy-start":
                 opened = ts
             elif opened is not None:
                 spans.append((opened, ts))
                 opened = None
         return [{"wall_ms": round(e["dur"] / 1000, 1), "cpu_ms": round(e.get("tdur", 0) / 1000, 1)}
-                for e in self.events
-                if e.get("ph") == "X" and e.get("name") == "ThreadControllerImpl::RunTask" and (e["pid"], e["tid"]) in main
-                and e["dur"] > 50_000 and any(a <= e["ts"] <= b for a, b in spans)]
+                for e in self.main_thread_tasks() if e["dur"] > 50_000 and any(a <= e["ts"] <= b for a, b in spans)]
+
+    def flushed_tasks(self) -> list[dict]:
+        """The main-thread task each "flushed" mark ran in (the outermost around it): wall and CPU ms."""
+        tasks = self.main_thread_tasks()
+        out = []
+        for ts, _ in self.marks("flushed"):
+            around = [e for e in tasks if e["ts"] <= ts <= e["ts"] + e["dur"]]
+            if around:
+                task = max(around, key=lambda e: e["dur"])
+                out.append({"wall_ms": round(task["dur"] / 1000, 2), "cpu_ms": round(task.get("tdur", 0) / 1000, 2)})
+        return out
 
 
 async def session(url: str, data_dir: Path, runs: int) -> list[dict]:
@@ -240,13 +264,18 @@ async def session(url: str, data_dir: Path, runs: int) -> list[dict]:
             started_s = time.time()
             await host.click("#start")
             failed = None
+            for page in pages:  # a session after a failed one: the new session replaces the failure shown
+                await page.wait_for_function("document.getElementById('step').textContent !== 'Measurement failed'", timeout=60000)
             for page in pages:
                 await page.wait_for_function(
                     "(window.__probe.results !== null && document.querySelectorAll('#results-body section.pair').length === 3)"
                     " || document.getElementById('step').textContent === 'Measurement failed'", timeout=240000)
                 if await page.text_content("#step") == "Measurement failed":
                     failed = (await page.text_content("#session-errors")).strip()[:500]
-            traced = [await trace.long_tasks_while_busy() for trace in traces]
+            for trace in traces:
+                await trace.end()
+            traced = [trace.long_tasks_while_busy() for trace in traces]
+            flushed = [trace.flushed_tasks() for trace in traces]
             if failed:  # on a loaded machine a recording may be refused (e.g. a dropout taken for an impulsive noise)
                 print(f"session {run + 1} failed: {failed}")
                 out.append({"failed": failed})
@@ -277,7 +306,7 @@ async def session(url: str, data_dir: Path, runs: int) -> list[dict]:
                 "push_to_table_s_per_screen": [round((probe["results"] - (probe["pushed"] or 0)) / 1000, 3) for probe in probes],
             }
             out.append({"upload_to_results_s": round(max(per_screen), 3), "per_screen_s": [round(x, 3) for x in per_screen],
-                        "steps": steps, "long_frames": frames, "traced_long_tasks": traced,
+                        "steps": steps, "long_frames": frames, "traced_long_tasks": traced, "flushed_tasks": flushed,
                         "traced_long_tasks_over_50_ms_cpu": sum(task["cpu_ms"] > 50 for tasks in traced for task in tasks),
                         "long_tasks": sum(len(x) for x in long_tasks), "long_task_ms_per_page": long_tasks,
                         "longest_task_ms": max((max(x) for x in long_tasks if x), default=0),
@@ -295,8 +324,9 @@ def main() -> None:
     parser.add_argument("--base-port", type=int, default=9600)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "webapp_results.jsonl")
     parser.add_argument("--session-runs", type=int, default=3, help="sessions of 1 speaker + 3 microphones (0: none)")
+    parser.add_argument("--data-dir", type=Path, help="keep the services' data here (uploads, serve.log); a temporary folder by default")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as data_dir:
+    with (contextlib.nullcontext(str(args.data_dir)) if args.data_dir else tempfile.TemporaryDirectory()) as data_dir:
         process = start_backend(args.base_port, data_dir)
         try:
             url = f"http://127.0.0.1:{args.base_port}"
@@ -336,6 +366,8 @@ def main() -> None:
         print(f"  traced main-thread tasks > 50 ms wall while recording/playing (wall/CPU ms), speaker, mic 1-3: "
               + " | ".join(", ".join(f"{t['wall_ms']:.0f}/{t['cpu_ms']:.0f}" for t in tasks) or "-" for tasks in run["traced_long_tasks"])
               + f"; over 50 ms of CPU: {run['traced_long_tasks_over_50_ms_cpu']}")
+        print("  the worklet's 'flushed' message task (wall/CPU ms), mic 1-3: "
+              + " | ".join(", ".join(f"{t['wall_ms']:.1f}/{t['cpu_ms']:.1f}" for t in tasks) or "-" for tasks in run["flushed_tasks"][1:]))
         for page, frames in zip(("speaker", "mic 1", "mic 2", "mic 3"), run["long_frames"]):
             for frame in frames:
                 print(f"  {page} long frame {frame['ms']} ms (render {frame['render_ms']} ms): "

@@ -4,10 +4,12 @@
 
 Serves ``src/sonalyze/webapp/`` and a probe page on 127.0.0.1 (a secure context), opens it in Debian's
 headless Chromium with the fake microphone (tests/webapp/fake_capture.py's file), and per run: arms
-``audio.js``'s AudioEngine, records ``--seconds``, times ``stopRecording`` (flush, assembly, WAV) and the
-hand-off of the WAV to the upload, alternating the ways: ``blob`` (``new Blob([wav])`` then ``fetch``, as the
-app did), ``buffer`` (``fetch`` given the ArrayBuffer) and ``worker`` (``upload-worker.js``, the WAV
-transferred). Prints one line per run with the long animation frames (> 50 ms) and long tasks seen.
+``audio.js``'s AudioEngine, records ``--seconds``, times ``stopRecording`` (the flush) and the hand-off of
+the recording to the upload, alternating the ways: ``blob`` (the WAV built on the page, ``wav.js``
+``wavOfRecording``, then ``fetch`` of ``new Blob([wav])``, as the app did first), ``buffer`` (the WAV built on
+the page, ``fetch`` given the ArrayBuffer) and ``worker`` (the app's way: ``wire.js`` ``postFromWorker``, the
+batches transferred to ``upload-worker.js``, which builds the WAV and POSTs it). Prints one line per run with
+the long animation frames (> 50 ms) and long tasks seen.
 The POSTs go to this server, which answers 404: only the page's side is measured.
 """
 
@@ -34,6 +36,9 @@ from tests.webapp.fake_capture import write_capture_wav  # noqa: E402
 VARIANTS = ("blob", "buffer", "worker")
 PAGE = """<!doctype html><html><body><script type="module">
 import { AudioEngine } from "/app/audio.js";
+import { wavOfRecording } from "/app/wav.js";
+import { Connection } from "/app/wire.js";
+const conn = new Connection("ws://127.0.0.1:9/unused"); // never started: only its upload worker is used
 const frames = [], tasks = [];
 new PerformanceObserver((l) => { for (const e of l.getEntries()) frames.push({ms: Math.round(e.duration),
   scripts: e.scripts.map((s) => `${s.invoker} ${s.sourceURL.split("/").pop()}:${s.sourceCharPosition} ${Math.round(s.duration)} ms`)}); })
@@ -42,6 +47,7 @@ new PerformanceObserver((l) => { for (const e of l.getEntries()) tasks.push(Math
 window.run = async (variant, seconds) => {
   const audio = new AudioEngine();
   await audio.arm({ microphone: true });
+  conn.startUploader(); // as the app's Arm tap does
   await new Promise((r) => setTimeout(r, 500));
   audio.startRecording();
   await new Promise((r) => setTimeout(r, seconds * 1000));
@@ -49,12 +55,9 @@ window.run = async (variant, seconds) => {
   const t0 = performance.now();
   const rec = await audio.stopRecording();
   const t1 = performance.now();
-  if (variant === "blob") fetch("/upload", { method: "POST", body: new Blob([rec.wav], { type: "audio/wav" }) }).catch(() => {});
-  else if (variant === "buffer") fetch("/upload", { method: "POST", body: rec.wav }).catch(() => {});
-  else {
-    window.uploader ??= new Worker("/app/upload-worker.js", { type: "module" });
-    window.uploader.postMessage({ id: 1, url: location.origin + "/upload", body: rec.wav, headers: {} }, [rec.wav]);
-  }
+  if (variant === "blob") fetch("/upload", { method: "POST", body: new Blob([wavOfRecording(rec.recording)], { type: "audio/wav" }) }).catch(() => {});
+  else if (variant === "buffer") fetch("/upload", { method: "POST", body: wavOfRecording(rec.recording) }).catch(() => {});
+  else conn.postFromWorker("/upload", { recording: rec.recording }, rec.buffers).catch(() => {});
   const t2 = performance.now();
   await new Promise((r) => setTimeout(r, 1000));
   return { variant, stop_ms: Math.round(t1 - t0), handoff_ms: Math.round(t2 - t1), long_frames: frames.filter((f) => f.ms > 50), long_tasks: tasks };
