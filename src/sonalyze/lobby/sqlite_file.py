@@ -3,9 +3,9 @@
 The lobby commits inline on its event loop (:class:`sonalyze.lobby.store.Database`). In WAL mode SQLite
 checkpoints inside the commit that brings the log past ``wal_autocheckpoint`` pages (1000 by default): it
 syncs the log, copies the logged pages into the database file and syncs that
-(https://www.sqlite.org/wal.html#ckpt). At ~6 pages per lobby event that was a checkpoint every ~125
-events, each stopping the loop for two ``fdatasync``: 161 of them per 10,000 events, 0.9 s of the loop on
-a busy disk — the tail of ``lobby.create`` in the open-loop benchmark (bench/lobby.md, "Issue 16:
+(https://www.sqlite.org/wal.html#ckpt). At ~6 pages per lobby event that was a checkpoint every ~185
+events, each stopping the loop for two ``fdatasync`` (and the next commit for the log header's): 161 of
+them per 10,000 events, 0.9 s of the loop on a busy disk — the tail of ``lobby.create`` in the open-loop benchmark (bench/lobby.md, "Issue 16:
 ``lobby.create``'s tail is the WAL checkpoint inside a commit"). So:
 
 * :class:`WalCheckpointer` runs ``PRAGMA wal_checkpoint(PASSIVE)`` every ``interval_s`` in a thread of its
@@ -15,8 +15,9 @@ a busy disk — the tail of ``lobby.create`` in the open-loop benchmark (bench/l
 * Every connection's own checkpoint threshold is raised to :data:`BACKSTOP_PAGES`. A PASSIVE checkpoint
   cannot restart the log while the writer keeps appending (the log starts over only when a writer finds it
   all copied), so under sustained writes the log grows until a commit reaches this threshold and
-  checkpoints inline what the thread has not copied yet: 21–23 ``fdatasync`` per 10,000 events are left on
-  the loop, and the log file stays under ~41 MB.
+  checkpoints inline what the thread has not copied yet. With the log header's sync after each restart
+  (https://sqlite.org/src/info/ff5be73dee), 21–23 ``fdatasync`` per 10,000 events are left on the loop at a
+  sustained 1,500 events/s, and the log file stays under ~41 MB.
 
 **Durability is unchanged**: ``synchronous=NORMAL`` in WAL mode, as before on the lobby's connection
 (https://www.sqlite.org/pragma.html#pragma_synchronous): a commit survives a crash of the process; a power
@@ -41,6 +42,7 @@ BACKSTOP_PAGES = 10_000
 """``wal_autocheckpoint`` of every connection: a commit checkpoints inline only past this many log pages."""
 
 CHECKPOINT_INTERVAL_S = 0.1
+"""How often the thread checkpoints: about how long a commit waits for the log to be synced (see above)."""
 
 PRAGMAS = ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=10000", f"wal_autocheckpoint={BACKSTOP_PAGES}")
 
