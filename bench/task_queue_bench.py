@@ -63,9 +63,16 @@ def stop_worker(process: subprocess.Popen) -> None:
     process.wait(timeout=60)
 
 
-async def warm(queue: QueueTasks, processes: int) -> None:
-    """Every worker process has imported the analysis and run one task."""
-    await asyncio.gather(*[await queue.submit(sum, [1]) for _ in range(4 * processes)])
+async def warm(queue: QueueTasks, processes: int, task: AnalysisTask | None = None) -> None:
+    """Every worker process has imported the analysis (it answered a task: it consumes only after its
+    imports, which take a second or two) and, given ``task``, the analyses run once per process."""
+    deadline = time.monotonic() + 120
+    while len(set(await asyncio.gather(*[await queue.submit(os.getpid) for _ in range(4 * processes)]))) < processes:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{processes} worker processes did not all start")
+        await asyncio.sleep(0.2)
+    if task is not None:
+        await asyncio.gather(*[await queue.submit(analyze_uploads, task) for _ in range(2 * processes)])
 
 
 async def throughput(queue: QueueTasks, fn, arg, count: int) -> float:
@@ -83,24 +90,40 @@ def _cpu_s(process: psutil.Process) -> float:
     return times.user + times.system
 
 
+def _thread_cpu_s(process: psutil.Process) -> dict[int, float]:
+    try:
+        return {thread.id: thread.user_time + thread.system_time for thread in process.threads()}
+    except psutil.Error:
+        return {}
+
+
 class CpuMeter:
-    """CPU seconds spent by the worker processes (``sonalyze worker``'s tree), this process and Redis."""
+    """CPU seconds spent by the worker processes (``sonalyze worker``'s tree), this process and Redis; in
+    the worker processes, by the threads that ran the tasks (the busiest of each process) and the others
+    (Dramatiq's consumer threads, heartbeats, time limits)."""
 
     def __init__(self, worker: subprocess.Popen, redis_pid: int | None) -> None:
         root = psutil.Process(worker.pid)
+        self.workers = [root, *root.children(recursive=True)]
         self.groups = {
-            "worker processes": [root, *root.children(recursive=True)],
+            "worker processes": self.workers,
             "submitter": [psutil.Process()],
             "redis-server": [psutil.Process(redis_pid)] if redis_pid else [],
         }
         self.start = self._read()
+        self.start_threads = [_thread_cpu_s(p) for p in self.workers]
 
     def _read(self) -> dict[str, float]:
         return {name: sum(_cpu_s(p) for p in processes) for name, processes in self.groups.items()}
 
     def per_task_ms(self, tasks: int) -> dict[str, float]:
         end = self._read()
-        return {name: 1000 * (end[name] - self.start[name]) / tasks for name in end}
+        task_threads_s = 0.0
+        for process, start in zip(self.workers, self.start_threads):
+            deltas = [cpu_s - start.get(thread, 0.0) for thread, cpu_s in _thread_cpu_s(process).items()]
+            task_threads_s += max(deltas, default=0.0)
+        per_task = {name: 1000 * (end[name] - self.start[name]) / tasks for name in end}
+        return {"worker processes": per_task.pop("worker processes"), "(their task threads)": 1000 * task_threads_s / tasks, **per_task}
 
 
 def _local_redis_pid(client: redis.Redis) -> int | None:
@@ -167,7 +190,7 @@ async def main(url: str, tasks: int, rounds: int, poll_ms: int, trips: int, src:
             plain_cpu[processes].append(cpu_ms)
             worker = start_worker(url, processes, poll_ms, src)
             try:
-                await warm(queue, processes)
+                await warm(queue, processes, task)
                 meter = CpuMeter(worker, redis_pid)
                 rates[processes].append(await throughput(queue, analyze_uploads, task, tasks))
                 cpu[processes].append(meter.per_task_ms(tasks))
