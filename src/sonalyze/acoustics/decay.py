@@ -515,12 +515,18 @@ def _range_sums(curve: DecayCurve, i0: int, i1: int, top, bottom) -> list[float]
         inner = grid[k] - g[0] - (g[5] if after_end else 0.0)  # Σ over the grid points J0 … J1
         slope_start = (g[2] - g[0]) / (2 * m)
         slope_end = (g[5] - g[3]) / (2 * m) if after_end else (g[4] - g[3]) / m
-        sums[k] += m * (inner - 0.5 * (g[1] + g[4])) - 0.5 * (g[4] - g[1]) - (m * m - 1) / 12.0 * (slope_end - slope_start)
+        trapezoid = m * (inner - 0.5 * (g[1] + g[4]))
+        sums[k] += trapezoid - 0.5 * (g[4] - g[1]) - (m * m - 1) / 12.0 * (slope_end - slope_start)
     return sums
 
 
 def _judged_fit(
-    slope: float, r: float, range_db: tuple[float, float], name: str, dynamic_range_db: float | None, max_nonlinearity_permille: float | None
+    slope: float,
+    r: float,
+    range_db: tuple[float, float],
+    name: str,
+    dynamic_range_db: float | None,
+    max_nonlinearity_permille: float | None,
 ) -> DecayFit:
     """The `DecayFit` of a line of ``slope`` (dB/s) and correlation ``r`` over ``range_db``, with its gates."""
     top_db, bottom_db = range_db
