@@ -5,8 +5,8 @@ checkpoints inside the commit that brings the log past ``wal_autocheckpoint`` pa
 syncs the log, copies the logged pages into the database file and syncs that
 (https://www.sqlite.org/wal.html#ckpt). At ~6 pages per lobby event that was a checkpoint every ~185
 events, each stopping the loop for two ``fdatasync`` (and the next commit for the log header's): 161 of
-them per 10,000 events, 0.9 s of the loop on a busy disk — the tail of ``lobby.create`` in the open-loop benchmark (bench/lobby.md, "Issue 16:
-``lobby.create``'s tail is the WAL checkpoint inside a commit"). So:
+them per 10,000 events, 10–12 % of the loop's time on a busy disk (bench/lobby.md, issue 16, "The
+lobby's own stalls"). So:
 
 * :class:`WalCheckpointer` runs ``PRAGMA wal_checkpoint(PASSIVE)`` every ``interval_s`` in a thread of its
   own, on a connection of its own. PASSIVE neither waits for nor blocks the writer
