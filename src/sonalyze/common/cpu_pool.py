@@ -11,7 +11,10 @@ worker after ``max_tasks_per_worker`` tasks. What this module adds (bench/cpu_po
   calls reach ``on_progress`` on the event loop, in order, before the result;
 - recycling above ``max_worker_rss_mb`` of resident memory after a task, and after a task that ended in
   ``SystemExit`` (a long-lived process keeps the peak heap of its largest task); and an ``RLIMIT_AS``
-  budget per worker (``memory_limit_mb``); BLAS single-threaded in the workers.
+  budget per worker (``memory_limit_mb``); BLAS single-threaded in the workers;
+- the event loop never waits for pebble: it starts and stops the worker processes in a thread of the
+  pool's (the first start in a process takes seconds: the fork server imports numpy/scipy first), so a
+  service warming its pool up answers its health checks meanwhile (tests/common/test_cpu_pool_loop.py).
 
     pool = CpuPool(max_workers=1, max_queued=4)
     await pool.warm_up()  # optional: start the workers now
@@ -39,6 +42,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
@@ -219,7 +223,13 @@ class CpuPool:
         self.max_worker_rss_mb = max_worker_rss_mb
         self.memory_limit_mb = memory_limit_mb
         self._progress: Any = _context.SimpleQueue()
-        self._pool = self._new_pool()
+        self._pool: pebble.ProcessPool | None = None
+        """pebble's pool once :meth:`_started_pool` has started it; set only in ``self._starter``."""
+        self._starter = ThreadPoolExecutor(1, thread_name_prefix="cpu-pool-start")
+        """Starts and stops pebble's pools, one call after the other, off the event loop: pebble starts a
+        pool's worker processes in the thread that first uses it, and the first start in a process waits
+        for the fork server's imports (1-2 s on an idle 2-core machine, 6-11 s at load 9-10); joining the
+        stopped workers waits for them to exit."""
         self._tasks: dict[int, _Task] = {}
         self._futures: set[pebble.ProcessFuture] = set()
         """Scheduled and not answered: failed by :meth:`close` (pebble's ``stop`` leaves them pending)."""
@@ -231,14 +241,30 @@ class CpuPool:
         self._closed = False
         self._mean_duration_s = 1.0
 
-    def _new_pool(self) -> pebble.ProcessPool:
-        return pebble.ProcessPool(
+    def _started_pool(self) -> pebble.ProcessPool:
+        """In ``self._starter``: ``self._pool`` with its workers started; a new one if there is none or it
+        broke (see :meth:`_run_call`; a broken pool's threads end by themselves)."""
+        if self._pool is not None and self._pool.active:
+            return self._pool
+        if self._pool is not None:
+            self._pool.stop()
+        pool = pebble.ProcessPool(
             self.max_workers,
             max_tasks=self.max_tasks_per_worker,
             initializer=_init_worker,
             initargs=(self._progress, self.memory_limit_mb),
             context=_context,
         )
+        if not pool.active:  # pebble's ``active`` starts a pool that has not started yet
+            raise WorkerCrashed("the worker pool did not start")
+        self._pool = pool
+        return pool
+
+    def _stop_pool(self) -> None:
+        """In ``self._starter``: stop the workers (running tasks are killed) and wait until they have exited."""
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool.join()
 
     @property
     def running(self) -> int:
@@ -297,7 +323,7 @@ class CpuPool:
         task = self._tasks[task_id] = _Task(on_progress, loop.create_future())
         try:
             for attempt in range(2):
-                future = self._schedule(task_id, call, timeout_s)
+                future = await self._schedule(task_id, call, timeout_s)
                 self._futures.add(future)
                 future.add_done_callback(self._futures.discard)
                 try:
@@ -334,13 +360,15 @@ class CpuPool:
         finally:
             del self._tasks[task_id]
 
-    def _schedule(self, task_id: int, call: bytes, timeout_s: float | None) -> pebble.ProcessFuture:
-        if self._closed:
+    async def _schedule(self, task_id: int, call: bytes, timeout_s: float | None) -> pebble.ProcessFuture:
+        pool = self._pool
+        if pool is None or not pool.active:  # not started yet, or broken
+            if self._closed:
+                raise self._refuse_closing()
+            pool = await asyncio.get_running_loop().run_in_executor(self._starter, self._started_pool)
+        if self._closed:  # checked with no await before ``schedule``: close() has not stopped the pool yet
             raise self._refuse_closing()
-        if not self._pool.active:  # broken (see _run_call): replaced; its threads end by themselves
-            self._pool.stop()
-            self._pool = self._new_pool()
-        return self._pool.schedule(_run_task, args=(task_id, call, self.max_worker_rss_mb), timeout=timeout_s)
+        return pool.schedule(_run_task, args=(task_id, call, self.max_worker_rss_mb), timeout=timeout_s)
 
     async def _until_stopped(self, task: _Task) -> None:
         """After a cancel: wait until pebble has stopped the task's worker (if the task had started)."""
@@ -387,8 +415,8 @@ class CpuPool:
         if self._closed:
             return
         self._closed = True
-        self._pool.stop()
-        await asyncio.to_thread(self._pool.join)
+        await asyncio.get_running_loop().run_in_executor(self._starter, self._stop_pool)  # after a start under way
+        self._starter.shutdown(wait=False)  # its thread is idle: it ends without being waited for here
         for future in list(self._futures):
             if not future.done():
                 future.set_exception(BrokenProcessPool("the pool is closed"))
