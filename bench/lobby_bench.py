@@ -156,6 +156,7 @@ async def run(args: argparse.Namespace) -> dict:
     gateway_port = args.port_base + 1 if args.port_base else free_port()
     quiet = {"LOG_LEVEL": "WARNING"}
     lobby_path = {"PYTHONPATH": args.lobby_pythonpath} if args.lobby_pythonpath else {}
+    gateway_path = {"PYTHONPATH": args.gateway_pythonpath} if args.gateway_pythonpath else {}
     lobby = ServiceProcess(
         "lobby",
         port=args.port_base or None,
@@ -169,7 +170,7 @@ async def run(args: argparse.Namespace) -> dict:
              "ALLOW_INSECURE_DEVICE_IDS": "1",  # the load generator names its devices (no device tokens)
              "MAX_CONNECTIONS_PER_ADDRESS": "1000000",  # every device connects from 127.0.0.1
              # every device connects before the measured part and this client answers no pings: none are sent
-             "HEARTBEAT_INTERVAL_SEC": "3600", "CONNECTION_TIMEOUT_SEC": "7200"},
+             "HEARTBEAT_INTERVAL_SEC": "3600", "CONNECTION_TIMEOUT_SEC": "7200", **gateway_path},
     )
     gateway.start()
     devices = Devices()
@@ -269,6 +270,7 @@ def main() -> None:
     parser.add_argument("--lobby-rate", type=float, default=0.0, help="open loop: lobbies started per second (0: closed loop)")
     parser.add_argument("--client-core", type=int, default=1, help="the core this load generator runs on (-1: any)")
     parser.add_argument("--lobby-pythonpath", default="", help="run the lobby from another copy of the package (before/after)")
+    parser.add_argument("--gateway-pythonpath", default="", help="run the gateway from another copy of the package (before/after)")
     parser.add_argument("--port-base", type=int, default=0, help="the lobby on this port, the gateway on the next (0: free ports)")
     parser.add_argument("--profile", default="", help="py-spy the measured part into this file (.svg; .json: speedscope; .txt: collapsed stacks)")
     parser.add_argument("--profile-target", choices=["lobby", "gateway"], default="lobby")

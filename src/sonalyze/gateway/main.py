@@ -37,6 +37,7 @@ from sonalyze.gateway.proxy_table import install_proxy_table
 from sonalyze.gateway.registry import ConnectionRegistry
 from sonalyze.gateway.rate_limit import FailureWindow, KeyedRateLimiter
 from sonalyze.gateway.router import load_routing_table
+from sonalyze.gateway.gc_tuning import tune_for_long_lived_connections
 from sonalyze.gateway.state import Gateway
 from sonalyze.gateway.stream_source import JetStreamSource
 from sonalyze.gateway.tenant_limit import TenantRateLimiter
@@ -124,6 +125,7 @@ def create_app(settings: GatewaySettings | None = None) -> InternalAPIFastPath:
         if gateway.stream_source is not None:
             await gateway.stream_source.start()
         heartbeat.start()
+        tune_for_long_lived_connections()
         try:
             yield {"gateway": gateway}
         finally:
