@@ -283,6 +283,8 @@ def create_app(
             await broadcaster.stop()
             await measurement.aclose()
             await db.dispose()
+            if storage is not None:
+                await storage.aclose()
 
     app = FastAPI(title="Sonalyze lobby", lifespan=lifespan, default_response_class=JSONResponse)
     app.state.settings = settings

@@ -29,12 +29,13 @@ class MeasurementClient:
         headers: dict[str, str] | None = None,
     ) -> None:
         """``headers``: the internal-auth headers (:func:`sonalyze.common.internal_auth.internal_headers`)."""
-        self.replicas = Replicas(base_url)
+        self.replicas = Replicas(base_url, ready_path="/readyz")
         """``base_url`` may name several replicas, comma-separated (`sonalyze.common.replicas`)."""
         self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport, headers=headers)
         self._poll_interval_s = poll_interval_s
 
     async def aclose(self) -> None:
+        await self.replicas.aclose()
         await self._client.aclose()
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

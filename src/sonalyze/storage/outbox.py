@@ -153,8 +153,11 @@ class Outbox:
         retry_base_s: float = 0.2,
         retry_max_s: float = 30.0,
         lease_s: float = 60.0,
+        owns_client: bool = False,
     ) -> None:
+        """``owns_client``: `stop` closes ``client`` too (its connections and replica checks)."""
         self._owns_engine = isinstance(database, str)
+        self._owns_client = owns_client
         self.engine = make_engine(database) if isinstance(database, str) else database
         self.client = client
         self.batch_size = batch_size
@@ -241,6 +244,8 @@ class Outbox:
             self._task = None
         if self._owns_engine:
             await self.engine.dispose()
+        if self._owns_client:
+            await self.client.aclose()
 
     async def pending(self) -> int:
         return await self._count(RowState.PENDING)
@@ -406,4 +411,4 @@ def writer_outbox(storage_url: str, internal_auth_token: str, database_url: str)
     if not storage_url:
         return None
     storage = StorageClient(storage_url, headers=internal_headers(internal_auth_token))
-    return Outbox(database_url, storage)
+    return Outbox(database_url, storage, owns_client=True)
