@@ -132,9 +132,13 @@ class Replicas:
             return
         self._checks = loop.create_task(_check_forever(weakref.ref(self)), name=f"replica-checks {','.join(self.urls)}")
 
-    async def check(self, url: str) -> bool:
-        """Probe ``url``'s readiness once and mark it in or out; whether it is ready."""
-        status = await self._probe(url)
+    async def check(self, url: str, client: httpx.AsyncClient | None = None) -> bool:
+        """Probe ``url``'s readiness once (through ``client``, else a client of its own) and mark it in or
+        out; whether it is ready."""
+        if client is None:
+            async with httpx.AsyncClient() as own:
+                return await self.check(url, own)
+        status = await self._probe(client, url)
         if status is not None and status < 500:
             self._down_until.pop(url, None)
             if url in self._unready:
@@ -146,23 +150,16 @@ class Replicas:
             log.warning("replica %s taken out: %s %s", url, self.ready_path, f"answered {status}" if status else "did not answer")
         return False
 
-    async def _probe(self, url: str) -> int | None:
-        """The status of ``GET {origin of url}{ready_path}`` (one connection, closed after), or None: refused,
-        not within ``check_timeout_s``, or not HTTP."""
+    async def _probe(self, client: httpx.AsyncClient, url: str) -> int | None:
+        """The status of ``GET {origin of url}{ready_path}``, or None: refused, not within ``check_timeout_s``
+        (the whole exchange), or not HTTP."""
         parts = urlsplit(url)
-        secure = parts.scheme == "https"
-        writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(self.check_timeout_s):
-                reader, writer = await asyncio.open_connection(parts.hostname, parts.port or (443 if secure else 80), ssl=secure or None)
-                writer.write(f"GET {self.ready_path} HTTP/1.1\r\nhost: {parts.netloc}\r\nconnection: close\r\n\r\n".encode("latin-1"))
-                status_line = await reader.readline()
-            return int(status_line.split(b" ", 2)[1])
-        except (OSError, TimeoutError, ValueError, IndexError):
+                response = await client.get(f"{parts.scheme}://{parts.netloc}{self.ready_path}")
+        except (httpx.HTTPError, OSError, TimeoutError):
             return None
-        finally:
-            if writer is not None:
-                writer.close()
+        return response.status_code
 
     async def aclose(self) -> None:
         """Stop probing (for good: the owner is closing)."""
@@ -178,7 +175,8 @@ async def _check_forever(ref: weakref.ref[Replicas]) -> None:
     :class:`Replicas` (an owner that is never closed leaves no task behind)."""
     while (replicas := ref()) is not None:
         started_s = time.monotonic()
-        await asyncio.gather(*(replicas.check(url) for url in replicas.urls))
+        async with httpx.AsyncClient() as client:
+            await asyncio.gather(*(replicas.check(url, client) for url in replicas.urls))
         pause_s = max(0.0, replicas.check_interval_s - (time.monotonic() - started_s))
         del replicas
         await asyncio.sleep(pause_s)
